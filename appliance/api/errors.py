@@ -1,0 +1,74 @@
+"""Errors in OpenAI's JSON shape: ``{"error": {"message", "type", "param", "code"}}``.
+
+Messages are fixed texts chosen by code: never the request's content, never
+an internal detail.  Internal errors are logged by the caller, and the
+client gets a short code.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import orjson
+from starlette.responses import Response
+
+from policy.errors import SluiceError
+
+__all__ = ["error_response", "error_body", "from_error"]
+
+_TYPES: Final = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+_MESSAGES: Final = {
+    "invalid_api_key": "Invalid or missing API key.",
+    "model_not_found": "The model does not exist or you do not have access to it.",
+    "route_not_served": "The model does not serve this endpoint.",
+    "no_backend": "No instance of the model is ready; try again shortly.",
+    "backend_failed": "The model server failed to answer.",
+    "backend_timeout": "The model server did not answer in time.",
+    "cluster_unavailable": "The cluster is not reachable; try again shortly.",
+    "body_too_large": "The request body is too large.",
+    "invalid_json": "The request body is not valid JSON.",
+    "unknown_field": "The request has a field this endpoint does not accept.",
+    "wrong_type": "A request field has the wrong type.",
+    "out_of_range": "A request field is out of range.",
+    "too_long": "A request field is too long or has too many items.",
+    "missing_field": "A required request field is missing.",
+    "stream_not_allowed": "This endpoint does not stream.",
+    "stream_options_without_stream": "stream_options is only allowed with stream: true.",
+    "too_short": "A request field is empty or too short.",
+    "bad_value": "A request field has a value this endpoint does not accept.",
+    "duplicate_key": "The request body has a duplicate key.",
+    "too_deep": "The request body is nested too deeply.",
+    "bad_number": "The request body has a number out of range.",
+    "bad_string": "The request body has an invalid string.",
+    "bad_encoding": "The request body is not valid UTF-8.",
+    "not_found": "Not found.",
+    "method_not_allowed": "Method not allowed.",
+    "internal": "Internal error.",
+}
+
+
+def error_body(status: int, code: str) -> bytes:
+    """The JSON error document for ``status`` and ``code``."""
+    message = _MESSAGES.get(code)
+    if message is None:
+        message = "The request was rejected." if status < 500 else "The request could not be served."
+    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+
+def error_response(status: int, code: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(status, code), status_code=status, headers=headers, media_type="application/json")
+
+
+def from_error(error: SluiceError) -> Response:
+    headers = {"Retry-After": "5"} if error.status == 503 else None
+    return error_response(error.status, error.code, headers)

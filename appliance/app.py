@@ -1,0 +1,115 @@
+"""The appliance's ASGI app: routes, lifespan, and the keepalive that watches the cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Final
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from policy.bodies import RouteTable, load_routes
+from policy.errors import SluiceError
+from policy.grammar import Ping
+
+from .api.errors import error_response
+from .api.openai import OpenAIApi
+from .auth.api_keys import ApiKeyStore
+from .catalog import Catalog
+from .transport.base import GateTransport
+
+__all__ = ["Appliance", "create_app"]
+
+log = logging.getLogger("sluice.appliance")
+
+# How long the cluster may stay silent before /readyz says it is unreachable.
+READY_GRACE: Final = 3.0
+
+
+@dataclass
+class Appliance:
+    """Everything the app serves with; built once at start."""
+
+    transport: GateTransport
+    keys: ApiKeyStore
+    routes: RouteTable = field(default_factory=load_routes)
+    keepalive_interval: float = 5.0
+    request_timeout: float = 300.0
+    catalog: Catalog = field(init=False)
+    last_pong: float = field(default=float("-inf"), init=False)
+
+    def __post_init__(self) -> None:
+        self.catalog = Catalog(self.transport)
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(max(self.keepalive_interval, 1.0)):
+                reply = await self.transport.request(Ping(), b"")
+                await reply.read()
+        except (SluiceError, TimeoutError):
+            return False
+        self.last_pong = time.monotonic()
+        return True
+
+    async def keepalive(self) -> None:
+        while True:
+            await self.ping()
+            await asyncio.sleep(self.keepalive_interval)
+
+
+def create_app(appliance: Appliance) -> Starlette:
+    api = OpenAIApi(appliance.transport, appliance.keys, appliance.routes, appliance.catalog, appliance.request_timeout)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        fresh = time.monotonic() - appliance.last_pong < appliance.keepalive_interval + READY_GRACE
+        if not fresh:
+            fresh = await appliance.ping()
+        ready_models: list[str] = []
+        if fresh:
+            with contextlib.suppress(SluiceError):
+                ready_models = sorted(m.id for m in (await appliance.catalog.models()).values() if m.ready)
+        if fresh and ready_models:
+            return JSONResponse({"status": "ready", "models": ready_models})
+        return JSONResponse(
+            {"status": "not_ready", "cluster": "reachable" if fresh else "unreachable", "models": ready_models},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
+    async def not_found(_: Request, __: Exception) -> Response:
+        return error_response(404, "not_found")
+
+    async def not_allowed(_: Request, __: Exception) -> Response:
+        return error_response(405, "method_not_allowed")
+
+    async def internal(_: Request, __: Exception) -> Response:
+        log.error('{"event":"internal_error"}')
+        return error_response(500, "internal")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await appliance.transport.start()
+        keepalive = asyncio.create_task(appliance.keepalive())
+        try:
+            yield
+        finally:
+            keepalive.cancel()
+            await asyncio.gather(keepalive, return_exceptions=True)
+            await appliance.transport.aclose()
+
+    routes = [Route("/healthz", healthz), Route("/readyz", readyz), *api.routes()]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: not_allowed, 500: internal},
+    )

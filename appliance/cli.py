@@ -1,0 +1,44 @@
+"""``sluice``: the appliance's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+__all__ = ["main"]
+
+
+def _run(coro: object) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sluice", description="Sluice: private LLM inference from HPC clusters.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="run the appliance, the gate and stand-in models on this machine")
+    demo.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    demo.add_argument("--api-key", help="the demo API key (default: a new random one)")
+    demo.add_argument("--mode", choices=("mux", "exec"), default="mux", help="gate protocol mode (default mux)")
+    demo.add_argument("--sessions", type=int, default=1, help="mux sessions (gate processes) to spread requests over")
+    demo.add_argument("--token-delay", type=float, default=0.02, help="seconds between streamed tokens")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .demo import new_demo_key, run_demo
+
+        key = args.api_key or new_demo_key()
+        if not 16 <= len(key) <= 256:
+            parser.error("--api-key must be 16 to 256 characters long")
+        if not 0 < args.port < 65536 or not 1 <= args.sessions <= 64 or not 0 <= args.token_delay <= 10:
+            parser.error("--port, --sessions or --token-delay out of range")
+        return _run(run_demo(args.port, key, args.mode, args.sessions, args.token_delay))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

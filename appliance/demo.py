@@ -1,0 +1,134 @@
+"""``sluice demo``: the whole request path on one machine.
+
+Starts the local-process scheduler (which runs the stand-in models), the
+appliance on 127.0.0.1, and the gate as a child process over pipes, speaking
+the same bytes it would over SSH.  Stops everything on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Final
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from .app import Appliance, create_app
+from .auth.api_keys import ApiKeyStore
+from .transport.local import LocalPipeTransport
+
+__all__ = ["run_demo", "DEMO_MODELS"]
+
+DEMO_MODELS: Final = ("standin-chat", "standin-embed")
+
+# The stand-in models take a fraction of a second to start; give slow
+# machines plenty of room before declaring the demo broken.
+READY_TIMEOUT: Final = 60.0
+
+_CLUSTER_TOML: Final = """\
+# Written by `sluice demo`: two stand-in models run as local processes.
+[gate]
+routing_table = "routing.json"
+request_timeout = 120
+
+[services.standin-chat]
+backend = "local"
+routes = ["chat", "completions"]
+command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
+           "--model", "{{model}}", "--kind", "chat", "--token-delay", "{token_delay}"]
+min_instances = 1
+warmup_timeout = 30
+
+[services.standin-embed]
+backend = "local"
+routes = ["embeddings"]
+command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
+           "--model", "{{model}}", "--kind", "embeddings"]
+min_instances = 1
+warmup_timeout = 30
+"""
+
+
+def write_cluster_config(directory: Path, token_delay: float) -> Path:
+    path = directory / "cluster.toml"
+    path.write_text(_CLUSTER_TOML.format(token_delay=repr(float(token_delay))))
+    return path
+
+
+def gate_argv(config: Path) -> list[str]:
+    return [sys.executable, "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
+
+
+async def _wait_ready(appliance: Appliance, stop: asyncio.Event) -> bool:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline and not stop.is_set():
+        if await appliance.ping():
+            with contextlib.suppress(Exception):
+                await appliance.catalog.refresh()
+                models = await appliance.catalog.models()
+                if all(name in models and models[name].ready for name in DEMO_MODELS):
+                    return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_delay: float) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    runtime = Path(tempfile.mkdtemp(prefix="sluice-demo-"))
+    config_path = write_cluster_config(runtime, token_delay)
+    scheduler = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cluster.cli", "scheduler", "--config", str(config_path), stdin=asyncio.subprocess.DEVNULL
+    )
+    keys = ApiKeyStore()
+    keys.add(api_key, user="demo", key_id="demo")
+    appliance = Appliance(LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions), keys)
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.graceful_timeout = 3.0
+    server = asyncio.create_task(serve(create_app(appliance), config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    status = 0
+    try:
+        if await _wait_ready(appliance, stop):
+            print(f"Sluice demo ready at http://127.0.0.1:{port}", flush=True)
+            print(f"  base URL: http://127.0.0.1:{port}/v1", flush=True)
+            print(f"  API key:  {api_key}", flush=True)
+            print(f"  models:   {', '.join(DEMO_MODELS)} (gate in {mode} mode)", flush=True)
+            print("Press Ctrl-C to stop.", flush=True)
+        elif not stop.is_set():
+            print("sluice demo: the models did not become ready; see the messages above", file=sys.stderr)
+            status = 1
+            stop.set()
+        done, _ = await asyncio.wait({server, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+        if server in done and not stop.is_set():
+            status = 1  # the server ended on its own (port in use, say)
+            server.result()
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server, 10)
+        if scheduler.returncode is None:
+            scheduler.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(scheduler.wait(), 10)
+        if scheduler.returncode is None:
+            scheduler.kill()
+            await scheduler.wait()
+        shutil.rmtree(runtime, ignore_errors=True)
+    print("Sluice demo stopped.", flush=True)
+    return status
+
+
+def new_demo_key() -> str:
+    return "sk-demo-" + secrets.token_urlsafe(24)

@@ -1,0 +1,248 @@
+"""Gate frames in, per-request replies out: the appliance side of the frame protocol.
+
+:class:`FrameReceiver` reads gate frames from a stream reader and hands each
+to the :class:`GateReply` of its stream.  :class:`MuxClient` adds the writing
+side of a mux session (OPEN, DATA, CANCEL).  Exec mode uses a receiver with
+its single stream.  Nothing here looks inside bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Final
+
+from policy.errors import BackendFailed, SluiceError, TransportError
+from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, FrameDecoder, Kind, encode
+from policy.grammar import Call, StreamCommand, stream_line
+from policy.errors import Disallowed
+
+__all__ = ["GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED"]
+
+# Response bytes held for one request whose client reads slower than the
+# model writes.  Past this the request is cancelled: a stalled client must
+# not make the appliance buffer without bound.
+MAX_BUFFERED: Final = 16 * 1024 * 1024
+
+READ_SIZE: Final = 256 * 1024
+
+_END: Final = object()
+
+_MEDIA: Final = {b"json": "json", b"sse": "sse"}
+
+
+def _parse_error(payload: bytes) -> SluiceError:
+    """An ERROR payload ``"<status> <code>"`` as an error the API can answer with."""
+    try:
+        status_text, code = payload.decode("ascii").split(" ", 1)
+        status = int(status_text)
+    except ValueError:
+        return BackendFailed("bad_gate_error")
+    if not 400 <= status <= 599 or not code.replace("_", "").isalnum():
+        return BackendFailed("bad_gate_error")
+    return SluiceError(code, status)
+
+
+class GateReply:
+    """The gate's answer to one request: a head, body pieces, then usage or an error."""
+
+    __slots__ = ("stream", "status", "media", "usage", "_head", "_pieces", "_buffered", "_wake", "_finished", "_cancel")
+
+    def __init__(self, stream: int, cancel: Callable[[int], None]) -> None:
+        self.stream = stream
+        self.status = 0
+        self.media = "json"
+        self.usage: dict[str, int] | None = None
+        self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pieces: collections.deque[object] = collections.deque()
+        self._buffered = 0
+        self._wake: asyncio.Future[None] | None = None
+        self._finished = False
+        self._cancel = cancel
+
+    @property
+    def finished(self) -> bool:
+        """True once the gate has ended this stream (or it failed)."""
+        return self._finished
+
+    # -- fed by the receiver --------------------------------------------
+    def _push(self, item: object) -> None:
+        self._pieces.append(item)
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    def on_head(self, payload: bytes) -> None:
+        if self._head.done():
+            raise Disallowed("head_twice")
+        status_text, _, media = payload.partition(b" ")
+        if not status_text.isdigit() or media not in _MEDIA:
+            raise Disallowed("bad_head")
+        self.status = int(status_text)
+        self.media = _MEDIA[media]
+        self._head.set_result(None)
+
+    def on_body(self, payload: bytes) -> None:
+        if not self._head.done():
+            raise Disallowed("body_before_head")
+        self._buffered += len(payload)
+        if self._buffered > MAX_BUFFERED:
+            self.fail(SluiceError("client_too_slow", 503))
+            self._cancel(self.stream)
+            return
+        self._push(payload)
+
+    def on_end(self, payload: bytes) -> None:
+        if not self._head.done():
+            raise Disallowed("end_before_head")
+        if payload:
+            try:
+                usage = json.loads(payload)
+            except ValueError:
+                usage = None
+            if isinstance(usage, dict):
+                self.usage = {k: v for k, v in usage.items() if isinstance(k, str) and type(v) is int}
+        self._finished = True
+        self._push(_END)
+
+    def fail(self, error: SluiceError) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if not self._head.done():
+            self._head.set_exception(error)
+            self._head.exception()  # retrieved here; the waiter re-raises it
+        self._push(error)
+
+    # -- read by the API ------------------------------------------------
+    async def wait_head(self) -> None:
+        await self._head
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        pieces = self._pieces
+        while True:
+            while pieces:
+                item = pieces.popleft()
+                if item is _END:
+                    return
+                if isinstance(item, SluiceError):
+                    raise item
+                self._buffered -= len(item)  # type: ignore[arg-type]
+                yield item  # type: ignore[misc]
+            self._wake = asyncio.get_running_loop().create_future()
+            try:
+                await self._wake
+            finally:
+                self._wake = None
+
+    async def read(self) -> bytes:
+        """The whole body (for non-streamed replies)."""
+        return b"".join([piece async for piece in self])
+
+    def cancel(self) -> None:
+        """Give up on this reply; the gate is told to stop serving it."""
+        if not self._finished:
+            self._finished = True
+            self._cancel(self.stream)
+
+
+class FrameReceiver:
+    """Reads gate frames from ``reader`` and feeds the replies they belong to."""
+
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self._reader = reader
+        self.replies: dict[int, GateReply] = {}
+        self.closed: SluiceError | None = None
+
+    async def run(self) -> None:
+        decoder = FrameDecoder(GATE_KINDS)
+        replies = self.replies
+        try:
+            while True:
+                data = await self._reader.read(READ_SIZE)
+                if not data:
+                    raise TransportError("gate_closed")
+                for kind, stream, payload in decoder.feed(data):
+                    if kind is Kind.GOAWAY:
+                        code = payload.decode("ascii", "replace")
+                        raise TransportError("gate_" + "".join(c for c in code if c.isalnum() or c == "_")[:40])
+                    reply = replies.get(stream)
+                    if reply is None:
+                        continue  # a stream we cancelled; the gate may still have been answering
+                    if kind is Kind.BODY:
+                        reply.on_body(payload)
+                    elif kind is Kind.HEAD:
+                        reply.on_head(payload)
+                    elif kind is Kind.END:
+                        del replies[stream]
+                        reply.on_end(payload)
+                    else:
+                        del replies[stream]
+                        reply.fail(_parse_error(payload))
+        except SluiceError as exc:
+            self.close(exc if not isinstance(exc, Disallowed) else TransportError("gate_protocol"))
+        except (OSError, asyncio.IncompleteReadError):
+            self.close(TransportError("gate_closed"))
+
+    def close(self, error: SluiceError) -> None:
+        """Fail every reply still waiting: nothing hangs when the way to the gate breaks."""
+        if self.closed is None:
+            self.closed = error
+        replies, self.replies = self.replies, {}
+        for reply in replies.values():
+            reply.fail(error)
+
+
+class MuxClient:
+    """The appliance side of one mux session over ``reader``/``writer``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._receiver = FrameReceiver(reader)
+        self._next_id = 1
+        self._task = asyncio.create_task(self._receiver.run())
+
+    @property
+    def alive(self) -> bool:
+        return self._receiver.closed is None and not self._writer.is_closing()
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._receiver.replies)
+
+    async def request(self, command: StreamCommand, body: bytes) -> GateReply:
+        if not self.alive:
+            raise self._receiver.closed or TransportError("gate_closed")
+        stream = self._next_id
+        if stream > MAX_STREAM_ID:
+            raise TransportError("session_exhausted")
+        self._next_id += 1
+        reply = GateReply(stream, self._send_cancel)
+        self._receiver.replies[stream] = reply
+        write = self._writer.write
+        write(encode(Kind.OPEN, stream, stream_line(command).encode()))
+        if isinstance(command, Call):
+            for start in range(0, len(body), MAX_PAYLOAD):
+                write(encode(Kind.DATA, stream, body[start : start + MAX_PAYLOAD]))
+        try:
+            await self._writer.drain()
+        except (OSError, ConnectionError):
+            self._receiver.close(TransportError("gate_closed"))
+        await reply.wait_head()
+        return reply
+
+    def _send_cancel(self, stream: int) -> None:
+        self._receiver.replies.pop(stream, None)
+        if self.alive:
+            self._writer.write(encode(Kind.CANCEL, stream))
+
+    async def aclose(self) -> None:
+        self._receiver.close(TransportError("closing"))
+        self._task.cancel()
+        try:
+            self._writer.close()
+        except (OSError, RuntimeError):
+            pass
+        await asyncio.gather(self._task, return_exceptions=True)

@@ -1,0 +1,508 @@
+"""The gate's HTTP/1.1 client to model backends: a keep-alive pool on asyncio.
+
+Built on :class:`asyncio.Protocol` rather than streams: the protocol decodes
+each read in place (:mod:`cluster._http1` does the byte work) and wakes the
+one waiting task, without a StreamReader buffer and its extra copies and
+wake-ups in between (measured: see the project's bench notes).
+
+Contract, in short:
+
+* ``await pool.request(...)`` returns once the response head is in.  Its
+  ``timeout`` covers connecting (itself capped by ``connect_timeout``),
+  sending and the head; each later body read has its own idle timeout.
+* Connect errors, resets and anything that is not strict HTTP/1.1 raise
+  :class:`~policy.errors.BackendFailed`; timeouts raise
+  :class:`~policy.errors.BackendTimeout`.
+* A connection goes back to the pool only when its response body was read to
+  the end, the backend allowed keep-alive and nothing arrived out of turn.
+  Every other ending (an error, a timeout, a cancelled task, a body left
+  unread) closes it: a half-read connection is never reused.
+* **Stale connections.**  A backend may close an idle keep-alive connection
+  just as we reuse it.  Idle connections are dropped as soon as their close
+  is seen; if a *reused* connection still fails before a single response byte
+  arrives, the request is sent once more on a fresh connection.  Nothing of
+  the first attempt can have produced an answer, and backend requests (model
+  inference) have no side effect beyond the work itself, so this is safe;
+  a failure after any response byte, a timeout, or a failure on a fresh
+  connection is never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+from cluster._http1 import (
+    BodyDecoder,
+    CloseDelimitedDecoder,
+    LocalProtocolError,
+    ResponseHead,
+    build_request_head,
+    check_response_start,
+    find_head_end,
+    parse_response_head,
+    response_body_decoder,
+)
+from policy.errors import BackendFailed, BackendTimeout, PeerError
+
+__all__ = ["BackendPool", "BackendResponse"]
+
+READ_HIGH_WATER = 256 * 1024
+"""Pause reading a backend when this many decoded body bytes wait unread: a
+slow consumer (an SSE client on a bad link) must not make us buffer a whole
+long completion in memory."""
+
+READ_LOW_WATER = 64 * 1024
+"""Resume reading once the unread body is back below this."""
+
+COALESCE_LIMIT = 64 * 1024
+"""Bodies up to this size are sent in the same write as the head (one
+syscall, one packet for a typical JSON request); larger ones are written
+separately to avoid copying them."""
+
+_CONNECTING, _IDLE, _ACTIVE, _CLOSED = range(4)
+_TIMED_OUT = object()
+
+
+def _expire(waiter: asyncio.Future[object]) -> None:
+    if not waiter.done():
+        waiter.set_result(_TIMED_OUT)
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection to one backend, carrying one exchange at a time."""
+
+    def __init__(self, pool: BackendPool, key: tuple[str, int], loop: asyncio.AbstractEventLoop) -> None:
+        self._pool = pool
+        self.key = key
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.state = _CONNECTING
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._buf = bytearray()
+        self._method = ""
+        self.head: ResponseHead | None = None
+        self._decoder: BodyDecoder | None = None
+        self._pieces: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._error: type[BackendFailed] | None = None
+        self._waiter: asyncio.Future[object] | None = None
+        self.received_any = False
+        self._reading_paused = False
+
+    # ---------------------------------------------------------------- asyncio side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.state != _ACTIVE or self.body_done:
+            # bytes while idle, or after the end of a response: out of turn
+            self._fail()
+            return
+        self.received_any = True
+        try:
+            if self.head is None:
+                self._buf += data
+                check_response_start(self._buf)
+                end = find_head_end(self._buf)
+                if end < 0:
+                    return
+                self.head = parse_response_head(self._buf[:end])
+                self._decoder = response_body_decoder(self.head, self._method)
+                data = bytes(self._buf[end:])
+                self._buf.clear()
+            decoder = self._decoder
+            if decoder is None:  # unreachable: set together with head
+                raise BackendFailed()
+            pieces = decoder.feed(data)
+        except PeerError:
+            self._fail()
+            return
+        for piece in pieces:
+            self._pieces.append(piece)
+            self._buffered += len(piece)
+        if decoder.unused:
+            self._fail()
+            return
+        if self._buffered > READ_HIGH_WATER and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        decoder = self._decoder
+        if self.state == _ACTIVE and isinstance(decoder, CloseDelimitedDecoder):
+            decoder.feed_eof()
+            self._wake()
+        return False  # let the transport close; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.body_done and self._error is None:
+            self._error = BackendFailed
+        self._mark_closed()
+        self._wake()
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def body_done(self) -> bool:
+        return self._decoder is not None and self._decoder.done
+
+    @property
+    def reusable(self) -> bool:
+        """Body read to its end, keep-alive allowed, nothing out of turn."""
+        return (
+            self.state == _ACTIVE
+            and self.head is not None
+            and self.head.keep_alive
+            and self.body_done
+            and not self._pieces
+            and not isinstance(self._decoder, CloseDelimitedDecoder)
+            and self.transport is not None
+            and not self.transport.is_closing()
+        )
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self) -> None:
+        if self._error is None:
+            self._error = BackendFailed
+        self.abort()
+        self._wake()
+
+    def _mark_closed(self) -> None:
+        if self.state != _CLOSED:
+            self.state = _CLOSED
+            self._pool._forget(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def abort(self) -> None:
+        """Close at once (RST), whatever is in flight; never reused after."""
+        if self.transport is not None:
+            self.transport.abort()
+        if self.state != _CLOSED:
+            self.state = _CLOSED
+            self._pool._forget(self)
+
+    def close_gracefully(self) -> None:
+        """Close after flushing; used for complete but not reusable exchanges."""
+        if self.transport is not None:
+            self.transport.close()
+        if self.state != _CLOSED:
+            self.state = _CLOSED
+            self._pool._forget(self)
+
+    def park(self) -> None:
+        """Forget the finished exchange; the connection is idle now."""
+        self.state = _IDLE
+        self.head = None
+        self._decoder = None
+        self._method = ""
+        self.received_any = False
+
+    # ---------------------------------------------------------------- exchange
+
+    async def _wait(self, deadline: float) -> None:
+        waiter: asyncio.Future[object] = self._loop.create_future()
+        self._waiter = waiter
+        timer = self._loop.call_at(deadline, _expire, waiter)
+        try:
+            result = await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+        if result is _TIMED_OUT:
+            raise BackendTimeout()
+
+    async def exchange(self, method: str, payload: list[bytes], deadline: float) -> ResponseHead:
+        """Send one request and wait for its head; abort on any failure."""
+        transport = self.transport
+        if transport is None or self.state == _CLOSED or transport.is_closing():
+            raise BackendFailed()
+        self.state = _ACTIVE
+        self._method = method
+        try:
+            for part in payload:
+                transport.write(part)
+            while self.head is None:
+                if self._error is not None:
+                    raise self._error()
+                await self._wait(deadline)
+            return self.head
+        except BaseException:
+            self.abort()
+            raise
+
+    async def next_piece(self, idle_timeout: float) -> bytes | None:
+        """The next body piece, None at the end; abort on any failure."""
+        try:
+            while True:
+                if self._pieces:
+                    piece = self._pieces.popleft()
+                    self._buffered -= len(piece)
+                    if self._reading_paused and self._buffered <= READ_LOW_WATER:
+                        self._reading_paused = False
+                        if self.transport is not None and self.state == _ACTIVE:
+                            self.transport.resume_reading()
+                    return piece
+                if self.body_done:
+                    return None
+                if self._error is not None:
+                    raise self._error()
+                await self._wait(self._loop.time() + idle_timeout)
+        except BaseException:
+            self.abort()
+            raise
+
+
+class _BodyIterator:
+    """``async for piece in resp.iter_body()``: body pieces as they arrive."""
+
+    __slots__ = ("_conn", "_idle_timeout")
+
+    def __init__(self, conn: _Connection, idle_timeout: float) -> None:
+        self._conn = conn
+        self._idle_timeout = idle_timeout
+
+    def __aiter__(self) -> _BodyIterator:
+        return self
+
+    async def __anext__(self) -> bytes:
+        piece = await self._conn.next_piece(self._idle_timeout)
+        if piece is None:
+            raise StopAsyncIteration
+        return piece
+
+
+class BackendResponse:
+    """A backend's response whose head has arrived; the body is read on demand.
+
+    Always :meth:`close` it (or use ``async with``): that hands the connection
+    back to the pool or closes it.
+    """
+
+    __slots__ = ("status", "content_type", "head", "_conn", "_pool", "_idle_timeout", "_closed")
+
+    def __init__(self, pool: BackendPool, conn: _Connection, head: ResponseHead, idle_timeout: float) -> None:
+        self.status: int = head.status
+        self.content_type: str = head.content_type
+        self.head = head
+        self._conn = conn
+        self._pool = pool
+        self._idle_timeout = idle_timeout
+        self._closed = False
+
+    def iter_body(self, idle_timeout: float | None = None) -> AsyncIterator[bytes]:
+        """Body bytes (de-chunked) as they arrive.
+
+        Each wait for the next piece may last ``idle_timeout`` seconds (default:
+        the request's timeout) before :class:`BackendTimeout`.
+        """
+        return _BodyIterator(self._conn, self._idle_timeout if idle_timeout is None else idle_timeout)
+
+    async def read(self, limit: int, idle_timeout: float | None = None) -> bytes:
+        """The whole body; :class:`BackendFailed` if it is longer than ``limit``."""
+        declared = self.head.content_length
+        if declared is not None and declared > limit:
+            self._conn.abort()
+            raise BackendFailed()
+        pieces: list[bytes] = []
+        size = 0
+        async for piece in self.iter_body(idle_timeout):
+            size += len(piece)
+            if size > limit:
+                self._conn.abort()
+                raise BackendFailed()
+            pieces.append(piece)
+        return b"".join(pieces)
+
+    def close(self) -> None:
+        """Return the connection to the pool if reusable, else close it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pool._release(self._conn)
+
+    async def __aenter__(self) -> BackendResponse:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class _Stale(Exception):
+    """A reused connection failed before any response byte: retry once."""
+
+
+class BackendPool:
+    """Keep-alive HTTP/1.1 connections to backends, per (host, port)."""
+
+    def __init__(self, max_idle_per_backend: int = 32, connect_timeout: float = 5.0) -> None:
+        if max_idle_per_backend < 0 or connect_timeout <= 0:
+            raise ValueError("max_idle_per_backend >= 0 and connect_timeout > 0 are required")
+        self._max_idle = max_idle_per_backend
+        self._connect_timeout = connect_timeout
+        self._idle: dict[tuple[str, int], collections.deque[_Connection]] = {}
+        self._open: set[_Connection] = set()
+        self._closed = False
+        self._connects = 0
+        self._reused = 0
+        self._retries = 0
+
+    # ---------------------------------------------------------------- public
+
+    async def request(
+        self,
+        host: str,
+        port: int,
+        token: str | None,
+        method: str,
+        path: str,
+        body: bytes,
+        timeout: float,
+    ) -> BackendResponse:
+        """Send one request and return once its response head has arrived.
+
+        ``body`` is JSON (sent with Content-Type application/json); an empty
+        body on GET/HEAD/DELETE is sent without body fields.  ``timeout``
+        covers connect, send and head; it is also the default idle timeout of
+        the body reads.
+        """
+        if self._closed:
+            raise BackendFailed()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        has_body = bool(body) or method not in ("GET", "HEAD", "DELETE")
+        try:
+            head = build_request_head(method, path, host, port, len(body) if has_body else None, token)
+        except LocalProtocolError as exc:
+            raise BackendFailed() from exc
+        if not has_body:
+            payload = [head]
+        elif len(body) <= COALESCE_LIMIT:
+            payload = [head + body]
+        else:
+            payload = [head, body]
+        key = (host, port)
+        conn = self._take_idle(key)
+        if conn is not None:
+            try:
+                return await self._exchange(conn, method, payload, deadline, timeout, reused=True)
+            except _Stale:
+                self._retries += 1
+        conn = await self._connect(loop, key, deadline)
+        return await self._exchange(conn, method, payload, deadline, timeout, reused=False)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for tests and metrics.
+
+        ``open``: connections not yet closed (idle or carrying a request);
+        ``idle``: of those, parked in the pool; ``connects``: connections
+        made so far; ``reused``: requests sent on a pooled connection;
+        ``retries``: stale reused connections retried on a fresh one.
+        """
+        return {
+            "open": len(self._open),
+            "idle": sum(len(idle) for idle in self._idle.values()),
+            "connects": self._connects,
+            "reused": self._reused,
+            "retries": self._retries,
+        }
+
+    async def aclose(self) -> None:
+        """Close every connection, idle or busy, and wait until they are gone."""
+        self._closed = True
+        conns = list(self._open)
+        self._idle.clear()
+        for conn in conns:
+            conn.abort()
+        waits = [conn.closed for conn in conns if not conn.closed.done() and conn.transport is not None]
+        if waits:
+            await asyncio.wait(waits, timeout=5.0)
+
+    # ---------------------------------------------------------------- internals
+
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, key: tuple[str, int], deadline: float
+    ) -> _Connection:
+        budget = min(self._connect_timeout, deadline - loop.time())
+        if budget <= 0:
+            raise BackendTimeout()
+        try:
+            async with asyncio.timeout(budget):
+                _, conn = await loop.create_connection(lambda: _Connection(self, key, loop), key[0], key[1])
+        except TimeoutError:
+            raise BackendTimeout() from None
+        except OSError as exc:
+            raise BackendFailed() from exc
+        self._connects += 1
+        if self._closed:
+            conn.abort()
+            raise BackendFailed()
+        self._open.add(conn)
+        return conn
+
+    async def _exchange(
+        self,
+        conn: _Connection,
+        method: str,
+        payload: list[bytes],
+        deadline: float,
+        idle_timeout: float,
+        *,
+        reused: bool,
+    ) -> BackendResponse:
+        try:
+            head = await conn.exchange(method, payload, deadline)
+        except BackendFailed:
+            if reused and not conn.received_any:
+                raise _Stale() from None
+            raise
+        return BackendResponse(self, conn, head, idle_timeout)
+
+    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()  # most recently used first: least likely to be stale
+            if conn.state == _IDLE and conn.transport is not None and not conn.transport.is_closing():
+                self._reused += 1
+                return conn
+            conn.abort()
+        return None
+
+    def _release(self, conn: _Connection) -> None:
+        if conn.state == _CLOSED:
+            return
+        if not conn.reusable:
+            if conn.body_done:
+                conn.close_gracefully()
+            else:
+                conn.abort()
+            return
+        idle = self._idle.setdefault(conn.key, collections.deque())
+        if self._closed or len(idle) >= self._max_idle:
+            conn.close_gracefully()
+            return
+        conn.park()
+        idle.append(conn)
+
+    def _forget(self, conn: _Connection) -> None:
+        self._open.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle is not None:
+            try:
+                idle.remove(conn)
+            except ValueError:
+                pass

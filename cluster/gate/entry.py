@@ -1,0 +1,147 @@
+"""The ForceCommand entry: ``sluice-cluster gate --config FILE [--local-pipe]``.
+
+The environment is read once into a frozen :class:`GateEnv`; only
+``SSH_ORIGINAL_COMMAND`` is ours, every other variable is ignored.  The
+process ends as ``sys.exit(run(...))``.  Exit codes: 0 served, 2 violation or
+refused, 1 our own failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from policy.bodies import load_routes
+from policy.errors import Disallowed
+from policy.frames import Kind, encode
+from policy.grammar import Call, Mux, SessionCommand, parse_command_line
+
+from ..backend_client import BackendPool
+from ..config import ClusterConfig, ConfigError, load_config
+from ..routing import Router
+from .forward import Forwarder
+from .session import BODY_IDLE_TIMEOUT, FrameSink, MuxSession
+
+__all__ = ["GateEnv", "run", "main"]
+
+log = logging.getLogger("sluice.gate")
+
+# The one variable the gate reads.  sshd sets it for a forced command; the
+# appliance's local-pipe transport sets it the same way.
+COMMAND_VARIABLE: Final = "SSH_ORIGINAL_COMMAND"
+
+# The stream id of the only stream of an exec-mode command.
+EXEC_STREAM: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class GateEnv:
+    """What the gate takes from its environment: the command line, if any."""
+
+    command: str | None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> GateEnv:
+        return cls(environ.get(COMMAND_VARIABLE))
+
+
+async def _stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0, closefd=False))
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0, closefd=False)
+    )
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    return reader, writer
+
+
+async def _read_exec_body(reader: asyncio.StreamReader, length: int) -> bytes:
+    """Exactly ``length`` bytes, then end of input; anything else is a violation."""
+    try:
+        async with asyncio.timeout(BODY_IDLE_TIMEOUT):
+            body = await reader.readexactly(length)
+            trailing = await reader.read(1)
+    except asyncio.IncompleteReadError:
+        raise Disallowed("body_short") from None
+    except TimeoutError:
+        raise Disallowed("body_timeout") from None
+    if trailing:
+        raise Disallowed("body_overrun")
+    return body
+
+
+async def _serve(config: ClusterConfig, command: SessionCommand) -> int:
+    reader, writer = await _stdio()
+    forwarder = Forwarder(config, load_routes(), Router(config), BackendPool(connect_timeout=config.gate.connect_timeout))
+    try:
+        if isinstance(command, Mux):
+            return await MuxSession(forwarder, reader, writer).run()
+        body = b""
+        if isinstance(command, Call):
+            if command.length > forwarder.max_body(command):
+                raise Disallowed("body_length")
+            body = await _read_exec_body(reader, command.length)
+        sink = FrameSink(writer.write, writer.drain, EXEC_STREAM)
+        await forwarder.serve(command, body, sink)
+        await writer.drain()
+        return 0
+    except Disallowed as exc:
+        log.warning('{"event":"violation","code":"%s"}', exc.code)
+        writer.write(encode(Kind.GOAWAY, 0, exc.code.encode()))
+        with contextlib.suppress(Exception):
+            await writer.drain()
+        return 2
+    finally:
+        await forwarder.aclose()
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+def _refuse(code: str) -> int:
+    """Answer a refused command line: GOAWAY on stdout, nothing echoed."""
+    log.warning('{"event":"violation","code":"%s"}', code)
+    with contextlib.suppress(OSError):
+        os.write(1, encode(Kind.GOAWAY, 0, code.encode()))
+    return 2
+
+
+def run(env: GateEnv, config: ClusterConfig, local_pipe: bool) -> int:
+    """Serve the command in ``env``; the return value is the exit status."""
+    if env.command is None:
+        # Not a forced command (and no local pipe): a login shell, sftp, or a
+        # person running the program by hand.
+        return _refuse("not_forced_command" if not local_pipe else "no_command")
+    try:
+        command = parse_command_line(env.command)
+    except Disallowed as exc:
+        return _refuse(exc.code)
+    try:
+        import uvloop  # noqa: PLC0415  optional: faster event loop where installed
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(_serve(config, command))
+
+
+def main(argv: list[str]) -> int:
+    """``sluice-cluster gate``: parse our own arguments (set by the operator), then run."""
+    local_pipe = "--local-pipe" in argv
+    args = [a for a in argv if a != "--local-pipe"]
+    if len(args) != 2 or args[0] != "--config":
+        print("usage: sluice-cluster gate --config FILE [--local-pipe]", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    try:
+        config = load_config(args[1])
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 1
+    return run(GateEnv.from_environ(os.environ), config, local_pipe)

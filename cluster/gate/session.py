@@ -1,0 +1,275 @@
+"""Gate sessions: one command per exec, or a mux session of many streams.
+
+:class:`StreamTable` is the sans-IO bookkeeping of a mux session (which ids
+are open, receiving a body, or done) and enforces every frame-level bound;
+:class:`MuxSession` drives it from a pipe and runs one task per stream.
+Any violation ends the whole session with GOAWAY and the violation's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from policy.errors import Disallowed, SluiceError
+from policy.frames import CLIENT_KINDS, MAX_PAYLOAD, FrameDecoder, Kind, encode
+from policy.grammar import Call, StreamCommand, parse_stream_command
+
+from .forward import Forwarder
+from .usage import Usage
+
+__all__ = [
+    "MAX_STREAMS",
+    "BODY_IDLE_TIMEOUT",
+    "SESSION_IDLE_TIMEOUT",
+    "FrameSink",
+    "StreamTable",
+    "MuxSession",
+]
+
+log = logging.getLogger("sluice.gate")
+
+# Concurrent streams in one session: far above what one appliance connection
+# needs (it spreads load over several sessions), low enough to bound memory.
+MAX_STREAMS: Final = 256
+
+# Body bytes that may wait, in all streams of a session together, before
+# their bodies are complete.  Bounds memory against a flood of half-sent bodies.
+MAX_PENDING_BODY: Final = 64 * 1024 * 1024
+
+# A body must arrive within this many seconds of its OPEN (slowloris).
+BODY_IDLE_TIMEOUT: Final = 10.0
+
+# A session that receives no frame at all for this long is closed; the
+# appliance pings every few seconds.
+SESSION_IDLE_TIMEOUT: Final = 120.0
+
+# Frames that change nothing (CANCEL of a finished stream) allowed beyond the
+# number of streams opened: the two sides may cross, but not without bound.
+MAX_IDLE_FRAMES_SLACK: Final = 64
+
+# Bytes read from the pipe at a time.
+READ_SIZE: Final = 256 * 1024
+
+
+@dataclass(slots=True)
+class _Receiving:
+    command: Call
+    deadline: float
+    body: bytearray = field(default_factory=bytearray)
+
+
+class StreamTable:
+    """Frame-level rules of a mux session, without I/O.
+
+    :meth:`on_frame` returns ``(stream, command, body)`` when a stream's
+    request is complete, ``None`` otherwise, and raises :class:`Disallowed`
+    for any violation.  Cancellation is reported through ``cancel``.
+    """
+
+    def __init__(self, max_body: Callable[[Call], int], cancel: Callable[[int], None], clock: Callable[[], float]) -> None:
+        self._max_body = max_body
+        self._cancel = cancel
+        self._clock = clock
+        self._receiving: dict[int, _Receiving] = {}
+        self.running: set[int] = set()
+        self._last_id = 0
+        self._pending = 0
+        self._opened = 0
+        self._idle_frames = 0
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._receiving) + len(self.running)
+
+    def on_frame(self, kind: Kind, stream: int, payload: bytes) -> tuple[int, StreamCommand, bytes] | None:
+        if kind is Kind.OPEN:
+            return self._open(stream, payload)
+        if kind is Kind.DATA:
+            return self._data(stream, payload)
+        self._cancel_frame(stream)
+        return None
+
+    def _open(self, stream: int, payload: bytes) -> tuple[int, StreamCommand, bytes] | None:
+        if stream <= self._last_id:
+            raise Disallowed("stream_reuse")
+        if self.open_streams >= MAX_STREAMS:
+            raise Disallowed("too_many_streams")
+        command = parse_stream_command(payload)
+        self._last_id = stream
+        self._opened += 1
+        if not isinstance(command, Call):
+            self.running.add(stream)
+            return stream, command, b""
+        if command.length > self._max_body(command):
+            raise Disallowed("body_length")
+        if command.length == 0:
+            self.running.add(stream)
+            return stream, command, b""
+        self._receiving[stream] = _Receiving(command, self._clock() + BODY_IDLE_TIMEOUT)
+        return None
+
+    def _data(self, stream: int, payload: bytes) -> tuple[int, StreamCommand, bytes] | None:
+        state = self._receiving.get(stream)
+        if state is None:
+            raise Disallowed("data_without_stream")
+        state.body += payload
+        self._pending += len(payload)
+        if len(state.body) > state.command.length:
+            raise Disallowed("body_overrun")
+        if self._pending > MAX_PENDING_BODY:
+            raise Disallowed("pending_bodies")
+        if len(state.body) < state.command.length:
+            return None
+        del self._receiving[stream]
+        self._pending -= len(state.body)
+        self.running.add(stream)
+        return stream, state.command, bytes(state.body)
+
+    def _cancel_frame(self, stream: int) -> None:
+        if stream > self._last_id:
+            raise Disallowed("cancel_unknown")
+        state = self._receiving.pop(stream, None)
+        if state is not None:
+            self._pending -= len(state.body)
+        elif stream in self.running:
+            self._cancel(stream)
+        else:
+            self._idle_frames += 1
+            if self._idle_frames > self._opened + MAX_IDLE_FRAMES_SLACK:
+                raise Disallowed("frame_flood")
+
+    def finished(self, stream: int) -> None:
+        self.running.discard(stream)
+
+    def check_deadlines(self) -> None:
+        """Raise if a body has been incomplete for too long."""
+        now = self._clock()
+        for state in self._receiving.values():
+            if now > state.deadline:
+                raise Disallowed("body_timeout")
+
+
+class FrameSink:
+    """A :class:`~cluster.gate.forward.Sink` that writes one stream's frames."""
+
+    __slots__ = ("_write", "_drain", "_stream", "_done", "_headed")
+
+    def __init__(self, write: Callable[[bytes], None], drain: Callable[[], object], stream: int) -> None:
+        self._write = write
+        self._drain = drain
+        self._stream = stream
+        self._done = False
+        self._headed = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def head(self, status: int, media: str) -> None:
+        self._headed = True
+        self._write(encode(Kind.HEAD, self._stream, f"{status:03d} {media}".encode()))
+
+    async def body(self, data: bytes) -> None:
+        stream = self._stream
+        for start in range(0, len(data), MAX_PAYLOAD):
+            self._write(encode(Kind.BODY, stream, data[start : start + MAX_PAYLOAD]))
+        await self._drain()  # type: ignore[misc]
+
+    def end(self, usage: Usage | None) -> None:
+        payload = json.dumps(usage, separators=(",", ":")).encode() if usage else b""
+        self._write(encode(Kind.END, self._stream, payload))
+        self._done = True
+
+    def error(self, error: SluiceError) -> None:
+        if self._done:
+            return
+        self._write(encode(Kind.ERROR, self._stream, f"{error.status:03d} {error.code}".encode()))
+        self._done = True
+
+
+class MuxSession:
+    """Reads frames from ``reader``, serves streams concurrently, writes to ``writer``."""
+
+    def __init__(
+        self,
+        forwarder: Forwarder,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._forwarder = forwarder
+        self._reader = reader
+        self._writer = writer
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._table = StreamTable(forwarder.max_body, self._cancel, clock)
+
+    def _cancel(self, stream: int) -> None:
+        task = self._tasks.get(stream)
+        if task is not None:
+            task.cancel()
+
+    async def run(self) -> int:
+        """Serve until the appliance closes its side (0) or violates the protocol (2)."""
+        decoder = FrameDecoder(CLIENT_KINDS)
+        watchdog = asyncio.create_task(self._watch_deadlines())
+        reading = asyncio.create_task(self._read_loop(decoder))
+        try:
+            done, _ = await asyncio.wait({watchdog, reading}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            return 0
+        except Disallowed as exc:
+            log.warning('{"event":"violation","code":"%s"}', exc.code)
+            with contextlib.suppress(Exception):
+                self._writer.write(encode(Kind.GOAWAY, 0, exc.code.encode()))
+                await asyncio.wait_for(self._writer.drain(), 1.0)
+            return 2
+        finally:
+            watchdog.cancel()
+            reading.cancel()
+            for task in list(self._tasks.values()):
+                task.cancel()
+            await asyncio.gather(watchdog, reading, *self._tasks.values(), return_exceptions=True)
+
+    async def _read_loop(self, decoder: FrameDecoder) -> None:
+        reader, table = self._reader, self._table
+        while True:
+            try:
+                async with asyncio.timeout(SESSION_IDLE_TIMEOUT):
+                    data = await reader.read(READ_SIZE)
+            except TimeoutError:
+                raise Disallowed("session_idle") from None
+            if not data:
+                if decoder.buffered:
+                    raise Disallowed("truncated_frame")
+                return
+            for kind, stream, payload in decoder.feed(data):
+                started = table.on_frame(kind, stream, payload)
+                if started is not None:
+                    self._start(*started)
+
+    async def _watch_deadlines(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._table.check_deadlines()
+
+    def _start(self, stream: int, command: StreamCommand, body: bytes) -> None:
+        sink = FrameSink(self._writer.write, self._writer.drain, stream)
+        task = asyncio.create_task(self._serve(stream, command, body, sink))
+        self._tasks[stream] = task
+
+    async def _serve(self, stream: int, command: StreamCommand, body: bytes, sink: FrameSink) -> None:
+        try:
+            await self._forwarder.serve(command, body, sink)
+        except asyncio.CancelledError:
+            pass  # the appliance cancelled: it expects nothing more on this stream
+        finally:
+            self._tasks.pop(stream, None)
+            self._table.finished(stream)

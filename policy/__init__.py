@@ -1,0 +1,6 @@
+"""The contracts between the appliance and the gate, as data plus the small code that compiles them.
+
+``request.abnf`` is the gate's grammar, ``routes.toml`` the route policy.  The
+modules here parse and check; they do no I/O beyond reading the policy files
+that ship beside them.  May import: the standard library only.
+"""

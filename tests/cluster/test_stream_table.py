@@ -1,0 +1,154 @@
+"""Frame-level rules of a mux session (sans-IO): every bound raises Disallowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.gate.session import BODY_IDLE_TIMEOUT, MAX_STREAMS, StreamTable
+from policy.errors import Disallowed
+from policy.frames import Kind
+from policy.grammar import Call, Ping
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(max_body: int = 1000) -> tuple[StreamTable, list[int], Clock]:
+    cancelled: list[int] = []
+    clock = Clock()
+    return StreamTable(lambda call: max_body, cancelled.append, clock), cancelled, clock
+
+
+def test_call_completes_when_declared_length_arrives() -> None:
+    table, _, _ = make()
+    assert table.on_frame(Kind.OPEN, 1, b"call chat m 10") is None
+    assert table.on_frame(Kind.DATA, 1, b"01234") is None
+    assert table.on_frame(Kind.DATA, 1, b"56789") == (1, Call("chat", "m", 10), b"0123456789")
+    assert table.open_streams == 1
+    table.finished(1)
+    assert table.open_streams == 0
+
+
+def test_ping_starts_at_once() -> None:
+    table, _, _ = make()
+    assert table.on_frame(Kind.OPEN, 5, b"ping") == (5, Ping(), b"")
+
+
+def test_interleaved_streams() -> None:
+    table, _, _ = make()
+    table.on_frame(Kind.OPEN, 1, b"call chat m 2")
+    table.on_frame(Kind.OPEN, 2, b"call chat m 2")
+    table.on_frame(Kind.DATA, 2, b"b")
+    table.on_frame(Kind.DATA, 1, b"a")
+    assert table.on_frame(Kind.DATA, 2, b"b")[2] == b"bb"  # type: ignore[index]
+    assert table.on_frame(Kind.DATA, 1, b"a")[2] == b"aa"  # type: ignore[index]
+
+
+def test_cancel_running_stream_reaches_task() -> None:
+    table, cancelled, _ = make()
+    table.on_frame(Kind.OPEN, 1, b"ping")
+    table.on_frame(Kind.CANCEL, 1, b"")
+    assert cancelled == [1]
+
+
+def test_cancel_of_finished_stream_is_ignored() -> None:
+    table, cancelled, _ = make()
+    table.on_frame(Kind.OPEN, 1, b"ping")
+    table.finished(1)
+    table.on_frame(Kind.CANCEL, 1, b"")
+    assert cancelled == []
+
+
+def test_cancel_while_receiving_drops_body() -> None:
+    table, cancelled, _ = make()
+    table.on_frame(Kind.OPEN, 1, b"call chat m 10")
+    table.on_frame(Kind.DATA, 1, b"abc")
+    table.on_frame(Kind.CANCEL, 1, b"")
+    assert table.open_streams == 0 and cancelled == []
+    with pytest.raises(Disallowed):
+        table.on_frame(Kind.DATA, 1, b"d")
+
+
+def _violation(table: StreamTable, kind: Kind, stream: int, payload: bytes, code: str) -> None:
+    with pytest.raises(Disallowed) as info:
+        table.on_frame(kind, stream, payload)
+    assert info.value.code == code
+
+
+def test_reject_stream_id_reuse() -> None:
+    table, _, _ = make()
+    table.on_frame(Kind.OPEN, 3, b"ping")
+    table.finished(3)
+    _violation(table, Kind.OPEN, 3, b"ping", "stream_reuse")
+    table2, _, _ = make()
+    table2.on_frame(Kind.OPEN, 3, b"ping")
+    _violation(table2, Kind.OPEN, 2, b"ping", "stream_reuse")
+
+
+def test_reject_body_overrun() -> None:
+    table, _, _ = make()
+    table.on_frame(Kind.OPEN, 1, b"call chat m 3")
+    _violation(table, Kind.DATA, 1, b"abcd", "body_overrun")
+
+
+def test_reject_data_after_complete_body() -> None:
+    table, _, _ = make()
+    table.on_frame(Kind.OPEN, 1, b"call chat m 1")
+    table.on_frame(Kind.DATA, 1, b"a")
+    _violation(table, Kind.DATA, 1, b"b", "data_without_stream")
+
+
+def test_reject_data_for_unknown_stream() -> None:
+    table, _, _ = make()
+    _violation(table, Kind.DATA, 9, b"a", "data_without_stream")
+
+
+def test_reject_declared_length_over_route_limit() -> None:
+    table, _, _ = make(max_body=100)
+    _violation(table, Kind.OPEN, 1, b"call chat m 101", "body_length")
+
+
+def test_reject_too_many_concurrent_streams() -> None:
+    table, _, _ = make()
+    for stream in range(1, MAX_STREAMS + 1):
+        table.on_frame(Kind.OPEN, stream, b"ping")
+    _violation(table, Kind.OPEN, MAX_STREAMS + 1, b"ping", "too_many_streams")
+
+
+def test_reject_cancel_of_never_opened_stream() -> None:
+    table, _, _ = make()
+    _violation(table, Kind.CANCEL, 1, b"", "cancel_unknown")
+
+
+def test_reject_frame_flood_of_idle_cancels() -> None:
+    table, _, _ = make()
+    table.on_frame(Kind.OPEN, 1, b"ping")
+    table.finished(1)
+    with pytest.raises(Disallowed) as info:
+        for _ in range(10_000):
+            table.on_frame(Kind.CANCEL, 1, b"")
+    assert info.value.code == "frame_flood"
+
+
+def test_reject_slowloris_body() -> None:
+    table, _, clock = make()
+    table.on_frame(Kind.OPEN, 1, b"call chat m 10")
+    table.on_frame(Kind.DATA, 1, b"a")
+    clock.now = BODY_IDLE_TIMEOUT - 0.1
+    table.check_deadlines()
+    clock.now = BODY_IDLE_TIMEOUT + 0.1
+    with pytest.raises(Disallowed) as info:
+        table.check_deadlines()
+    assert info.value.code == "body_timeout"
+
+
+def test_reject_bad_open_line() -> None:
+    table, _, _ = make()
+    _violation(table, Kind.OPEN, 1, b"call chat m 1\n", "bad_command")
+    table2, _, _ = make()
+    _violation(table2, Kind.OPEN, 1, b"mux", "bad_command")
