@@ -1,15 +1,23 @@
 """The gate's HTTP/1.1 client to model backends: a keep-alive pool on asyncio.
 
-Built on :class:`asyncio.Protocol` rather than streams: the protocol decodes
-each read in place (:mod:`cluster._http1` does the byte work) and wakes the
-one waiting task, without a StreamReader buffer and its extra copies and
-wake-ups in between (measured: see the project's bench notes).
+Built on :class:`asyncio.Protocol` rather than streams.  Measured against a
+minimal streams client using the same parser (keep-alive, 32 concurrent
+non-streaming chat requests to the stand-in, one host): both cost the same
+client CPU, about 32 us per request on the stdlib loop and 20-26 us on
+uvloop, and the loopback round trip including the stand-in is about 0.1 ms.
+The protocol keeps that cost while adding what streams would make dearer:
+a timer per wait instead of a timeout context, read flow control, seeing an
+idle connection's close at once (no reader task per idle connection), and a
+cancelled task's connection aborted on the spot.
 
 Contract, in short:
 
 * ``await pool.request(...)`` returns once the response head is in.  Its
   ``timeout`` covers connecting (itself capped by ``connect_timeout``),
   sending and the head; each later body read has its own idle timeout.
+* The request (head and body) is handed to the transport in one go and not
+  awaited for draining: request bodies are bounded by the gate's route
+  policy, so the transport's buffer is bounded too.
 * Connect errors, resets and anything that is not strict HTTP/1.1 raise
   :class:`~policy.errors.BackendFailed`; timeouts raise
   :class:`~policy.errors.BackendTimeout`.
@@ -116,7 +124,8 @@ class _Connection(asyncio.Protocol):
                 self._buf.clear()
             decoder = self._decoder
             if decoder is None:  # unreachable: set together with head
-                raise BackendFailed()
+                self._fail()
+                return
             pieces = decoder.feed(data)
         except PeerError:
             self._fail()
@@ -265,9 +274,10 @@ class _Connection(asyncio.Protocol):
 class _BodyIterator:
     """``async for piece in resp.iter_body()``: body pieces as they arrive."""
 
-    __slots__ = ("_conn", "_idle_timeout")
+    __slots__ = ("_response", "_conn", "_idle_timeout")
 
-    def __init__(self, conn: _Connection, idle_timeout: float) -> None:
+    def __init__(self, response: BackendResponse, conn: _Connection, idle_timeout: float) -> None:
+        self._response = response
         self._conn = conn
         self._idle_timeout = idle_timeout
 
@@ -275,6 +285,9 @@ class _BodyIterator:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._response.closed:
+            # its connection may carry another request by now: never read it
+            raise BackendFailed()
         piece = await self._conn.next_piece(self._idle_timeout)
         if piece is None:
             raise StopAsyncIteration
@@ -305,7 +318,7 @@ class BackendResponse:
         Each wait for the next piece may last ``idle_timeout`` seconds (default:
         the request's timeout) before :class:`BackendTimeout`.
         """
-        return _BodyIterator(self._conn, self._idle_timeout if idle_timeout is None else idle_timeout)
+        return _BodyIterator(self, self._conn, self._idle_timeout if idle_timeout is None else idle_timeout)
 
     async def read(self, limit: int, idle_timeout: float | None = None) -> bytes:
         """The whole body; :class:`BackendFailed` if it is longer than ``limit``."""
@@ -322,6 +335,11 @@ class BackendResponse:
                 raise BackendFailed()
             pieces.append(piece)
         return b"".join(pieces)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called; the body can no longer be read."""
+        return self._closed
 
     def close(self) -> None:
         """Return the connection to the pool if reusable, else close it."""

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Final
 from policy.bodies import load_routes
 from policy.errors import Disallowed
 from policy.frames import Kind, encode
-from policy.grammar import Call, Mux, SessionCommand, parse_command_line
+from policy.grammar import MAX_BODY_BYTES, Call, Mux, SessionCommand, parse_command_line
 
 from ..backend_client import BackendPool
 from ..config import ClusterConfig, ConfigError, load_config
@@ -51,15 +52,49 @@ class GateEnv:
         return cls(environ.get(COMMAND_VARIABLE))
 
 
+def _pollable(fd: int) -> bool:
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
+class _FileWriter:
+    """stdout when it is a file (a person testing by hand): plain blocking writes."""
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(1, view) :]
+
+    async def drain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return False
+
+
 async def _stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Async streams over fds 0 and 1.  Under sshd and the local pipe both are pipes
+    or sockets; a file or /dev/null (a person testing by hand) is read or written
+    directly, since the event loop cannot poll it."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0, closefd=False))
+    if _pollable(0):
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0, closefd=False)
+        )
+    else:
+        with os.fdopen(0, "rb", buffering=0, closefd=False) as stdin:
+            reader.feed_data(stdin.read(MAX_BODY_BYTES + 1))
+        reader.feed_eof()
+    if not _pollable(1):
+        return reader, _FileWriter()  # type: ignore[return-value]
     transport, protocol = await loop.connect_write_pipe(
         asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0, closefd=False)
     )
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
-    return reader, writer
+    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
 
 
 async def _read_exec_body(reader: asyncio.StreamReader, length: int) -> bytes:
@@ -122,13 +157,21 @@ def run(env: GateEnv, config: ClusterConfig, local_pipe: bool) -> int:
         command = parse_command_line(env.command)
     except Disallowed as exc:
         return _refuse(exc.code)
-    try:
-        import uvloop  # noqa: PLC0415  optional: faster event loop where installed
+    return _event_loop_runner()(_serve(config, command))
 
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    return runner(_serve(config, command))
+
+def _event_loop_runner():  # type: ignore[no-untyped-def]
+    """uvloop where it is installed and stdin/stdout are pipes or sockets (as under
+    sshd and the local pipe); the standard loop otherwise (uvloop aborts the
+    process on other kinds of files, such as /dev/null)."""
+    if _pollable(0) and _pollable(1):
+        try:
+            import uvloop
+
+            return uvloop.run
+        except ImportError:
+            pass
+    return asyncio.run
 
 
 def main(argv: list[str]) -> int:

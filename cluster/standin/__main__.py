@@ -10,7 +10,7 @@ import sys
 from cluster.standin._api import KINDS, StandinConfig
 from cluster.standin.server import run
 
-TOKEN_ENV = "SLUICE_BACKEND_TOKEN"
+BEARER_ENV = "SLUICE_BACKEND_TOKEN"
 """The environment variable holding the bearer token (never an argument)."""
 
 
@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cluster.standin",
         description="Stand-in OpenAI-compatible model server. "
-        f"Set {TOKEN_ENV} in the environment to require a bearer token.",
+        f"Set {BEARER_ENV} in the environment to require a bearer token.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, required=True, help="port to listen on; 0 picks a free one")
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --port must be between 0 and 65535", file=sys.stderr)
         return 2
     # set but empty is a mistake, not "no authentication": StandinConfig refuses it
-    token = os.environ.get(TOKEN_ENV)
+    token = os.environ.get(BEARER_ENV)
     try:
         config = StandinConfig(
             model=args.model,

@@ -28,7 +28,7 @@ __all__ = [
     "KINDS",
     "DEFAULT_MAX_TOKENS",
     "MAX_TOKENS_CAP",
-    "MAX_EMBEDDING_INPUTS",
+    "MAX_INPUTS",
     "StandinConfig",
     "Reply",
     "EventStream",
@@ -46,8 +46,9 @@ MAX_TOKENS_CAP = 4096
 """max_tokens above this is cut to it: bounds the work and the stream one
 request can ask of the stand-in."""
 
-MAX_EMBEDDING_INPUTS = 2048
-"""Most inputs in one embeddings request (OpenAI's own limit)."""
+MAX_INPUTS = 2048
+"""Most inputs in one request: embedding inputs or completion prompts
+(OpenAI's own limit for embeddings)."""
 
 _JSON = "application/json"
 _SSE = "text/event-stream"
@@ -164,7 +165,7 @@ def _max_tokens(obj: dict[str, Any]) -> int:
     value = obj.get("max_completion_tokens", obj.get("max_tokens"))
     if value is None:
         return DEFAULT_MAX_TOKENS
-    if not _is_int(value) or value < 1:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise _Invalid(400, "invalid_max_tokens")
     return min(value, MAX_TOKENS_CAP)
 
@@ -422,7 +423,7 @@ class StandinApp:
         """(text to hash, prompt tokens) per prompt: a string, strings, ids or lists of ids."""
         if isinstance(prompt, str):
             return [(prompt, count_words(prompt))]
-        if isinstance(prompt, list) and prompt and len(prompt) <= MAX_EMBEDDING_INPUTS:
+        if isinstance(prompt, list) and prompt and len(prompt) <= MAX_INPUTS:
             if all(isinstance(item, str) for item in prompt):
                 return [(item, count_words(item)) for item in prompt]
             if all(_is_int(item) for item in prompt):
@@ -467,7 +468,7 @@ class StandinApp:
         """(hash key, prompt tokens) per input."""
         if isinstance(value, str):
             return [(b"text:" + value.encode("utf-8", "surrogatepass"), count_words(value))]
-        if isinstance(value, list) and value and len(value) <= MAX_EMBEDDING_INPUTS:
+        if isinstance(value, list) and value and len(value) <= MAX_INPUTS:
             if all(isinstance(item, str) for item in value):
                 return [(b"text:" + item.encode("utf-8", "surrogatepass"), count_words(item)) for item in value]
             if all(_is_int(item) for item in value):

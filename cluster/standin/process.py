@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import selectors
-import subprocess  # nosec B404: a fixed argv of our own module, never a shell
+# A fixed argv that runs our own module, never through a shell:
+import subprocess  # nosec B404
 import sys
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ STOP_TIMEOUT = 5.0
 MAX_READY_LINE = 64
 """Longest first line accepted from the child (``READY 65535`` is 11 bytes)."""
 
-_TOKEN_ENV = "SLUICE_BACKEND_TOKEN"
+_BEARER_ENV = "SLUICE_BACKEND_TOKEN"
 _SOURCE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -77,11 +78,12 @@ class StandinProcess:
     def start(self) -> int:
         """Start the child and return its port once it printed ``READY``."""
         env = dict(os.environ)
-        env.pop(_TOKEN_ENV, None)
+        env.pop(_BEARER_ENV, None)
         if self._token is not None:
-            env[_TOKEN_ENV] = self._token
+            env[_BEARER_ENV] = self._token
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_SOURCE_ROOT, env.get("PYTHONPATH")]))
-        self._proc = subprocess.Popen(  # nosec B603: fixed argv, no shell
+        # fixed argv (sys.executable -m cluster.standin ...), no shell
+        self._proc = subprocess.Popen(  # nosec B603
             self._argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env
         )
         try:

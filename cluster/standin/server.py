@@ -57,6 +57,12 @@ MAX_PIPELINED_BYTES = MAX_HEAD_BYTES + MAX_BODY_BYTES
 (room for one whole next request); beyond this, reading pauses."""
 
 _BODY_METHODS = ("POST", "PUT", "PATCH")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _expects_continue(head: RequestHead) -> bool:
+    """``Expect: 100-continue`` (curl sends it for large bodies); other expectations are ignored."""
+    return any(name == b"expect" and value.lower() == b"100-continue" for name, value in head.headers)
 _STREAM_EXTRA = (("cache-control", "no-cache"),)
 
 
@@ -142,6 +148,8 @@ class _HttpConnection(asyncio.Protocol):
                     self._fail(413, "body_too_large")
                     return
                 self._head = head
+                if len(self._buf) < (head.content_length or 0) and _expects_continue(head):
+                    self._write(_CONTINUE)
             need = head.content_length or 0
             if len(self._buf) < need:
                 self._arm_idle()
@@ -187,6 +195,10 @@ class _HttpConnection(asyncio.Protocol):
             self._closing = True
             self._disarm_idle()
             transport.close()
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
 
     def _fail(self, status: int, code: str) -> None:
         """Answer a request we cannot parse or accept, then close."""

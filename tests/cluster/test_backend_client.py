@@ -120,7 +120,6 @@ class RawServer:
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
         self.port = 0
-        self.closed_by_peer = asyncio.Event()
 
     async def __aenter__(self) -> RawServer:
         self._server = await asyncio.start_server(self._serve, HOST, 0)
@@ -363,6 +362,23 @@ def test_close_without_reading_closes_connection(slow_chat: StandinProcess) -> N
     asyncio.run(scenario())
 
 
+def test_body_cannot_be_read_after_close(chat: StandinProcess) -> None:
+    async def scenario() -> None:
+        pool = BackendPool()
+        resp = await pool.request(HOST, chat.port, None, "GET", "/v1/models", b"", 5.0)
+        await resp.read(4096)
+        resp.close()
+        assert pool.stats()["idle"] == 1
+        with pytest.raises(BackendFailed):
+            await resp.read(4096)
+        with pytest.raises(BackendFailed):
+            async for _ in resp.iter_body():
+                pass
+        await pool.aclose()
+
+    asyncio.run(scenario())
+
+
 def test_read_over_limit_fails(chat: StandinProcess) -> None:
     async def scenario() -> None:
         pool = BackendPool()
@@ -429,12 +445,13 @@ def test_server_never_answers_times_out() -> None:
 
 
 def test_cancel_while_waiting_for_head_closes_connection() -> None:
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await until_eof(reader)
-        server.closed_by_peer.set()
-
     async def scenario() -> None:
-        nonlocal server
+        peer_gone = asyncio.Event()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+            await until_eof(reader)
+            peer_gone.set()
+
         async with RawServer(silent) as server:
             pool = BackendPool()
             task = asyncio.create_task(pool.request(HOST, server.port, None, "GET", "/health", b"", 30.0))
@@ -443,10 +460,9 @@ def test_cancel_while_waiting_for_head_closes_connection() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert pool.stats()["open"] == 0
-            await asyncio.wait_for(server.closed_by_peer.wait(), 2.0)
+            await asyncio.wait_for(peer_gone.wait(), 2.0)
             await pool.aclose()
 
-    server: RawServer
     asyncio.run(scenario())
 
 

@@ -334,3 +334,17 @@ def test_reject_mux_violation_ends_session(gate_config: Path, tripwire: Tripwire
 def test_reject_garbage_frame_ends_session(gate_config: Path) -> None:
     status, frames = asyncio.run(_mux(gate_config, [], extra=b"\x7f" + b"\x00" * 20))
     assert status == 2 and frames[0] == [Frame(Kind.GOAWAY, 0, b"frame_kind")]
+
+
+def test_gate_run_by_hand_with_files_for_stdio(gate_config: Path, tmp_path: Path) -> None:
+    """stdin from /dev/null or a file and stdout to a file (no pipes): served, no crash."""
+    out = tmp_path / "out.bin"
+    body = json.dumps(CHAT).encode()
+    (tmp_path / "body.json").write_bytes(body)
+    env = {"PATH": os.environ["PATH"]}
+    for line, stdin in (("sluice/1 ping", "/dev/null"), (f"sluice/1 call chat standin-chat {len(body)}", str(tmp_path / "body.json"))):
+        with open(stdin, "rb") as source, out.open("wb") as sink:
+            status = subprocess.run(gate_argv(gate_config), stdin=source, stdout=sink, env={**env, "SSH_ORIGINAL_COMMAND": line},
+                                    timeout=30, cwd=Path(__file__).resolve().parents[2]).returncode
+        frames = FrameDecoder(GATE_KINDS).feed(out.read_bytes())
+        assert status == 0 and frames[0].kind is Kind.HEAD and frames[-1].kind is Kind.END

@@ -24,6 +24,7 @@ from cluster._http1 import (
     RemoteProtocolError,
     build_request_head,
     build_response_head,
+    check_response_start,
     encode_chunk,
     find_head_end,
     parse_request_head,
@@ -287,6 +288,18 @@ def test_reject_bare_lf() -> None:
             find_head_end(data)
         with pytest.raises(RemoteProtocolError):
             head_end_bytewise(data)
+
+
+def test_response_start_check_accepts_any_prefix() -> None:
+    for i in range(len(RESPONSE) + 1):
+        check_response_start(RESPONSE[:i])
+    check_response_start(bytearray(b"HTTP/1.0 200 OK\r\n"))
+
+
+@pytest.mark.parametrize("start", [b"SSH-2.0-OpenSSH", b"\x16\x03\x01", b"HTTP/2 200", b"http/1.1", b"H\x00"])
+def test_reject_foreign_protocol_at_once(start: bytes) -> None:
+    with pytest.raises(RemoteProtocolError, match="bad_status_line"):
+        check_response_start(start)
 
 
 def test_reject_incomplete_head_given_to_parser() -> None:

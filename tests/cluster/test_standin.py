@@ -451,7 +451,8 @@ def test_completions(chat: StandinProcess, client: httpx.Client) -> None:
     assert many["usage"]["prompt_tokens"] == 3
     ids = client.post(url(chat, "/v1/completions"), json={"prompt": [1, 2, 3], "max_tokens": 2}).json()
     assert ids["usage"]["prompt_tokens"] == 3
-    for bad in ({"prompt": 5}, {"prompt": []}, {"prompt": [1, "a"]}, {}):
+    bad_bodies: list[dict[str, Any]] = [{"prompt": 5}, {"prompt": []}, {"prompt": [1, "a"]}, {}]
+    for bad in bad_bodies:
         assert client.post(url(chat, "/v1/completions"), json=bad).status_code == 400
 
 
@@ -605,6 +606,23 @@ def test_body_arriving_slowly_is_assembled(chat: StandinProcess) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(0, len(data), 7):
             sock.sendall(data[i : i + 7])
+        head, reply, _ = read_response(sock)
+        assert head.status == 200
+        assert json.loads(reply)["usage"]["completion_tokens"] == 2
+
+
+def test_expect_100_continue(chat: StandinProcess) -> None:
+    body = json.dumps(chat_request("large body", max_tokens=2)).encode()
+    with connect(chat) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+            b"content-length: %d\r\n\r\n" % len(body)
+        )
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += sock.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
         head, reply, _ = read_response(sock)
         assert head.status == 200
         assert json.loads(reply)["usage"]["completion_tokens"] == 2
