@@ -58,7 +58,7 @@ class _Process:
 def _free_port(taken: set[int]) -> int:
     """A random port nobody listens on and no instance was given."""
     for _ in range(100):
-        port = random.randint(*PORT_RANGE)  # nosec B311 - not a secret, only spreads ports
+        port = random.randint(*PORT_RANGE)  # nosec B311
         if port in taken:
             continue
         with socket.socket() as probe:

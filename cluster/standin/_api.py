@@ -51,7 +51,6 @@ MAX_INPUTS = 2048
 (OpenAI's own limit for embeddings)."""
 
 _JSON = "application/json"
-_SSE = "text/event-stream"
 _DONE_EVENT = b"data: [DONE]\n\n"
 _ERROR_TYPES = {
     400: "invalid_request_error",
