@@ -17,13 +17,11 @@ from starlette.routing import Route
 
 from policy.bodies import RouteTable, load_routes
 from policy.errors import SluiceError
-from policy.grammar import Ping
 
 from .api.errors import error_response
 from .api.openai import OpenAIApi
 from .auth.api_keys import ApiKeyStore
-from .catalog import Catalog
-from .transport.base import GateTransport
+from .catalog import ClusterSet
 
 __all__ = ["Appliance", "create_app"]
 
@@ -37,26 +35,20 @@ READY_GRACE: Final = 3.0
 class Appliance:
     """Everything the app serves with; built once at start."""
 
-    transport: GateTransport
+    clusters: ClusterSet
     keys: ApiKeyStore
     routes: RouteTable = field(default_factory=load_routes)
     keepalive_interval: float = 5.0
     request_timeout: float = 300.0
-    catalog: Catalog = field(init=False)
     last_pong: float = field(default=float("-inf"), init=False)
 
-    def __post_init__(self) -> None:
-        self.catalog = Catalog(self.transport)
-
     async def ping(self) -> bool:
-        try:
-            async with asyncio.timeout(max(self.keepalive_interval, 1.0)):
-                reply = await self.transport.request(Ping(), b"")
-                await reply.read()
-        except (SluiceError, TimeoutError):
-            return False
-        self.last_pong = time.monotonic()
-        return True
+        """Ping every cluster (this is also what triggers their scheduler passes)."""
+        answered = await self.clusters.ping(max(self.keepalive_interval, 1.0))
+        if any(answered.values()):
+            self.last_pong = time.monotonic()
+            return True
+        return False
 
     async def keepalive(self) -> None:
         while True:
@@ -65,7 +57,7 @@ class Appliance:
 
 
 def create_app(appliance: Appliance) -> Starlette:
-    api = OpenAIApi(appliance.transport, appliance.keys, appliance.routes, appliance.catalog, appliance.request_timeout)
+    api = OpenAIApi(appliance.clusters, appliance.keys, appliance.routes, appliance.request_timeout)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -77,7 +69,7 @@ def create_app(appliance: Appliance) -> Starlette:
         ready_models: list[str] = []
         if fresh:
             with contextlib.suppress(SluiceError):
-                ready_models = sorted(m.id for m in (await appliance.catalog.models()).values() if m.ready)
+                ready_models = sorted(m.id for m in (await appliance.clusters.models()).values() if m.ready)
         if fresh and ready_models:
             return JSONResponse({"status": "ready", "models": ready_models})
         return JSONResponse(
@@ -98,14 +90,14 @@ def create_app(appliance: Appliance) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await appliance.transport.start()
+        await appliance.clusters.start()
         keepalive = asyncio.create_task(appliance.keepalive())
         try:
             yield
         finally:
             keepalive.cancel()
             await asyncio.gather(keepalive, return_exceptions=True)
-            await appliance.transport.aclose()
+            await appliance.clusters.aclose()
 
     routes = [Route("/healthz", healthz), Route("/readyz", readyz), *api.routes()]
     return Starlette(

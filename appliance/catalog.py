@@ -1,23 +1,29 @@
-"""The models the cluster serves, as last reported by the gate's ``models`` command.
+"""The models the clusters serve, as last reported by each gate's ``models`` command.
 
-Cached for a short time: the API checks every request's model against it
-(404 before any cluster work), and ``/v1/models`` lists it.
+Each cluster's listing is cached for a short time: the API checks every
+request's model against the merged listing (404 before any cluster work),
+routes it to the cluster that serves it, and ``/v1/models`` lists the union.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from policy.errors import BackendFailed
-from policy.grammar import Models
+from policy.errors import BackendFailed, SluiceError
+from policy.grammar import Models, Ping
 
 from .transport.base import GateTransport
 
-__all__ = ["ModelInfo", "Catalog"]
+__all__ = ["ModelInfo", "Catalog", "ClusterSet"]
+
+log = logging.getLogger("sluice.catalog")
 
 # How long a listing is trusted.  A model that appears is usable within this
 # time; readiness changes are the gate's business, not the catalog's.
@@ -29,11 +35,15 @@ class ModelInfo:
     id: str
     ready: bool
     routes: frozenset[str]
+    cluster: str
 
 
 class Catalog:
-    def __init__(self, transport: GateTransport, ttl: float = CATALOG_TTL) -> None:
-        self._transport = transport
+    """One cluster's model listing, cached for ``ttl`` seconds."""
+
+    def __init__(self, name: str, transport: GateTransport, ttl: float = CATALOG_TTL) -> None:
+        self.name = name
+        self.transport = transport
         self._ttl = ttl
         self._models: dict[str, ModelInfo] = {}
         self._fetched = float("-inf")
@@ -48,15 +58,82 @@ class Catalog:
         return self._models
 
     async def refresh(self) -> None:
-        reply = await self._transport.request(Models(), b"")
+        reply = await self.transport.request(Models(), b"")
         data = await reply.read()
         try:
             listing = json.loads(data)
             models = {
-                item["id"]: ModelInfo(item["id"], bool(item["ready"]), frozenset(item["routes"]))
+                item["id"]: ModelInfo(item["id"], bool(item["ready"]), frozenset(item["routes"]), self.name)
                 for item in listing["data"]
             }
         except (ValueError, KeyError, TypeError):
             raise BackendFailed("bad_model_listing") from None
         self._models = models
         self._fetched = time.monotonic()
+
+
+class ClusterSet:
+    """Every configured cluster: one transport each, listings merged by model."""
+
+    def __init__(self, transports: Mapping[str, GateTransport], ttl: float = CATALOG_TTL) -> None:
+        if not transports:
+            raise ValueError("at least one cluster")
+        self.catalogs = {name: Catalog(name, transport, ttl) for name, transport in transports.items()}
+
+    @classmethod
+    def single(cls, transport: GateTransport, name: str = "local") -> ClusterSet:
+        return cls({name: transport})
+
+    def transport(self, cluster: str) -> GateTransport:
+        return self.catalogs[cluster].transport
+
+    async def start(self) -> None:
+        for catalog in self.catalogs.values():
+            await catalog.transport.start()
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(c.transport.aclose() for c in self.catalogs.values()), return_exceptions=True)
+
+    async def models(self) -> dict[str, ModelInfo]:
+        """The union of all clusters' models; a model on several clusters goes to the first one listed."""
+        merged: dict[str, ModelInfo] = {}
+        failures: list[SluiceError] = []
+        for catalog in self.catalogs.values():
+            try:
+                listing = await catalog.models()
+            except SluiceError as exc:
+                failures.append(exc)
+                continue
+            for name, info in listing.items():
+                merged.setdefault(name, info)
+        if failures and not merged:
+            raise failures[0]
+        return merged
+
+    async def refresh(self) -> None:
+        for catalog in self.catalogs.values():
+            with contextlib.suppress(SluiceError):
+                await catalog.refresh()
+
+    async def ping(self, timeout: float) -> dict[str, bool]:
+        """Ping every cluster's gate; True where it answered within ``timeout``."""
+
+        async def one(transport: GateTransport) -> bool:
+            try:
+                async with asyncio.timeout(timeout):
+                    reply = await transport.request(Ping(), b"")
+                    await reply.read()
+            except (SluiceError, TimeoutError):
+                return False
+            return True
+
+        names = list(self.catalogs)
+        results = await asyncio.gather(*(one(self.catalogs[n].transport) for n in names))
+        return dict(zip(names, results, strict=True))
+
+    def stats(self) -> dict[str, int]:
+        total = {"sessions": 0, "streams": 0}
+        for catalog in self.catalogs.values():
+            for key, value in catalog.transport.stats().items():
+                total[key] = total.get(key, 0) + value
+        return total

@@ -27,7 +27,19 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--mode", choices=("mux", "exec"), default="mux", help="gate protocol mode (default mux)")
     demo.add_argument("--sessions", type=int, default=1, help="mux sessions (gate processes) to spread requests over")
     demo.add_argument("--token-delay", type=float, default=0.02, help="seconds between streamed tokens")
+    serve = commands.add_parser("serve", help="run the appliance from its configuration file")
+    serve.add_argument("--config", required=True, help="the appliance's TOML configuration")
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        from .serve import run_server
+        from .settings import SettingsError, load_settings
+
+        try:
+            settings = load_settings(args.config)
+        except SettingsError as exc:
+            print(f"sluice: {exc}", file=sys.stderr)
+            return 2
+        return _run(run_server(settings))
     if args.command == "demo":
         from .demo import new_demo_key, run_demo
 

@@ -23,6 +23,7 @@ from hypercorn.config import Config
 
 from .app import Appliance, create_app
 from .auth.api_keys import ApiKeyStore
+from .catalog import ClusterSet
 from .transport.local import LocalPipeTransport
 
 __all__ = ["run_demo", "DEMO_MODELS"]
@@ -72,8 +73,8 @@ async def _wait_ready(appliance: Appliance, stop: asyncio.Event) -> bool:
     while time.monotonic() < deadline and not stop.is_set():
         if await appliance.ping():
             with contextlib.suppress(Exception):
-                await appliance.catalog.refresh()
-                models = await appliance.catalog.models()
+                await appliance.clusters.refresh()
+                models = await appliance.clusters.models()
                 if all(name in models and models[name].ready for name in DEMO_MODELS):
                     return True
         await asyncio.sleep(0.2)
@@ -92,7 +93,8 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     )
     keys = ApiKeyStore()
     keys.add(api_key, user="demo", key_id="demo")
-    appliance = Appliance(LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions), keys)
+    transport = LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions)
+    appliance = Appliance(ClusterSet.single(transport), keys)
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None

@@ -23,8 +23,7 @@ from policy.errors import BodyRejected, SluiceError
 from policy.grammar import Call
 
 from ..auth.api_keys import ApiKeyStore, Principal
-from ..catalog import Catalog
-from ..transport.base import GateTransport
+from ..catalog import ClusterSet
 from .errors import error_body, error_response, from_error
 
 __all__ = ["OpenAIApi"]
@@ -39,13 +38,10 @@ _SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class OpenAIApi:
     """The handlers, bound to the appliance's services."""
 
-    def __init__(
-        self, transport: GateTransport, keys: ApiKeyStore, routes: RouteTable, catalog: Catalog, request_timeout: float
-    ) -> None:
-        self._transport = transport
+    def __init__(self, clusters: ClusterSet, keys: ApiKeyStore, routes: RouteTable, request_timeout: float) -> None:
+        self._clusters = clusters
         self._keys = keys
         self._routes = routes
-        self._catalog = catalog
         self._timeout = request_timeout
 
     def routes(self) -> list[Route]:
@@ -66,7 +62,7 @@ class OpenAIApi:
         if self._principal(request) is None:
             return error_response(401, "invalid_api_key")
         try:
-            models = await self._catalog.models()
+            models = await self._clusters.models()
         except SluiceError as exc:
             return from_error(exc)
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "sluice"} for m in sorted(models)]
@@ -81,14 +77,15 @@ class OpenAIApi:
             try:
                 body = await _read_body(request, route.max_body_bytes)
                 checked = route.check(body)
-                models = await self._catalog.models()
+                models = await self._clusters.models()
                 info = models.get(checked.model)
                 if info is None:
                     return error_response(404, "model_not_found")
                 if route_id not in info.routes:
                     return error_response(404, "route_not_served")
                 async with asyncio.timeout(self._timeout):
-                    reply = await self._transport.request(Call(route_id, checked.model, len(body)), body)
+                    transport = self._clusters.transport(info.cluster)
+                    reply = await transport.request(Call(route_id, checked.model, len(body)), body)
                     if reply.media == "sse":
                         return StreamingResponse(
                             _relay(reply), status_code=reply.status, media_type="text/event-stream", headers=_SSE_HEADERS

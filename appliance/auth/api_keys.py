@@ -42,7 +42,12 @@ class ApiKeyStore:
     def add(self, key: str, user: str, key_id: str) -> None:
         if not 16 <= len(key) <= MAX_KEY_LENGTH:
             raise ValueError("an API key must be 16 to 256 characters long")
-        digest = self._digest(key)
+        self.add_digest(self._digest(key), user, key_id)
+
+    def add_digest(self, digest: bytes, user: str, key_id: str) -> None:
+        """Add a key known only by its SHA-256 digest (as operators provision them)."""
+        if len(digest) != hashlib.sha256().digest_size:
+            raise ValueError("a key digest is 32 bytes")
         self._keys.setdefault(digest[:_LOOKUP_BYTES], []).append((digest, Principal(user, key_id)))
 
     def verify(self, key: str) -> Principal | None:

@@ -183,7 +183,10 @@ class FrameReceiver:
                         reply.fail(_parse_error(payload))
         except SluiceError as exc:
             self.close(exc if not isinstance(exc, Disallowed) else TransportError("gate_protocol"))
-        except (OSError, asyncio.IncompleteReadError):
+        except asyncio.CancelledError:
+            self.close(TransportError("closing"))
+            raise
+        except Exception:  # the pipe or the SSH channel broke, in whatever way its library says it
             self.close(TransportError("gate_closed"))
 
     def close(self, error: SluiceError) -> None:
@@ -237,6 +240,10 @@ class MuxClient:
         self._receiver.replies.pop(stream, None)
         if self.alive:
             self._writer.write(encode(Kind.CANCEL, stream))
+
+    async def wait_closed(self) -> None:
+        """Returns when the session ended (the gate went away or broke the protocol)."""
+        await asyncio.gather(self._task, return_exceptions=True)
 
     async def aclose(self) -> None:
         self._receiver.close(TransportError("closing"))

@@ -19,6 +19,7 @@ from hypercorn.config import Config
 
 from appliance.app import Appliance, create_app
 from appliance.auth.api_keys import ApiKeyStore
+from appliance.catalog import ClusterSet
 from appliance.transport.local import LocalPipeTransport
 from policy.grammar import Ping
 from tests.conftest import Cluster, free_port
@@ -31,7 +32,7 @@ LONG = {"model": "standin-chat", "messages": [{"role": "user", "content": "tell 
 
 
 async def _gate_in_flight(appliance: Appliance) -> dict[str, object]:
-    reply = await appliance.transport.request(Ping(), b"")
+    reply = await appliance.clusters.transport("local").request(Ping(), b"")
     return json.loads(await reply.read())
 
 
@@ -40,7 +41,7 @@ async def _settled(appliance: Appliance, cluster: Cluster, baseline_tasks: int) 
     state: dict[str, object] = {}
     async with httpx.AsyncClient() as client:
         for _ in range(100):
-            streams = appliance.transport.stats()["streams"]
+            streams = appliance.clusters.stats()["streams"]
             tasks = len(asyncio.all_tasks()) - baseline_tasks
             gate = await _gate_in_flight(appliance)
             stats = (await client.get(f"{cluster.chat.url}/stats",
@@ -60,7 +61,8 @@ async def _settled(appliance: Appliance, cluster: Cluster, baseline_tasks: int) 
 async def _scenario(cluster: Cluster, mode: str) -> None:
     keys = ApiKeyStore()
     keys.add(KEY, "leak", "leak")
-    appliance = Appliance(LocalPipeTransport(cluster.gate_argv(), mode=mode), keys, keepalive_interval=60)
+    appliance = Appliance(ClusterSet.single(LocalPipeTransport(cluster.gate_argv(), mode=mode)), keys,
+                          keepalive_interval=60)
     port = free_port()
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
@@ -78,7 +80,7 @@ async def _scenario(cluster: Cluster, mode: str) -> None:
                 except httpx.ConnectError:
                     pass
                 await asyncio.sleep(0.05)
-            await appliance.catalog.refresh()
+            await appliance.clusters.refresh()
             # One finished request first, so that lazily made tasks are in the baseline.
             assert (await client.post(url, json={**LONG, "stream": False, "max_tokens": 2}, headers=headers)).status_code == 200
         baseline = len(asyncio.all_tasks())
@@ -107,7 +109,7 @@ async def _scenario(cluster: Cluster, mode: str) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(server, 15)
-    assert appliance.transport.stats() == {"sessions": 0, "streams": 0}
+    assert appliance.clusters.stats() == {"sessions": 0, "streams": 0}
 
 
 @pytest.mark.parametrize("mode", ["mux", "exec"])

@@ -1,0 +1,206 @@
+"""The appliance configuration: one TOML file, validated once at start.
+
+Every error names the key and the fix.  Secrets (API key hashes, the SSH
+client key) are referred to by path; the file itself holds none.
+
+```toml
+[server]
+host = "0.0.0.0"
+port = 8080
+request_timeout = 300        # seconds, per request, to the first byte of the answer
+
+[[clusters]]
+name = "hpc"
+transport = "ssh"            # or "local" (the gate as a child process)
+mode = "mux"                 # or "exec" (one gate process per request)
+host = "login.hpc.example.org"
+port = 22
+user = "sluice"
+client_key = "/etc/sluice/id_ed25519"
+known_hosts = "/etc/sluice/known_hosts"   # pinned host keys; there is no way to skip this
+connections = 2
+keepalive_interval = 5
+
+[[api_keys]]                 # operator-provisioned keys, as SHA-256 hex digests
+user = "alice"
+key_id = "alice-laptop"
+sha256 = "..."
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["SettingsError", "ServerSettings", "LocalCluster", "SshCluster", "ApiKeyEntry", "Settings", "load_settings"]
+
+MAX_CONNECTIONS: Final = 32
+
+
+class SettingsError(ValueError):
+    """The configuration is wrong; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    request_timeout: float = 300.0
+    keepalive_interval: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCluster:
+    name: str
+    mode: str
+    gate_command: tuple[str, ...]
+    sessions: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SshCluster:
+    name: str
+    mode: str
+    host: str
+    port: int
+    user: str
+    client_key: Path
+    known_hosts: Path
+    connections: int = 2
+    keepalive_interval: float = 5.0
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyEntry:
+    user: str
+    key_id: str
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings
+    clusters: tuple[LocalCluster | SshCluster, ...]
+    api_keys: tuple[ApiKeyEntry, ...] = ()
+
+
+class _Table:
+    """Typed access to one TOML table, with errors that name the key."""
+
+    def __init__(self, data: Any, where: str, allowed: set[str]) -> None:
+        if not isinstance(data, dict):
+            raise SettingsError(f"{where} must be a table")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise SettingsError(f"{where}.{unknown[0]} is not a known setting (known: {', '.join(sorted(allowed))})")
+        self.data, self.where = data, where
+
+    def get(self, key: str, kind: type, default: Any = ...) -> Any:
+        if key not in self.data:
+            if default is ...:
+                raise SettingsError(f"{self.where}.{key} is required")
+            return default
+        value = self.data[key]
+        if kind is float and type(value) is int:
+            value = float(value)
+        if type(value) is not kind:
+            raise SettingsError(f"{self.where}.{key} must be a {kind.__name__}")
+        return value
+
+    def number(self, key: str, kind: type, low: float, high: float, default: Any) -> Any:
+        value = self.get(key, kind, default)
+        if not low <= value <= high:
+            raise SettingsError(f"{self.where}.{key} must be between {low} and {high}")
+        return value
+
+
+def _server(data: Any) -> ServerSettings:
+    table = _Table(data, "server", {"host", "port", "request_timeout", "keepalive_interval"})
+    return ServerSettings(
+        table.get("host", str, "127.0.0.1"),
+        table.number("port", int, 1, 65535, 8080),
+        table.number("request_timeout", float, 1, 3600, 300.0),
+        table.number("keepalive_interval", float, 1, 60, 5.0),
+    )
+
+
+def _cluster(data: Any, where: str, base: Path) -> LocalCluster | SshCluster:
+    kind = data.get("transport") if isinstance(data, dict) else None
+    common = {"name", "transport", "mode"}
+    if kind == "local":
+        table = _Table(data, where, common | {"gate_command", "sessions"})
+        command = table.get("gate_command", list)
+        if not command or not all(isinstance(a, str) for a in command) or "--local-pipe" not in command:
+            raise SettingsError(f"{where}.gate_command must be a list of strings that includes --local-pipe")
+        return LocalCluster(_name(table), _mode(table), tuple(command), table.number("sessions", int, 1, MAX_CONNECTIONS, 1))
+    if kind == "ssh":
+        table = _Table(
+            data, where,
+            common | {"host", "port", "user", "client_key", "known_hosts", "connections", "keepalive_interval", "connect_timeout"},
+        )
+        known_hosts = base / table.get("known_hosts", str)
+        client_key = base / table.get("client_key", str)
+        for key, path in (("known_hosts", known_hosts), ("client_key", client_key)):
+            if not path.is_file():
+                raise SettingsError(f"{where}.{key}: {path} does not exist")
+        return SshCluster(
+            _name(table), _mode(table), table.get("host", str), table.number("port", int, 1, 65535, 22),
+            table.get("user", str), client_key, known_hosts,
+            table.number("connections", int, 1, MAX_CONNECTIONS, 2),
+            table.number("keepalive_interval", float, 1, 60, 5.0),
+            table.number("connect_timeout", float, 1, 120, 10.0),
+        )
+    raise SettingsError(f"{where}.transport must be 'ssh' or 'local'")
+
+
+def _name(table: _Table) -> str:
+    name = table.get("name", str)
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise SettingsError(f"{table.where}.name must be letters, digits, '-' and '_'")
+    return name
+
+
+def _mode(table: _Table) -> str:
+    mode = table.get("mode", str, "mux")
+    if mode not in ("mux", "exec"):
+        raise SettingsError(f"{table.where}.mode must be 'mux' or 'exec'")
+    return mode
+
+
+def _api_key(data: Any, where: str) -> ApiKeyEntry:
+    table = _Table(data, where, {"user", "key_id", "sha256"})
+    digest = table.get("sha256", str)
+    try:
+        raw = bytes.fromhex(digest)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise SettingsError(f"{where}.sha256 must be 64 hex digits (sha256 of the key)")
+    return ApiKeyEntry(table.get("user", str), table.get("key_id", str), raw)
+
+
+def parse_settings(data: dict[str, Any], base: Path) -> Settings:
+    _Table(data, "config", {"server", "clusters", "api_keys"})
+    clusters_data = data.get("clusters")
+    if not isinstance(clusters_data, list) or not clusters_data:
+        raise SettingsError("config: at least one [[clusters]] entry is required")
+    clusters = tuple(_cluster(c, f"clusters[{i}]", base) for i, c in enumerate(clusters_data))
+    names = [c.name for c in clusters]
+    if len(set(names)) != len(names):
+        raise SettingsError("clusters: names must be distinct")
+    keys = tuple(_api_key(k, f"api_keys[{i}]") for i, k in enumerate(data.get("api_keys", [])))
+    return Settings(_server(data.get("server", {})), clusters, keys)
+
+
+def load_settings(path: str | Path) -> Settings:
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"cannot read {path}: {exc}") from None
+    return parse_settings(data, path.parent)

@@ -1,0 +1,385 @@
+"""The SSH transport against a real OpenSSH server, with the gate as the forced command.
+
+The appliance runs as deployed (`sluice serve --config`), the gate runs under
+sshd as a dedicated functional account, and the stand-in model servers stand
+behind it.  The key must do nothing but run the gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+import httpx
+import openai
+import pytest
+
+from policy.frames import GATE_KINDS, FrameDecoder, Kind
+from tests.conftest import ROOT, Cluster, free_port
+from tests.services.sshd import Sshd
+
+pytestmark = pytest.mark.integration
+
+KEY = "sk-ssh-test-" + "s" * 24
+
+
+def _cluster_toml(cluster: Cluster) -> tuple[str, dict[str, str]]:
+    toml = "\n".join(
+        [
+            "[gate]",
+            'routing_table = "routing.json"',
+            "request_timeout = 30",
+            "[[backends]]",
+            'model = "standin-chat"',
+            f'url = "http://127.0.0.1:{cluster.chat.port}"',
+            'routes = ["chat", "completions"]',
+            'token_file = "chat.token"',
+            "[[backends]]",
+            'model = "standin-embed"',
+            f'url = "http://127.0.0.1:{cluster.embed.port}"',
+            'routes = ["embeddings"]',
+            'token_file = "embed.token"',
+            "",
+        ]
+    )
+    return toml, {"chat.token": cluster.chat.token, "embed.token": cluster.embed.token}
+
+
+@pytest.fixture(scope="module")
+def sshd(cluster: Cluster) -> Iterator[Sshd]:
+    toml, files = _cluster_toml(cluster)
+    server = Sshd(toml, files)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclass
+class Appliance:
+    url: str
+    process: subprocess.Popen[bytes]
+    clients: list[openai.OpenAI] = field(default_factory=list)
+
+    def client(self) -> openai.OpenAI:
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=KEY, max_retries=0, timeout=30)
+        self.clients.append(client)
+        return client
+
+    def ready(self) -> httpx.Response:
+        return httpx.get(f"{self.url}/readyz", timeout=10)
+
+
+def start_appliance(sshd: Sshd, mode: str, known_hosts: Path | None = None, connections: int = 2) -> Appliance:
+    port = free_port()
+    config = sshd.dir / f"appliance-{port}.toml"
+    config.write_text(
+        "\n".join(
+            [
+                "[server]",
+                f"port = {port}",
+                "keepalive_interval = 1",
+                "request_timeout = 30",
+                "[[clusters]]",
+                'name = "hpc"',
+                'transport = "ssh"',
+                f'mode = "{mode}"',
+                'host = "127.0.0.1"',
+                f"port = {sshd.port}",
+                'user = "sluicegate"',
+                f'client_key = "{sshd.client_key}"',
+                f'known_hosts = "{known_hosts or sshd.known_hosts}"',
+                f"connections = {connections}",
+                "keepalive_interval = 1",
+                "connect_timeout = 5",
+                "[[api_keys]]",
+                'user = "tester"',
+                'key_id = "ssh-test"',
+                f'sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"',
+                "",
+            ]
+        )
+    )
+    process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    appliance = Appliance(f"http://127.0.0.1:{port}", process)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{appliance.url}/healthz", timeout=2)
+            return appliance
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("sluice serve did not start")
+
+
+def stop_appliance(appliance: Appliance) -> str:
+    for client in appliance.clients:
+        client.close()
+    appliance.process.send_signal(signal.SIGTERM)
+    _, stderr = appliance.process.communicate(timeout=30)
+    return stderr.decode(errors="replace")
+
+
+def wait_ready(appliance: Appliance, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if appliance.ready().status_code == 200:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not ready: {appliance.ready().text}")
+
+
+@pytest.fixture(scope="module", params=["mux", "exec"])
+def appliance(request: pytest.FixtureRequest, sshd: Sshd) -> Iterator[Appliance]:
+    running = start_appliance(sshd, request.param)
+    try:
+        wait_ready(running)
+        yield running
+    finally:
+        stop_appliance(running)
+
+
+# -- the full path over real SSH ------------------------------------------------------
+
+def test_full_path_plain_and_streaming(appliance: Appliance) -> None:
+    client = appliance.client()
+    assert {m.id for m in client.models.list()} == {"standin-chat", "standin-embed"}
+    answer = client.chat.completions.create(model="standin-chat", messages=[{"role": "user", "content": "over ssh"}],
+                                            max_tokens=6)
+    assert answer.usage is not None and answer.usage.completion_tokens == 6
+    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="standin-chat", messages=[{"role": "user", "content": "over ssh"}], max_tokens=6, stream=True) if c.choices]
+    assert "".join(pieces).split() == (answer.choices[0].message.content or "").split()
+    assert len(client.embeddings.create(model="standin-embed", input=["a", "b"]).data) == 2
+    assert client.completions.create(model="standin-chat", prompt="x", max_tokens=3).usage.completion_tokens == 3  # type: ignore[union-attr]
+
+
+def test_concurrent_over_ssh(appliance: Appliance) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = appliance.client()
+
+    def one(i: int) -> int:
+        answer = client.chat.completions.create(model="standin-chat", messages=[{"role": "user", "content": f"n {i}"}],
+                                                max_tokens=3)
+        return answer.usage.completion_tokens if answer.usage else -1
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, range(40))) == [3] * 40
+
+
+def test_health_and_readiness_differ(appliance: Appliance) -> None:
+    assert httpx.get(f"{appliance.url}/healthz").status_code == 200
+    ready = appliance.ready()
+    assert ready.status_code == 200 and set(ready.json()["models"]) == {"standin-chat", "standin-embed"}
+
+
+# -- what the key cannot do -----------------------------------------------------------
+
+async def _connect(sshd: Sshd, **extra: object) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect("127.0.0.1", port=sshd.port, username="sluicegate", client_keys=[str(sshd.client_key)],
+                                  known_hosts=str(sshd.known_hosts), agent_path=None, config=[], **extra)  # type: ignore[arg-type]
+
+
+def _goaway(stdout: bytes) -> bytes:
+    frames = FrameDecoder(GATE_KINDS).feed(stdout)
+    assert len(frames) == 1 and frames[0].kind is Kind.GOAWAY, frames
+    return frames[0].payload
+
+
+def test_reject_shell_and_commands(sshd: Sshd) -> None:
+    async def scenario() -> None:
+        async with await _connect(sshd) as conn:
+            # A command other than the grammar's: refused by the gate, nothing run.
+            result = await conn.run("id; cat /etc/passwd", encoding=None)
+            assert result.exit_status == 2 and _goaway(result.stdout) == b"bad_command"  # type: ignore[arg-type]
+            # A login shell: the forced command runs with no SSH_ORIGINAL_COMMAND.
+            process = await conn.create_process(encoding=None)
+            process.stdin.write_eof()
+            stdout = await process.stdout.read()
+            await process.wait()
+            assert process.exit_status == 2 and _goaway(stdout) == b"not_forced_command"
+
+    asyncio.run(scenario())
+
+
+def test_reject_pty(sshd: Sshd) -> None:
+    async def scenario() -> None:
+        async with await _connect(sshd) as conn:
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.create_process("sluice/1 ping", term_type="xterm", request_pty="force")
+
+    asyncio.run(scenario())
+
+
+def test_reject_sftp(sshd: Sshd) -> None:
+    async def scenario() -> None:
+        async with await _connect(sshd) as conn:
+            with pytest.raises((asyncssh.SFTPError, asyncssh.ChannelOpenError, asyncssh.ConnectionLost)):
+                async with conn.start_sftp_client() as sftp:
+                    await sftp.listdir(".")
+
+    asyncio.run(scenario())
+
+
+def test_reject_port_forwarding(sshd: Sshd, cluster: Cluster) -> None:
+    async def scenario() -> None:
+        async with await _connect(sshd) as conn:
+            # Local forwarding to the model server behind the gate: the channel is refused.
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.open_connection("127.0.0.1", cluster.chat.port)
+            # Remote forwarding: the listen request is refused.
+            with pytest.raises(asyncssh.ChannelListenError):
+                await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 9)
+            # Unix socket forwarding.
+            with pytest.raises(asyncssh.ChannelOpenError):
+                await conn.open_unix_connection("/run/munge/munge.socket.2")
+
+    asyncio.run(scenario())
+
+
+def test_reject_agent_forwarding(sshd: Sshd) -> None:
+    """Even when the client offers its agent, the gate's environment has no agent socket."""
+
+    async def scenario() -> None:
+        async with await _connect(sshd, agent_forwarding=True) as conn:
+            process = await conn.create_process("sluice/1 mux", encoding=None)
+            pids: list[int] = []
+            for _ in range(50):
+                pids = [p for p in sshd.gate_pids() if "cluster.cli" in _cmdline(p)]
+                if pids:
+                    break
+                await asyncio.sleep(0.1)
+            assert pids, "the gate process did not appear"
+            for pid in pids:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+                assert b"SSH_AUTH_SOCK" not in environ
+            process.stdin.write_eof()
+            await process.wait()
+
+    asyncio.run(scenario())
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_wrong_host_key_is_refused(sshd: Sshd, tmp_path: Path) -> None:
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    wrong = sshd.dir / "known_hosts_wrong"
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {other.with_suffix('.pub').read_text().strip()}\n")
+    appliance = start_appliance(sshd, "mux", known_hosts=wrong, connections=1)
+    try:
+        ready = appliance.ready()
+        assert ready.status_code == 503 and ready.json()["cluster"] == "unreachable"
+        started = time.monotonic()
+        response = httpx.post(f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                              json={"model": "standin-chat", "messages": [{"role": "user", "content": "x"}]}, timeout=10)
+        assert response.status_code == 503 and response.headers.get("retry-after")
+        assert time.monotonic() - started < 2, "an unreachable cluster must fail fast"
+    finally:
+        log = stop_appliance(appliance)
+    assert "host key not verifiable" in log
+
+
+# -- failures mid-request, and recovery -------------------------------------------------
+
+def _long_stream(appliance: Appliance) -> httpx.Response:
+    return httpx.post(
+        f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
+        json={"model": "standin-chat", "messages": [{"role": "user", "content": "long"}], "max_tokens": 3000, "stream": True},
+    )
+
+
+def _stream_until_broken(appliance: Appliance, breaker) -> str:  # type: ignore[no-untyped-def]
+    with httpx.Client(timeout=30) as client:
+        with client.stream(
+            "POST", f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+            json={"model": "standin-chat", "messages": [{"role": "user", "content": "long"}], "max_tokens": 3000,
+                  "stream": True},
+        ) as response:
+            assert response.status_code == 200
+            received = []
+            started = None
+            for chunk in response.iter_text():
+                received.append(chunk)
+                if started is None:
+                    breaker()
+                    started = time.monotonic()
+            assert started is not None and time.monotonic() - started < 5, "the broken stream must end promptly"
+            return "".join(received)
+
+
+def _recovers(appliance: Appliance, within: float) -> float:
+    started = time.monotonic()
+    client = appliance.client()
+    while time.monotonic() - started < within:
+        try:
+            client.chat.completions.create(model="standin-chat", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+            return time.monotonic() - started
+        except openai.APIStatusError as exc:
+            assert exc.status_code in (502, 503)
+        except openai.APIConnectionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("no recovery")
+
+
+@pytest.mark.parametrize("mode", ["mux", "exec"])
+def test_killed_connection_mid_stream_fails_cleanly_and_heals(sshd: Sshd, mode: str) -> None:
+    appliance = start_appliance(sshd, mode)
+    try:
+        wait_ready(appliance)
+        text = _stream_until_broken(appliance, sshd.kill_sessions)
+        assert '"error"' in text and "[DONE]" not in text
+        assert _recovers(appliance, within=10) < 10
+    finally:
+        stop_appliance(appliance)
+
+
+def test_sshd_restart_mid_stream_fails_cleanly_and_heals(sshd: Sshd) -> None:
+    appliance = start_appliance(sshd, "mux")
+    try:
+        wait_ready(appliance)
+        text = _stream_until_broken(appliance, sshd.restart)
+        assert '"error"' in text and "[DONE]" not in text
+        assert _recovers(appliance, within=10) < 10
+    finally:
+        stop_appliance(appliance)
+
+
+def test_nothing_from_a_request_in_the_cluster_process_table(sshd: Sshd, appliance: Appliance) -> None:
+    canary = "canary-" + os.urandom(8).hex()
+    seen: list[str] = []
+    with httpx.Client(timeout=30) as client:
+        with client.stream(
+            "POST", f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+            json={"model": "standin-chat", "messages": [{"role": "user", "content": canary}], "max_tokens": 200,
+                  "stream": True, "user": canary},
+        ) as response:
+            for _ in response.iter_text():
+                for pid in sshd.gate_pids():
+                    for name in ("cmdline", "environ"):
+                        try:
+                            seen.append(Path(f"/proc/{pid}/{name}").read_bytes().decode(errors="replace"))
+                        except OSError:
+                            pass
+                if len(seen) > 20:
+                    break
+    assert seen, "no gate process was observed"
+    assert not [s for s in seen if canary in s]
