@@ -52,7 +52,8 @@ def connect_options(cluster: SshCluster) -> dict[str, object]:
         "agent_path": None,
         "config": [],  # do not read ~/.ssh/config
         "preferred_auth": "publickey",
-        "password": None,
+        "password_auth": False,
+        "kbdint_auth": False,
         "keepalive_interval": cluster.keepalive_interval,
         "keepalive_count_max": KEEPALIVE_COUNT_MAX,
         "connect_timeout": cluster.connect_timeout,
