@@ -52,7 +52,7 @@ def connect_options(cluster: SshCluster) -> dict[str, object]:
         "agent_path": None,
         "config": [],  # do not read ~/.ssh/config
         "preferred_auth": "publickey",
-        "password_auth": False,
+        "password_auth": False,  # nosec B105
         "kbdint_auth": False,
         "keepalive_interval": cluster.keepalive_interval,
         "keepalive_count_max": KEEPALIVE_COUNT_MAX,
