@@ -20,8 +20,9 @@ from policy.errors import SluiceError
 
 from .api.errors import error_response
 from .api.openai import OpenAIApi
-from .auth.api_keys import ApiKeyStore
+from .auth.base import AccessPolicy, AllowAll, Authenticator
 from .catalog import ClusterSet
+from .metering import Metering, NoMetering
 
 __all__ = ["Appliance", "create_app"]
 
@@ -36,7 +37,9 @@ class Appliance:
     """Everything the app serves with; built once at start."""
 
     clusters: ClusterSet
-    keys: ApiKeyStore
+    auth: Authenticator
+    access: AccessPolicy = field(default_factory=AllowAll)
+    metering: Metering = field(default_factory=NoMetering)
     routes: RouteTable = field(default_factory=load_routes)
     keepalive_interval: float = 5.0
     request_timeout: float = 300.0
@@ -57,7 +60,9 @@ class Appliance:
 
 
 def create_app(appliance: Appliance) -> Starlette:
-    api = OpenAIApi(appliance.clusters, appliance.keys, appliance.routes, appliance.request_timeout)
+    api = OpenAIApi(
+        appliance.clusters, appliance.auth, appliance.access, appliance.metering, appliance.routes, appliance.request_timeout
+    )
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})

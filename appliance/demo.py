@@ -22,7 +22,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from .app import Appliance, create_app
-from .auth.api_keys import ApiKeyStore
+from .auth.api_keys import ApiKeyAuthenticator, ApiKeyStore
 from .catalog import ClusterSet
 from .transport.local import LocalPipeTransport
 
@@ -94,7 +94,7 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     keys = ApiKeyStore()
     keys.add(api_key, user="demo", key_id="demo")
     transport = LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions)
-    appliance = Appliance(ClusterSet.single(transport), keys)
+    appliance = Appliance(ClusterSet.single(transport), ApiKeyAuthenticator(keys))
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None

@@ -10,7 +10,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from .app import Appliance, create_app
-from .auth.api_keys import ApiKeyStore
+from .auth.api_keys import ApiKeyAuthenticator, ApiKeyStore
 from .catalog import ClusterSet
 from .settings import LocalCluster, Settings, SshCluster
 from .transport.base import GateTransport
@@ -37,7 +37,7 @@ def build_appliance(settings: Settings) -> Appliance:
     clusters = ClusterSet({c.name: _transport(c) for c in settings.clusters})
     return Appliance(
         clusters,
-        keys,
+        ApiKeyAuthenticator(keys),
         keepalive_interval=settings.server.keepalive_interval,
         request_timeout=settings.server.request_timeout,
     )

@@ -69,6 +69,12 @@ def error_response(status: int, code: str, headers: dict[str, str] | None = None
     return Response(error_body(status, code), status_code=status, headers=headers, media_type="application/json")
 
 
-def from_error(error: SluiceError) -> Response:
-    headers = {"Retry-After": "5"} if error.status == 503 else None
-    return error_response(error.status, error.code, headers)
+def from_error(error: SluiceError, headers: dict[str, str] | None = None) -> Response:
+    """The response for ``error``; 503 and 429 carry ``Retry-After``."""
+    merged = dict(headers or {})
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        merged["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+    elif error.status in (503, 429):
+        merged.setdefault("Retry-After", "5")
+    return error_response(error.status, error.code, merged or None)

@@ -2,14 +2,17 @@
 
 Each request is authenticated, its body read with a bound and checked
 against the same route policy the gate enforces (so that mistakes get a
-clear 4xx here, before any cluster work), then sent to the gate as a
+clear 4xx here, before any cluster work), its model checked against what
+the caller may use, admitted by metering (quotas), then sent to the gate as a
 ``call`` with the client's bytes.  The gate checks again: it is the boundary.
+The ticket is settled with the gate's usage numbers when the answer is over.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -22,15 +25,15 @@ from policy.bodies import RouteTable
 from policy.errors import BodyRejected, SluiceError
 from policy.grammar import Call
 
-from ..auth.api_keys import ApiKeyStore, Principal
+from ..auth.base import AccessPolicy, Authenticator
 from ..catalog import ClusterSet
+from ..metering import Metering, Outcome, Ticket
+from ..transport.replies import GateReply
 from .errors import error_body, error_response, from_error
 
 __all__ = ["OpenAIApi"]
 
 log = logging.getLogger("sluice.api")
-
-_BEARER: Final = "bearer "
 
 _SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -38,9 +41,19 @@ _SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 class OpenAIApi:
     """The handlers, bound to the appliance's services."""
 
-    def __init__(self, clusters: ClusterSet, keys: ApiKeyStore, routes: RouteTable, request_timeout: float) -> None:
+    def __init__(
+        self,
+        clusters: ClusterSet,
+        auth: Authenticator,
+        access: AccessPolicy,
+        metering: Metering,
+        routes: RouteTable,
+        request_timeout: float,
+    ) -> None:
         self._clusters = clusters
-        self._keys = keys
+        self._auth = auth
+        self._access = access
+        self._metering = metering
         self._routes = routes
         self._timeout = request_timeout
 
@@ -52,55 +65,85 @@ class OpenAIApi:
             Route("/v1/embeddings", self._handler("embeddings"), methods=["POST"]),
         ]
 
-    def _principal(self, request: Request) -> Principal | None:
-        header = request.headers.get("authorization", "")
-        if header[:7].lower() != _BEARER:
-            return None
-        return self._keys.verify(header[7:].strip())
-
     async def list_models(self, request: Request) -> Response:
-        if self._principal(request) is None:
+        principal = await self._auth.authenticate(request)
+        if principal is None:
             return error_response(401, "invalid_api_key")
         try:
             models = await self._clusters.models()
         except SluiceError as exc:
             return from_error(exc)
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "sluice"} for m in sorted(models)]
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "sluice"} for m in self._access.visible(principal, models)
+        ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
     def _handler(self, route_id: str):  # type: ignore[no-untyped-def]
         route = self._routes.get(route_id)
 
         async def handle(request: Request) -> Response:
-            if self._principal(request) is None:
+            started = time.monotonic()
+            principal = await self._auth.authenticate(request)
+            if principal is None:
                 return error_response(401, "invalid_api_key")
             try:
                 body = await _read_body(request, route.max_body_bytes)
                 checked = route.check(body)
-                models = await self._clusters.models()
-                info = models.get(checked.model)
-                if info is None:
+                info = (await self._clusters.models()).get(checked.model)
+                if info is None or not self._access.allows(principal, checked.model):
                     return error_response(404, "model_not_found")
                 if route_id not in info.routes:
                     return error_response(404, "route_not_served")
-                async with asyncio.timeout(self._timeout):
-                    transport = self._clusters.transport(info.cluster)
-                    reply = await transport.request(Call(route_id, checked.model, len(body)), body)
-                    if reply.media == "sse":
-                        return StreamingResponse(
-                            _relay(reply), status_code=reply.status, media_type="text/event-stream", headers=_SSE_HEADERS
-                        )
-                    try:
-                        data = await reply.read()
-                    finally:
-                        reply.cancel()
+                ticket = await self._metering.admit(principal, route_id, checked.model, checked.max_tokens, False)
             except SluiceError as exc:
                 return from_error(exc)
-            except TimeoutError:
-                return error_response(504, "backend_timeout")
-            return Response(data, status_code=reply.status, media_type="application/json")
+            return await self._forward(ticket, info.cluster, Call(route_id, checked.model, len(body)), body, started)
 
         return handle
+
+    async def _forward(self, ticket: Ticket, cluster: str, call: Call, body: bytes, started: float) -> Response:
+        """Send ``call`` to its cluster; settle ``ticket`` exactly once, whatever happens."""
+        reply: GateReply | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                reply = await self._clusters.transport(cluster).request(call, body)
+                if reply.media == "sse":
+                    response = StreamingResponse(
+                        _relay(reply, ticket, started),
+                        status_code=reply.status,
+                        media_type="text/event-stream",
+                        headers={**_SSE_HEADERS, **ticket.headers},
+                    )
+                    reply = None  # _relay settles from here on
+                    return response
+                try:
+                    data = await reply.read()
+                finally:
+                    reply.cancel()
+        except SluiceError as exc:
+            await ticket.settle(Outcome(exc.status, latency=time.monotonic() - started))
+            return from_error(exc, ticket.headers)
+        except TimeoutError:
+            if reply is not None:
+                reply.cancel()
+            await ticket.settle(Outcome(504, latency=time.monotonic() - started))
+            return error_response(504, "backend_timeout", ticket.headers)
+        except BaseException:
+            await asyncio.shield(ticket.settle(Outcome(499, latency=time.monotonic() - started)))
+            raise
+        await ticket.settle(_outcome(reply, started))
+        return Response(data, status_code=reply.status, media_type="application/json", headers=ticket.headers)
+
+
+def _outcome(reply: GateReply, started: float, first_token: float | None = None, status: int | None = None) -> Outcome:
+    usage = reply.usage or {}
+    return Outcome(
+        reply.status if status is None else status,
+        usage.get("prompt_tokens", 0),
+        usage.get("completion_tokens", 0),
+        time.monotonic() - started,
+        first_token,
+    )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -117,12 +160,25 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _relay(reply: object) -> AsyncIterator[bytes]:
-    """The gate's SSE bytes as they arrive; an error mid-stream becomes an error event."""
+async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncIterator[bytes]:
+    """The gate's SSE bytes as they arrive; an error mid-stream becomes an error event.
+
+    The ticket is settled when the stream ends, fails, or the client goes away
+    (then with status 499 and whatever usage the gate had reported).
+    """
+    first: float | None = None
+    status = reply.status
     try:
-        async for piece in reply:  # type: ignore[attr-defined]
+        async for piece in reply:
+            if first is None:
+                first = time.monotonic() - started
             yield piece
     except SluiceError as exc:
+        status = exc.status
         yield b"data: " + error_body(exc.status, exc.code) + b"\n\n"
+    except BaseException:
+        status = 499
+        raise
     finally:
-        reply.cancel()  # type: ignore[attr-defined]
+        reply.cancel()
+        await asyncio.shield(ticket.settle(_outcome(reply, started, first, status)))

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["Principal", "ApiKeyStore", "MAX_KEY_LENGTH"]
+from starlette.requests import HTTPConnection
+
+from .base import Principal
+
+__all__ = ["ApiKeyStore", "ApiKeyAuthenticator", "bearer_token", "MAX_KEY_LENGTH"]
 
 # Longer keys are not ours; reject before hashing arbitrary amounts of data.
 MAX_KEY_LENGTH: Final = 256
 
 _LOOKUP_BYTES: Final = 8
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller: who (``user``) and through which key (``key_id``)."""
-
-    user: str
-    key_id: str
 
 
 class ApiKeyStore:
@@ -60,3 +55,22 @@ class ApiKeyStore:
             if hmac.compare_digest(stored, digest):
                 found = principal
         return found
+
+
+def bearer_token(connection: HTTPConnection) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, if there is one."""
+    header = connection.headers.get("authorization", "")
+    if header[:7].lower() != "bearer ":
+        return None
+    return header[7:].strip() or None
+
+
+class ApiKeyAuthenticator:
+    """Authenticates ``Authorization: Bearer <api key>`` against a key store."""
+
+    def __init__(self, keys: ApiKeyStore) -> None:
+        self._keys = keys
+
+    async def authenticate(self, connection: HTTPConnection) -> Principal | None:
+        token = bearer_token(connection)
+        return None if token is None else self._keys.verify(token)

@@ -18,7 +18,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from appliance.app import Appliance, create_app
-from appliance.auth.api_keys import ApiKeyStore
+from appliance.auth.api_keys import ApiKeyAuthenticator, ApiKeyStore
 from appliance.catalog import ClusterSet
 from appliance.transport.local import LocalPipeTransport
 from policy.grammar import Ping
@@ -61,7 +61,7 @@ async def _settled(appliance: Appliance, cluster: Cluster, baseline_tasks: int) 
 async def _scenario(cluster: Cluster, mode: str) -> None:
     keys = ApiKeyStore()
     keys.add(KEY, "leak", "leak")
-    appliance = Appliance(ClusterSet.single(LocalPipeTransport(cluster.gate_argv(), mode=mode)), keys,
+    appliance = Appliance(ClusterSet.single(LocalPipeTransport(cluster.gate_argv(), mode=mode)), ApiKeyAuthenticator(keys),
                           keepalive_interval=60)
     port = free_port()
     config = Config()

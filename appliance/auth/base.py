@@ -1,0 +1,51 @@
+"""Who is calling, and what they may use: the interfaces the API depends on.
+
+An :class:`Authenticator` turns a request into a :class:`Principal` (or
+None: 401).  An :class:`AccessPolicy` says which models a principal may use;
+a model it may not use is answered exactly like a model that does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from starlette.requests import HTTPConnection
+
+__all__ = ["Principal", "Authenticator", "AccessPolicy", "AllowAll"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller.
+
+    ``user`` is stable and unique (for OIDC: issuer plus subject); ``key_id``
+    names the API key used, if any; ``groups`` drive access and quota policy.
+    """
+
+    user: str
+    key_id: str | None = None
+    groups: frozenset[str] = field(default_factory=frozenset)
+    # Models this credential is limited to (an API key's scope); None: no limit beyond the groups'.
+    scope: frozenset[str] | None = None
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, connection: HTTPConnection) -> Principal | None: ...
+
+
+class AccessPolicy(Protocol):
+    def allows(self, principal: Principal, model: str) -> bool: ...
+
+    def visible(self, principal: Principal, models: Iterable[str]) -> list[str]: ...
+
+
+class AllowAll:
+    """Every authenticated principal may use every model (the demo's policy), within its key's scope."""
+
+    def allows(self, principal: Principal, model: str) -> bool:
+        return principal.scope is None or model in principal.scope
+
+    def visible(self, principal: Principal, models: Iterable[str]) -> list[str]:
+        return sorted(m for m in models if self.allows(principal, m))
