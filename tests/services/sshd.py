@@ -77,6 +77,8 @@ class Sshd:
         _run(SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(install / "venv"))
         site = next((install / "venv" / "lib").glob("python3*/site-packages"))
         (site / "sluice-src.pth").write_text(str(install / "src") + "\n")
+        # As pip would: byte-compile now, since the account cannot write __pycache__ here.
+        _run(SYSTEM_PYTHON, "-m", "compileall", "-q", str(install / "src"))
         self.gate_python = install / "venv" / "bin" / "python"
         self.config = self.dir / "cluster.toml"
         self.config.write_text(cluster_toml)
