@@ -24,7 +24,9 @@ __all__ = [
     "Ping",
     "Models",
     "Mux",
+    "Keys",
     "Call",
+    "SEAL_KINDS",
     "StreamCommand",
     "SessionCommand",
     "parse_command_line",
@@ -34,7 +36,8 @@ __all__ = [
 ]
 
 # The longest line the grammar can produce is
-# "sluice/1 call completions " + 128-char model + " " + 8 digits = 164 bytes.
+# "sluice/1 sealed chunked completions " + 128-char model + " " + 8 digits
+# = 173 bytes.
 # Anything longer is rejected before a regex ever looks at it.
 MAX_COMMAND_LINE: Final = 192
 
@@ -61,12 +64,20 @@ _model_name = rf"{_name_start}{_name_char}{{0,127}}"
 # body-length = "0" / ( %x31-39 0*7DIGIT )
 _body_length = r"(?:0|[1-9][0-9]{0,7})"
 
-# call = %s"call" SP route-id SP model-name SP body-length
-_call = rf"call (?P<route>{_route_id}) (?P<model>{_model_name}) (?P<length>{_body_length})"
+# seal-kind = %s"ohttp" / %s"chunked"
+SEAL_KINDS: Final = ("ohttp", "chunked")
+_seal_kind = "(?:" + "|".join(SEAL_KINDS) + ")"
 
-# stream-command = ping / models / call
-# ping = %s"ping" ; models = %s"models"
-_stream_command = rf"(?P<ping>ping)|(?P<models>models)|{_call}"
+# call = %s"call" SP route-id SP model-name SP body-length
+# sealed = %s"sealed" SP seal-kind SP route-id SP model-name SP body-length
+_call = (
+    rf"(?:call|sealed (?P<seal>{_seal_kind})) "
+    rf"(?P<route>{_route_id}) (?P<model>{_model_name}) (?P<length>{_body_length})"
+)
+
+# stream-command = ping / models / keys / call / sealed
+# ping = %s"ping" ; models = %s"models" ; keys = %s"keys"
+_stream_command = rf"(?P<ping>ping)|(?P<models>models)|(?P<keys>keys)|{_call}"
 
 # session-command = mux / stream-command ; mux = %s"mux"
 _session_command = rf"(?P<mux>mux)|{_stream_command}"
@@ -90,33 +101,47 @@ class Models:
 
 
 @dataclass(frozen=True, slots=True)
+class Keys:
+    """``keys``: the gate's public key configurations for sealed requests."""
+
+
+@dataclass(frozen=True, slots=True)
 class Mux:
     """``mux``: a multiplexed session of frames follows on this channel."""
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """``call``: one request for ``route`` and ``model`` with ``length`` body bytes."""
+    """``call`` (or ``sealed``): one request for ``route`` and ``model`` with ``length`` body bytes.
+
+    ``seal`` is None for a request in the clear, else the seal kind of a
+    sealed request ("ohttp" or "chunked"), whose body only the gate can open.
+    """
 
     route: str
     model: str
     length: int
+    seal: str | None = None
 
     def __post_init__(self) -> None:
         # Values built in code (by the appliance) obey the same rules as parsed ones.
         if self.route not in ROUTE_IDS:
             raise Disallowed("unknown_route")
+        if self.seal is not None and self.seal not in SEAL_KINDS:
+            raise Disallowed("bad_command")
         if not 0 <= self.length <= MAX_BODY_BYTES:
             raise Disallowed("body_length")
         if _STREAM_COMMAND_RE.fullmatch(self.line()) is None:
             raise Disallowed("bad_command")
 
     def line(self) -> str:
-        """The ``call`` production for these values (its own inverse of parsing)."""
-        return f"call {self.route} {self.model} {self.length}"
+        """The ``call`` or ``sealed`` production for these values (the inverse of parsing)."""
+        if self.seal is None:
+            return f"call {self.route} {self.model} {self.length}"
+        return f"sealed {self.seal} {self.route} {self.model} {self.length}"
 
 
-StreamCommand = Ping | Models | Call
+StreamCommand = Ping | Models | Keys | Call
 SessionCommand = Mux | StreamCommand
 
 
@@ -142,10 +167,12 @@ def _typed(match: re.Match[str]) -> StreamCommand:
         return Ping()
     if match["models"] is not None:
         return Models()
+    if match["keys"] is not None:
+        return Keys()
     length = int(match["length"])
     if length > MAX_BODY_BYTES:
         raise Disallowed("body_length")
-    return Call(match["route"], match["model"], length)
+    return Call(match["route"], match["model"], length, match["seal"])
 
 
 def parse_command_line(data: bytes | str) -> SessionCommand:
@@ -172,4 +199,6 @@ def stream_line(command: StreamCommand) -> str:
         return "ping"
     if isinstance(command, Models):
         return "models"
+    if isinstance(command, Keys):
+        return "keys"
     return command.line()

@@ -30,7 +30,7 @@ READ_SIZE: Final = 256 * 1024
 
 _END: Final = object()
 
-_MEDIA: Final = {b"json": "json", b"sse": "sse"}
+_MEDIA: Final = {b"json": "json", b"sse": "sse", b"ohttp": "ohttp", b"ohttp-chunked": "ohttp-chunked"}
 
 
 def _parse_error(payload: bytes) -> SluiceError:
