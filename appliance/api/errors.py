@@ -51,6 +51,12 @@ _MESSAGES: Final = {
     "bad_string": "The request body has an invalid string.",
     "bad_encoding": "The request body is not valid UTF-8.",
     "not_found": "Not found.",
+    "sealed_invalid": "The sealed request could not be opened.",
+    "sealed_unavailable": "Sealed requests are not available on this cluster.",
+    "sealed_route_mismatch": "The sealed request is not for this endpoint.",
+    "model_mismatch": "The model in the request does not match the endpoint's model.",
+    "invalid_model_header": "The Sluice-Model header is missing or not a valid model name.",
+    "unsupported_media_type": "Sealed requests must be message/ohttp-req or message/ohttp-chunked-req.",
     "method_not_allowed": "Method not allowed.",
     "internal": "Internal error.",
 }

@@ -11,6 +11,8 @@ The ticket is settled with the gate's usage numbers when the answer is over.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,8 +24,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from policy.bodies import RouteTable
-from policy.errors import BodyRejected, SluiceError
-from policy.grammar import Call
+from policy.errors import BodyRejected, Disallowed, SluiceError
+from policy.grammar import Call, Keys
 
 from ..auth.base import AccessPolicy, Authenticator
 from ..catalog import ClusterSet
@@ -36,6 +38,20 @@ __all__ = ["OpenAIApi"]
 log = logging.getLogger("sluice.api")
 
 _SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+# The gate's media (policy/FRAMES.md) as HTTP content types.
+_MEDIA: Final = {
+    "json": "application/json",
+    "sse": "text/event-stream",
+    "ohttp": "message/ohttp-res",
+    "ohttp-chunked": "message/ohttp-chunked-res",
+}
+_STREAMED: Final = frozenset({"sse", "ohttp-chunked"})
+
+# Sealed requests: RFC 9458 and chunked-OHTTP request media types -> seal kinds.
+_SEAL_KINDS: Final = {"message/ohttp-req": "ohttp", "message/ohttp-chunked-req": "chunked"}
+_OHTTP_KEYS: Final = "application/ohttp-keys"
+_SEAL_OVERHEAD: Final = 64 * 1024
 
 
 class OpenAIApi:
@@ -63,6 +79,11 @@ class OpenAIApi:
             Route("/v1/chat/completions", self._handler("chat"), methods=["POST"]),
             Route("/v1/completions", self._handler("completions"), methods=["POST"]),
             Route("/v1/embeddings", self._handler("embeddings"), methods=["POST"]),
+            Route("/v1/sealed/keys", self.sealed_keys, methods=["GET"]),
+            *(
+                Route(f"/v1/sealed{route.path.removeprefix('/v1')}", self._sealed_handler(route_id), methods=["POST"])
+                for route_id, route in self._routes.routes.items()
+            ),
         ]
 
     async def list_models(self, request: Request) -> Response:
@@ -101,17 +122,65 @@ class OpenAIApi:
 
         return handle
 
+    async def sealed_keys(self, request: Request) -> Response:
+        """The gates' key configurations for sealed requests (``application/ohttp-keys``).
+
+        Public, like any OHTTP key configuration: clients pin it by fingerprint."""
+        configs = b""
+        for name in self._clusters.catalogs:
+            try:
+                reply = await self._clusters.transport(name).request(Keys(), b"")
+                document = orjson.loads(await reply.read())
+                configs += base64.b64decode(document["keys"], validate=True)
+            except (SluiceError, ValueError, KeyError, TypeError, binascii.Error):
+                continue
+        if not configs:
+            return error_response(503, "sealed_unavailable", {"Retry-After": "30"})
+        return Response(configs, media_type=_OHTTP_KEYS, headers={"Cache-Control": "max-age=300"})
+
+    def _sealed_handler(self, route_id: str):  # type: ignore[no-untyped-def]
+        route = self._routes.get(route_id)
+        # Encapsulation adds a few dozen bytes, chunking a few per 16 KiB chunk.
+        limit = route.max_body_bytes + _SEAL_OVERHEAD
+
+        async def handle(request: Request) -> Response:
+            started = time.monotonic()
+            principal = await self._auth.authenticate(request)
+            if principal is None:
+                return error_response(401, "invalid_api_key")
+            seal = _SEAL_KINDS.get(request.headers.get("content-type", "").split(";")[0].strip().lower())
+            if seal is None:
+                return error_response(415, "unsupported_media_type")
+            model = request.headers.get("sluice-model", "")
+            try:
+                body = await _read_body(request, limit)
+                call = Call(route_id, model, len(body), seal)  # the grammar's rules for the model name
+                info = (await self._clusters.models()).get(model)
+                if info is None or not self._access.allows(principal, model):
+                    return error_response(404, "model_not_found")
+                if route_id not in info.routes:
+                    return error_response(404, "route_not_served")
+                # The token budget cannot see max_tokens inside: metering estimates and reconciles.
+                ticket = await self._metering.admit(principal, route_id, model, None, True)
+            except Disallowed:
+                return error_response(400, "invalid_model_header")
+            except SluiceError as exc:
+                return from_error(exc)
+            return await self._forward(ticket, info.cluster, call, body, started)
+
+        return handle
+
     async def _forward(self, ticket: Ticket, cluster: str, call: Call, body: bytes, started: float) -> Response:
         """Send ``call`` to its cluster; settle ``ticket`` exactly once, whatever happens."""
         reply: GateReply | None = None
         try:
             async with asyncio.timeout(self._timeout):
                 reply = await self._clusters.transport(cluster).request(call, body)
-                if reply.media == "sse":
+                if reply.media in _STREAMED:
                     response = StreamingResponse(
                         _relay(reply, ticket, started),
                         status_code=reply.status,
-                        media_type="text/event-stream",
+                        media_type=_MEDIA[reply.media],
                         headers={**_SSE_HEADERS, **ticket.headers},
                     )
                     reply = None  # _relay settles from here on
@@ -131,11 +200,13 @@ class OpenAIApi:
         except BaseException:
             await asyncio.shield(ticket.settle(Outcome(499, latency=time.monotonic() - started)))
             raise
-        await ticket.settle(_outcome(reply, started))
-        return Response(data, status_code=reply.status, media_type="application/json", headers=ticket.headers)
+        await ticket.settle(_outcome(reply, started, sealed=call.seal is not None))
+        return Response(data, status_code=reply.status, media_type=_MEDIA[reply.media], headers=ticket.headers)
 
 
-def _outcome(reply: GateReply, started: float, first_token: float | None = None, status: int | None = None) -> Outcome:
+def _outcome(
+    reply: GateReply, started: float, first_token: float | None = None, status: int | None = None, sealed: bool = False
+) -> Outcome:
     usage = reply.usage or {}
     return Outcome(
         reply.status if status is None else status,
@@ -143,6 +214,7 @@ def _outcome(reply: GateReply, started: float, first_token: float | None = None,
         usage.get("completion_tokens", 0),
         time.monotonic() - started,
         first_token,
+        sealed,
     )
 
 
@@ -175,10 +247,12 @@ async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncItera
             yield piece
     except SluiceError as exc:
         status = exc.status
-        yield b"data: " + error_body(exc.status, exc.code) + b"\n\n"
+        if reply.media == "sse":
+            yield b"data: " + error_body(exc.status, exc.code) + b"\n\n"
+        # A sealed stream just stops: its missing final chunk tells the client.
     except BaseException:
         status = 499
         raise
     finally:
         reply.cancel()
-        await asyncio.shield(ticket.settle(_outcome(reply, started, first, status)))
+        await asyncio.shield(ticket.settle(_outcome(reply, started, first, status, reply.media != "sse")))

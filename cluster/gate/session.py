@@ -15,14 +15,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from policy.errors import Disallowed, SluiceError
 from policy.frames import CLIENT_KINDS, MAX_PAYLOAD, FrameDecoder, Kind, encode
 from policy.grammar import Call, StreamCommand, parse_stream_command
 
-from .forward import Forwarder
 from .usage import Usage
+
+if TYPE_CHECKING:
+    from .forward import Forwarder
 
 __all__ = [
     "MAX_STREAMS",
@@ -177,10 +179,14 @@ class FrameSink:
         self._write(encode(Kind.HEAD, self._stream, f"{status:03d} {media}".encode()))
 
     async def body(self, data: bytes) -> None:
+        self.body_nowait(data)
+        await self._drain()  # type: ignore[misc]
+
+    def body_nowait(self, data: bytes) -> None:
+        """Write ``data`` as BODY frames without waiting for the pipe to drain."""
         stream = self._stream
         for start in range(0, len(data), MAX_PAYLOAD):
             self._write(encode(Kind.BODY, stream, data[start : start + MAX_PAYLOAD]))
-        await self._drain()  # type: ignore[misc]
 
     def end(self, usage: Usage | None) -> None:
         payload = json.dumps(usage, separators=(",", ":")).encode() if usage else b""
