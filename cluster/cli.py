@@ -1,8 +1,10 @@
 """``sluice-cluster``: the cluster-side commands.
 
 ``gate`` is the forced command of the appliance's SSH key; ``scheduler`` runs
-the scheduler loop.  Arguments come from the operator (authorized_keys,
-service files), never from a request.
+the scheduler loop, or one Slurm pass with ``--once`` (what the gate's pings
+start); ``status`` shows services, jobs and the routing table;
+``authorized-key`` prints the key line.  Arguments come from the operator
+(authorized_keys, service files), never from a request.
 """
 
 from __future__ import annotations
@@ -19,18 +21,60 @@ __all__ = ["main"]
 
 
 def _scheduler(args: argparse.Namespace) -> int:
-    from .scheduler.local import LocalScheduler
+    from .scheduler.local import LocalSchedulerBusy
+    from .scheduler.lock import LockUnavailable
+    from .scheduler.run import run_loop, run_once
 
     config = load_config(args.config)
+    try:
+        if args.once:
+            return run_once(config)
 
-    async def loop() -> None:
-        stop = asyncio.Event()
-        running = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            running.add_signal_handler(signum, stop.set)
-        await LocalScheduler(config).run(stop)
+        async def loop() -> None:
+            stop = asyncio.Event()
+            running = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                running.add_signal_handler(signum, stop.set)
+            await run_loop(config, stop)
 
-    asyncio.run(loop())
+        asyncio.run(loop())
+    except (LocalSchedulerBusy, LockUnavailable, PermissionError) as exc:
+        print(f"sluice-cluster: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .scheduler.status import format_status, status_document, status_json
+
+    config = load_config(args.config)
+    print(status_json(config) if args.json else format_status(status_document(config)))
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sluice_sdk.errors import KeyConfigError
+
+    from . import sealed_keys
+
+    config = Path(args.config)
+    load_config(config)
+    try:
+        if args.action == "create":
+            key = sealed_keys.create(config)
+            print(f"created key {key.key_id}, fingerprint {key.config.fingerprint()}")
+        elif args.action == "rotate":
+            overlap = sealed_keys.DEFAULT_OVERLAP if args.overlap is None else args.overlap
+            key = sealed_keys.rotate(config, overlap)
+            print(f"key {key.key_id} is current, fingerprint {key.config.fingerprint()}")
+        else:
+            for row in sealed_keys.describe(config):
+                print("  ".join(f"{k}={v}" for k, v in row.items()))
+    except (KeyConfigError, OSError) as exc:
+        print(f"sluice-cluster: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -61,17 +105,31 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("gate", help="the forced command of the appliance's key (see docs)")
     scheduler = commands.add_parser("scheduler", help="keep the configured services running")
     scheduler.add_argument("--config", required=True)
+    scheduler.add_argument("--once", action="store_true", help="run one Slurm pass and exit (what a ping starts)")
+    status = commands.add_parser("status", help="show services, jobs and the routing table")
+    status.add_argument("--config", required=True)
+    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
     key = commands.add_parser("authorized-key", help="print the authorized_keys line for the appliance's key")
     key.add_argument("--pubkey", required=True, help="the appliance's public key file (ssh-ed25519)")
     key.add_argument("--config", required=True, help="the cluster config the gate will use")
     key.add_argument("--from", dest="sources", action="append", help="allowed source address or CIDR (repeatable)")
+    keys = commands.add_parser("keys", help="the gate's keys for sealed requests: create, rotate, list")
+    keys.add_argument("action", choices=("create", "rotate", "list"))
+    keys.add_argument("--config", required=True)
+    keys.add_argument("--overlap", type=float, default=None, help="seconds the old key stays accepted (rotate)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # the scheduler's lines go to its log file: give them a time
+    timed = "%(asctime)s %(message)s" if args.command == "scheduler" else "%(message)s"
+    logging.basicConfig(level=logging.INFO, format=timed, stream=sys.stderr)
     try:
         if args.command == "scheduler":
             return _scheduler(args)
+        if args.command == "status":
+            return _status(args)
         if args.command == "authorized-key":
             return _authorized_key(args)
+        if args.command == "keys":
+            return _keys(args)
     except ConfigError as exc:
         print(f"sluice-cluster: {exc}", file=sys.stderr)
         return 2
