@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import shutil
 import signal
@@ -25,6 +26,13 @@ from .app import Appliance, create_app
 from .auth.api_keys import ApiKeyAuthenticator, ApiKeyStore
 from .catalog import ClusterSet
 from .transport.local import LocalPipeTransport
+
+# --- quotas, accounting, metrics, logging (appliance/quotas, appliance/metrics.py, appliance/logs.py) ---
+from .logs import configure_logging
+from .metrics import Metrics
+from .quotas.meter import demo_meter
+
+# --- end quotas ---
 
 __all__ = ["run_demo", "DEMO_MODELS"]
 
@@ -88,16 +96,33 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
         loop.add_signal_handler(signum, stop.set)
     runtime = Path(tempfile.mkdtemp(prefix="sluice-demo-"))
     config_path = write_cluster_config(runtime, token_delay)
+    # The gate's key for sealed requests, made by the cluster side's own command:
+    # the appliance never holds (or imports the code that uses) that private key.
+    keys = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cluster.cli", "keys", "create", "--config", str(config_path),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+    )
+    if await keys.wait() != 0:
+        print("sluice demo: could not create the gate's key for sealed requests", file=sys.stderr)
     scheduler = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cluster.cli", "scheduler", "--config", str(config_path), stdin=asyncio.subprocess.DEVNULL
     )
     keys = ApiKeyStore()
     keys.add(api_key, user="demo", key_id="demo")
     transport = LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions)
-    appliance = Appliance(ClusterSet.single(transport), ApiKeyAuthenticator(keys))
+    # --- quotas in memory, accounting in SQLite in the runtime directory, metrics, JSON logs ---
+    configure_logging("info")
+    metrics = Metrics()
+    meter = demo_meter(runtime, metrics)
+    await meter.start()
+    metrics_token = secrets.token_urlsafe(24)
+    appliance = Appliance(ClusterSet.single(transport), ApiKeyAuthenticator(keys), metering=meter, metrics=metrics,
+                          metrics_token=metrics_token)
+    # --- end quotas ---
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 3.0
     server = asyncio.create_task(serve(create_app(appliance), config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     status = 0
@@ -107,6 +132,9 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
             print(f"  base URL: http://127.0.0.1:{port}/v1", flush=True)
             print(f"  API key:  {api_key}", flush=True)
             print(f"  models:   {', '.join(DEMO_MODELS)} (gate in {mode} mode)", flush=True)
+            print(f"  metrics:  curl -H 'Authorization: Bearer {metrics_token}' http://127.0.0.1:{port}/metrics",
+                  flush=True)
+            print(f"  usage:    sluice usage --database {runtime / 'usage.db'}", flush=True)
             print("Press Ctrl-C to stop.", flush=True)
         elif not stop.is_set():
             print("sluice demo: the models did not become ready; see the messages above", file=sys.stderr)
@@ -120,6 +148,7 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server, 10)
+        await meter.aclose()
         if scheduler.returncode is None:
             scheduler.terminate()
         with contextlib.suppress(TimeoutError):
