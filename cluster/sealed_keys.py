@@ -25,7 +25,7 @@ from typing import Final
 from sluice_sdk.errors import KeyConfigError
 from sluice_sdk.keys import GatewayKey, KeyRing, generate_key, load_private_key, save_private_key
 
-__all__ = ["keys_dir", "create", "rotate", "load_ring", "describe", "DEFAULT_OVERLAP"]
+__all__ = ["keys_dir", "create", "rotate", "load_ring", "ring_stamp", "describe", "DEFAULT_OVERLAP"]
 
 # Clients refetch the key configuration at least daily; a day of overlap lets
 # every client move to a new key without a failed request.
@@ -74,6 +74,15 @@ def create(config_path: Path) -> GatewayKey:
     save_private_key(key, _key_file(directory, key.key_id))
     _write_ring(directory, key.key_id, {})
     return key
+
+
+def ring_stamp(config_path: Path) -> tuple[int, int] | None:
+    """Changes whenever the ring is rewritten (create, rotate); None where there is none."""
+    try:
+        stat = (keys_dir(config_path) / _RING).stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_mtime_ns, stat.st_ino)
 
 
 def load_ring(config_path: Path, clock: object = time.time) -> KeyRing | None:

@@ -9,17 +9,20 @@ the response bytes and the usage numbers.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import time
 from typing import Final, Protocol
 
 from policy.bodies import RouteTable
-from policy.errors import BackendFailed, BackendTimeout, BodyRejected, ModelNotFound, SluiceError
-from policy.grammar import Call, Models, Ping, StreamCommand
+from policy.errors import BackendFailed, BackendTimeout, BodyRejected, ModelNotFound, NoBackend, PeerError, SluiceError
+from policy.grammar import Call, Keys, Models, Ping, StreamCommand
 
 from ..backend_client import BackendPool
 from ..config import ClusterConfig
-from ..routing import Router
+from ..routing import Instance, Router
+from ..scheduler.trigger import kick_pass
 from .usage import SseUsageFilter, Usage, usage_from_json
 
 __all__ = ["Sink", "Forwarder", "MAX_RESPONSE_BYTES"]
@@ -35,6 +38,45 @@ MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 # can act on, such as a prompt longer than the model's context.  Any other
 # status is the backend's or our own fault and becomes a 502.
 _PASSED_STATUSES: Final = frozenset({200, 400, 413, 422})
+
+# How often a gate looks for a rotated key ring: a new key is in use within a second.
+RING_RELOAD_INTERVAL: Final = 1.0
+
+# While a request waits for an instance to start, a stream gets an SSE comment
+# this often (seconds), so that proxies on the way do not time it out, and
+# the scheduler is kicked again (it runs a pass only when one is due).
+HOLD_KEEPALIVE: Final = 5.0
+KEEPALIVE_EVENT: Final = b": keepalive\n\n"
+
+# Instances tried for one request whose connection was refused (the instance
+# ended since the table was written): the request never reached them.
+MAX_REFUSED: Final = 3
+
+
+class _HeadSent:
+    """A sink whose HEAD went out early (``200 sse``, while the request was held)."""
+
+    __slots__ = ("_sink",)
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def head(self, status: int, media: str) -> None:
+        return None
+
+    async def body(self, data: bytes) -> None:
+        await self._sink.body(data)
+
+    def end(self, usage: Usage | None) -> None:
+        self._sink.end(usage)
+
+    def error(self, error: SluiceError) -> None:
+        self._sink.error(error)
+
+
+def _not_delivered(exc: BackendFailed) -> bool:
+    """The connection could not be made: the backend saw nothing of the request."""
+    return isinstance(exc.__cause__, OSError)
 
 
 class Sink(Protocol):
@@ -55,6 +97,10 @@ class Forwarder:
         self._router = router
         self._pool = pool
         self._timeout = config.gate.request_timeout
+        self._ring: object | None = None
+        self._ring_stamp: object = None
+        self._ring_checked = float("-inf")
+        self._replay: object | None = None
 
     async def aclose(self) -> None:
         await self._pool.aclose()
@@ -66,12 +112,16 @@ class Forwarder:
     async def serve(self, command: StreamCommand, body: bytes, sink: Sink) -> None:
         """Answer ``command``; every failure becomes an ERROR on this stream only."""
         try:
-            if isinstance(command, Call):
+            if isinstance(command, Call) and command.seal is not None:
+                await self._sealed(command, body, sink)
+            elif isinstance(command, Call):
                 await self._call(command, body, sink)
             elif isinstance(command, Models):
                 await self._json(sink, self._models())
             elif isinstance(command, Ping):
                 await self._json(sink, self._ping())
+            elif isinstance(command, Keys):
+                await self._json(sink, {"keys": base64.b64encode(self._sealed_keys().encoded_configs()).decode()})
         except SluiceError as exc:
             sink.error(exc)
         except asyncio.CancelledError:
@@ -79,6 +129,48 @@ class Forwarder:
         except Exception:
             log.exception("internal error while serving a stream")  # no request data in the record
             sink.error(SluiceError())
+
+    def _sealed_keys(self):  # type: ignore[no-untyped-def]
+        """The key ring for sealed requests: loaded on first use (exec-mode gates that
+        serve clear requests never import the crypto code), and again after a
+        rotation (``ring.json`` changed; looked at no more than once a second)."""
+        from ..sealed_keys import keys_dir, load_ring, ring_stamp
+        from .sealed import SharedReplayGuard
+
+        if self._config.path is None:
+            raise SluiceError("sealed_unavailable", 503)
+        now = time.monotonic()
+        if self._ring is None or now - self._ring_checked >= RING_RELOAD_INTERVAL:
+            self._ring_checked = now
+            stamp = ring_stamp(self._config.path)
+            if stamp != self._ring_stamp:
+                self._ring = load_ring(self._config.path)
+                self._ring_stamp = stamp
+            if self._replay is None:
+                self._replay = SharedReplayGuard(keys_dir(self._config.path) / "replay.sqlite")
+        if self._ring is None:
+            raise SluiceError("sealed_unavailable", 503)
+        return self._ring
+
+    async def _sealed(self, call: Call, body: bytes, sink: Sink) -> None:
+        """Open a sealed request, check it like a clear one, serve it, seal the answer."""
+        from .sealed import SealingSink, open_sealed, sealed_error
+
+        ring = self._sealed_keys()
+        route = self._routes.get(call.route)
+        opened = open_sealed(ring, self._replay, body, call.seal == "chunked", route.path)
+        inner = opened.request.content
+        try:
+            checked = route.check(inner)
+        except BodyRejected as exc:
+            # About the sealed content: answered sealed, so the appliance learns nothing of it.
+            sink.head(200, "ohttp-chunked" if call.seal == "chunked" else "ohttp")
+            sink.body_nowait(sealed_error(opened.sealer, exc))  # type: ignore[attr-defined]
+            sink.end(None)
+            return
+        if checked.model != call.model:
+            raise BodyRejected("model_mismatch", 400)
+        await self._call(Call(call.route, call.model, len(inner)), inner, SealingSink(sink, opened.sealer))  # type: ignore[arg-type]
 
     async def _json(self, sink: Sink, document: object) -> None:
         sink.head(200, "json")
@@ -96,7 +188,35 @@ class Forwarder:
         }
 
     def _ping(self) -> dict[str, object]:
+        kick_pass(self._config)  # starts a scheduler pass if one is due; returns at once
         return {"ok": True, "in_flight": self._router.in_flight(), "backend": self._pool.stats()}
+
+    async def _acquire(self, model: str, stream: bool, sink: Sink) -> tuple[Instance, Sink]:
+        """An instance of ``model``; held while one starts (a stream gets its HEAD and
+        keepalive comments meanwhile); :class:`NoBackend` past the hold bounds."""
+        instance = self._router.try_acquire(model)
+        if instance is not None:
+            return instance, sink
+        if not self._router.can_hold(model):
+            raise NoBackend()
+        kick_pass(self._config)
+        if stream and not isinstance(sink, _HeadSent):
+            sink.head(200, "sse")
+            sink = _HeadSent(sink)
+        ticker = asyncio.create_task(self._while_held(sink if stream else None))
+        try:
+            instance = await self._router.wait_acquire(model)
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+        return instance, sink
+
+    async def _while_held(self, sink: Sink | None) -> None:
+        while True:
+            await asyncio.sleep(HOLD_KEEPALIVE)
+            kick_pass(self._config)
+            if sink is not None:
+                await sink.body(KEEPALIVE_EVENT)
 
     async def _call(self, call: Call, body: bytes, sink: Sink) -> None:
         route = self._routes.get(call.route)
@@ -108,15 +228,34 @@ class Forwarder:
             raise ModelNotFound()
         if call.route not in served:
             raise ModelNotFound("route_not_served")
-        instance = self._router.acquire(call.model)
+        instance, sink = await self._acquire(call.model, checked.stream, sink)
+        headed = isinstance(sink, _HeadSent)
+        refused = 0
         try:
             async with asyncio.timeout(self._timeout):
-                response = await self._pool.request(
-                    instance.host, instance.port, instance.token, route.method, route.path, checked.body, self._timeout
-                )
+                while True:
+                    try:
+                        response = await self._pool.request(
+                            instance.host, instance.port, instance.token, route.method, route.path, checked.body,
+                            self._timeout,
+                        )
+                        break
+                    except BackendFailed as exc:
+                        refused += 1
+                        if not _not_delivered(exc) or refused >= MAX_REFUSED:
+                            raise
+                        # the instance is gone (ended since the table was written): try another
+                        self._router.quarantine(instance)
+                        self._router.release(instance)
+                        instance = None  # type: ignore[assignment]
+                        instance, sink = await self._acquire(call.model, checked.stream, sink)
+                        headed = isinstance(sink, _HeadSent)
                 try:
                     if response.status not in _PASSED_STATUSES:
                         raise BackendFailed()
+                    if headed and not response.content_type.startswith("text/event-stream"):
+                        # the HEAD already said 200 sse: the backend's refusal can only be an error
+                        raise PeerError("backend_rejected", response.status) if response.status != 200 else BackendFailed()
                     if response.content_type.startswith("text/event-stream"):
                         await self._stream(response, sink, checked.include_usage)
                     else:
@@ -130,7 +269,8 @@ class Forwarder:
         except TimeoutError:
             raise BackendTimeout() from None
         finally:
-            self._router.release(instance)
+            if instance is not None:
+                self._router.release(instance)
 
     async def _stream(self, response: object, sink: Sink, client_asked_for_usage: bool) -> None:
         usage_filter = SseUsageFilter(client_asked_for_usage)
