@@ -58,6 +58,7 @@ def _cluster_toml(cluster: Cluster) -> tuple[str, dict[str, str]]:
 def sshd(cluster: Cluster) -> Iterator[Sshd]:
     toml, files = _cluster_toml(cluster)
     server = Sshd(toml, files)
+    server.create_sealed_keys()
     try:
         yield server
     finally:
@@ -374,3 +375,38 @@ def test_nothing_from_a_request_in_the_cluster_process_table(sshd: Sshd, applian
                     break
     assert seen, "no gate process was observed"
     assert not [s for s in seen if canary in s]
+
+
+def test_sealed_round_trips_over_ssh(appliance: Appliance) -> None:
+    """Sealed plain and streaming requests through real sshd: the gate account holds the key."""
+    import json
+
+    from sluice_sdk.bhttp import Request, ResponseStreamDecoder, decode_response
+    from sluice_sdk.client import seal_request, seal_streaming_request
+    from sluice_sdk.keyconfig import decode_key_configs
+
+    keys = httpx.get(f"{appliance.url}/v1/sealed/keys", timeout=10)
+    assert keys.status_code == 200
+    config = decode_key_configs(keys.content)[0]
+    headers = {"Authorization": f"Bearer {KEY}", "Sluice-Model": "standin-chat"}
+    document = {"model": "standin-chat", "messages": [{"role": "user", "content": "sealed over ssh"}], "max_tokens": 5}
+
+    def inner(doc: dict[str, object]) -> Request:
+        return Request(b"POST", b"https", b"sluice", b"/v1/chat/completions", ((b"content-type", b"application/json"),),
+                       json.dumps(doc).encode())
+
+    body, opener = seal_request(config, inner(document))
+    response = httpx.post(f"{appliance.url}/v1/sealed/chat/completions", content=body, timeout=30,
+                          headers={**headers, "Content-Type": "message/ohttp-req"})
+    assert json.loads(decode_response(opener.open(response.content)).content)["usage"]["completion_tokens"] == 5
+
+    body, stream_opener = seal_streaming_request(config, inner({**document, "stream": True}))
+    decoder = ResponseStreamDecoder()
+    text = b""
+    with httpx.stream("POST", f"{appliance.url}/v1/sealed/chat/completions", content=body, timeout=30,
+                      headers={**headers, "Content-Type": "message/ohttp-chunked-req"}) as streamed:
+        for chunk in streamed.iter_bytes():
+            for plain in stream_opener.feed(chunk):
+                text += b"".join(getattr(e, "data", b"") or b"" for e in decoder.feed(plain))
+    stream_opener.finish()
+    assert text.endswith(b"data: [DONE]\n\n")

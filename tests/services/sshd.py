@@ -46,6 +46,16 @@ def ensure_user() -> None:
     _run("usermod", "-p", "*", USER)
 
 
+def _cluster_requirements() -> list[str]:
+    """The `cluster` extra of pyproject.toml, pinned to the versions the tests run with."""
+    import tomllib
+    from importlib.metadata import version
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cluster"]
+    names = [requirement.split(">")[0].split("=")[0].split("<")[0].strip() for requirement in extra]
+    return [f"{name}=={version(name)}" for name in names]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -74,7 +84,11 @@ class Sshd:
         install = self.dir / "gate"
         shutil.copytree(ROOT / "policy", install / "src" / "policy", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(ROOT / "cluster", install / "src" / "cluster", ignore=shutil.ignore_patterns("__pycache__"))
-        _run(SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(install / "venv"))
+        shutil.copytree(ROOT / "sluice_sdk", install / "src" / "sluice_sdk", ignore=shutil.ignore_patterns("__pycache__"))
+        _run(SYSTEM_PYTHON, "-m", "venv", str(install / "venv"))
+        # The cluster extra's dependencies (sealed requests), as an operator would install them.
+        _run(str(install / "venv" / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+             *_cluster_requirements())
         site = next((install / "venv" / "lib").glob("python3*/site-packages"))
         (site / "sluice-src.pth").write_text(str(install / "src") + "\n")
         # As pip would: byte-compile now, since the account cannot write __pycache__ here.
@@ -128,6 +142,21 @@ class Sshd:
         os.makedirs("/run/sshd", exist_ok=True)
         _run(SSHD, "-t", "-f", str(self.sshd_config))
         self.start()
+
+    def run_as_gate(self, *args: str) -> str:
+        """Run ``sluice-cluster ARGS`` as the functional account (e.g. ``keys create``)."""
+        done = subprocess.run(["runuser", "-u", USER, "--", str(self.gate_python), "-m", "cluster.cli", *args],
+                              capture_output=True, text=True, timeout=60, cwd="/")
+        if done.returncode != 0:
+            raise RuntimeError(f"sluice-cluster {' '.join(args)} failed: {done.stderr}")
+        return done.stdout
+
+    def create_sealed_keys(self) -> None:
+        """The gate's keys, made and owned by the functional account, in a directory only it can read."""
+        keys = self.dir / "sealed-keys"
+        keys.mkdir(mode=0o700, exist_ok=True)
+        os.chown(keys, pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid)
+        self.run_as_gate("keys", "create", "--config", str(self.config))
 
     def start(self) -> None:
         _run(SSHD, "-f", str(self.sshd_config), "-E", str(self.log))
