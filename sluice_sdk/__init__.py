@@ -18,6 +18,9 @@ Modules:
 * :mod:`sluice_sdk.client`: the client recipe (date, encode, seal).
 * :mod:`sluice_sdk.gateway`: the gate recipe (open, decode, date, replay, in that order).
 * :mod:`sluice_sdk.errors`: ``SealError`` (message-less), ``KeyConfigError``, ``BhttpError``.
+* :mod:`sluice_sdk.transport`: httpx transports that seal the ``openai`` client's requests.
+* :mod:`sluice_sdk.connect`: the recipe: ``sealed_openai_client`` and friends, no knobs.
+* :mod:`sluice_sdk.cli`: ``sluice-seal``, one sealed chat request from a shell.
 * ``sluice_sdk._hazmat``: the only module that touches cryptographic
   primitives.
 
@@ -30,6 +33,40 @@ import the code that opens sealed requests.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import BhttpError, KeyConfigError, SdkError, SealError
 
-__all__ = ["SdkError", "SealError", "KeyConfigError", "BhttpError"]
+if TYPE_CHECKING:
+    from .connect import fetch_fingerprint, sealed_async_openai_client, sealed_openai_client
+    from .transport import AsyncSealedTransport, SealedTransport, UnsealableRequestError
+
+__all__ = [
+    "SdkError",
+    "SealError",
+    "KeyConfigError",
+    "BhttpError",
+    "UnsealableRequestError",
+    "SealedTransport",
+    "AsyncSealedTransport",
+    "sealed_openai_client",
+    "sealed_async_openai_client",
+    "fetch_fingerprint",
+]
+
+# These load httpx; the gate imports this package for the envelope code alone
+# (on a login node without httpx), so they are imported on first use.
+_FROM_CONNECT = frozenset({"sealed_openai_client", "sealed_async_openai_client", "fetch_fingerprint"})
+_FROM_TRANSPORT = frozenset({"SealedTransport", "AsyncSealedTransport", "UnsealableRequestError"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_CONNECT:
+        from . import connect
+
+        return getattr(connect, name)
+    if name in _FROM_TRANSPORT:
+        from . import transport
+
+        return getattr(transport, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -101,6 +101,10 @@ class StreamTable:
     def _open(self, stream: int, payload: bytes) -> tuple[int, StreamCommand, bytes] | None:
         if stream <= self._last_id:
             raise Disallowed("stream_reuse")
+        if stream != self._last_id + 1:
+            # Ids are consecutive: every id up to the last one was opened, so a
+            # CANCEL can always be told from one for a stream that never was.
+            raise Disallowed("stream_gap")
         if self.open_streams >= MAX_STREAMS:
             raise Disallowed("too_many_streams")
         command = parse_stream_command(payload)

@@ -52,7 +52,7 @@ def usage_from_json(body: bytes) -> Usage | None:
         return None
     try:
         raw, _ = _decoder.raw_decode(body[at + len(_USAGE_KEY) :].decode("utf-8", "replace").lstrip())
-    except ValueError:
+    except (ValueError, RecursionError):  # a backend's garbage, however deep, is not usage
         return None
     return _clean(raw)
 
@@ -92,7 +92,7 @@ class SseUsageFilter:
             return framed
         try:
             chunk = json.loads(event[6:])
-        except ValueError:
+        except (ValueError, RecursionError):
             return framed
         if not isinstance(chunk, dict):
             return framed

@@ -36,7 +36,7 @@ def test_call_completes_when_declared_length_arrives() -> None:
 
 def test_ping_starts_at_once() -> None:
     table, _, _ = make()
-    assert table.on_frame(Kind.OPEN, 5, b"ping") == (5, Ping(), b"")
+    assert table.on_frame(Kind.OPEN, 1, b"ping") == (1, Ping(), b"")
 
 
 def test_interleaved_streams() -> None:
@@ -82,12 +82,23 @@ def _violation(table: StreamTable, kind: Kind, stream: int, payload: bytes, code
 
 def test_reject_stream_id_reuse() -> None:
     table, _, _ = make()
-    table.on_frame(Kind.OPEN, 3, b"ping")
-    table.finished(3)
-    _violation(table, Kind.OPEN, 3, b"ping", "stream_reuse")
+    table.on_frame(Kind.OPEN, 1, b"ping")
+    table.on_frame(Kind.OPEN, 2, b"ping")
+    table.finished(2)
+    _violation(table, Kind.OPEN, 2, b"ping", "stream_reuse")
     table2, _, _ = make()
-    table2.on_frame(Kind.OPEN, 3, b"ping")
-    _violation(table2, Kind.OPEN, 2, b"ping", "stream_reuse")
+    table2.on_frame(Kind.OPEN, 1, b"ping")
+    table2.on_frame(Kind.OPEN, 2, b"ping")
+    _violation(table2, Kind.OPEN, 1, b"ping", "stream_reuse")
+
+
+def test_reject_stream_id_gap() -> None:
+    """Ids are consecutive, so no id below the last can be one that was never opened."""
+    table, _, _ = make()
+    _violation(table, Kind.OPEN, 5, b"ping", "stream_gap")
+    table2, _, _ = make()
+    table2.on_frame(Kind.OPEN, 1, b"ping")
+    _violation(table2, Kind.OPEN, 3, b"ping", "stream_gap")
 
 
 def test_reject_body_overrun() -> None:

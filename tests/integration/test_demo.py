@@ -230,3 +230,25 @@ def test_sigterm_stops_everything() -> None:
     demo = start_demo("mux")
     assert demo.client().models.list()
     stop_demo(demo)
+
+
+def test_sealed_openai_client_through_the_demo(demo: Demo) -> None:
+    """The SDK's sealed client: the official openai client, unchanged, plain and streaming."""
+    from sluice_sdk import fetch_fingerprint, sealed_openai_client
+
+    fingerprint = fetch_fingerprint(f"{demo.url}/v1")
+    with sealed_openai_client(f"{demo.url}/v1", KEY, fingerprint) as client:
+        answer = client.chat.completions.create(
+            model="standin-chat", messages=[{"role": "user", "content": "Hello there"}], max_tokens=12
+        )
+        plain = demo.client().chat.completions.create(
+            model="standin-chat", messages=[{"role": "user", "content": "Hello there"}], max_tokens=12
+        )
+        assert answer.choices[0].message.content == plain.choices[0].message.content
+        assert answer.usage is not None and answer.usage.completion_tokens == 12
+        pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="standin-chat", messages=[{"role": "user", "content": "Hello there"}], max_tokens=12, stream=True)
+            if c.choices]
+        assert "".join(pieces).split() == (plain.choices[0].message.content or "").split()
+        assert len(client.embeddings.create(model="standin-embed", input=["one"]).data) == 1
+        assert {m.id for m in client.models.list()} == {"standin-chat", "standin-embed"}
