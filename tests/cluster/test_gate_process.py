@@ -348,3 +348,36 @@ def test_gate_run_by_hand_with_files_for_stdio(gate_config: Path, tmp_path: Path
                                     timeout=30, cwd=Path(__file__).resolve().parents[2]).returncode
         frames = FrameDecoder(GATE_KINDS).feed(out.read_bytes())
         assert status == 0 and frames[0].kind is Kind.HEAD and frames[-1].kind is Kind.END
+
+
+def test_reject_stalled_sender_slowloris(gate_config: Path, tripwire: Tripwire) -> None:
+    """A body that stops arriving (stdin held open) ends the exec or the mux session after
+    BODY_IDLE_TIMEOUT with body_timeout, and never reaches a backend.  Both run at once."""
+    from cluster.gate.session import BODY_IDLE_TIMEOUT
+
+    before = tripwire.hits
+    env = {"PATH": os.environ["PATH"]}
+    cwd = Path(__file__).resolve().parents[2]
+    exec_gate = subprocess.Popen(gate_argv(gate_config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd,
+                                 env={**env, "SSH_ORIGINAL_COMMAND": "sluice/1 call chat tripwire 100"})
+    mux_gate = subprocess.Popen(gate_argv(gate_config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd,
+                                env={**env, "SSH_ORIGINAL_COMMAND": "sluice/1 mux"})
+    assert exec_gate.stdin and mux_gate.stdin
+    exec_gate.stdin.write(b'{"model":"')
+    exec_gate.stdin.flush()
+    mux_gate.stdin.write(encode(Kind.OPEN, 1, b"call chat tripwire 100") + encode(Kind.DATA, 1, b'{"model":"'))
+    mux_gate.stdin.flush()
+    try:
+        for gate in (exec_gate, mux_gate):
+            assert gate.wait(timeout=BODY_IDLE_TIMEOUT + 10) == 2  # stdin is still open: the gate gave up
+            assert gate.stdout is not None
+            assert FrameDecoder(GATE_KINDS).feed(gate.stdout.read()) == [Frame(Kind.GOAWAY, 0, b"body_timeout")]
+    finally:
+        for gate in (exec_gate, mux_gate):
+            if gate.poll() is None:
+                gate.kill()
+                gate.wait()
+            for pipe in (gate.stdin, gate.stdout):
+                if pipe is not None:
+                    pipe.close()
+    _assert_untouched(tripwire, before)
