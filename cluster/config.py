@@ -1,13 +1,19 @@
 """The cluster configuration: one TOML file owned by the operator.
 
-It names the routing table the scheduler keeps, the static backends (model
-servers the operator runs by other means), and the services the scheduler
-keeps running.  It is read once at start and validated there; every error
-names the key and the fix.  Request data never reaches this module.
+It names the routing table and the state directory the scheduler keeps, the
+static backends (model servers the operator runs by other means), and the
+services the scheduler keeps running: per model, the job template, its
+resources and time limit, the instance bounds, the autoscaling thresholds,
+the warm-up bound, an optional time-of-day schedule and a priority.  It is
+read once at start and validated there; every error names the key and the
+fix.  Request data never reaches this module.
+
+See ``docs/operator-slurm.md`` for a complete, commented example.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +22,55 @@ from urllib.parse import urlsplit
 
 from policy.grammar import ROUTE_IDS, Call
 
-__all__ = ["ConfigError", "StaticBackend", "Service", "GateSettings", "ClusterConfig", "load_config"]
+__all__ = [
+    "ConfigError",
+    "StaticBackend",
+    "SchedulePeriod",
+    "SlurmResources",
+    "Service",
+    "GateSettings",
+    "SchedulerSettings",
+    "SlurmSettings",
+    "ClusterConfig",
+    "load_config",
+    "TEMPLATES_DIR",
+    "BUILTIN_PLACEHOLDERS",
+]
 
 # Generous upper bound on one request's backend time: a long generation on a
 # large model can take minutes; anything beyond this is a stuck backend.
 MAX_REQUEST_TIMEOUT: Final = 3600.0
+
+# Instances of one model: far above what one cluster gives one model, low
+# enough that a typo (4000 for 40) cannot flood the queue.
+MAX_INSTANCES: Final = 64
+
+# A time-limit, warm-up or pending bound longer than this is a typo.
+MAX_DURATION: Final = 30 * 86400.0
+
+# Where the built-in job templates live (``template = "vllm"``).
+TEMPLATES_DIR: Final = Path(__file__).resolve().parent / "templates"
+
+# Placeholders the scheduler itself fills in a job template; operator
+# variables (``vars``) may not shadow them.
+BUILTIN_PLACEHOLDERS: Final = frozenset({"port", "token", "model", "job_name", "python"})
+
+# ``{name}`` not preceded by ``$`` (so a shell's ``${name}`` stays as it is).
+PLACEHOLDER: Final = re.compile(r"(?<!\$)\{([a-z_][a-z0-9_]{0,31})\}")
+
+# A template line ``# default: name = value`` gives a variable's default.
+_TEMPLATE_DEFAULT: Final = re.compile(r"^# default: ([a-z_][a-z0-9_]{0,31}) =[ \t]*(.*)$", re.MULTILINE)
+
+# Option values passed to sbatch as one argv element each (never a shell):
+# printable ASCII without spaces, so one value cannot look like two options.
+_SLURM_VALUE: Final = re.compile(r"[!-~]{1,256}")
+_JOB_PREFIX: Final = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+_TIME_LIMIT: Final = re.compile(r"(?:\d{1,2}-\d{1,2}(?::\d{1,2}){0,2}|\d{1,6}(?::\d{1,2}){0,2})")
+_CLOCK: Final = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+_DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_NODE_HOST: Final = re.compile(r"[A-Za-z0-9.{}-]{1,253}")
+_VAR_VALUE: Final = re.compile(r"[^\x00-\x1f\x7f]{0,4096}")
+_COMMAND_NAME: Final = re.compile(r"[A-Za-z0-9_./-]{1,4096}")
 
 
 class ConfigError(ValueError):
@@ -39,6 +89,47 @@ class StaticBackend:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulePeriod:
+    """Instance bounds that apply on ``days`` (0 = Monday) from ``start`` to ``end``.
+
+    Times are minutes after local midnight; ``end <= start`` wraps past midnight
+    (a period that starts on a listed day continues into the next morning).
+    """
+
+    days: frozenset[int]
+    start: int
+    end: int
+    min_instances: int
+    max_instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmResources:
+    """sbatch options of one service, each passed as one ``--name=value`` argument."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    reservation: str | None = None
+    gres: str | None = None
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    constraint: str | None = None
+    exclusive: bool = False
+    nice: int | None = None
+
+    def sbatch_options(self) -> list[str]:
+        options = []
+        for name in ("partition", "account", "qos", "reservation", "gres", "cpus_per_task", "mem", "constraint", "nice"):
+            value = getattr(self, name)
+            if value is not None:
+                options.append(f"--{name.replace('_', '-')}={value}")
+        if self.exclusive:
+            options.append("--exclusive")
+        return options
+
+
+@dataclass(frozen=True, slots=True)
 class Service:
     """A model the scheduler keeps running (see :mod:`cluster.scheduler`)."""
 
@@ -49,6 +140,33 @@ class Service:
     min_instances: int
     max_instances: int
     warmup_timeout: float
+    # slurm: the job script with its placeholders, and where it came from
+    template: str = ""
+    template_name: str = ""
+    variables: tuple[tuple[str, str], ...] = ()
+    resources: SlurmResources = SlurmResources()
+    time_limit: int | None = None  # seconds; None: the partition's default
+    # autoscaling
+    requests_per_instance: float = 16.0
+    scale_up_threshold: float = 0.75
+    scale_down_threshold: float = 0.25
+    load_window: float = 120.0
+    scale_down_delay: float = 600.0
+    pending_timeout: float = 1800.0
+    renew_before: float = 0.0  # 0: never renew before the time limit
+    drain_timeout: float = 300.0
+    backoff_base: float = 30.0
+    backoff_max: float = 900.0
+    # requests for a model with no ready instance
+    hold_queue: int = 32
+    hold_timeout: float = 300.0
+    schedule: tuple[SchedulePeriod, ...] = ()
+    priority: int = 0
+
+    @property
+    def job_key(self) -> str:
+        """The model name reduced to characters safe in a job name and a file name."""
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", self.model)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +174,36 @@ class GateSettings:
     routing_table: Path
     request_timeout: float = 300.0
     connect_timeout: float = 5.0
+    state_dir: Path | None = None  # None: "state" next to the routing table
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir if self.state_dir is not None else self.routing_table.parent / "state"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    # Seconds between passes of a scheduler loop, and the least time between
+    # two passes kicked by the appliance's pings (it pings every 5 s).
+    pass_interval: float = 5.0
+    # A pass that takes longer than this is stopped (and its process ended).
+    pass_timeout: float = 120.0
+    probe_timeout: float = 2.0
+    port_min: int = 20000
+    port_max: int = 32000
+    job_prefix: str = "sluice"
+    max_submit_per_pass: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmSettings:
+    sbatch: str = "sbatch"
+    squeue: str = "squeue"
+    scancel: str = "scancel"
+    command_timeout: float = 30.0
+    slurm_conf: Path | None = None
+    node_host: str = "{node}"
+    log_dir: Path | None = None  # None: "logs" in the state directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +211,9 @@ class ClusterConfig:
     gate: GateSettings
     static: tuple[StaticBackend, ...]
     services: tuple[Service, ...]
+    scheduler: SchedulerSettings = SchedulerSettings()
+    slurm: SlurmSettings = SlurmSettings()
+    path: Path | None = None  # the file it was read from
 
     def model_routes(self) -> dict[str, tuple[str, ...]]:
         """Every configured model and the route ids it serves."""
@@ -72,6 +223,13 @@ class ClusterConfig:
         for service in self.services:
             routes[service.model] = service.routes
         return routes
+
+    def services_of(self, backend: str) -> tuple[Service, ...]:
+        return tuple(s for s in self.services if s.backend == backend)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.slurm.log_dir if self.slurm.log_dir is not None else self.gate.state / "logs"
 
 
 def _get(table: dict[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
@@ -85,6 +243,13 @@ def _get(table: dict[str, Any], key: str, kind: type, where: str, default: Any =
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{where}.{key} must be a {kind.__name__}")
     return value
+
+
+def _number(table: dict[str, Any], key: str, where: str, default: float, low: float, high: float) -> float:
+    value = _get(table, key, float, where, default)
+    if not low <= value <= high:
+        raise ConfigError(f"{where}.{key} must be between {low:g} and {high:g}")
+    return float(value)
 
 
 def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -124,20 +289,251 @@ def _static(table: dict[str, Any], where: str, base: Path) -> StaticBackend:
     return StaticBackend(_model(table.get("model"), where), url.hostname, url.port or 80, _routes(table, where), token)
 
 
-def _service(name: str, table: dict[str, Any], where: str) -> Service:
-    _check_keys(table, {"routes", "backend", "command", "min_instances", "max_instances", "warmup_timeout"}, where)
+def _time_limit(value: Any, where: str) -> int | None:
+    """``time_limit``: minutes (an integer), or Slurm's forms: ``M``, ``M:S``, ``H:M:S``,
+    ``D-H``, ``D-H:M``, ``D-H:M:S``.  Slurm enforces whole minutes, so must this."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value * 60
+    elif isinstance(value, str) and _TIME_LIMIT.fullmatch(value):
+        days, _, clock = value.rpartition("-")
+        parts = [int(p) for p in clock.split(":")]
+        if days:
+            parts += [0] * (3 - len(parts))  # D-H, D-H:M, D-H:M:S
+            hours, minutes, secs = parts
+        elif len(parts) == 3:
+            hours, minutes, secs = parts
+        else:
+            hours, (minutes, secs) = 0, (parts + [0])[:2]  # M or M:S
+        if (len(parts) == 3 and minutes > 59) or secs > 59:
+            raise ConfigError(f"{where}.time_limit {value!r}: minutes and seconds must be below 60")
+        seconds = ((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + secs
+    else:
+        raise ConfigError(f"{where}.time_limit must be minutes (an integer) or Slurm's [D-]H:M:S")
+    if seconds % 60:
+        raise ConfigError(f"{where}.time_limit: Slurm enforces whole minutes; round it")
+    if not 60 <= seconds <= MAX_DURATION:
+        raise ConfigError(f"{where}.time_limit must be between 1 minute and 30 days")
+    return seconds
+
+
+def _resources(table: dict[str, Any], where: str) -> SlurmResources:
+    strings = ("partition", "account", "qos", "reservation", "gres", "mem", "constraint")
+    _check_keys(table, set(strings) | {"cpus_per_task", "exclusive", "nice"}, where)
+    values: dict[str, Any] = {}
+    for key in strings:
+        value = _get(table, key, str, where, None)
+        if value is not None and not _SLURM_VALUE.fullmatch(value):
+            raise ConfigError(f"{where}.{key} must be printable ASCII without spaces")
+        values[key] = value
+    cpus = _get(table, "cpus_per_task", int, where, None)
+    if cpus is not None and not 1 <= cpus <= 4096:
+        raise ConfigError(f"{where}.cpus_per_task must be between 1 and 4096")
+    nice = _get(table, "nice", int, where, None)
+    if nice is not None and not 0 <= nice <= 10000:
+        # negative nice needs a Slurm operator; ask for a QOS instead
+        raise ConfigError(f"{where}.nice must be between 0 and 10000 (raise priority with a qos)")
+    return SlurmResources(cpus_per_task=cpus, nice=nice, exclusive=_get(table, "exclusive", bool, where, False), **values)
+
+
+def _schedule(items: list[Any], where: str, low: int, high: int) -> tuple[SchedulePeriod, ...]:
+    periods = []
+    for index, item in enumerate(items):
+        at = f"{where}.schedule[{index}]"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{at} must be a table")
+        _check_keys(item, {"days", "start", "end", "min_instances", "max_instances"}, at)
+        days = _get(item, "days", list, at, list(_DAYS))
+        if not days or any(d not in _DAYS for d in days):
+            raise ConfigError(f"{at}.days must be a non-empty list of {', '.join(_DAYS)}")
+        clock = []
+        for key in ("start", "end"):
+            match = _CLOCK.fullmatch(_get(item, key, str, at))
+            if match is None:
+                raise ConfigError(f"{at}.{key} must be HH:MM (24-hour clock)")
+            clock.append(int(match.group(1)) * 60 + int(match.group(2)))
+        period_min = _get(item, "min_instances", int, at, low)
+        period_max = _get(item, "max_instances", int, at, max(high, period_min))
+        if not 0 <= period_min <= period_max <= MAX_INSTANCES:
+            raise ConfigError(f"{at}: need 0 <= min_instances <= max_instances <= {MAX_INSTANCES}")
+        periods.append(SchedulePeriod(frozenset(_DAYS.index(d) for d in days), clock[0], clock[1], period_min, period_max))
+    return tuple(periods)
+
+
+def template_placeholders(text: str) -> set[str]:
+    return set(PLACEHOLDER.findall(text))
+
+
+def _template(table: dict[str, Any], where: str, base: Path) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    name = _get(table, "template", str, where, None)
+    path_value = _get(table, "template_file", str, where, None)
+    if name is not None and path_value is not None:
+        raise ConfigError(f"{where}: give template (a built-in) or template_file, not both")
+    if path_value is not None:
+        path = base / path_value
+        label = str(path)
+    else:
+        name = name or "vllm"
+        if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name) or not (TEMPLATES_DIR / f"{name}.sbatch").is_file():
+            known = ", ".join(sorted(p.stem for p in TEMPLATES_DIR.glob("*.sbatch")))
+            raise ConfigError(f"{where}.template {name!r} is not a built-in template ({known}); use template_file")
+        path = TEMPLATES_DIR / f"{name}.sbatch"
+        label = name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: cannot read job template {path}: {exc}") from None
+    if not text.startswith("#!"):
+        raise ConfigError(f"{where}: job template {label} must start with #! (sbatch needs an interpreter line)")
+    defaults = dict(_TEMPLATE_DEFAULT.findall(text))
+    variables = _get(table, "vars", dict, where, {})
+    for key, value in variables.items():
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,31}", key) or key in BUILTIN_PLACEHOLDERS:
+            raise ConfigError(f"{where}.vars.{key}: names are lowercase identifiers other than {sorted(BUILTIN_PLACEHOLDERS)}")
+        if not isinstance(value, str) or not _VAR_VALUE.fullmatch(value):
+            raise ConfigError(f"{where}.vars.{key} must be one line of text")
+    merged = {**{k: v.strip() for k, v in defaults.items()}, **variables}
+    used = template_placeholders(text)
+    for required in ("port", "token"):
+        if required not in used:
+            raise ConfigError(f"{where}: job template {label} must use {{{required}}}")
+    missing = sorted(used - BUILTIN_PLACEHOLDERS - set(merged))
+    if missing:
+        raise ConfigError(f"{where}: job template {label} uses {{{missing[0]}}}: set it in {where}.vars")
+    return text, label, tuple(sorted(merged.items()))
+
+
+_POLICY_KEYS: Final = {
+    "min_instances", "max_instances", "warmup_timeout", "requests_per_instance", "scale_up_threshold",
+    "scale_down_threshold", "load_window", "scale_down_delay", "pending_timeout", "renew_before", "drain_timeout",
+    "backoff_base", "backoff_max", "hold_queue", "hold_timeout", "schedule", "priority",
+}  # fmt: skip
+_SLURM_KEYS: Final = {"template", "template_file", "vars", "resources", "time_limit"}
+
+
+def _service(name: str, table: dict[str, Any], where: str, base: Path, request_timeout: float) -> Service:
     backend = _get(table, "backend", str, where)
     if backend not in ("local", "slurm"):
         raise ConfigError(f"{where}.backend must be 'local' or 'slurm'")
-    command = _get(table, "command", list, where)
-    if not command or not all(isinstance(a, str) for a in command):
-        raise ConfigError(f"{where}.command must be a non-empty list of strings")
+    own = {"command"} if backend == "local" else _SLURM_KEYS
+    _check_keys(table, {"routes", "backend"} | own | _POLICY_KEYS, where)
+    model = _model(name, where)
+    command: tuple[str, ...] = ()
+    template, template_name, variables = "", "", ()
+    resources, time_limit = SlurmResources(), None
+    if backend == "local":
+        argv = _get(table, "command", list, where)
+        if not argv or not all(isinstance(a, str) for a in argv):
+            raise ConfigError(f"{where}.command must be a non-empty list of strings")
+        command = tuple(argv)
+    else:
+        template, template_name, variables = _template(table, where, base)
+        resources = _resources(_get(table, "resources", dict, where, {}), f"{where}.resources")
+        time_limit = _time_limit(table.get("time_limit"), where)
     low = _get(table, "min_instances", int, where, 1)
     high = _get(table, "max_instances", int, where, max(low, 1))
-    if not 0 <= low <= high <= 64:
-        raise ConfigError(f"{where}: need 0 <= min_instances <= max_instances <= 64")
-    warmup = _get(table, "warmup_timeout", float, where, 600.0)
-    return Service(_model(name, where), _routes(table, where), backend, tuple(command), low, high, warmup)
+    if not 0 <= low <= high <= MAX_INSTANCES:
+        raise ConfigError(f"{where}: need 0 <= min_instances <= max_instances <= {MAX_INSTANCES}")
+    warmup = _number(table, "warmup_timeout", where, 900.0, 1, MAX_DURATION)
+    per_instance = _number(table, "requests_per_instance", where, 16.0, 0.1, 100000)
+    up = _number(table, "scale_up_threshold", where, 0.75, 0.01, 10)
+    down = _number(table, "scale_down_threshold", where, 0.25, 0, 10)
+    if down >= up:
+        raise ConfigError(f"{where}: scale_down_threshold must be below scale_up_threshold")
+    default_renew = 0.0 if time_limit is None else min(warmup + 60.0, time_limit / 2)
+    renew = _number(table, "renew_before", where, default_renew, 0, MAX_DURATION)
+    if renew and time_limit is None:
+        raise ConfigError(f"{where}.renew_before needs a time_limit (the partition's default is not known here)")
+    if time_limit is not None and renew >= time_limit:
+        raise ConfigError(f"{where}.renew_before must be shorter than time_limit")
+    backoff_base = _number(table, "backoff_base", where, 30.0, 0, 86400)
+    backoff_max = _number(table, "backoff_max", where, max(900.0, backoff_base), backoff_base, 86400)
+    hold_queue = _get(table, "hold_queue", int, where, 32)
+    if not 0 <= hold_queue <= 4096:
+        raise ConfigError(f"{where}.hold_queue must be between 0 and 4096")
+    priority = _get(table, "priority", int, where, 0)
+    if not -1000 <= priority <= 1000:
+        raise ConfigError(f"{where}.priority must be between -1000 and 1000")
+    return Service(
+        model=model,
+        routes=_routes(table, where),
+        backend=backend,
+        command=command,
+        min_instances=low,
+        max_instances=high,
+        warmup_timeout=warmup,
+        template=template,
+        template_name=template_name,
+        variables=variables,
+        resources=resources,
+        time_limit=time_limit,
+        requests_per_instance=per_instance,
+        scale_up_threshold=up,
+        scale_down_threshold=down,
+        load_window=_number(table, "load_window", where, 120.0, 1, 86400),
+        scale_down_delay=_number(table, "scale_down_delay", where, 600.0, 0, 86400),
+        pending_timeout=_number(table, "pending_timeout", where, 1800.0, 1, MAX_DURATION),
+        renew_before=renew,
+        drain_timeout=_number(table, "drain_timeout", where, request_timeout, 0, MAX_REQUEST_TIMEOUT),
+        backoff_base=backoff_base,
+        backoff_max=backoff_max,
+        hold_queue=hold_queue,
+        hold_timeout=_number(table, "hold_timeout", where, min(300.0, request_timeout), 0, MAX_REQUEST_TIMEOUT),
+        schedule=_schedule(_get(table, "schedule", list, where, []), where, low, high),
+        priority=priority,
+    )
+
+
+def _scheduler(table: dict[str, Any]) -> SchedulerSettings:
+    where = "scheduler"
+    _check_keys(
+        table,
+        {"pass_interval", "pass_timeout", "probe_timeout", "port_min", "port_max", "job_prefix", "max_submit_per_pass"},
+        where,
+    )
+    port_min = _get(table, "port_min", int, where, 20000)
+    port_max = _get(table, "port_max", int, where, 32000)
+    if not 1024 <= port_min < port_max <= 65535 or port_max - port_min < 100:
+        raise ConfigError("scheduler: need 1024 <= port_min < port_max <= 65535, at least 100 ports apart")
+    prefix = _get(table, "job_prefix", str, where, "sluice")
+    if not _JOB_PREFIX.fullmatch(prefix):
+        raise ConfigError("scheduler.job_prefix must be a letter then up to 31 letters, digits, _ or -")
+    submits = _get(table, "max_submit_per_pass", int, where, 8)
+    if not 1 <= submits <= MAX_INSTANCES:
+        raise ConfigError(f"scheduler.max_submit_per_pass must be between 1 and {MAX_INSTANCES}")
+    return SchedulerSettings(
+        pass_interval=_number(table, "pass_interval", where, 5.0, 0.1, 3600),
+        pass_timeout=_number(table, "pass_timeout", where, 120.0, 5, 3600),
+        probe_timeout=_number(table, "probe_timeout", where, 2.0, 0.1, 60),
+        port_min=port_min,
+        port_max=port_max,
+        job_prefix=prefix,
+        max_submit_per_pass=submits,
+    )
+
+
+def _slurm(table: dict[str, Any], base: Path) -> SlurmSettings:
+    where = "slurm"
+    _check_keys(table, {"sbatch", "squeue", "scancel", "command_timeout", "slurm_conf", "node_host", "log_dir"}, where)
+    commands = {}
+    for key in ("sbatch", "squeue", "scancel"):
+        value = _get(table, key, str, where, key)
+        if not _COMMAND_NAME.fullmatch(value):
+            raise ConfigError(f"slurm.{key} must be a command name or an absolute path")
+        commands[key] = str(base / value) if "/" in value else value
+    node_host = _get(table, "node_host", str, where, "{node}")
+    if not _NODE_HOST.fullmatch(node_host) or set(PLACEHOLDER.findall(node_host)) - {"node"}:
+        raise ConfigError("slurm.node_host must be a host name, optionally with {node} (e.g. '{node}.ib.cluster')")
+    conf = _get(table, "slurm_conf", str, where, None)
+    log_dir = _get(table, "log_dir", str, where, None)
+    return SlurmSettings(
+        command_timeout=_number(table, "command_timeout", where, 30.0, 1, 600),
+        slurm_conf=None if conf is None else base / conf,
+        node_host=node_host,
+        log_dir=None if log_dir is None else base / log_dir,
+        **commands,
+    )
 
 
 def load_config(path: str | Path) -> ClusterConfig:
@@ -148,21 +544,29 @@ def load_config(path: str | Path) -> ClusterConfig:
             data = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read cluster config {path}: {exc}") from None
-    _check_keys(data, {"gate", "backends", "services"}, "config")
+    _check_keys(data, {"gate", "backends", "services", "scheduler", "slurm"}, "config")
+    base = path.parent
     gate_table = _get(data, "gate", dict, "config")
-    _check_keys(gate_table, {"routing_table", "request_timeout", "connect_timeout"}, "gate")
+    _check_keys(gate_table, {"routing_table", "request_timeout", "connect_timeout", "state_dir"}, "gate")
     timeout = _get(gate_table, "request_timeout", float, "gate", 300.0)
     connect = _get(gate_table, "connect_timeout", float, "gate", 5.0)
     if not 0 < timeout <= MAX_REQUEST_TIMEOUT or not 0 < connect <= 60:
         raise ConfigError("gate.request_timeout must be in (0, 3600] and gate.connect_timeout in (0, 60]")
-    gate = GateSettings(path.parent / _get(gate_table, "routing_table", str, "gate"), timeout, connect)
-    static = tuple(
-        _static(entry, f"backends[{i}]", path.parent) for i, entry in enumerate(_get(data, "backends", list, "config", []))
+    state_dir = _get(gate_table, "state_dir", str, "gate", None)
+    gate = GateSettings(
+        base / _get(gate_table, "routing_table", str, "gate"), timeout, connect, None if state_dir is None else base / state_dir
     )
+    static = tuple(_static(entry, f"backends[{i}]", base) for i, entry in enumerate(_get(data, "backends", list, "config", [])))
     services = tuple(
-        _service(name, table, f"services.{name}") for name, table in _get(data, "services", dict, "config", {}).items()
+        _service(name, table, f"services.{name}", base, timeout)
+        for name, table in _get(data, "services", dict, "config", {}).items()
     )
     models = [b.model for b in static] + [s.model for s in services]
     if len(models) != len(set(models)):
         raise ConfigError("a model is configured twice (backends and services must name distinct models)")
-    return ClusterConfig(gate, static, services)
+    keys = [s.job_key for s in services]
+    if len(keys) != len(set(keys)):
+        raise ConfigError("two services differ only in characters other than letters, digits, '.', '_' and '-'")
+    scheduler = _scheduler(_get(data, "scheduler", dict, "config", {}))
+    slurm = _slurm(_get(data, "slurm", dict, "config", {}), base)
+    return ClusterConfig(gate, static, services, scheduler, slurm, path.resolve())

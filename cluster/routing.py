@@ -2,29 +2,40 @@
 
 The scheduler writes it (atomically: a new file, then ``os.replace``), and the
 gate reads it.  A reader never sees a half-written table; a garbled table is
-an error, never an empty one, so the gate keeps the last good copy.
+an error, never an empty one, so the gate keeps the last good copy.  Writers
+(the Slurm passes and a local-process scheduler may share one table) merge
+their models in under a lock (:func:`update_table`).
 
 :class:`Router` is the gate's view: static backends from the configuration
 plus the table, reloaded when it changes, and least-outstanding-requests
-selection among the ready instances of a model.
+selection among the ready instances of a model.  A request for a scheduled
+model with no ready instance is held (:meth:`Router.wait_acquire`): a bounded
+number per model, for a bounded time, while the scheduler starts one.  The
+router also counts what it serves and holds, per model and per instance, for
+the scheduler's load measurement (:class:`~cluster.scheduler.load.LoadMeter`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from policy.errors import NoBackend
 
-from .config import ClusterConfig
+from .config import ClusterConfig, Service
+from .scheduler.load import LoadMeter
+from .scheduler.plan import effective_limits
 
-__all__ = ["Instance", "TableError", "read_table", "write_table", "Router"]
+__all__ = ["Instance", "TableError", "read_table", "write_table", "update_table", "Router"]
 
 TABLE_VERSION: Final = 1
 
@@ -34,6 +45,14 @@ RELOAD_INTERVAL: Final = 0.5
 
 # A table larger than this is not one our scheduler wrote.
 MAX_TABLE_BYTES: Final = 4 * 1024 * 1024
+
+# How often a held request looks for a ready instance (seconds).
+HOLD_POLL: Final = 0.25
+
+# An instance that refused a connection is skipped for this long (seconds),
+# unless the table is rewritten first: it has most likely just ended, and the
+# next scheduler pass takes it out of the table.
+QUARANTINE: Final = 5.0
 
 
 class TableError(ValueError):
@@ -83,6 +102,39 @@ def write_table(path: Path, models: Mapping[str, Iterable[Instance]]) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _table_lock(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the file releases the lock
+
+
+def update_table(
+    path: Path, models: Mapping[str, Iterable[Instance]], known: set[str], lock: Path
+) -> bool:
+    """Set the entries of ``models``, drop models not in ``known``, keep the others.
+
+    Several writers may share a table (each owns its models); the merge runs
+    under ``lock``.  The file is rewritten only when something changed, so
+    the gates' change check (mtime) stays quiet.  Returns whether it was.
+    """
+    wanted = {name: tuple(instances) for name, instances in models.items()}
+    with _table_lock(lock):
+        try:
+            current = read_table(path)
+        except TableError:
+            current = {}  # replaced by a good one now
+        merged = {name: items for name, items in current.items() if name in known and name not in wanted}
+        merged.update(wanted)
+        if merged == current and path.exists():
+            return False
+        write_table(path, merged)
+        return True
+
+
 def read_table(path: Path) -> dict[str, tuple[Instance, ...]]:
     """The table at ``path``; empty if there is none yet, :class:`TableError` if garbled."""
     try:
@@ -120,10 +172,17 @@ class Router:
             instance = Instance(f"static:{backend.model}", backend.host, backend.port, backend.token)
             self._static[backend.model] = (instance,)
         self.routes = config.model_routes()
+        self._services: dict[str, Service] = {s.model: s for s in config.services}
         self._table: dict[str, tuple[Instance, ...]] = {}
         self._stamp: tuple[int, int] | None = None
         self._checked = float("-inf")
         self._outstanding: dict[str, int] = {}
+        self._model_of: dict[str, str] = {}
+        self._held: dict[str, int] = {}
+        self._quarantined: dict[str, float] = {}
+        self._meter: LoadMeter | None = None
+        if self._services:
+            self._meter = LoadMeter(config.gate.state / "load")
         self.reload()
 
     def reload(self) -> None:
@@ -143,6 +202,7 @@ class Router:
             return  # keep serving from the last good table
         self._table = {name: table[name] for name in table if name in self.routes}
         self._stamp = stamp
+        self._quarantined.clear()
 
     def _maybe_reload(self) -> None:
         if self._clock() - self._checked >= RELOAD_INTERVAL:
@@ -156,15 +216,78 @@ class Router:
         """Every configured model, and whether an instance of it is ready."""
         return {model: bool(self.instances(model)) for model in sorted(self.routes)}
 
-    def acquire(self, model: str) -> Instance:
-        """The ready instance of ``model`` with the fewest requests in flight."""
+    def try_acquire(self, model: str) -> Instance | None:
+        """The ready instance of ``model`` with the fewest requests in flight, or None."""
         candidates = self.instances(model)
+        if self._quarantined and candidates:
+            now = self._clock()
+            candidates = tuple(i for i in candidates if self._quarantined.get(i.id, 0.0) <= now)
         if not candidates:
-            raise NoBackend()
+            return None
         outstanding = self._outstanding
         best = min(candidates, key=lambda i: outstanding.get(i.id, 0))
         outstanding[best.id] = outstanding.get(best.id, 0) + 1
+        if self._meter is not None and model in self._services:
+            self._model_of[best.id] = model
+            self._meter.change(model, in_flight=1, instance=best.id)
         return best
+
+    def acquire(self, model: str) -> Instance:
+        """The ready instance of ``model`` with the fewest requests in flight."""
+        instance = self.try_acquire(model)
+        if instance is None:
+            raise NoBackend()
+        return instance
+
+    def scheduled(self, model: str) -> bool:
+        """Whether the scheduler runs ``model`` (its instances come and go)."""
+        return model in self._services and model not in self._static
+
+    def can_hold(self, model: str) -> bool:
+        """Whether a request for ``model`` may wait for an instance to start."""
+        service = self._services.get(model)
+        if service is None or service.hold_queue == 0 or service.hold_timeout <= 0:
+            return False
+        return effective_limits(service, time.time()).max_instances > 0
+
+    async def wait_acquire(self, model: str) -> Instance:
+        """Hold until an instance of ``model`` is ready; :class:`NoBackend` past the bounds.
+
+        At most ``hold_queue`` requests per model wait at once, each at most
+        ``hold_timeout`` seconds; a model that may not run now (its schedule
+        allows no instance) is refused at once.
+        """
+        instance = self.try_acquire(model)
+        if instance is not None:
+            return instance
+        service = self._services.get(model)
+        if service is None or not self.can_hold(model) or self._held.get(model, 0) >= service.hold_queue:
+            raise NoBackend()
+        self._held[model] = self._held.get(model, 0) + 1
+        if self._meter is not None:
+            self._meter.change(model, held=1)
+        try:
+            deadline = self._clock() + service.hold_timeout
+            while True:
+                left = deadline - self._clock()
+                if left <= 0:
+                    raise NoBackend()
+                await asyncio.sleep(min(HOLD_POLL, left))
+                self.reload()
+                instance = self.try_acquire(model)
+                if instance is not None:
+                    return instance
+        finally:
+            self._held[model] -= 1
+            if self._meter is not None:
+                self._meter.change(model, held=-1)
+
+    def held(self, model: str) -> int:
+        return self._held.get(model, 0)
+
+    def quarantine(self, instance: Instance) -> None:
+        """Skip ``instance`` for a few seconds: it refused a connection."""
+        self._quarantined[instance.id] = self._clock() + QUARANTINE
 
     def release(self, instance: Instance) -> None:
         left = self._outstanding.get(instance.id, 0) - 1
@@ -172,6 +295,11 @@ class Router:
             self._outstanding[instance.id] = left
         else:
             self._outstanding.pop(instance.id, None)
+        model = self._model_of.get(instance.id)
+        if model is not None and self._meter is not None:
+            self._meter.change(model, in_flight=-1, instance=instance.id)
+            if left <= 0:
+                self._model_of.pop(instance.id, None)
 
     def in_flight(self) -> int:
         return sum(self._outstanding.values())

@@ -16,7 +16,15 @@ import time
 from typing import Final, Protocol
 
 from policy.bodies import RouteTable
-from policy.errors import BackendFailed, BackendTimeout, BodyRejected, ModelNotFound, NoBackend, PeerError, SluiceError
+from policy.errors import (
+    BackendFailed,
+    BackendTimeout,
+    BodyRejected,
+    ModelNotFound,
+    NoBackend,
+    PeerError,
+    SluiceError,
+)
 from policy.grammar import Call, Keys, Models, Ping, StreamCommand
 
 from ..backend_client import BackendPool
@@ -242,7 +250,7 @@ class Forwarder:
                         break
                     except BackendFailed as exc:
                         refused += 1
-                        if not _not_delivered(exc) or refused >= MAX_REFUSED:
+                        if not _not_delivered(exc) or refused >= MAX_REFUSED or not self._router.scheduled(call.model):
                             raise
                         # the instance is gone (ended since the table was written): try another
                         self._router.quarantine(instance)

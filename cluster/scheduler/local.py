@@ -1,9 +1,16 @@
-"""The local-process scheduler backend: services as child processes on this machine.
+"""The local-process backend: services as child processes on this machine.
 
-Each instance gets a free random port and a random bearer token, passed in
-the environment (``SLUICE_BACKEND_TOKEN``), never on a command line.  An
-instance enters the routing table only once its ``/health`` answers, and
-leaves it as soon as its process ends; dead instances are replaced.
+The same policy as the Slurm backend (:mod:`cluster.scheduler.plan`, run by
+:class:`~cluster.scheduler.engine.Engine`), with processes instead of jobs:
+a process that runs but does not answer ``/health`` yet is warming up, one
+that exited has ended.  Each instance gets a free random port and a random
+bearer token, passed in the environment (``SLUICE_BACKEND_TOKEN``), never on
+a command line.  An instance enters the routing table only once its
+``/health`` answers, and leaves it as soon as its process ends.
+
+The processes are children of one long-running scheduler process (the
+``sluice-cluster scheduler`` loop, which the demo starts), which holds the
+local lock for its whole life and stops every instance when it stops.
 """
 
 from __future__ import annotations
@@ -12,31 +19,24 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
-import secrets
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Final
-
-from policy.errors import SluiceError
 
 from ..backend_client import BackendPool
 from ..config import ClusterConfig, Service
-from ..routing import Instance, write_table
+from .engine import Engine, lock_path, state_path
+from .lock import PassLock
+from .state import JobRecord, ensure_private_dir, load_state, save_state
 
-__all__ = ["LocalScheduler"]
+__all__ = ["LocalBackend", "LocalScheduler", "LocalSchedulerBusy"]
 
 log = logging.getLogger("sluice.scheduler")
 
-# Ports handed to instances: above the usual ephemeral range's start on most
-# systems' registered services, below Linux's default ephemeral range.
-PORT_RANGE: Final = (20000, 32000)
-
-# How often the pass runs, and how long one health probe may take.
+# How often the loop runs a pass (seconds): local processes start in well
+# under a second, so a held request waits little more than this.
 PASS_INTERVAL: Final = 0.5
-PROBE_TIMEOUT: Final = 1.0
 
 # Grace period between SIGTERM and SIGKILL when stopping an instance.
 STOP_GRACE: Final = 5.0
@@ -45,96 +45,35 @@ STOP_GRACE: Final = 5.0
 _INHERITED: Final = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR")
 
 
-@dataclass(slots=True)
-class _Process:
-    service: Service
-    instance: Instance
-    process: asyncio.subprocess.Process
-    started: float
-    ready: bool = False
-    probe: asyncio.Task[bool] | None = field(default=None)
+class LocalSchedulerBusy(RuntimeError):
+    """Another local scheduler runs for this configuration."""
 
 
-def _free_port(taken: set[int]) -> int:
-    """A random port nobody listens on and no instance was given."""
-    for _ in range(100):
-        port = random.randint(*PORT_RANGE)  # nosec B311
-        if port in taken:
-            continue
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
+class LocalBackend:
+    name = "local"
+
+    def __init__(self) -> None:
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    async def observe(self, jobs: dict[str, JobRecord], now: float) -> list[str]:
+        for record in jobs.values():
+            process = self._processes.get(record.id)
+            if process is None:
+                record.state = "GONE"  # from an earlier scheduler: its processes went with it
+            elif process.returncode is None:
+                record.state = "RUNNING"
+                record.started = record.started or now
+                record.host = "127.0.0.1"
                 continue
-        return port
-    raise RuntimeError("no free port")
+            else:
+                record.state, record.reason = "EXITED", f"status {process.returncode}"
+                self._processes.pop(record.id, None)
+            if record.ended is None:
+                record.ended = now
+        return [job_id for job_id in self._processes if job_id not in jobs]
 
-
-class LocalScheduler:
-    """Runs the ``backend = "local"`` services of ``config`` as child processes."""
-
-    def __init__(self, config: ClusterConfig) -> None:
-        self._config = config
-        self._services = [s for s in config.services if s.backend == "local"]
-        self._processes: list[_Process] = []
-        self._pool = BackendPool(connect_timeout=PROBE_TIMEOUT)
-        self._published: dict[str, tuple[Instance, ...]] | None = None
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Pass after pass until ``stop`` is set; then stop every instance."""
-        try:
-            while not stop.is_set():
-                await self.run_pass()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), PASS_INTERVAL)
-        finally:
-            await self.shutdown()
-
-    async def run_pass(self) -> None:
-        now = time.monotonic()
-        for proc in list(self._processes):
-            if proc.process.returncode is not None:
-                log.warning('{"event":"instance_exited","model":"%s","status":%d}', proc.service.model, proc.process.returncode)
-                self._processes.remove(proc)
-            elif not proc.ready:
-                await self._probe(proc, now)
-        for service in self._services:
-            alive = sum(1 for p in self._processes if p.service is service)
-            for _ in range(service.min_instances - alive):
-                await self._start(service)
-        self._publish()
-
-    async def _probe(self, proc: _Process, now: float) -> None:
-        if proc.probe is None:
-            proc.probe = asyncio.create_task(self._healthy(proc.instance))
-            return
-        if not proc.probe.done():
-            return
-        healthy, proc.probe = proc.probe.result(), None
-        if healthy:
-            proc.ready = True
-        elif now - proc.started > proc.service.warmup_timeout:
-            log.warning('{"event":"warmup_timeout","model":"%s"}', proc.service.model)
-            await self._stop(proc)
-            self._processes.remove(proc)
-
-    async def _healthy(self, instance: Instance) -> bool:
-        try:
-            response = await self._pool.request(instance.host, instance.port, None, "GET", "/health", b"", PROBE_TIMEOUT)
-        except SluiceError:
-            return False
-        try:
-            await response.read(4096)
-            return response.status == 200
-        except SluiceError:
-            return False
-        finally:
-            response.close()
-
-    async def _start(self, service: Service) -> None:
-        taken = {p.instance.port for p in self._processes}
-        port = _free_port(taken)
-        token = secrets.token_urlsafe(32)
+    async def submit(self, service: Service, port: int, token: str, now: float) -> JobRecord:
         argv = [
             arg.replace("{port}", str(port)).replace("{model}", service.model).replace("{python}", sys.executable)
             for arg in service.command
@@ -144,35 +83,84 @@ class LocalScheduler:
         process = await asyncio.create_subprocess_exec(
             *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
         )
-        instance = Instance(f"local:{process.pid}", "127.0.0.1", port, token)
-        self._processes.append(_Process(service, instance, process, time.monotonic()))
+        job_id = f"p{process.pid}"
+        self._processes[job_id] = process
+        return JobRecord(job_id, service.model, port, token, submitted=now, state="RUNNING", observed=now)
 
-    def _publish(self) -> None:
-        table: dict[str, tuple[Instance, ...]] = {s.model: () for s in self._services}
-        for proc in self._processes:
-            if proc.ready:
-                table[proc.service.model] += (proc.instance,)
-        if table != self._published:
-            write_table(self._config.gate.routing_table, table)
-            self._published = table
+    async def cancel(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            process = self._processes.get(job_id)
+            if process is not None and process.returncode is None:
+                task = asyncio.create_task(_stop(process))
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
 
-    async def _stop(self, proc: _Process) -> None:
-        if proc.probe is not None:
-            proc.probe.cancel()
-        if proc.process.returncode is None:
-            proc.process.terminate()
+    def port_free(self, port: int) -> bool:
+        with socket.socket() as probe:
             try:
-                await asyncio.wait_for(proc.process.wait(), STOP_GRACE)
-            except TimeoutError:
-                proc.process.kill()
-                await proc.process.wait()
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    async def shutdown(self) -> None:
+        processes = list(self._processes.values())
+        self._processes.clear()
+        await asyncio.gather(*(_stop(p) for p in processes), *self._stopping, return_exceptions=True)
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), STOP_GRACE)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+class LocalScheduler:
+    """Runs the ``backend = "local"`` services of ``config`` as child processes."""
+
+    def __init__(self, config: ClusterConfig) -> None:
+        self._config = config
+        self._backend = LocalBackend()
+        self._pool = BackendPool(connect_timeout=config.scheduler.probe_timeout)
+        self._engine = Engine(config, self._backend, time.time, self._pool)
+        self._lock = PassLock(lock_path(config, "local"))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Pass after pass until ``stop`` is set; then stop every instance."""
+        ensure_private_dir(self._config.gate.state)
+        if not self._lock.acquire():
+            raise LocalSchedulerBusy(f"another local scheduler holds {self._lock.path}")
+        try:
+            path = state_path(self._config, "local")
+            path.unlink(missing_ok=True)  # processes of an earlier run are not ours to manage
+            while not stop.is_set():
+                await self.run_pass()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), PASS_INTERVAL)
+        finally:
+            await self.shutdown()
+            self._lock.release()
+
+    async def run_pass(self) -> None:
+        try:
+            async with asyncio.timeout(self._config.scheduler.pass_timeout):
+                await self._engine.run_pass()
+        except TimeoutError:
+            log.error('{"event":"pass_timeout","backend":"local"}')
 
     async def shutdown(self) -> None:
         """Take every instance out of the table, then stop them all."""
-        for proc in self._processes:
-            proc.ready = False
-        with contextlib.suppress(OSError):
-            self._publish()
-        await asyncio.gather(*(self._stop(p) for p in self._processes), return_exceptions=True)
-        self._processes.clear()
+        path = state_path(self._config, "local")
+        with contextlib.suppress(OSError, ValueError):
+            state = load_state(path)
+            state.jobs.clear()
+            save_state(path, state)
+            self._engine.publish(state)
+        await self._backend.shutdown()
         await self._pool.aclose()

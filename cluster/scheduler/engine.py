@@ -1,0 +1,372 @@
+"""One scheduler pass, the same for both backends.
+
+A pass reads the backend's view of the instances (``squeue``, or the child
+processes), probes the ones that run but are not ready yet (and the ready
+ones, for health) concurrently, folds the gates' load files into the load
+averages, asks :func:`~cluster.scheduler.plan.decide` what to do for each
+service (highest priority first), cancels, submits, saves its state and
+publishes the ready instances to the routing table.
+
+If the backend cannot say what runs (``squeue`` failed, timed out or printed
+something garbled), the pass changes nothing: the state, the routing table
+and the jobs stay as they were, and the failure is logged and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Protocol
+
+from policy.errors import SluiceError
+
+from ..backend_client import BackendPool
+from ..config import ClusterConfig, Service
+from ..routing import Instance, TableError, read_table, update_table
+from .load import LoadReport, account_load, read_gate_loads
+from .plan import (
+    DRAIN_GRACE,
+    JobView,
+    Load,
+    Phase,
+    ServiceState,
+    backoff,
+    decide,
+    effective_limits,
+)
+from .slurm import RUNNING_STATES, TERMINAL_STATES, SlurmError
+from .state import JobRecord, SchedulerState, ensure_private_dir, load_state, save_state
+
+__all__ = ["Backend", "Engine", "PassReport", "ObserveError", "ENDED_STATES", "state_path", "lock_path", "load_dir"]
+
+log = logging.getLogger("sluice.scheduler")
+
+# Backend states after which an instance is gone (Slurm's, plus ours).
+ENDED_STATES: Final = TERMINAL_STATES | {"GONE", "EXITED"}
+
+# A cancelled instance still listed as active this long after the request is
+# cancelled again (the first scancel may have failed).
+CANCEL_RETRY: Final = 30.0
+
+_HOST: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+
+
+class ObserveError(Exception):
+    """The backend could not say which instances exist; nothing may change."""
+
+
+class Backend(Protocol):
+    name: str
+
+    async def observe(self, jobs: dict[str, JobRecord], now: float) -> list[str]:
+        """Update ``jobs`` in place; return ids of our instances that no record knows."""
+        ...
+
+    async def submit(self, service: Service, port: int, token: str, now: float) -> JobRecord: ...
+
+    async def cancel(self, job_ids: list[str]) -> None: ...
+
+    def port_free(self, port: int) -> bool: ...
+
+
+def state_path(config: ClusterConfig, backend: str) -> Path:
+    return config.gate.state / f"{backend}-state.json"
+
+
+def lock_path(config: ClusterConfig, backend: str) -> Path:
+    return config.gate.state / f"{backend}.lock"
+
+
+def load_dir(config: ClusterConfig) -> Path:
+    return config.gate.state / "load"
+
+
+def node_host(template: str, node: str) -> str | None:
+    """The address of a job's node as the login node reaches it, or None (a node list)."""
+    host = template.replace("{node}", node)
+    return host if node and _HOST.fullmatch(host) else None
+
+
+def phase_of(record: JobRecord) -> Phase:
+    if record.ended is not None or record.state in ENDED_STATES:
+        return Phase.ENDED
+    if record.drain is not None:
+        return Phase.DRAINING
+    if record.state in RUNNING_STATES:
+        return Phase.READY if record.ready is not None else Phase.STARTING
+    return Phase.PENDING
+
+
+def routable(record: JobRecord) -> bool:
+    return (
+        phase_of(record) is Phase.READY
+        and record.cancelled is None
+        and record.probe_failures == 0
+        and record.host is not None
+    )
+
+
+@dataclass(slots=True)
+class PassReport:
+    observed: bool = True
+    submitted: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+class Engine:
+    """Runs passes of ``backend`` for the services of ``config`` that use it."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        backend: Backend,
+        clock: Callable[[], float],
+        pool: BackendPool | None = None,
+    ) -> None:
+        self._config = config
+        self._backend = backend
+        self._clock = clock
+        self._services = sorted(config.services_of(backend.name), key=lambda s: (-s.priority, s.model))
+        self._state_path = state_path(config, backend.name)
+        self._pool = pool
+
+    @property
+    def services(self) -> list[Service]:
+        return self._services
+
+    async def run_pass(self) -> PassReport:
+        """One pass; the caller holds the pass lock and bounds the time."""
+        config = self._config
+        ensure_private_dir(config.gate.state)
+        state = load_state(self._state_path)
+        report = PassReport()
+        now = self._clock()
+        try:
+            orphans = await self._backend.observe(state.jobs, now)
+        except (ObserveError, SlurmError) as exc:
+            state.observe_failures += 1
+            state.observe_error = str(exc)
+            report.observed, report.error = False, str(exc)
+            log.error(
+                '{"event":"observe_failed","backend":"%s","failures":%d,"error":%s}',
+                self._backend.name, state.observe_failures, _json_text(str(exc)),
+            )  # fmt: skip
+            save_state(self._state_path, state)  # jobs and table stay as they were
+            return report
+        state.observed, state.observe_failures, state.observe_error = now, 0, ""
+        await self._probe(state, now)
+        load = self._account(state, now)
+        to_cancel = list(orphans)
+        for job_id in orphans:
+            log.warning('{"event":"orphan_cancelled","job":"%s"}', job_id)
+        submissions: list[tuple[Service, int]] = []
+        configured = {s.model for s in self._services}
+        for service in self._services:
+            wanted = self._decide(service, state, load, now, to_cancel, report)
+            if wanted:
+                submissions.append((service, wanted))
+        for record in list(state.jobs.values()):
+            ended = phase_of(record) is Phase.ENDED
+            if ended and (record.cancelled is not None or record.service not in configured):
+                del state.jobs[record.id]
+            elif record.cancelled is None and record.service not in configured:
+                record.cancelled, record.cancel_reason = now, "unconfigured"
+                to_cancel.append(record.id)
+            elif record.cancelled is not None and now - record.cancelled > CANCEL_RETRY:
+                record.cancelled = now  # still there: the last scancel may have failed
+                to_cancel.append(record.id)
+        if to_cancel:
+            try:
+                await self._backend.cancel(sorted(set(to_cancel)))
+                report.cancelled += sorted(set(to_cancel))
+            except SlurmError as exc:
+                log.error('{"event":"cancel_failed","error":%s}', _json_text(str(exc)))
+        await self._submit(state, submissions, now, report)
+        state.last_pass = now
+        save_state(self._state_path, state)
+        self.publish(state)
+        return report
+
+    # ------------------------------------------------------------------ steps
+
+    async def _probe(self, state: SchedulerState, now: float) -> None:
+        candidates = [
+            r for r in state.jobs.values()
+            if r.state in RUNNING_STATES and r.host is not None and r.cancelled is None and phase_of(r) is not Phase.ENDED
+        ]  # fmt: skip
+        if not candidates:
+            return
+        results = await asyncio.gather(*(self.healthy(r) for r in candidates))
+        for record, healthy in zip(candidates, results, strict=True):
+            if healthy:
+                if record.ready is None:
+                    record.ready = now
+                    log.info('{"event":"instance_ready","model":"%s","job":"%s"}', record.service, record.id)
+                record.probe_failures = 0
+            elif record.ready is not None:
+                record.probe_failures += 1
+                log.warning(
+                    '{"event":"health_failed","model":"%s","job":"%s","count":%d}',
+                    record.service, record.id, record.probe_failures,
+                )  # fmt: skip
+
+    async def healthy(self, record: JobRecord) -> bool:
+        """``GET /health`` answers 200 within the probe timeout (no token is sent)."""
+        if record.host is None:
+            return False
+        timeout = self._config.scheduler.probe_timeout
+        pool = self._pool
+        own = pool is None
+        if pool is None:
+            pool = BackendPool(max_idle_per_backend=0, connect_timeout=timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                response = await pool.request(record.host, record.port, None, "GET", "/health", b"", timeout)
+                try:
+                    await response.read(4096)
+                    return response.status == 200
+                finally:
+                    response.close()
+        except (SluiceError, TimeoutError):
+            return False
+        finally:
+            if own:
+                await pool.aclose()
+
+    def _account(self, state: SchedulerState, now: float) -> LoadReport:
+        models = [s.model for s in self._services]
+        windows = {s.model: s.load_window for s in self._services}
+        gates = read_gate_loads(load_dir(self._config), now)
+        report, state.gates = account_load(gates, models, windows, state.gates, state.samples, state.last_pass, now)
+        return report
+
+    def _decide(
+        self,
+        service: Service,
+        state: SchedulerState,
+        load: LoadReport,
+        now: float,
+        to_cancel: list[str],
+        report: PassReport,
+    ) -> int:
+        average = load.average.get(service.model, 0.0)
+        current = load.current.get(service.model, 0.0)
+        in_flight = load.instances
+        records = [r for r in state.jobs.values() if r.service == service.model and r.cancelled is None]
+        views = [self._view(r, now, in_flight) for r in records]
+        limits = effective_limits(service, now)
+        decision = decide(
+            service,
+            limits,
+            views,
+            Load(average, current),
+            state.services.get(service.model, ServiceState()),
+            now,
+            self._config.scheduler.max_submit_per_pass,
+        )
+        for job_id in decision.forget:
+            state.jobs.pop(job_id, None)
+        for job_id in decision.drain:
+            state.jobs[job_id].drain = now
+            log.info('{"event":"drain","model":"%s","job":"%s"}', service.model, job_id)
+        for job_id, reason in decision.cancel:
+            record = state.jobs[job_id]
+            record.cancelled, record.cancel_reason = now, reason
+            to_cancel.append(job_id)
+            log.info('{"event":"cancel","model":"%s","job":"%s","reason":"%s"}', service.model, job_id, reason)
+        for event in decision.events:
+            log.info('{"event":"decision","model":"%s","what":"%s"}', service.model, event)
+        report.events += [f"{service.model}: {e}" for e in decision.events]
+        state.services[service.model] = decision.state
+        state.summary[service.model] = {
+            "average": round(average, 3),
+            "current": current,
+            "target": decision.target,
+            "min": limits.min_instances,
+            "max": limits.max_instances,
+        }
+        return decision.submit
+
+    def _view(self, record: JobRecord, now: float, in_flight: dict[str, int]) -> JobView:
+        time_left = None
+        if record.time_left is not None:
+            time_left = record.time_left - max(0.0, now - record.observed)
+        drained = None
+        if record.drain is not None and now - record.drain >= DRAIN_GRACE:
+            drained = in_flight.get(record.instance_id, 0)
+        return JobView(
+            id=record.id,
+            phase=phase_of(record),
+            submitted=record.submitted,
+            started=record.started,
+            ready_since=record.ready,
+            drain_since=record.drain,
+            time_left=time_left,
+            probe_failures=record.probe_failures,
+            end_state=record.state if record.state in ENDED_STATES else "",
+            in_flight=drained,
+        )
+
+    async def _submit(
+        self, state: SchedulerState, submissions: list[tuple[Service, int]], now: float, report: PassReport
+    ) -> None:
+        budget = self._config.scheduler.max_submit_per_pass
+        for service, count in submissions:
+            for _ in range(min(count, budget)):
+                port = self._free_port(state)
+                token = secrets.token_urlsafe(32)
+                try:
+                    record = await self._backend.submit(service, port, token, now)
+                except (SlurmError, OSError) as exc:
+                    previous = state.services.get(service.model, ServiceState())
+                    failures = previous.failures + 1
+                    state.services[service.model] = ServiceState(
+                        previous.target, previous.changed, failures, now + backoff(service, failures), previous.last_ready
+                    )
+                    log.error(
+                        '{"event":"submit_failed","model":"%s","error":%s}', service.model, _json_text(str(exc))
+                    )
+                    break
+                budget -= 1
+                state.jobs[record.id] = record
+                report.submitted.append(record.id)
+                log.info('{"event":"submitted","model":"%s","job":"%s"}', service.model, record.id)
+            if budget <= 0:
+                break
+
+    def _free_port(self, state: SchedulerState) -> int:
+        """A random port that no job of ours and no routing-table entry uses."""
+        taken = {r.port for r in state.jobs.values()}
+        try:
+            for instances in read_table(self._config.gate.routing_table).values():
+                taken.update(i.port for i in instances)
+        except (TableError, OSError):
+            pass
+        low, high = self._config.scheduler.port_min, self._config.scheduler.port_max
+        for _ in range(200):
+            port = random.randint(low, high)  # nosec B311
+            if port not in taken and self._backend.port_free(port):
+                return port
+        raise OSError("no free port in the configured range")
+
+    def publish(self, state: SchedulerState) -> None:
+        """Write this backend's ready instances into the routing table."""
+        table: dict[str, list[Instance]] = {s.model: [] for s in self._services}
+        for record in sorted(state.jobs.values(), key=lambda r: r.submitted):
+            if record.service in table and routable(record) and record.host is not None:
+                table[record.service].append(Instance(record.instance_id, record.host, record.port, record.token))
+        known = set(self._config.model_routes())
+        update_table(self._config.gate.routing_table, table, known, self._config.gate.state / "table.lock")
+
+
+def _json_text(text: str) -> str:
+    return json.dumps(text[:300])
