@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from policy.bodies import RouteTable, load_routes
 from policy.errors import SluiceError
@@ -22,14 +23,24 @@ from .api.errors import error_response
 from .api.openai import OpenAIApi
 from .auth.base import AccessPolicy, AllowAll, Authenticator
 from .catalog import ClusterSet
+from .logs import RequestLogMiddleware
 from .metering import Metering, NoMetering
+from .metrics import Metrics, metrics_route
 
-__all__ = ["Appliance", "create_app"]
+__all__ = ["Appliance", "Extension", "create_app"]
 
 log = logging.getLogger("sluice.appliance")
 
 # How long the cluster may stay silent before /readyz says it is unreachable.
 READY_GRACE: Final = 3.0
+
+
+class Extension(Protocol):
+    """Routes beside the API (account pages, the external-model proxy), closed at shutdown."""
+
+    def routes(self, appliance: Appliance) -> list[BaseRoute]: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass
@@ -43,6 +54,12 @@ class Appliance:
     routes: RouteTable = field(default_factory=load_routes)
     keepalive_interval: float = 5.0
     request_timeout: float = 300.0
+    extensions: Sequence[Extension] = ()
+    # --- metrics and request logs (appliance/metrics.py, appliance/logs.py) ---
+    metrics: Metrics | None = None  # None: no /metrics route at all
+    metrics_token: str | None = field(default=None, repr=False)  # None: /metrics answers 403 here
+    access_log: bool = True
+    # --- end metrics ---
     last_pong: float = field(default=float("-inf"), init=False)
 
     async def ping(self) -> bool:
@@ -103,10 +120,17 @@ def create_app(appliance: Appliance) -> Starlette:
             keepalive.cancel()
             await asyncio.gather(keepalive, return_exceptions=True)
             await appliance.clusters.aclose()
+            for extension in appliance.extensions:
+                await extension.aclose()
 
-    routes = [Route("/healthz", healthz), Route("/readyz", readyz), *api.routes()]
+    routes: list[BaseRoute] = [Route("/healthz", healthz), Route("/readyz", readyz), *api.routes()]
+    for extension in appliance.extensions:
+        routes += extension.routes(appliance)
+    if appliance.metrics is not None:
+        routes.append(metrics_route(appliance.metrics, appliance.clusters, appliance.metrics_token))
     return Starlette(
         routes=routes,
+        middleware=[Middleware(RequestLogMiddleware, metrics=appliance.metrics, access_log=appliance.access_log)],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_allowed, 500: internal},
     )

@@ -27,9 +27,29 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--mode", choices=("mux", "exec"), default="mux", help="gate protocol mode (default mux)")
     demo.add_argument("--sessions", type=int, default=1, help="mux sessions (gate processes) to spread requests over")
     demo.add_argument("--token-delay", type=float, default=0.02, help="seconds between streamed tokens")
+    demo.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning",
+                      help="JSON logs on stderr from this level (default warning; info adds a line per request)")
     serve = commands.add_parser("serve", help="run the appliance from its configuration file")
     serve.add_argument("--config", required=True, help="the appliance's TOML configuration")
+    # --- identity: API keys for operators (appliance/auth/admin.py) ---
+    from .auth.admin import add_keys_arguments
+
+    add_keys_arguments(commands.add_parser("keys", help="create, list or revoke API keys (operators)"))
+    # --- end identity ---
+    # --- usage reports (appliance/accounting/report.py) ---
+    from .accounting.report import add_arguments as add_usage_arguments
+
+    add_usage_arguments(commands.add_parser("usage", help="requests and tokens per day, user and model"))
+    # --- end usage ---
     args = parser.parse_args(argv)
+    if args.command == "usage":
+        from .accounting.report import run as run_usage
+
+        return run_usage(args)
+    if args.command == "keys":
+        from .auth.admin import run_keys
+
+        return run_keys(args)
     if args.command == "serve":
         from .serve import run_server
         from .settings import SettingsError, load_settings
@@ -48,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--api-key must be 16 to 256 characters long")
         if not 0 < args.port < 65536 or not 1 <= args.sessions <= 64 or not 0 <= args.token_delay <= 10:
             parser.error("--port, --sessions or --token-delay out of range")
-        return _run(run_demo(args.port, key, args.mode, args.sessions, args.token_delay))
+        return _run(run_demo(args.port, key, args.mode, args.sessions, args.token_delay, args.log_level))
     return 2
 
 

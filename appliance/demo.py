@@ -43,9 +43,12 @@ DEMO_MODELS: Final = ("standin-chat", "standin-embed")
 READY_TIMEOUT: Final = 60.0
 
 _CLUSTER_TOML: Final = """\
-# Written by `sluice demo`: two stand-in models run as local processes.
+# Written by `sluice demo`: two stand-in models run as local processes, kept
+# by the local-process scheduler with the same policy as Slurm jobs (see
+# docs/operator-slurm.md): one instance each at least, a second one under load.
 [gate]
 routing_table = "routing.json"
+state_dir = "state"
 request_timeout = 120
 
 [services.standin-chat]
@@ -54,6 +57,10 @@ routes = ["chat", "completions"]
 command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
            "--model", "{{model}}", "--kind", "chat", "--token-delay", "{token_delay}"]
 min_instances = 1
+max_instances = 2
+requests_per_instance = 32
+load_window = 30
+scale_down_delay = 60
 warmup_timeout = 30
 
 [services.standin-embed]
@@ -62,6 +69,7 @@ routes = ["embeddings"]
 command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
            "--model", "{{model}}", "--kind", "embeddings"]
 min_instances = 1
+max_instances = 1
 warmup_timeout = 30
 """
 
@@ -89,7 +97,8 @@ async def _wait_ready(appliance: Appliance, stop: asyncio.Event) -> bool:
     return False
 
 
-async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_delay: float) -> int:
+async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_delay: float,
+                   log_level: str = "warning") -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -111,7 +120,7 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     keys.add(api_key, user="demo", key_id="demo")
     transport = LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions)
     # --- quotas in memory, accounting in SQLite in the runtime directory, metrics, JSON logs ---
-    configure_logging("info")
+    configure_logging(log_level)
     metrics = Metrics()
     meter = demo_meter(runtime, metrics)
     await meter.start()

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from typing import Final
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from .app import Appliance, create_app
-from .auth.api_keys import ApiKeyAuthenticator, ApiKeyStore
+from .app import Appliance, Extension, create_app
+from .auth.api_keys import ApiKeyStore
+from .auth.build import build_identity
+from .external import ExternalProxy
 from .catalog import ClusterSet
 from .settings import LocalCluster, Settings, SshCluster
 from .transport.base import GateTransport
 from .transport.local import LocalPipeTransport
+
+# --- quotas, accounting, metrics, logging (appliance/quotas, appliance/metrics.py, appliance/logs.py) ---
+from .logs import configure_logging
+from .metrics import Metrics, metrics_app
+from .quotas.meter import Meter, build_meter
+
+# --- end quotas ---
 
 __all__ = ["build_appliance", "run_server"]
 
@@ -35,11 +45,35 @@ def build_appliance(settings: Settings) -> Appliance:
     for entry in settings.api_keys:
         keys.add_digest(entry.sha256, entry.user, entry.key_id)
     clusters = ClusterSet({c.name: _transport(c) for c in settings.clusters})
+    # --- identity (appliance/auth) and external models (appliance/external.py) ---
+    identity = build_identity(settings.identity, keys)
+    extensions: list[Extension] = [identity]
+    if settings.external:
+        external = ExternalProxy(settings.external)
+        identity.extra_models = external.visible
+        extensions.append(external)
+    # --- end identity ---
+    # --- quotas, accounting, metrics ---
+    metrics = Metrics()
+    meter = build_meter(settings.metering, metrics)
+    token_file = settings.metering.metrics.token_file
+    metrics_token = None
+    if token_file is not None:
+        from .auth.secret import read_secret_file
+
+        metrics_token = read_secret_file(token_file, "metrics.token_file", min_length=16).reveal()
+    # --- end quotas ---
     return Appliance(
         clusters,
-        ApiKeyAuthenticator(keys),
+        identity.authenticator,
+        identity.access,
+        metering=meter,
         keepalive_interval=settings.server.keepalive_interval,
         request_timeout=settings.server.request_timeout,
+        extensions=extensions,
+        metrics=metrics,
+        metrics_token=metrics_token,
+        access_log=settings.metering.logging.requests,
     )
 
 
@@ -48,9 +82,30 @@ async def run_server(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    configure_logging(settings.metering.logging.level)
     config = Config()
     config.bind = [f"{settings.server.host}:{settings.server.port}"]
     config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = GRACEFUL_TIMEOUT
-    await serve(create_app(build_appliance(settings)), config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    appliance = build_appliance(settings)
+    # --- quotas, accounting, metrics: started before the first request, closed after the last ---
+    meter = appliance.metering
+    if isinstance(meter, Meter):
+        await meter.start()
+    servers = [serve(create_app(appliance), config, shutdown_trigger=stop.wait)]  # type: ignore[arg-type]
+    admin = settings.metering.metrics.admin_bind
+    if admin is not None and appliance.metrics is not None:
+        admin_config = Config()
+        admin_config.bind = [f"{admin[0]}:{admin[1]}"]
+        admin_config.accesslog = None
+        admin_config.errorlog = config.errorlog
+        admin_app = metrics_app(appliance.metrics, appliance.clusters, appliance.metrics_token)
+        servers.append(serve(admin_app, admin_config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
+    try:
+        await asyncio.gather(*servers)
+    finally:
+        if isinstance(meter, Meter):
+            await meter.aclose()
+    # --- end quotas ---
     return 0

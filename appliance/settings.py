@@ -26,6 +26,13 @@ user = "alice"
 key_id = "alice-laptop"
 sha256 = "..."
 ```
+
+Sign-in, groups and API keys (``[auth]``, ``[auth.trusted_header]``, ``[oidc]``,
+``[access]``) are described in :mod:`appliance.auth.config`; external models
+(``[[external]]``) in :mod:`appliance.external`.
+
+Quotas, accounting, metrics and logs (``[quotas]``, ``[accounting]``,
+``[metrics]``, ``[logging]``) are described in :mod:`appliance.quotas.config`.
 """
 
 from __future__ import annotations
@@ -33,7 +40,19 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+# --- identity and external models (appliance/auth, appliance/external.py) ---
+from .auth.config import ConfigError, IdentitySettings, parse_identity
+
+if TYPE_CHECKING:
+    from .external import ExternalUpstream
+# --- end identity ---
+# --- quotas, accounting, metrics, logging (appliance/quotas/config.py) ---
+from .quotas.config import SECTIONS as _METERING_SECTIONS
+from .quotas.config import MeteringConfigError, MeteringSettings, parse_metering
+
+# --- end quotas ---
 
 __all__ = ["SettingsError", "ServerSettings", "LocalCluster", "SshCluster", "ApiKeyEntry", "Settings", "load_settings"]
 
@@ -86,6 +105,11 @@ class Settings:
     server: ServerSettings
     clusters: tuple[LocalCluster | SshCluster, ...]
     api_keys: tuple[ApiKeyEntry, ...] = ()
+    # --- identity and external models: [auth], [oidc], [access], [[external]] ---
+    identity: IdentitySettings = IdentitySettings()
+    external: tuple[ExternalUpstream, ...] = ()
+    # --- quotas, accounting, metrics, logging: [quotas], [accounting], [metrics], [logging] ---
+    metering: MeteringSettings = MeteringSettings()
 
 
 class _Table:
@@ -184,7 +208,7 @@ def _api_key(data: Any, where: str) -> ApiKeyEntry:
 
 
 def parse_settings(data: dict[str, Any], base: Path) -> Settings:
-    _Table(data, "config", {"server", "clusters", "api_keys"})
+    _Table(data, "config", {"server", "clusters", "api_keys", "auth", "oidc", "access", "external", *_METERING_SECTIONS})
     clusters_data = data.get("clusters")
     if not isinstance(clusters_data, list) or not clusters_data:
         raise SettingsError("config: at least one [[clusters]] entry is required")
@@ -193,7 +217,22 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
     if len(set(names)) != len(names):
         raise SettingsError("clusters: names must be distinct")
     keys = tuple(_api_key(k, f"api_keys[{i}]") for i, k in enumerate(data.get("api_keys", [])))
-    return Settings(_server(data.get("server", {})), clusters, keys)
+    # --- identity and external models ---
+    from .external import parse_external
+
+    try:
+        identity = parse_identity(data, base)
+        external = parse_external(data.get("external", []), base)
+    except ConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    # --- end identity ---
+    # --- quotas, accounting, metrics, logging ---
+    try:
+        metering = parse_metering(data, base)
+    except MeteringConfigError as exc:
+        raise SettingsError(str(exc)) from None
+    # --- end quotas ---
+    return Settings(_server(data.get("server", {})), clusters, keys, identity, external, metering)
 
 
 def load_settings(path: str | Path) -> Settings:

@@ -1,0 +1,118 @@
+"""``sluice keys create|list|revoke``: operators manage API keys in the identity database.
+
+The database is the one named by ``[auth].database`` in the appliance's
+configuration (``--config``), or given directly (``--database``).  A key made
+here is printed once.  ``--groups`` records the owner's groups as an
+operator's assignment (for service accounts that never sign in); without it
+the key acts with whatever groups the owner last signed in with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ._db import open_database
+from .identity import clean_groups
+from .keystore import KeyRequestError, KeyStore
+from .users import UserDirectory
+
+__all__ = ["add_keys_arguments", "run_keys"]
+
+
+def add_keys_arguments(parser: argparse.ArgumentParser) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    where = common.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", help="the appliance's TOML configuration (its [auth].database)")
+    where.add_argument("--database", help="the identity database file")
+    actions = parser.add_subparsers(dest="keys_command", required=True)
+    create = actions.add_parser("create", parents=[common], help="make a key (printed once)")
+    create.add_argument("--user", required=True, help="the owner's user id (<issuer>#<subject>, or a service name)")
+    create.add_argument("--name", required=True, help="a name for the key")
+    create.add_argument("--models", help="comma-separated model names the key is limited to (default: all allowed)")
+    create.add_argument("--expires-days", type=int, help="days until the key expires (default: never)")
+    create.add_argument("--groups", help="comma-separated groups to record for the owner (an operator assignment)")
+    listing = actions.add_parser("list", parents=[common], help="list keys (never the keys themselves)")
+    listing.add_argument("--user", help="only this user's keys")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    revoke = actions.add_parser("revoke", parents=[common], help="revoke a key, or every key of a user")
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("key_id", nargs="?", help="the key's id (the part after sk-sluice-)")
+    target.add_argument("--user", help="revoke every key of this user")
+
+
+def _database(args: argparse.Namespace) -> Path:
+    if args.database:
+        return Path(args.database)
+    from ..settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        raise SystemExit(f"sluice: {exc}") from None
+    if settings.identity.auth.database is None:
+        raise SystemExit(f"sluice: {args.config} has no [auth].database")
+    return settings.identity.auth.database
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    try:
+        db = open_database(_database(args))
+    except (OSError, ValueError) as exc:
+        print(f"sluice: cannot open the identity database: {exc}", file=sys.stderr)
+        return 2
+    try:
+        users = UserDirectory(db, groups_max_age=float("inf"))
+        keys = KeyStore(db, users)
+        if args.keys_command == "create":
+            if args.expires_days is not None and not 1 <= args.expires_days <= 36500:
+                print("sluice: --expires-days must be between 1 and 36500", file=sys.stderr)
+                return 2
+            expires = None if args.expires_days is None else time.time() + args.expires_days * 86400
+            try:
+                if args.groups is not None:
+                    users.set_groups(args.user, clean_groups(_names(args.groups) or []))
+                key, info = keys.create(args.user, args.name, _names(args.models), expires, created_by="cli")
+            except (KeyRequestError, ValueError) as exc:
+                print(f"sluice: {exc}", file=sys.stderr)
+                return 2
+            print(f"key id:  {info.id}", file=sys.stderr)
+            print(f"owner:   {info.owner}", file=sys.stderr)
+            print("The key (shown once; only its hash is kept):", file=sys.stderr)
+            print(key)
+            return 0
+        if args.keys_command == "list":
+            now = time.time()
+            for info in keys.list_keys(args.user):
+                row = {"id": info.id, "owner": info.owner, "name": info.name,
+                       "models": list(info.scope) if info.scope else None, "created": int(info.created),
+                       "expires": None if info.expires is None else int(info.expires), "state": info.state(now),
+                       "created_by": info.created_by}
+                if args.json:
+                    print(json.dumps(row))
+                else:
+                    print("\t".join(str(row[k]) for k in ("id", "state", "owner", "name", "models", "expires")))
+            return 0
+        if args.keys_command == "revoke":
+            if args.user is not None:
+                count = keys.revoke_user(args.user)
+                db.execute("DELETE FROM sessions WHERE user = ?", (args.user,))
+                print(f"revoked {count} key(s) of {args.user}; ended their web sessions", file=sys.stderr)
+                return 0
+            if keys.revoke(args.key_id):
+                print(f"revoked {args.key_id}", file=sys.stderr)
+                return 0
+            print(f"sluice: no active key {args.key_id}", file=sys.stderr)
+            return 1
+        return 2
+    finally:
+        db.close()
