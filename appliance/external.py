@@ -54,6 +54,7 @@ from starlette.routing import BaseRoute, Route
 from policy.errors import BodyRejected, SluiceError
 
 from .api.errors import error_response, from_error
+from .api.openai import read_body
 from .auth.base import Principal
 from .auth.config import ConfigError, Table, check_url
 from .auth.secret import Secret, read_secret_file
@@ -215,7 +216,7 @@ class ExternalProxy:
             if principal is None:
                 return error_response(401, "invalid_api_key")
             try:
-                checked = route.check(await _read_body(request, route.max_body_bytes), force_usage=True)
+                checked = route.check(await read_body(request, route.max_body_bytes), force_usage=True)
                 if not self.allowed(principal, checked.model, route_id):
                     return error_response(404, "model_not_found")
                 upstream = self._upstreams[checked.model]
@@ -368,15 +369,3 @@ def _event_usage(event: bytes) -> tuple[dict[str, int], bool] | None:
     return usage, obj.get("choices") == []
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise BodyRejected("body_too_large", 413)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyRejected("body_too_large", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -108,7 +108,7 @@ class OpenAIApi:
             if principal is None:
                 return error_response(401, "invalid_api_key")
             try:
-                body = await _read_body(request, route.max_body_bytes)
+                body = await read_body(request, route.max_body_bytes)
                 checked = route.check(body)
                 info = (await self._clusters.models()).get(checked.model)
                 if info is None or not self._access.allows(principal, checked.model):
@@ -153,7 +153,7 @@ class OpenAIApi:
                 return error_response(415, "unsupported_media_type")
             model = request.headers.get("sluice-model", "")
             try:
-                body = await _read_body(request, limit)
+                body = await read_body(request, limit)
                 call = Call(route_id, model, len(body), seal)  # the grammar's rules for the model name
                 info = (await self._clusters.models()).get(model)
                 if info is None or not self._access.allows(principal, model):
@@ -218,7 +218,8 @@ def _outcome(
     )
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is over ``limit`` bytes."""
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > limit):
         raise BodyRejected("body_too_large", 413)

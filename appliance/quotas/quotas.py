@@ -26,7 +26,7 @@ from ..auth.base import Principal
 from ..metering import Outcome
 from ._memory import Backend, MemoryBackend
 from .errors import QuotaExceeded, QuotaStorageError, QuotaUnavailable
-from .policy import Plan, QuotaPolicy
+from .policy import Limit, Plan, QuotaPolicy
 
 __all__ = ["Quotas", "Grant", "tokens_used", "ratelimit_headers", "go_duration"]
 
