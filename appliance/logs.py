@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import Metrics
 
-__all__ = ["RequestInfo", "CURRENT", "JsonFormatter", "configure_logging", "RequestLogMiddleware", "new_request_id"]
+__all__ = ["CURRENT", "JsonFormatter", "RequestInfo", "RequestLogMiddleware", "configure_logging", "new_request_id"]
 
 # HTTP methods logged by name; anything else is logged as "other".
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -124,7 +124,7 @@ class JsonFormatter(logging.Formatter):
             line["where"] = [f"{os.path.basename(f.filename)}:{f.lineno}:{f.name}" for f in frames]
         return orjson.dumps(line, default=str).decode()
 
-    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+    def formatException(self, ei: Any) -> str:
         return ""  # never the exception's text; format() logs its type and frames
 
 

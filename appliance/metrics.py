@@ -31,7 +31,7 @@ from policy.errors import SluiceError
 from .api.errors import error_response
 from .catalog import ClusterSet
 
-__all__ = ["Counter", "Gauge", "Histogram", "Registry", "Metrics", "metrics_route", "metrics_app", "CONTENT_TYPE"]
+__all__ = ["CONTENT_TYPE", "Counter", "Gauge", "Histogram", "Metrics", "Registry", "metrics_app", "metrics_route"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 

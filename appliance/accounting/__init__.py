@@ -17,7 +17,7 @@ from __future__ import annotations
 from ._rows import Accounting, UsageRow
 from ._sqlite import SqliteAccounting
 
-__all__ = ["Accounting", "UsageRow", "SqliteAccounting", "PostgresAccounting", "open_accounting"]
+__all__ = ["Accounting", "PostgresAccounting", "SqliteAccounting", "UsageRow", "open_accounting"]
 
 
 def __getattr__(name: str) -> object:

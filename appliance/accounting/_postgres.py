@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from ._rows import REPORT_SQL, ReportRow, UsageRow
 
-__all__ = ["PostgresAccounting", "SCHEMA"]
+__all__ = ["SCHEMA", "PostgresAccounting"]
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS usage (

@@ -6,7 +6,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-__all__ = ["UsageRow", "Accounting", "ReportRow", "COLUMNS", "REPORT_COLUMNS", "day_of"]
+__all__ = ["COLUMNS", "REPORT_COLUMNS", "Accounting", "ReportRow", "UsageRow", "day_of"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from typing import Final
 
 from ._rows import REPORT_SQL, ReportRow, UsageRow
 
-__all__ = ["SqliteAccounting", "SCHEMA"]
+__all__ = ["SCHEMA", "SqliteAccounting"]
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS usage (

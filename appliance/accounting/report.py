@@ -22,7 +22,7 @@ from typing import IO
 
 from ._rows import REPORT_COLUMNS, ReportRow
 
-__all__ = ["add_arguments", "run", "render"]
+__all__ = ["add_arguments", "render", "run"]
 
 
 def _day(text: str) -> str:
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"sluice usage: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:  # the database driver's own errors (sqlite3, asyncpg)
+    except Exception as exc:  # noqa: BLE001 (the database driver's own errors: sqlite3, asyncpg)
         print(f"sluice usage: cannot read the accounting database: {type(exc).__name__}", file=sys.stderr)
         return 1
     render(rows, args.format, out)

@@ -15,11 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from math import floor, inf
 from collections.abc import Callable
+from math import floor, inf
 from typing import Any, Final, Protocol
 
-from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute, RateLimitItemPerSecond
+from limits import (
+    RateLimitItem,
+    RateLimitItemPerDay,
+    RateLimitItemPerMinute,
+    RateLimitItemPerSecond,
+)
 from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
@@ -107,7 +112,7 @@ class _LoopMemoryStorage(MemoryStorage):
         self.timer.cancel()  # no expiry thread: see sweep()
         self._window_keys: dict[str, tuple[int, str, str]] = {}
 
-    def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 (the name MemoryStorage calls)
+    def _MemoryStorage__schedule_expiry(self) -> None:
         return None
 
     def _count(self, key: str, now: float) -> int:
@@ -154,8 +159,7 @@ class _LoopMemoryStorage(MemoryStorage):
             current += cost
             weighted += cost
         remaining = limit - floor(weighted)
-        if remaining < 0:
-            remaining = 0
+        remaining = max(remaining, 0)
         if not (previous or current):
             return taken, remaining, now
         previous_reset_in = previous_ttl % (expiry / previous) if previous else inf
@@ -173,7 +177,7 @@ class _LoopMemoryStorage(MemoryStorage):
         give = -delta
         for part in (current_key, previous_key):
             held = self._count(part, now)
-            taken = held if held < give else give
+            taken = min(give, held)
             if taken > 0:
                 self.storage[part] = held - taken
                 give -= taken

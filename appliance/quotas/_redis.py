@@ -30,11 +30,11 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import ConfigurationError, StorageError
 from limits.storage import storage_from_string
 
+from ._memory import counter_key, rate_item
 from .errors import QuotaStorageError
 from .policy import Limit
-from ._memory import counter_key, rate_item
 
-__all__ = ["RedisBackend", "KEY_PREFIX"]
+__all__ = ["KEY_PREFIX", "RedisBackend"]
 
 log = logging.getLogger("sluice.quotas")
 

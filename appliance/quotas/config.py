@@ -36,14 +36,14 @@ from pathlib import Path
 from typing import Any, Final
 
 __all__ = [
-    "MeteringConfigError",
-    "QuotaSettings",
-    "AccountingSettings",
-    "MetricsSettings",
-    "LoggingSettings",
-    "MeteringSettings",
-    "parse_metering",
     "SECTIONS",
+    "AccountingSettings",
+    "LoggingSettings",
+    "MeteringConfigError",
+    "MeteringSettings",
+    "MetricsSettings",
+    "QuotaSettings",
+    "parse_metering",
 ]
 
 SECTIONS: Final = ("quotas", "accounting", "metrics", "logging")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from policy.errors import LocalError, PeerError
 
-__all__ = ["QuotaExceeded", "QuotaUnavailable", "QuotaStorageError"]
+__all__ = ["QuotaExceeded", "QuotaStorageError", "QuotaUnavailable"]
 
 
 class QuotaExceeded(PeerError):

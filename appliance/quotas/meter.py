@@ -20,6 +20,7 @@ import logging
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from ..accounting import Accounting, UsageRow, open_accounting
 from ..auth.base import Principal
@@ -40,7 +41,7 @@ _NO_HEADERS: dict[str, str] = {}
 
 
 class _Ticket:
-    __slots__ = ("_meter", "_principal", "_route", "_model", "_sealed", "_grant", "_since", "_info", "_settled")
+    __slots__ = ("_grant", "_info", "_meter", "_model", "_principal", "_route", "_sealed", "_settled", "_since")
 
     def __init__(self, meter: Meter, principal: Principal, route: str, model: str, sealed: bool,
                  grant: Grant | None, info: RequestInfo | None) -> None:
@@ -94,7 +95,7 @@ class _Ticket:
             )
             try:
                 await meter.accounting.record(row, meter.in_flight > 0)
-            except Exception as exc:  # the answer stands; the operator is told, loudly
+            except Exception as exc:  # noqa: BLE001 (any store's failure: the answer stands, the operator is told)
                 log.error('{"event":"accounting_failed","error":"%s"}', type(exc).__name__)
                 if metrics is not None:
                     metrics.accounting_errors.inc()
@@ -122,7 +123,7 @@ class Meter:
         if self.accounting is not None:
             await self.accounting.aclose()
 
-    async def __aenter__(self) -> Meter:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

@@ -21,14 +21,14 @@ from ..auth.base import Principal
 
 __all__ = [
     "LIMIT_NAMES",
-    "Limits",
     "Limit",
+    "Limits",
     "Plan",
-    "QuotaPolicy",
     "PolicyError",
+    "QuotaPolicy",
+    "default_policy_path",
     "load_policy",
     "parse_policy",
-    "default_policy_path",
 ]
 
 # The four limits, and the window each counts in (seconds; 0: not a window).

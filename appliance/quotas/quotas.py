@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from collections.abc import Generator
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..auth.base import Principal
@@ -28,7 +28,7 @@ from ._memory import Backend, MemoryBackend
 from .errors import QuotaExceeded, QuotaStorageError, QuotaUnavailable
 from .policy import Limit, Plan, QuotaPolicy
 
-__all__ = ["Quotas", "Grant", "tokens_used", "ratelimit_headers", "go_duration"]
+__all__ = ["Grant", "Quotas", "go_duration", "ratelimit_headers", "tokens_used"]
 
 log = logging.getLogger("sluice.quotas")
 

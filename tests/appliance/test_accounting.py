@@ -16,8 +16,8 @@ import pytest
 
 from appliance.accounting import SqliteAccounting, UsageRow, open_accounting
 from appliance.accounting._rows import day_of
-from appliance.accounting.report import render
 from appliance.accounting._sqlite import report
+from appliance.accounting.report import render
 from appliance.cli import main
 
 DAY = 1_767_225_600.0  # 2026-01-01T00:00:00Z
@@ -240,3 +240,55 @@ def test_insert_statements_follow_the_row() -> None:
     for statement in (_sqlite._INSERT, _postgres._INSERT):
         assert statement.split("(")[1].split(")")[0].split(", ") == list(COLUMNS)
         assert statement.count("?") + statement.count("$") == len(COLUMNS) == len(row().values())
+
+
+def test_busy_rows_share_a_commit_and_idle_ones_commit_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.accounting import _sqlite
+
+    commits: list[int] = []
+    original = _sqlite._commit
+
+    def counting(connection: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+        commits.append(len(rows))
+        original(connection, rows)
+
+    monkeypatch.setattr(_sqlite, "_commit", counting)
+    path = tmp_path / "usage.db"
+
+    async def scenario() -> None:
+        store = SqliteAccounting(path)
+        await store.start()
+        try:
+            await store.record(row(), busy=False)  # alone: committed before record returns
+            assert commits == [1]
+            await asyncio.gather(*(store.record(row(), busy=True) for _ in range(20)))
+            assert commits == [1, 20]  # one loop iteration, one commit
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM usage").fetchone() == (21,)
+
+
+def test_the_log_is_checkpointed_off_the_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.accounting import _sqlite
+
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY", 0.05)
+    path = tmp_path / "usage.db"
+
+    async def scenario() -> None:
+        store = SqliteAccounting(path)
+        await store.start()
+        try:
+            for _ in range(300):
+                await store.record(row())
+            assert path.stat().st_size <= 8 * 1024  # everything is still in the write-ahead log
+            deadline = time.monotonic() + 5
+            while path.stat().st_size <= 8 * 1024 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert path.stat().st_size > 8 * 1024  # the checkpointer moved it into the database
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())

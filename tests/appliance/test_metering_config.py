@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from appliance.quotas import Meter, MemoryBackend, build_meter
-from appliance.quotas.config import MeteringConfigError, MeteringSettings, parse_metering
+from appliance.quotas import MemoryBackend, Meter, build_meter
+from appliance.quotas.config import (
+    MeteringConfigError,
+    MeteringSettings,
+    parse_metering,
+)
 from appliance.settings import SettingsError, parse_settings
 
 CLUSTER = '[[clusters]]\nname = "local"\ntransport = "local"\ngate_command = ["gate", "--local-pipe"]\n'

@@ -16,8 +16,21 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from appliance.catalog import ClusterSet
-from appliance.logs import CURRENT, JsonFormatter, RequestLogMiddleware, configure_logging
-from appliance.metrics import Counter, Gauge, Histogram, Metrics, Registry, metrics_app, metrics_route
+from appliance.logs import (
+    CURRENT,
+    JsonFormatter,
+    RequestLogMiddleware,
+    configure_logging,
+)
+from appliance.metrics import (
+    Counter,
+    Gauge,
+    Histogram,
+    Metrics,
+    Registry,
+    metrics_app,
+    metrics_route,
+)
 
 
 class FakeTransport:

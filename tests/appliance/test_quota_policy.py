@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from appliance.auth.base import Principal
-from appliance.quotas.policy import DEMO_POLICY, PolicyError, QuotaPolicy, load_policy, parse_policy
+from appliance.quotas.policy import (
+    DEMO_POLICY,
+    PolicyError,
+    QuotaPolicy,
+    load_policy,
+    parse_policy,
+)
 
 
 def policy(text: str) -> QuotaPolicy:

@@ -11,7 +11,14 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 
 from appliance.auth.base import Principal
 from appliance.metering import Outcome
-from appliance.quotas import MemoryBackend, QuotaExceeded, Quotas, QuotaUnavailable, parse_policy, tokens_used
+from appliance.quotas import (
+    MemoryBackend,
+    QuotaExceeded,
+    Quotas,
+    QuotaUnavailable,
+    parse_policy,
+    tokens_used,
+)
 from appliance.quotas._memory import _LoopMemoryStorage, counter_key, rate_item
 from appliance.quotas.errors import QuotaStorageError
 from appliance.quotas.policy import Limit

@@ -1,7 +1,8 @@
 """The canary: nothing a user writes is ever kept by the appliance or the gate.
 
 A unique canary string goes through every route and mode: chat, completions
-and embeddings, plain and streamed, a stream abandoned half-way, and every
+and embeddings, plain and streamed, sealed (end-to-end encrypted, through
+the demo's gate keys), a stream abandoned half-way, and every
 kind of error (fields, values, bodies that are not JSON, too large, unknown
 models, bad keys, unknown paths, query strings, headers, a quota refusal),
 through the local pipe (the demo, mux and exec) and over real SSH (mux and
@@ -108,6 +109,20 @@ def send_everything(base: str, key: str, canary: str, limited_key: str | None = 
     return seen, request_id
 
 
+def send_sealed(base: str, canary: str) -> None:
+    """Sealed requests (the SDK, end to end encrypted to the gate), plain and streamed, with the canary."""
+    from sluice_sdk import fetch_fingerprint, sealed_openai_client
+
+    with sealed_openai_client(f"{base}/v1", KEY, fetch_fingerprint(f"{base}/v1")) as client:
+        answer = client.chat.completions.create(model="standin-chat", max_tokens=6, user=canary,
+                                                messages=[{"role": "user", "content": f"sealed {canary}"}])
+        assert answer.usage is not None
+        chunks = list(client.chat.completions.create(model="standin-chat", max_tokens=6, stream=True,
+                                                     messages=[{"role": "user", "content": f"sealed {canary}"}]))
+        assert chunks
+        assert len(client.embeddings.create(model="standin-embed", input=[f"sealed {canary}"]).data) == 1
+
+
 EXPECTED = {
     "chat": 200, "chat_stream": 200, "chat_stream_abandoned": 200, "completions": 200, "completions_stream": 200,
     "embeddings": 200, "models": 200, "unknown_field": 422, "bad_value": 422, "wrong_type": 422, "not_json": 400,
@@ -191,6 +206,7 @@ def test_canary_through_the_demo(mode: str, tmp_path: Path) -> None:
             time.sleep(0.1)
         seen, request_id = send_everything(f"http://127.0.0.1:{port}", KEY, canary)
         assert seen == EXPECTED
+        send_sealed(f"http://127.0.0.1:{port}", canary)
         token = next(line.split("Bearer ")[1].split("'")[0] for line in stdout.read_text().splitlines()
                      if "metrics:" in line)
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})

@@ -95,7 +95,7 @@ def test_every_answered_request_has_a_row_and_sluice_usage_reports_them(served: 
     assert embeddings["requests"] >= 1 and embeddings["prompt_tokens"] >= 3 and embeddings["completion_tokens"] == 0
     table = subprocess.run([sys.executable, "-m", "appliance.cli", "usage", "--config", str(config)],
                            capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    assert re.search(r"^\d{4}-\d\d-\d\d\s+ada\s+standin-chat\s+\d+", table, re.M)
+    assert re.search(r"^\d{4}-\d\d-\d\d\s+ada\s+standin-chat\s+\d+", table, re.MULTILINE)
 
 
 def test_a_rejection_is_a_429_with_retry_after_and_is_accounted(served: Served) -> None:
@@ -105,7 +105,7 @@ def test_a_rejection_is_a_429_with_retry_after_and_is_accounted(served: Served) 
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["type"] == "rate_limit_error"
     metrics = httpx.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
-    assert re.search(r'^sluice_quota_rejections_total\{limit="requests_per_minute",scope="user"\} [3-9]', metrics, re.M)
+    assert re.search(r'^sluice_quota_rejections_total\{limit="requests_per_minute",scope="user"\} [3-9]', metrics, re.MULTILINE)
 
 
 def test_metrics_behind_a_token_and_on_the_admin_address(served: Served) -> None:
@@ -124,7 +124,7 @@ def test_metrics_behind_a_token_and_on_the_admin_address(served: Served) -> None
         r'^sluice_model_ready\{cluster="local",model="standin-chat"\} 1',
         r'^sluice_gate_sessions\{cluster="local"\} 1',
     ):
-        assert re.search(pattern, text, re.M), pattern
+        assert re.search(pattern, text, re.MULTILINE), pattern
     # The admin address serves the metrics, and nothing else.
     admin = f"http://127.0.0.1:{served.env['ADMIN_PORT']}"
     assert httpx.get(f"{admin}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200

@@ -48,10 +48,12 @@ def quotas(redis: RedisServer, text: str, fail_open: bool = False, lease_ttl: fl
 
 
 def run(scenario, *closing: Quotas | RedisBackend) -> None:  # type: ignore[no-untyped-def]
-    """Run ``scenario()`` and close the Redis clients on the same loop, whatever happens."""
+    """Start the Redis clients, run ``scenario()``, and close them on the same loop, whatever happens."""
 
     async def main() -> None:
         try:
+            for item in closing:  # as the appliance does at start: connect, load the scripts
+                await item.start()
             await scenario()
         finally:
             for item in closing:
@@ -155,9 +157,9 @@ def test_a_dead_replicas_leases_expire_and_a_live_ones_are_renewed(redis: RedisS
             await live.admit(ALICE, 1, False)  # the dead replica's slot is free again
             await live.settle(held, Outcome(200))
         finally:
-            await live.aclose()
+            await dead.aclose()  # (never started: it renewed nothing)
 
-    run(scenario, dead, live)
+    run(scenario, live)
 
 
 def test_redis_down_fails_closed_then_recovers(redis: RedisServer) -> None:
