@@ -105,6 +105,17 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
         loop.add_signal_handler(signum, stop.set)
     runtime = Path(tempfile.mkdtemp(prefix="sluice-demo-"))
     config_path = write_cluster_config(runtime, token_delay)
+    # --- quotas in memory, accounting in SQLite in the runtime directory, metrics, JSON logs ---
+    configure_logging(log_level)
+    metrics = Metrics()
+    meter = demo_meter(runtime, metrics)
+    try:
+        await meter.start()
+    except BaseException:
+        shutil.rmtree(runtime, ignore_errors=True)
+        raise
+    metrics_token = secrets.token_urlsafe(24)
+    # --- end quotas ---
     # The gate's key for sealed requests, made by the cluster side's own command:
     # the appliance never holds (or imports the code that uses) that private key.
     keys = await asyncio.create_subprocess_exec(
@@ -119,15 +130,8 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     keys = ApiKeyStore()
     keys.add(api_key, user="demo", key_id="demo")
     transport = LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions)
-    # --- quotas in memory, accounting in SQLite in the runtime directory, metrics, JSON logs ---
-    configure_logging(log_level)
-    metrics = Metrics()
-    meter = demo_meter(runtime, metrics)
-    await meter.start()
-    metrics_token = secrets.token_urlsafe(24)
     appliance = Appliance(ClusterSet.single(transport), ApiKeyAuthenticator(keys), metering=meter, metrics=metrics,
                           metrics_token=metrics_token)
-    # --- end quotas ---
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None

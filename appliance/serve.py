@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sqlite3
+import sys
 from typing import Final
 
 from hypercorn.asyncio import serve
@@ -92,7 +94,13 @@ async def run_server(settings: Settings) -> int:
     # --- quotas, accounting, metrics: started before the first request, closed after the last ---
     meter = appliance.metering
     if isinstance(meter, Meter):
-        await meter.start()
+        try:
+            await meter.start()
+        except (OSError, sqlite3.Error, RuntimeError) as exc:  # the accounting store cannot be opened
+            logging.getLogger("sluice.metering").error(
+                '{"event":"metering_start_failed","error":"%s"}', type(exc).__name__)
+            print(f"sluice: cannot start accounting: {exc}", file=sys.stderr)
+            return 2
     servers = [serve(create_app(appliance), config, shutdown_trigger=stop.wait)]  # type: ignore[arg-type]
     admin = settings.metering.metrics.admin_bind
     if admin is not None and appliance.metrics is not None:
