@@ -17,11 +17,14 @@ class QuotaExceeded(PeerError):
 
     status = 429
 
-    def __init__(self, limit: str, scope: str, retry_after: float, code: str | None = None) -> None:
+    def __init__(self, limit: str, scope: str, retry_after: float, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(code or f"{limit}_exceeded", 429)
         self.limit = limit
         self.scope = scope
         self.retry_after = max(1.0, retry_after)
+        # OpenAI's x-ratelimit-* headers of the limit that refused, for the 429 answer.
+        self.headers: dict[str, str] = headers or {}
 
 
 class QuotaUnavailable(LocalError):

@@ -190,7 +190,9 @@ class Quotas:
                 if amount:
                     taken, remaining, reset = yield ("take", limit, amount)  # type: ignore[misc]
                     if not taken:
-                        raise QuotaExceeded(limit.name, limit.scope, min(limit.window, reset - time.time()))
+                        now = time.time()
+                        raise QuotaExceeded(limit.name, limit.scope, min(limit.window, reset - now), None,
+                                            ratelimit_headers(kind, (limit.amount, remaining, reset), now))
                 else:
                     remaining, reset = yield ("remaining", limit)  # type: ignore[misc]
                 grant.taken.append((limit, amount))

@@ -62,6 +62,8 @@ def test_requests_per_minute_admits_exactly_the_limit() -> None:
         assert error.status == 429 and error.code == "requests_per_minute_exceeded"
         assert error.limit == "requests_per_minute" and error.scope == "user"
         assert 1 <= error.retry_after <= 60
+        assert error.headers["x-ratelimit-limit-requests"] == "5"
+        assert error.headers["x-ratelimit-remaining-requests"] == "0"
         # Another user has a budget of their own.
         await q.admit(Principal("bob"), 10, False)
 
