@@ -51,6 +51,12 @@ _MESSAGES: Final = {
     "bad_string": "The request body has an invalid string.",
     "bad_encoding": "The request body is not valid UTF-8.",
     "not_found": "Not found.",
+    "requests_per_minute_exceeded": "Rate limit reached for requests per minute.",
+    "tokens_per_minute_exceeded": "Rate limit reached for tokens per minute.",
+    "tokens_per_day_exceeded": "Rate limit reached for tokens per day.",
+    "concurrent_requests_exceeded": "Too many requests in flight at once.",
+    "max_tokens_over_quota": "max_tokens is larger than your token quota allows.",
+    "quota_unavailable": "Quotas cannot be checked right now; try again shortly.",
     "sealed_invalid": "The sealed request could not be opened.",
     "sealed_unavailable": "Sealed requests are not available on this cluster.",
     "sealed_route_mismatch": "The sealed request is not for this endpoint.",
@@ -77,7 +83,7 @@ def error_response(status: int, code: str, headers: dict[str, str] | None = None
 
 def from_error(error: SluiceError, headers: dict[str, str] | None = None) -> Response:
     """The response for ``error``; 503 and 429 carry ``Retry-After``."""
-    merged = dict(headers or {})
+    merged = {**getattr(error, "headers", {}), **(headers or {})}  # e.g. a quota refusal's x-ratelimit-*
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         merged["Retry-After"] = str(max(1, int(retry_after + 0.999)))

@@ -104,6 +104,7 @@ def test_a_rejection_is_a_429_with_retry_after_and_is_accounted(served: Served) 
     refused = _chat(served.url, OTHER)
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     metrics = httpx.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     assert re.search(r'^sluice_quota_rejections_total\{limit="requests_per_minute",scope="user"\} [3-9]', metrics, re.MULTILINE)
 
