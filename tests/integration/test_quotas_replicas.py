@@ -150,7 +150,7 @@ def test_requests_per_minute_hold_across_replicas_and_refusals_cost_the_cluster_
     responses = asyncio.run(_burst(replicas, RPM, 40, _chat(2)))
     assert _statuses(responses) == {200: 10, 429: 30}, _explain(responses)  # not 20: the limit is not multiplied by the replicas
     refused = next(r for r in responses if r.status_code == 429)
-    assert refused.json() == {"error": {"message": "The request was rejected.", "type": "rate_limit_error",
+    assert refused.json() == {"error": {"message": "Rate limit reached for requests per minute.", "type": "rate_limit_error",
                                         "param": None, "code": "requests_per_minute_exceeded"}}
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     admitted = next(r for r in responses if r.status_code == 200)
