@@ -58,14 +58,14 @@ sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"
     )
     process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import httpx
+    import httpx2
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+            if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
                 return process, f"http://127.0.0.1:{port}/v1/chat/completions"
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             pass
         time.sleep(0.2)
     process.kill()

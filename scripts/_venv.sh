@@ -1,12 +1,15 @@
 # Sourced by scripts/demo and scripts/test: create or reuse .venv at the
-# repository root and install the project into it when pyproject.toml changed.
-# Usage: ensure_venv EXTRAS   (e.g. "appliance,cluster")
+# repository root and install into it, with pip's hash checking on, exactly
+# what requirements/test.lock pins (the appliance, the cluster side, the SDK
+# and the test tools), then Sluice itself (editable, no dependencies, built
+# with the locked setuptools).  Reinstalls when the lock or pyproject changes.
+# Usage: ensure_venv
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
+LOCK="$ROOT/requirements/test.lock"
 
 ensure_venv() {
-    local extras="$1"
     local python="${PYTHON:-python3}"
     if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
         echo "Sluice needs Python 3.11 or newer as '$python' (set PYTHON=...)" >&2
@@ -26,11 +29,12 @@ ensure_venv() {
     fi
     local stamp="$VENV/.sluice-installed"
     local want
-    want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$extras"
+    want="$(cat "$ROOT/pyproject.toml" "$LOCK" | sha256sum | cut -c1-16)"
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-        echo "Installing Sluice and its dependencies into $VENV ..." >&2
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[$extras]"
+        echo "Installing Sluice and its locked dependencies into $VENV ..." >&2
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r "$LOCK"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
+        "$VENV/bin/python" -m pip check --disable-pip-version-check >/dev/null
         echo "$want" > "$stamp"
     fi
 }

@@ -18,14 +18,14 @@ Modules:
 * :mod:`sluice_sdk.client`: the client recipe (date, encode, seal).
 * :mod:`sluice_sdk.gateway`: the gate recipe (open, decode, date, replay, in that order).
 * :mod:`sluice_sdk.errors`: ``SealError`` (message-less), ``KeyConfigError``, ``BhttpError``.
-* :mod:`sluice_sdk.transport`: httpx transports that seal the ``openai`` client's requests.
+* :mod:`sluice_sdk.transport`: httpx2 transports that seal the ``openai`` client's requests.
 * :mod:`sluice_sdk.connect`: the recipe: ``sealed_openai_client`` and friends, no knobs.
 * :mod:`sluice_sdk.cli`: ``sluice-seal``, one sealed chat request from a shell.
 * ``sluice_sdk._hazmat``: the only module that touches cryptographic
   primitives.
 
 May import: the standard library, ``cryptography`` and ``pyhpke`` (both only
-in ``_hazmat``), and ``httpx`` only in the transport module that adapts the
+in ``_hazmat``), and ``httpx2`` only in the transport module that adapts the
 SDK to the official ``openai`` client.  Never the rest of Sluice: the gate
 imports this package, not the other way round, and the appliance must never
 import the code that opens sealed requests.
@@ -54,8 +54,8 @@ __all__ = [
     "fetch_fingerprint",
 ]
 
-# These load httpx; the gate imports this package for the envelope code alone
-# (on a login node without httpx), so they are imported on first use.
+# These load httpx2; the gate imports this package for the envelope code alone
+# (on a login node without httpx2), so they are imported on first use.
 _FROM_CONNECT = frozenset({"sealed_openai_client", "sealed_async_openai_client", "fetch_fingerprint"})
 _FROM_TRANSPORT = frozenset({"SealedTransport", "AsyncSealedTransport", "UnsealableRequestError"})
 

@@ -1,6 +1,6 @@
 """The client's recipe for one sealed request: date it, encode it, seal it to a pinned key.
 
-The transport (httpx, for the official ``openai`` client) builds on these
+The transport (httpx2, for the official ``openai`` client) builds on these
 two functions; they do no I/O.  The gateway refuses requests without a
 ``date`` within its window (see :mod:`sluice_sdk.replay`), so one is added
 here when the request has none.  ``config`` must be a pinned configuration

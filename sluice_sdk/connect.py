@@ -15,7 +15,7 @@ appliance); during a key rotation pass both the old and the new one.
 operator to publish and for users to compare.  See ``docs/sealed.md``.
 
 ``openai`` is imported only when a client is made, so the envelope code works
-without it; ``httpx`` stays in :mod:`sluice_sdk.transport`.
+without it; ``httpx2`` stays in :mod:`sluice_sdk.transport`.
 """
 
 from __future__ import annotations

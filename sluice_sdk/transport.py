@@ -1,7 +1,7 @@
-"""httpx transports that seal the official ``openai`` client's requests to the cluster's gate.
+"""httpx2 transports that seal the official ``openai`` client's requests to the cluster's gate.
 
 :class:`SealedTransport` (and :class:`AsyncSealedTransport`) sit under an
-``httpx.Client`` that the ``openai`` client is given.  For each request:
+``httpx2.Client`` that the ``openai`` client is given.  For each request:
 
 * ``POST {base}/chat/completions``, ``{base}/completions`` and
   ``{base}/embeddings`` are *sealed*: the JSON body the ``openai`` client
@@ -45,7 +45,7 @@ Padding: the Binary HTTP request is padded with zero bytes (RFC 9292 Section
 that the sealed request's size shows the prompt's size only to that
 granularity.  ``pad_to=0`` turns padding off.  Responses are sized by the gate.
 
-This is the only module of the SDK that imports ``httpx``.
+This is the only module of the SDK that imports ``httpx2``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-import httpx
+import httpx2
 
 from .bhttp import (
     DEFAULT_LIMITS,
@@ -160,14 +160,14 @@ class _Route:
     """A request to seal: its inner path, and where the sealed request goes."""
 
     path: bytes  # the inner request's path, /v1/...
-    url: httpx.URL  # {base}/sealed/...
+    url: httpx2.URL  # {base}/sealed/...
 
 
 @dataclass(frozen=True, slots=True)
 class _Sealed:
     """A sealed request ready to send, and how to open its answer."""
 
-    request: httpx.Request
+    request: httpx2.Request
     streaming: bool
     opener: ResponseOpener | ChunkedResponseOpener
 
@@ -190,8 +190,8 @@ def _normalize_pins(pinned_fingerprints: Iterable[str] | str) -> tuple[str, ...]
     return tuple(normalized)
 
 
-def _base_url(base_url: str | httpx.URL) -> httpx.URL:
-    url = httpx.URL(base_url)
+def _base_url(base_url: str | httpx2.URL) -> httpx2.URL:
+    url = httpx2.URL(base_url)
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError("base_url must be an http(s) URL such as https://sluice.example.org/v1")
     if url.query or url.fragment:
@@ -199,7 +199,7 @@ def _base_url(base_url: str | httpx.URL) -> httpx.URL:
     return url.copy_with(path=url.path.rstrip("/"))
 
 
-def _media(headers: httpx.Headers) -> str:
+def _media(headers: httpx2.Headers) -> str:
     """The media type of ``content-type``, lowercase, without parameters."""
     value: str = headers.get("content-type", "")
     return value.split(";", 1)[0].strip().lower()
@@ -213,7 +213,7 @@ def _padded(message: bytes, pad_to: int) -> bytes:
     return message + bytes(target - len(message))
 
 
-def _refusal(request: httpx.Request, why: str) -> UnsealableRequestError:
+def _refusal(request: httpx2.Request, why: str) -> UnsealableRequestError:
     return UnsealableRequestError(f"refusing {request.method} {request.url.path}: {why}")
 
 
@@ -223,7 +223,7 @@ def _timeout(extensions: dict[str, object]) -> dict[str, object]:
     return {"timeout": timeout} if timeout is not None else {}
 
 
-def _has_body(request: httpx.Request) -> bool:
+def _has_body(request: httpx2.Request) -> bool:
     return "transfer-encoding" in request.headers or request.headers.get("content-length", "0") != "0"
 
 
@@ -232,7 +232,7 @@ class _Core:
 
     __slots__ = ("base", "keys_url", "pins", "pad_to", "clock", "lock", "_config", "_fetched_at")
 
-    def __init__(self, base_url: str | httpx.URL, pinned_fingerprints: Iterable[str] | str, pad_to: int) -> None:
+    def __init__(self, base_url: str | httpx2.URL, pinned_fingerprints: Iterable[str] | str, pad_to: int) -> None:
         if isinstance(pad_to, bool) or not isinstance(pad_to, int) or not 0 <= pad_to <= MAX_PAD_TO:
             raise ValueError(f"pad_to must be 0 (no padding) to {MAX_PAD_TO} bytes")
         self.base = _base_url(base_url)
@@ -246,7 +246,7 @@ class _Core:
 
     # routing
 
-    def route(self, request: httpx.Request) -> _Route | None:
+    def route(self, request: httpx2.Request) -> _Route | None:
         """Where to seal ``request``, None to pass it through; refuses the rest."""
         url = request.url
         same_origin = (url.scheme, url.host, url.port) == (self.base.scheme, self.base.host, self.base.port)
@@ -301,10 +301,10 @@ class _Core:
             )
         return config
 
-    def keys_request(self, extensions: dict[str, object]) -> httpx.Request:
-        return httpx.Request("GET", self.keys_url, headers={"Accept": KEYS_MEDIA_TYPE}, extensions=_timeout(extensions))
+    def keys_request(self, extensions: dict[str, object]) -> httpx2.Request:
+        return httpx2.Request("GET", self.keys_url, headers={"Accept": KEYS_MEDIA_TYPE}, extensions=_timeout(extensions))
 
-    def accept_keys(self, response: httpx.Response, body: bytes | None) -> KeyConfig:
+    def accept_keys(self, response: httpx2.Response, body: bytes | None) -> KeyConfig:
         configs = _check_keys_response(self.keys_url, response, body)
         try:
             return select_key_config(configs, self.pins)
@@ -318,7 +318,7 @@ class _Core:
 
     # sealing
 
-    def seal(self, request: httpx.Request, route: _Route, content: bytes, config: KeyConfig) -> _Sealed:
+    def seal(self, request: httpx2.Request, route: _Route, content: bytes, config: KeyConfig) -> _Sealed:
         if len(content) > MAX_REQUEST_CONTENT:
             raise _refusal(request, f"the body is larger than {MAX_REQUEST_CONTENT} bytes")
         model, streaming = _inspect_body(request, content)
@@ -336,12 +336,12 @@ class _Core:
         authorization = request.headers.get("authorization")
         if authorization is not None:
             headers.insert(0, ("Authorization", authorization))
-        outer = httpx.Request("POST", route.url, headers=headers, content=body, extensions=_timeout(request.extensions))
+        outer = httpx2.Request("POST", route.url, headers=headers, content=body, extensions=_timeout(request.extensions))
         return _Sealed(outer, streaming, opener)
 
     # answers
 
-    def is_sealed_answer(self, response: httpx.Response, sealed: _Sealed) -> bool:
+    def is_sealed_answer(self, response: httpx2.Response, sealed: _Sealed) -> bool:
         """True: open it; False: a clear error to return as is; SealError: anything else."""
         expected = CHUNKED_RESPONSE_MEDIA_TYPE if sealed.streaming else RESPONSE_MEDIA_TYPE
         if response.status_code == 200 and _media(response.headers) == expected:
@@ -350,13 +350,13 @@ class _Core:
             return False
         raise SealError from None
 
-    def clear_error(self, response: httpx.Response, body: bytes) -> httpx.Response:
+    def clear_error(self, response: httpx2.Response, body: bytes) -> httpx2.Response:
         """The clear error as a fresh response; ``sealed_invalid`` makes the next request refetch the key."""
         if _error_code(response, body) == "sealed_invalid":
             self.forget()
         framing = ("content-length", "transfer-encoding")
         headers = [(k, v) for k, v in response.headers.multi_items() if k not in framing]
-        return httpx.Response(response.status_code, headers=headers, content=body)
+        return httpx2.Response(response.status_code, headers=headers, content=body)
 
 
 def _refresh_failure(exc: Exception) -> str:
@@ -365,7 +365,7 @@ def _refresh_failure(exc: Exception) -> str:
     return f"cannot fetch the key configuration ({type(exc).__name__})"
 
 
-def _check_keys_response(url: httpx.URL, response: httpx.Response, body: bytes | None) -> tuple[KeyConfig, ...]:
+def _check_keys_response(url: httpx2.URL, response: httpx2.Response, body: bytes | None) -> tuple[KeyConfig, ...]:
     if response.status_code != 200:
         raise KeyConfigError(
             f"GET {url} answered HTTP {response.status_code}: sealed requests are not served there, or not now "
@@ -381,7 +381,7 @@ def _check_keys_response(url: httpx.URL, response: httpx.Response, body: bytes |
         raise KeyConfigError(f"the key configurations served at {url} are malformed: {exc}") from None
 
 
-def _inspect_body(request: httpx.Request, content: bytes) -> tuple[str, bool]:
+def _inspect_body(request: httpx2.Request, content: bytes) -> tuple[str, bool]:
     """``(model, streaming)`` from the JSON body the openai client built."""
     try:
         document = json.loads(content)
@@ -399,7 +399,7 @@ def _inspect_body(request: httpx.Request, content: bytes) -> tuple[str, bool]:
     return model, document.get("stream") is True
 
 
-def _error_code(response: httpx.Response, body: bytes) -> object:
+def _error_code(response: httpx2.Response, body: bytes) -> object:
     if _media(response.headers) != "application/json" or "content-encoding" in response.headers:
         return None
     try:
@@ -410,13 +410,13 @@ def _error_code(response: httpx.Response, body: bytes) -> object:
     return error.get("code") if isinstance(error, dict) else None
 
 
-def _opened_response(response: bytes) -> httpx.Response:
+def _opened_response(response: bytes) -> httpx2.Response:
     """The plaintext response of a whole answer; SealError if it does not decode."""
     try:
         inner = decode_response(response)
     except BhttpError:
         raise SealError from None
-    return httpx.Response(inner.status, headers=_inner_headers(inner.headers), content=inner.content)
+    return httpx2.Response(inner.status, headers=_inner_headers(inner.headers), content=inner.content)
 
 
 def _inner_headers(fields: tuple[tuple[bytes, bytes], ...]) -> list[tuple[bytes, bytes]]:
@@ -464,32 +464,32 @@ class _StreamReader:
                 self._ended = True
         return pieces
 
-    def response(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.Response:
+    def response(self, stream: httpx2.SyncByteStream | httpx2.AsyncByteStream) -> httpx2.Response:
         if self.head is None:  # pragma: no cover - callers only ask once the head arrived
             raise SealError from None
-        return httpx.Response(self.head.status, headers=_inner_headers(self.head.headers), stream=stream)
+        return httpx2.Response(self.head.status, headers=_inner_headers(self.head.headers), stream=stream)
 
 
 # --- sync ------------------------------------------------------------------------------------------
 
 
-def _raw(response: httpx.Response) -> Iterator[bytes]:
+def _raw(response: httpx2.Response) -> Iterator[bytes]:
     """The transport-level body as it arrives (``iter_raw`` refuses a body already loaded)."""
     stream = response.stream
-    if not isinstance(stream, httpx.SyncByteStream):
+    if not isinstance(stream, httpx2.SyncByteStream):
         raise TypeError("the inner transport of SealedTransport must be synchronous")
     yield from stream
 
 
-async def _araw(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _araw(response: httpx2.Response) -> AsyncIterator[bytes]:
     stream = response.stream
-    if not isinstance(stream, httpx.AsyncByteStream):
+    if not isinstance(stream, httpx2.AsyncByteStream):
         raise TypeError("the inner transport of AsyncSealedTransport must be asynchronous")
     async for part in stream:
         yield part
 
 
-def _read_sync(response: httpx.Response, limit: int) -> bytes | None:
+def _read_sync(response: httpx2.Response, limit: int) -> bytes | None:
     """The raw body, or None (and the response closed) if it is longer than ``limit``."""
     parts: list[bytes] = []
     size = 0
@@ -504,9 +504,9 @@ def _read_sync(response: httpx.Response, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
-class _OpenedSyncStream(httpx.SyncByteStream):
+class _OpenedSyncStream(httpx2.SyncByteStream):
     def __init__(
-        self, outer: httpx.Response, chunks: Iterator[bytes], reader: _StreamReader, first: list[bytes]
+        self, outer: httpx2.Response, chunks: Iterator[bytes], reader: _StreamReader, first: list[bytes]
     ) -> None:
         self._outer = outer
         self._chunks = chunks
@@ -526,28 +526,28 @@ class _OpenedSyncStream(httpx.SyncByteStream):
         self._outer.close()
 
 
-class SealedTransport(httpx.BaseTransport):
+class SealedTransport(httpx2.BaseTransport):
     """Seals chat completions, completions and embeddings to the gate's pinned key (see the module doc).
 
     ``base_url`` is the OpenAI base URL of the appliance (``.../v1``);
     ``pinned_fingerprints`` the gate key fingerprints to accept (required,
     never empty: there is no trust on first use); ``transport`` the transport
-    that reaches the appliance (default: a new ``httpx.HTTPTransport()``);
+    that reaches the appliance (default: a new ``httpx2.HTTPTransport()``);
     ``pad_to`` the padding bucket in bytes (0: no padding).
     """
 
     def __init__(
         self,
-        base_url: str | httpx.URL,
+        base_url: str | httpx2.URL,
         *,
         pinned_fingerprints: Iterable[str] | str,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx2.BaseTransport | None = None,
         pad_to: int = DEFAULT_PAD_TO,
     ) -> None:
         self._core = _Core(base_url, pinned_fingerprints, pad_to)
-        self._inner = transport if transport is not None else httpx.HTTPTransport()
+        self._inner = transport if transport is not None else httpx2.HTTPTransport()
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         route = self._core.route(request)
         if route is None:
             return self._inner.handle_request(request)
@@ -569,7 +569,7 @@ class SealedTransport(httpx.BaseTransport):
             return _opened_response(sealed.opener.open(body))
         return self._open_stream(outer, sealed.opener)
 
-    def _open_stream(self, outer: httpx.Response, opener: ChunkedResponseOpener) -> httpx.Response:
+    def _open_stream(self, outer: httpx2.Response, opener: ChunkedResponseOpener) -> httpx2.Response:
         reader = _StreamReader(opener)
         chunks = _raw(outer)
         first: list[bytes] = []
@@ -583,7 +583,7 @@ class SealedTransport(httpx.BaseTransport):
             outer.close()
             raise
         outer.close()
-        return reader.response(httpx.ByteStream(b"".join(first)))
+        return reader.response(httpx2.ByteStream(b"".join(first)))
 
     def _key_config(self, extensions: dict[str, object]) -> KeyConfig:
         with self._core.lock:
@@ -593,7 +593,7 @@ class SealedTransport(httpx.BaseTransport):
             try:
                 response = self._inner.handle_request(self._core.keys_request(extensions))
                 config = self._core.accept_keys(response, _read_sync(response, _MAX_KEYS_BODY))
-            except (KeyConfigError, httpx.TransportError) as exc:
+            except (KeyConfigError, httpx2.TransportError) as exc:
                 stale = self._core.keep_stale(_refresh_failure(exc))
                 if stale is None:
                     raise
@@ -608,7 +608,7 @@ class SealedTransport(httpx.BaseTransport):
 # --- async -----------------------------------------------------------------------------------------
 
 
-async def _read_async(response: httpx.Response, limit: int) -> bytes | None:
+async def _read_async(response: httpx2.Response, limit: int) -> bytes | None:
     parts: list[bytes] = []
     size = 0
     try:
@@ -622,9 +622,9 @@ async def _read_async(response: httpx.Response, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
-class _OpenedAsyncStream(httpx.AsyncByteStream):
+class _OpenedAsyncStream(httpx2.AsyncByteStream):
     def __init__(
-        self, outer: httpx.Response, chunks: AsyncIterator[bytes], reader: _StreamReader, first: list[bytes]
+        self, outer: httpx2.Response, chunks: AsyncIterator[bytes], reader: _StreamReader, first: list[bytes]
     ) -> None:
         self._outer = outer
         self._chunks = chunks
@@ -647,21 +647,21 @@ class _OpenedAsyncStream(httpx.AsyncByteStream):
         await self._outer.aclose()
 
 
-class AsyncSealedTransport(httpx.AsyncBaseTransport):
-    """The asyncio/trio twin of :class:`SealedTransport`, for ``httpx.AsyncClient`` and ``openai.AsyncOpenAI``."""
+class AsyncSealedTransport(httpx2.AsyncBaseTransport):
+    """The asyncio/trio twin of :class:`SealedTransport`, for ``httpx2.AsyncClient`` and ``openai.AsyncOpenAI``."""
 
     def __init__(
         self,
-        base_url: str | httpx.URL,
+        base_url: str | httpx2.URL,
         *,
         pinned_fingerprints: Iterable[str] | str,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
         pad_to: int = DEFAULT_PAD_TO,
     ) -> None:
         self._core = _Core(base_url, pinned_fingerprints, pad_to)
-        self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self._inner = transport if transport is not None else httpx2.AsyncHTTPTransport()
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         route = self._core.route(request)
         if route is None:
             return await self._inner.handle_async_request(request)
@@ -683,7 +683,7 @@ class AsyncSealedTransport(httpx.AsyncBaseTransport):
             return _opened_response(sealed.opener.open(body))
         return await self._open_stream(outer, sealed.opener)
 
-    async def _open_stream(self, outer: httpx.Response, opener: ChunkedResponseOpener) -> httpx.Response:
+    async def _open_stream(self, outer: httpx2.Response, opener: ChunkedResponseOpener) -> httpx2.Response:
         reader = _StreamReader(opener)
         chunks = _araw(outer)
         first: list[bytes] = []
@@ -697,7 +697,7 @@ class AsyncSealedTransport(httpx.AsyncBaseTransport):
             await outer.aclose()
             raise
         await outer.aclose()
-        return reader.response(httpx.ByteStream(b"".join(first)))
+        return reader.response(httpx2.ByteStream(b"".join(first)))
 
     async def _key_config(self, extensions: dict[str, object]) -> KeyConfig:
         # No lock: two first requests may both fetch, and both check the pins.
@@ -707,7 +707,7 @@ class AsyncSealedTransport(httpx.AsyncBaseTransport):
         try:
             response = await self._inner.handle_async_request(self._core.keys_request(extensions))
             config = self._core.accept_keys(response, await _read_async(response, _MAX_KEYS_BODY))
-        except (KeyConfigError, httpx.TransportError) as exc:
+        except (KeyConfigError, httpx2.TransportError) as exc:
             stale = self._core.keep_stale(_refresh_failure(exc))
             if stale is None:
                 raise
@@ -723,7 +723,7 @@ class AsyncSealedTransport(httpx.AsyncBaseTransport):
 
 
 def fetch_key_configs(
-    base_url: str | httpx.URL, *, transport: httpx.BaseTransport | None = None, timeout: float = _FETCH_TIMEOUT
+    base_url: str | httpx2.URL, *, transport: httpx2.BaseTransport | None = None, timeout: float = _FETCH_TIMEOUT
 ) -> tuple[KeyConfig, ...]:
     """The key configurations served at ``{base_url}/sealed/keys`` (unverified: compare before pinning).
 
@@ -732,14 +732,14 @@ def fetch_key_configs(
     """
     keys_url = _base_url(base_url)
     keys_url = keys_url.copy_with(path=keys_url.path + _KEYS_PATH)
-    request = httpx.Request(
-        "GET", keys_url, headers={"Accept": KEYS_MEDIA_TYPE}, extensions={"timeout": httpx.Timeout(timeout).as_dict()}
+    request = httpx2.Request(
+        "GET", keys_url, headers={"Accept": KEYS_MEDIA_TYPE}, extensions={"timeout": httpx2.Timeout(timeout).as_dict()}
     )
-    inner = transport if transport is not None else httpx.HTTPTransport()
+    inner = transport if transport is not None else httpx2.HTTPTransport()
     try:
         response = inner.handle_request(request)
         body = _read_sync(response, _MAX_KEYS_BODY)
-    except httpx.TransportError as exc:
+    except httpx2.TransportError as exc:
         raise ConnectionError(f"cannot fetch {keys_url}: {type(exc).__name__}") from exc
     finally:
         if transport is None:
@@ -752,11 +752,11 @@ def sealed_http_client(
     pinned_fingerprints: Iterable[str] | str,
     *,
     pad_to: int = DEFAULT_PAD_TO,
-    transport: httpx.BaseTransport | None = None,
-) -> httpx.Client:
-    """An ``httpx.Client`` whose every request goes through a :class:`SealedTransport`."""
+    transport: httpx2.BaseTransport | None = None,
+) -> httpx2.Client:
+    """An ``httpx2.Client`` whose every request goes through a :class:`SealedTransport`."""
     sealed = SealedTransport(base_url, pinned_fingerprints=pinned_fingerprints, transport=transport, pad_to=pad_to)
-    return httpx.Client(transport=sealed, trust_env=False)
+    return httpx2.Client(transport=sealed, trust_env=False)
 
 
 def sealed_async_http_client(
@@ -764,8 +764,8 @@ def sealed_async_http_client(
     pinned_fingerprints: Iterable[str] | str,
     *,
     pad_to: int = DEFAULT_PAD_TO,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` whose every request goes through an :class:`AsyncSealedTransport`."""
+    transport: httpx2.AsyncBaseTransport | None = None,
+) -> httpx2.AsyncClient:
+    """An ``httpx2.AsyncClient`` whose every request goes through an :class:`AsyncSealedTransport`."""
     sealed = AsyncSealedTransport(base_url, pinned_fingerprints=pinned_fingerprints, transport=transport, pad_to=pad_to)
-    return httpx.AsyncClient(transport=sealed, trust_env=False)
+    return httpx2.AsyncClient(transport=sealed, trust_env=False)

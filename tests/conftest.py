@@ -36,9 +36,9 @@ class Standin:
         return f"http://127.0.0.1:{self.port}"
 
     def stats(self) -> dict[str, int]:
-        import httpx
+        import httpx2
 
-        return httpx.get(f"{self.url}/stats", headers={"Authorization": f"Bearer {self.token}"}, timeout=5).json()
+        return httpx2.get(f"{self.url}/stats", headers={"Authorization": f"Bearer {self.token}"}, timeout=5).json()
 
 
 def start_standin(model: str, kind: str, token_delay: float = 0.0) -> Standin:

@@ -1,7 +1,7 @@
 """The relying party's side of the code flow: PKCE, state, nonce and the ID token checks.
 
 The test provider process does not enforce PKCE, so these tests play the
-provider themselves (an httpx transport): they record the challenge of the
+provider themselves (an httpx2 transport): they record the challenge of the
 authorization request and refuse a token request whose verifier does not
 match it, as a strict provider would.
 """

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from cluster._http1 import ChunkedDecoder, find_head_end, parse_response_head
@@ -52,8 +52,8 @@ def embeddings() -> Iterator[StandinProcess]:
 
 
 @pytest.fixture()
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=10.0) as c:
+def client() -> Iterator[httpx2.Client]:
+    with httpx2.Client(timeout=10.0) as c:
         yield c
 
 
@@ -218,7 +218,7 @@ def test_no_content_logged() -> None:
         assert line.startswith(b"READY ")
         port = int(line.split()[1])
         headers = {"authorization": f"Bearer {token}"}
-        with httpx.Client(timeout=10.0) as c:
+        with httpx2.Client(timeout=10.0) as c:
             base = f"http://{HOST}:{port}"
             assert c.post(base + "/v1/chat/completions", json=chat_request(secret), headers=headers).status_code == 200
             assert c.post(base + "/v1/chat/completions", content=secret.encode(), headers=headers).status_code == 400
@@ -242,7 +242,7 @@ def test_no_content_logged() -> None:
 # --------------------------------------------------------------------------- basic endpoints
 
 
-def test_health_and_models(chat: StandinProcess, client: httpx.Client) -> None:
+def test_health_and_models(chat: StandinProcess, client: httpx2.Client) -> None:
     health = client.get(url(chat, "/health"))
     assert health.status_code == 200
     assert health.content == b""
@@ -251,7 +251,7 @@ def test_health_and_models(chat: StandinProcess, client: httpx.Client) -> None:
     assert [card["id"] for card in models["data"]] == [MODEL]
 
 
-def test_stats_shape(chat: StandinProcess, client: httpx.Client) -> None:
+def test_stats_shape(chat: StandinProcess, client: httpx2.Client) -> None:
     stats = client.get(url(chat, "/stats")).json()
     assert set(stats) == {"active_requests", "open_connections", "served"}
     assert stats["open_connections"] >= 1  # the asking connection
@@ -262,7 +262,7 @@ def test_stats_shape(chat: StandinProcess, client: httpx.Client) -> None:
     assert client.get(url(chat, "/stats")).json()["served"] == before + 2
 
 
-def test_unknown_path_and_wrong_method(chat: StandinProcess, client: httpx.Client) -> None:
+def test_unknown_path_and_wrong_method(chat: StandinProcess, client: httpx2.Client) -> None:
     for path in ("/", "/v1", "/v1/chat/completions/", "/v2/models", "/v1/audio/speech"):
         response = client.get(url(chat, path))
         assert response.status_code == 404
@@ -274,17 +274,17 @@ def test_unknown_path_and_wrong_method(chat: StandinProcess, client: httpx.Clien
     assert client.post(url(chat, "/health"), json={}).status_code == 405
 
 
-def test_query_string_ignored(chat: StandinProcess, client: httpx.Client) -> None:
+def test_query_string_ignored(chat: StandinProcess, client: httpx2.Client) -> None:
     assert client.get(url(chat, "/v1/models?x=1")).status_code == 200
 
 
-def test_kind_mismatch_is_404(chat: StandinProcess, embeddings: StandinProcess, client: httpx.Client) -> None:
+def test_kind_mismatch_is_404(chat: StandinProcess, embeddings: StandinProcess, client: httpx2.Client) -> None:
     assert client.post(url(chat, "/v1/embeddings"), json={"model": MODEL, "input": "x"}).status_code == 404
     assert client.post(url(embeddings, "/v1/chat/completions"), json=chat_request("x")).status_code == 404
     assert client.post(url(embeddings, "/v1/completions"), json={"prompt": "x"}).status_code == 404
 
 
-def test_model_mismatch_is_404(chat: StandinProcess, client: httpx.Client) -> None:
+def test_model_mismatch_is_404(chat: StandinProcess, client: httpx2.Client) -> None:
     response = client.post(url(chat, "/v1/chat/completions"), json=dict(chat_request("x"), model="other"))
     assert response.status_code == 404
     assert response.json()["error"]["message"] == "model_not_found"
@@ -316,7 +316,7 @@ def test_model_mismatch_is_404(chat: StandinProcess, client: httpx.Client) -> No
         b"\xff\xfe",
     ],
 )
-def test_invalid_chat_body_is_400(chat: StandinProcess, client: httpx.Client, body: bytes) -> None:
+def test_invalid_chat_body_is_400(chat: StandinProcess, client: httpx2.Client, body: bytes) -> None:
     response = client.post(url(chat, "/v1/chat/completions"), content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400
     error = response.json()["error"]
@@ -327,7 +327,7 @@ def test_invalid_chat_body_is_400(chat: StandinProcess, client: httpx.Client, bo
 # --------------------------------------------------------------------------- chat
 
 
-def test_chat_is_deterministic_with_usage(chat: StandinProcess, client: httpx.Client) -> None:
+def test_chat_is_deterministic_with_usage(chat: StandinProcess, client: httpx2.Client) -> None:
     body = {
         "model": MODEL,
         "messages": [
@@ -350,7 +350,7 @@ def test_chat_is_deterministic_with_usage(chat: StandinProcess, client: httpx.Cl
     assert other["choices"][0]["message"]["content"] != choice["message"]["content"]
 
 
-def test_max_tokens_and_finish_reason(chat: StandinProcess, client: httpx.Client) -> None:
+def test_max_tokens_and_finish_reason(chat: StandinProcess, client: httpx2.Client) -> None:
     short = prompt_with(lambda n: n < 40)
     reply = client.post(url(chat, "/v1/chat/completions"), json=chat_request(short, max_tokens=40)).json()
     assert reply["choices"][0]["finish_reason"] == "stop"
@@ -362,7 +362,7 @@ def test_max_tokens_and_finish_reason(chat: StandinProcess, client: httpx.Client
     assert alias["usage"]["completion_tokens"] == 2
 
 
-def test_max_tokens_capped(chat: StandinProcess, client: httpx.Client) -> None:
+def test_max_tokens_capped(chat: StandinProcess, client: httpx2.Client) -> None:
     prompt = prompt_with(lambda n: n > 3000)
     reply = client.post(url(chat, "/v1/chat/completions"), json=chat_request(prompt, max_tokens=10**9)).json()
     assert reply["usage"]["completion_tokens"] == natural_length(prompt) <= MAX_REPLY_WORDS == 4096
@@ -370,7 +370,7 @@ def test_max_tokens_capped(chat: StandinProcess, client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("include_usage", [True, False])
-def test_chat_stream_shape(chat: StandinProcess, client: httpx.Client, include_usage: bool) -> None:
+def test_chat_stream_shape(chat: StandinProcess, client: httpx2.Client, include_usage: bool) -> None:
     prompt = "stream this please"
     extra: dict[str, Any] = {"stream": True, "max_tokens": 5}
     if include_usage:
@@ -402,7 +402,7 @@ def test_chat_stream_shape(chat: StandinProcess, client: httpx.Client, include_u
         assert all("usage" not in c for c in chunks)
 
 
-def test_stream_is_paced(slow_chat: StandinProcess, client: httpx.Client) -> None:
+def test_stream_is_paced(slow_chat: StandinProcess, client: httpx2.Client) -> None:
     arrivals = []
     body = chat_request("paced", stream=True, max_tokens=8)
     with client.stream("POST", url(slow_chat, "/v1/chat/completions"), json=body) as response:
@@ -413,7 +413,7 @@ def test_stream_is_paced(slow_chat: StandinProcess, client: httpx.Client) -> Non
     assert arrivals[7] - arrivals[0] >= 7 * 0.02 * 0.8
 
 
-def test_client_disconnect_stops_generation(slow_chat: StandinProcess, client: httpx.Client) -> None:
+def test_client_disconnect_stops_generation(slow_chat: StandinProcess, client: httpx2.Client) -> None:
     before = client.get(url(slow_chat, "/stats")).json()
     prompt = prompt_with(lambda n: n > 1000)
     sock = connect(slow_chat)
@@ -441,7 +441,7 @@ def test_client_disconnect_stops_generation(slow_chat: StandinProcess, client: h
 # --------------------------------------------------------------------------- completions
 
 
-def test_completions(chat: StandinProcess, client: httpx.Client) -> None:
+def test_completions(chat: StandinProcess, client: httpx2.Client) -> None:
     reply = client.post(url(chat, "/v1/completions"), json={"model": MODEL, "prompt": "Once upon", "max_tokens": 4}).json()
     assert reply["object"] == "text_completion"
     assert reply["choices"][0]["text"] == " ".join(reply_words("Once upon", 4)[0])
@@ -456,7 +456,7 @@ def test_completions(chat: StandinProcess, client: httpx.Client) -> None:
         assert client.post(url(chat, "/v1/completions"), json=bad).status_code == 400
 
 
-def test_completions_stream(chat: StandinProcess, client: httpx.Client) -> None:
+def test_completions_stream(chat: StandinProcess, client: httpx2.Client) -> None:
     body = {"prompt": "Once upon", "max_tokens": 3, "stream": True, "stream_options": {"include_usage": True}}
     response = client.post(url(chat, "/v1/completions"), json=body)
     events = sse_events(response.text)
@@ -469,7 +469,7 @@ def test_completions_stream(chat: StandinProcess, client: httpx.Client) -> None:
 # --------------------------------------------------------------------------- embeddings
 
 
-def test_embeddings(embeddings: StandinProcess, client: httpx.Client) -> None:
+def test_embeddings(embeddings: StandinProcess, client: httpx2.Client) -> None:
     body = {"model": EMBED_MODEL, "input": ["hello world", "hello world", "other"]}
     reply = client.post(url(embeddings, "/v1/embeddings"), json=body).json()
     assert reply["object"] == "list"
@@ -484,14 +484,14 @@ def test_embeddings(embeddings: StandinProcess, client: httpx.Client) -> None:
     assert single["data"][0]["embedding"] == vectors[0] == embed(b"text:hello world", DIMENSIONS)
 
 
-def test_embeddings_base64_matches_float(embeddings: StandinProcess, client: httpx.Client) -> None:
+def test_embeddings_base64_matches_float(embeddings: StandinProcess, client: httpx2.Client) -> None:
     floats = client.post(url(embeddings, "/v1/embeddings"), json={"input": "x y"}).json()
     packed = client.post(url(embeddings, "/v1/embeddings"), json={"input": "x y", "encoding_format": "base64"}).json()
     raw = base64.b64decode(packed["data"][0]["embedding"])
     assert list(struct.unpack(f"<{DIMENSIONS}f", raw)) == floats["data"][0]["embedding"]
 
 
-def test_embeddings_token_inputs(embeddings: StandinProcess, client: httpx.Client) -> None:
+def test_embeddings_token_inputs(embeddings: StandinProcess, client: httpx2.Client) -> None:
     one = client.post(url(embeddings, "/v1/embeddings"), json={"input": [1, 2, 3]}).json()
     assert len(one["data"]) == 1
     assert one["usage"]["prompt_tokens"] == 3
@@ -515,7 +515,7 @@ def test_embeddings_token_inputs(embeddings: StandinProcess, client: httpx.Clien
         {},
     ],
 )
-def test_invalid_embeddings(embeddings: StandinProcess, client: httpx.Client, body: dict[str, Any]) -> None:
+def test_invalid_embeddings(embeddings: StandinProcess, client: httpx2.Client, body: dict[str, Any]) -> None:
     response = client.post(url(embeddings, "/v1/embeddings"), json=body)
     assert response.status_code in (400, 404)
 
@@ -630,7 +630,7 @@ def test_expect_100_continue(chat: StandinProcess) -> None:
 
 def test_token_required_by_environment() -> None:
     token = "env-token-123"
-    with StandinProcess(model=MODEL, kind="chat", token=token) as proc, httpx.Client(timeout=10) as c:
+    with StandinProcess(model=MODEL, kind="chat", token=token) as proc, httpx2.Client(timeout=10) as c:
         assert c.get(url(proc, "/health")).status_code == 200
         for path in ("/v1/models", "/stats", "/nope"):
             assert c.get(url(proc, path)).status_code == 401

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.conftest import ROOT, Cluster, free_port
@@ -63,7 +63,7 @@ def send_everything(base: str, key: str, canary: str, limited_key: str | None = 
             "X-Forwarded-For": canary, "Cookie": f"session={canary}"}
     chat = {"model": "standin-chat", "max_tokens": 8, "user": canary, "stop": [canary],
             "messages": [{"role": "system", "content": f"system {canary}"}, {"role": "user", "content": f"say {canary}"}]}
-    with httpx.Client(base_url=base, headers=auth, timeout=60) as client:
+    with httpx2.Client(base_url=base, headers=auth, timeout=60) as client:
         first = client.post("/v1/chat/completions", json=chat)
         seen["chat"], request_id = first.status_code, first.headers["x-request-id"]
         with client.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as stream:
@@ -93,9 +93,9 @@ def send_everything(base: str, key: str, canary: str, limited_key: str | None = 
         # Refused on its Content-Length: the server may answer and close before the upload ends,
         # so this one has a connection of its own.
         try:
-            seen["too_large"] = httpx.post(f"{base}/v1/embeddings", headers={**auth, "Content-Type": "application/json"},
+            seen["too_large"] = httpx2.post(f"{base}/v1/embeddings", headers={**auth, "Content-Type": "application/json"},
                                            content=(canary * (5 * 2**20 // len(canary))).encode(), timeout=60).status_code
-        except httpx.RemoteProtocolError:
+        except httpx2.RemoteProtocolError:
             seen["too_large"] = 413
         seen["unknown_path"] = client.post(f"/v1/{canary}?{canary}=1", json=chat).status_code
         seen["wrong_method"] = client.get(f"/v1/chat/completions?q={canary}").status_code
@@ -209,7 +209,7 @@ def test_canary_through_the_demo(mode: str, tmp_path: Path) -> None:
         send_sealed(f"http://127.0.0.1:{port}", canary)
         token = next(line.split("Bearer ")[1].split("'")[0] for line in stdout.read_text().splitlines()
                      if "metrics:" in line)
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
+        metrics = httpx2.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
         assert metrics.status_code == 200 and canary not in metrics.text
         # While it runs: its runtime directory (accounting database, -wal and -shm, the gate's
         # configuration and routing table, the scheduler's state) is in TMPDIR.
@@ -277,7 +277,7 @@ def _serve_over_ssh(sshd: Sshd, redis: RedisServer, directory: Path, mode: str) 
     ])
     served = start_serve(directory, "appliance", free_port(), body)
     deadline = time.monotonic() + 20
-    while httpx.get(f"{served.url}/readyz", timeout=10).status_code != 200:
+    while httpx2.get(f"{served.url}/readyz", timeout=10).status_code != 200:
         assert time.monotonic() < deadline, "not ready"
         time.sleep(0.1)
     return served
@@ -290,7 +290,7 @@ def test_canary_over_ssh(mode: str, sshd: Sshd, redis: RedisServer, tmp_path: Pa
     try:
         seen, request_id = send_everything(served.url, KEY, canary, LIMITED)
         assert seen == {**EXPECTED, "quota_refused": 429}
-        metrics = httpx.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        metrics = httpx2.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
         assert metrics.status_code == 200 and canary not in metrics.text
         assert {p.name for p in served.directory.glob("usage.db*")} >= {"usage.db", "usage.db-wal"}
     finally:

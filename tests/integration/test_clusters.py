@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -49,9 +49,9 @@ def test_models_merge_and_requests_route_to_their_cluster(cluster: Cluster, tmp_
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                         break
-                except httpx.HTTPError:
+                except httpx2.HTTPError:
                     pass
                 time.sleep(0.1)
             with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0) as client:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -107,8 +107,8 @@ def demo(request: pytest.FixtureRequest) -> Iterator[Demo]:
 
 
 def test_health_and_ready(demo: Demo) -> None:
-    assert httpx.get(f"{demo.url}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{demo.url}/readyz")
+    assert httpx2.get(f"{demo.url}/healthz").json() == {"status": "ok"}
+    ready = httpx2.get(f"{demo.url}/readyz")
     assert ready.status_code == 200 and set(ready.json()["models"]) == {"standin-chat", "standin-embed"}
 
 
@@ -162,7 +162,7 @@ def test_bad_key(demo: Demo) -> None:
         demo.client("sk-wrong-" + "x" * 20).models.list()
     assert info.value.status_code == 401
     assert info.value.body["code"] == "invalid_api_key"  # type: ignore[index]
-    missing = httpx.post(f"{demo.url}/v1/chat/completions", json={})
+    missing = httpx2.post(f"{demo.url}/v1/chat/completions", json={})
     assert missing.status_code == 401
 
 
@@ -177,8 +177,8 @@ def test_wrong_route_for_model(demo: Demo) -> None:
         demo.client().embeddings.create(model="standin-chat", input="x")
 
 
-def _post(demo: Demo, content: bytes, path: str = "/v1/chat/completions") -> httpx.Response:
-    return httpx.post(f"{demo.url}{path}", content=content,
+def _post(demo: Demo, content: bytes, path: str = "/v1/chat/completions") -> httpx2.Response:
+    return httpx2.post(f"{demo.url}{path}", content=content,
                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}, timeout=30)
 
 
@@ -207,8 +207,8 @@ def test_openai_client_sees_error_shape(demo: Demo) -> None:
 
 
 def test_unknown_path_and_method(demo: Demo) -> None:
-    assert httpx.get(f"{demo.url}/v1/files").status_code == 404
-    assert httpx.get(f"{demo.url}/v1/chat/completions").status_code == 405
+    assert httpx2.get(f"{demo.url}/v1/files").status_code == 404
+    assert httpx2.get(f"{demo.url}/v1/chat/completions").status_code == 405
 
 
 def test_concurrent_requests(demo: Demo) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import jwt
 import openai
 import pytest
@@ -145,9 +145,9 @@ def running(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                if httpx2.get(f"{url}/readyz", timeout=2).status_code == 200:
                     break
-            except httpx.HTTPError:
+            except httpx2.HTTPError:
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
                 raise RuntimeError(f"sluice serve did not start: {log.read_text()}")
@@ -166,16 +166,16 @@ def running(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 # -- helpers ------------------------------------------------------------------------------
 
-def sign_in(running: Running, sub: str) -> httpx.Client:
+def sign_in(running: Running, sub: str) -> httpx2.Client:
     """A browser-like client signed in as ``sub`` through the provider."""
-    client = httpx.Client(base_url=running.url, timeout=30)
+    client = httpx2.Client(base_url=running.url, timeout=30)
     response = client.get("/account/")
     assert response.status_code == 302 and response.headers["location"] == "/account/login"
     response = client.get("/account/login")
     assert response.status_code == 302
     authorize = response.headers["location"]
     assert authorize.startswith(f"{running.provider.issuer}/oauth2/authorize?")
-    with httpx.Client(timeout=30) as browser_at_provider:
+    with httpx2.Client(timeout=30) as browser_at_provider:
         callback = running.provider.authorize(browser_at_provider, authorize, sub)
     assert callback.startswith(f"{running.url}/account/callback?")
     response = client.get(callback)
@@ -189,7 +189,7 @@ def csrf(page: str) -> str:
     return match.group(1)
 
 
-def create_key(client: httpx.Client, name: str, models: list[str] | None = None, days: int = 30) -> str:
+def create_key(client: httpx2.Client, name: str, models: list[str] | None = None, days: int = 30) -> str:
     page = client.get("/account/")
     assert page.status_code == 200
     data: dict[str, object] = {"csrf": csrf(page.text), "name": name, "expires_days": str(days)}
@@ -256,13 +256,13 @@ def test_login_key_openai_and_losing_access(running: Running) -> None:
 # -- sign-in, session and keys ------------------------------------------------------------------
 
 def test_session_cookie_flags_and_logout(running: Running) -> None:
-    client = httpx.Client(base_url=running.url, timeout=30)
+    client = httpx2.Client(base_url=running.url, timeout=30)
     response = client.get("/account/login")
     cookie = response.headers["set-cookie"]
     assert cookie.startswith("sluice-session=")
     for flag in ("HttpOnly", "SameSite=Lax", "Path=/", "Max-Age=3600"):
         assert flag in cookie
-    params = httpx.URL(response.headers["location"]).params
+    params = httpx2.URL(response.headers["location"]).params
     assert params["code_challenge_method"] == "S256" and len(params["code_challenge"]) == 43
     assert params["state"] and params["nonce"] and params["response_type"] == "code"
     client.close()
@@ -274,31 +274,31 @@ def test_session_cookie_flags_and_logout(running: Running) -> None:
     assert "default-src 'none'" in page.headers["content-security-policy"]
     response = browser.post("/account/logout", data={"csrf": csrf(page.text)})
     assert response.status_code == 303
-    end_session = httpx.URL(response.headers["location"])
+    end_session = httpx2.URL(response.headers["location"])
     assert str(end_session).startswith(f"{running.provider.issuer}/oauth2/end_session?")
     assert end_session.params["post_logout_redirect_uri"] == f"{running.url}/account/signed-out"
     assert jwt.decode(end_session.params["id_token_hint"], options={"verify_signature": False})["sub"] == "alice"
     assert browser.get("/account/").status_code == 302
     # The copied cookie died with the session on the server.
-    with httpx.Client(base_url=running.url, timeout=30, cookies=stolen) as replay:
+    with httpx2.Client(base_url=running.url, timeout=30, cookies=stolen) as replay:
         assert replay.get("/account/").status_code == 302
     browser.close()
 
 
 def test_reject_forged_callback_and_csrf(running: Running) -> None:
-    with httpx.Client(base_url=running.url, timeout=30) as client:
+    with httpx2.Client(base_url=running.url, timeout=30) as client:
         response = client.get("/account/login")
         authorize = response.headers["location"]
-        with httpx.Client(timeout=30) as at_provider:
-            callback = httpx.URL(running.provider.authorize(at_provider, authorize, "alice"))
+        with httpx2.Client(timeout=30) as at_provider:
+            callback = httpx2.URL(running.provider.authorize(at_provider, authorize, "alice"))
         forged = callback.copy_set_param("state", "x" * 43)
         assert client.get(str(forged)).status_code == 400
         # The pending sign-in is consumed: the genuine callback now fails too.
         assert client.get(str(callback)).status_code == 400
     # Another browser cannot complete alice's sign-in (state bound to the session cookie).
-    with httpx.Client(base_url=running.url, timeout=30) as first, httpx.Client(base_url=running.url, timeout=30) as other:
+    with httpx2.Client(base_url=running.url, timeout=30) as first, httpx2.Client(base_url=running.url, timeout=30) as other:
         authorize = first.get("/account/login").headers["location"]
-        with httpx.Client(timeout=30) as at_provider:
+        with httpx2.Client(timeout=30) as at_provider:
             callback = running.provider.authorize(at_provider, authorize, "alice")
         assert other.get(callback).status_code == 400
     assert any(e.get("event") == "oidc_login_failed" for e in running.events())
@@ -393,7 +393,7 @@ def test_reject_bad_bearer_tokens(running: Running) -> None:
         hmac.new(public_pem, unsigned.encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
     for name, token in [("wrong audience", wrong_audience), ("wrong issuer", wrong_issuer), ("tampered", tampered),
                         ("alg none", none_alg), ("HS256 confusion", confusion)]:
-        response = httpx.get(f"{running.url}/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        response = httpx2.get(f"{running.url}/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert response.status_code == 401, name
     reasons = {e.get("reason") for e in running.events() if e.get("event") == "bearer_jwt_rejected"}
     assert {"wrong_audience", "wrong_issuer", "bad_signature", "algorithm_not_allowed"} <= reasons
@@ -403,14 +403,14 @@ def test_reject_bad_bearer_tokens(running: Running) -> None:
 
 def test_trusted_header_from_the_proxy(running: Running) -> None:
     headers = {"X-Remote-User": "carol", "X-Remote-Groups": "embedders, other"}
-    response = httpx.get(f"{running.url}/v1/models", headers=headers, timeout=10)
+    response = httpx2.get(f"{running.url}/v1/models", headers=headers, timeout=10)
     assert response.status_code == 200 and [m["id"] for m in response.json()["data"]] == ["standin-embed"]
-    page = httpx.get(f"{running.url}/account/", headers=headers, timeout=10)
+    page = httpx2.get(f"{running.url}/account/", headers=headers, timeout=10)
     assert page.status_code == 200 and f"{PROXY_ISSUER}#carol" in page.text
 
 
 def test_reject_trusted_header_spoofed_from_elsewhere(running: Running) -> None:
-    spoofer = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
+    spoofer = httpx2.Client(transport=httpx2.HTTPTransport(local_address="127.0.0.2"), timeout=10)
     headers = {"X-Remote-User": "alice", "X-Remote-Groups": "staff"}
     with spoofer:
         assert spoofer.get(f"{running.url}/v1/models", headers=headers).status_code == 401
@@ -453,7 +453,7 @@ def test_external_model_route(running: Running) -> None:
         chat(external, "ext-chat")
     assert running.external.stats()["served"] - served_before == 4
     # Route policy first: a body outside routes.toml never reaches the upstream.
-    response = httpx.post(f"{running.url}/external/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+    response = httpx2.post(f"{running.url}/external/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
                           json={"model": "ext-chat", "messages": [], "evil": 1}, timeout=10)
     assert response.status_code == 422
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
+import httpx2
 import pytest
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
@@ -39,7 +39,7 @@ async def _gate_in_flight(appliance: Appliance) -> dict[str, object]:
 async def _settled(appliance: Appliance, cluster: Cluster, baseline_tasks: int) -> dict[str, object]:
     """Poll every hop until nothing of the abandoned request is left (or time runs out)."""
     state: dict[str, object] = {}
-    async with httpx.AsyncClient() as client:
+    async with httpx2.AsyncClient() as client:
         for _ in range(100):
             streams = appliance.clusters.stats()["streams"]
             tasks = len(asyncio.all_tasks()) - baseline_tasks
@@ -72,12 +72,12 @@ async def _scenario(cluster: Cluster, mode: str) -> None:
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     headers = {"Authorization": f"Bearer {KEY}"}
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx2.AsyncClient(timeout=30) as client:
             for _ in range(100):
                 try:
                     if (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
                         break
-                except httpx.ConnectError:
+                except httpx2.ConnectError:
                     pass
                 await asyncio.sleep(0.05)
             await appliance.clusters.refresh()
@@ -86,7 +86,7 @@ async def _scenario(cluster: Cluster, mode: str) -> None:
         baseline = len(asyncio.all_tasks())
 
         # 1. A client that goes away after the first event.
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx2.AsyncClient(timeout=30) as client:
             async with client.stream("POST", url, json=LONG, headers=headers) as response:
                 assert response.status_code == 200
                 async for _ in response.aiter_bytes():
@@ -95,7 +95,7 @@ async def _scenario(cluster: Cluster, mode: str) -> None:
             "appliance_streams": 0, "gate_in_flight": 0, "backend_active": 0, "tasks": 0}
 
         # 2. A slow reader does not hold up others, and frees everything when it leaves.
-        async with httpx.AsyncClient(timeout=30) as slow, httpx.AsyncClient(timeout=30) as fast:
+        async with httpx2.AsyncClient(timeout=30) as slow, httpx2.AsyncClient(timeout=30) as fast:
             async with slow.stream("POST", url, json=LONG, headers=headers) as response:
                 chunks = response.aiter_bytes()
                 await chunks.__anext__()

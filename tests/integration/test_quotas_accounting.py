@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.conftest import ROOT, Cluster, free_port
@@ -58,10 +58,10 @@ def served(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         running.stop()
 
 
-def _chat(url: str, key: str, max_tokens: int = 3, stream: bool = False) -> httpx.Response:
+def _chat(url: str, key: str, max_tokens: int = 3, stream: bool = False) -> httpx2.Response:
     body = {"model": "standin-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": max_tokens,
             "stream": stream}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    return httpx2.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -83,7 +83,7 @@ def test_a_row_survives_kill_9_right_after_the_answer(cluster: Cluster, tmp_path
 def test_every_answered_request_has_a_row_and_sluice_usage_reports_them(served: Served) -> None:
     answers = [_chat(served.url, KEY, n) for n in (1, 2, 3)]
     answers.append(_chat(served.url, KEY, 2, stream=True))
-    embed = httpx.post(f"{served.url}/v1/embeddings", json={"model": "standin-embed", "input": ["a", "b c"]},
+    embed = httpx2.post(f"{served.url}/v1/embeddings", json={"model": "standin-embed", "input": ["a", "b c"]},
                        headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
     assert [a.status_code for a in answers] == [200] * 4 and embed.status_code == 200
     config = served.directory / "appliance.toml"
@@ -105,15 +105,15 @@ def test_a_rejection_is_a_429_with_retry_after_and_is_accounted(served: Served) 
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["type"] == "rate_limit_error"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
-    metrics = httpx.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    metrics = httpx2.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     assert re.search(r'^sluice_quota_rejections_total\{limit="requests_per_minute",scope="user"\} [3-9]', metrics, re.MULTILINE)
 
 
 def test_metrics_behind_a_token_and_on_the_admin_address(served: Served) -> None:
     assert _chat(served.url, KEY, 2, stream=True).status_code == 200
-    assert httpx.get(f"{served.url}/metrics").status_code == 401
-    assert httpx.get(f"{served.url}/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
-    text = httpx.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    assert httpx2.get(f"{served.url}/metrics").status_code == 401
+    assert httpx2.get(f"{served.url}/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+    text = httpx2.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
     for pattern in (
         r'^sluice_requests_total\{route="chat",model="standin-chat",status="200"\} \d+',
         r'^sluice_request_duration_seconds_bucket\{route="chat",model="standin-chat",le="\+Inf"\} \d+',
@@ -128,8 +128,8 @@ def test_metrics_behind_a_token_and_on_the_admin_address(served: Served) -> None
         assert re.search(pattern, text, re.MULTILINE), pattern
     # The admin address serves the metrics, and nothing else.
     admin = f"http://127.0.0.1:{served.env['ADMIN_PORT']}"
-    assert httpx.get(f"{admin}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-    assert httpx.get(f"{admin}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
+    assert httpx2.get(f"{admin}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert httpx2.get(f"{admin}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 404
 
 
 def test_logs_are_json_lines_with_request_ids(served: Served) -> None:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.conftest import ROOT, Cluster, free_port
@@ -102,7 +102,7 @@ def test_sluice_serve_accounts_in_postgres(dsn: str, cluster: Cluster, tmp_path:
                       '[accounting]\nbackend = "postgresql"\ndsn_file = "usage.dsn"', ""])
     served = start_serve(tmp_path, "appliance", free_port(), body)
     try:
-        answer = httpx.post(f"{served.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
+        answer = httpx2.post(f"{served.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
                             json={"model": "standin-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3})
         assert answer.status_code == 200
     finally:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.conftest import Cluster, free_port
@@ -123,22 +123,22 @@ def _chat(max_tokens: int, stream: bool = False) -> dict[str, object]:
             "max_tokens": max_tokens, "stream": stream}
 
 
-async def _burst(replicas: Replicas, key: str, count: int, body: dict[str, object]) -> list[httpx.Response]:
+async def _burst(replicas: Replicas, key: str, count: int, body: dict[str, object]) -> list[httpx2.Response]:
     """``count`` requests at once, alternating between the two replicas."""
     targets = [replicas.a.url, replicas.b.url]
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=count)) as client:
+    async with httpx2.AsyncClient(timeout=60, limits=httpx2.Limits(max_connections=count)) as client:
         return await asyncio.gather(*(
             client.post(f"{targets[i % 2]}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
             for i in range(count)
         ))
 
 
-def _explain(responses: list[httpx.Response]) -> list[tuple[int, str]]:
+def _explain(responses: list[httpx2.Response]) -> list[tuple[int, str]]:
     """What each answer was, for a failing assertion's message."""
     return [(r.status_code, r.json().get("error", {}).get("code", "") if r.status_code != 200 else "") for r in responses]
 
 
-def _statuses(responses: list[httpx.Response]) -> dict[int, int]:
+def _statuses(responses: list[httpx2.Response]) -> dict[int, int]:
     counts: dict[int, int] = {}
     for response in responses:
         counts[response.status_code] = counts.get(response.status_code, 0) + 1
@@ -207,7 +207,7 @@ def _redis_tokens_used(replicas: Replicas, user: str) -> dict[str, int]:
 
 def test_reservations_are_reconciled_with_the_gates_usage(replicas: Replicas) -> None:
     headers = {"Authorization": f"Bearer {REC}"}
-    with httpx.Client(timeout=60) as client:
+    with httpx2.Client(timeout=60) as client:
         # Plain: 300 reserved, then charged the real usage.
         plain = client.post(f"{replicas.a.url}/v1/chat/completions", json=_chat(300), headers=headers)
         assert plain.status_code == 200
@@ -248,7 +248,7 @@ def test_reservations_are_reconciled_with_the_gates_usage(replicas: Replicas) ->
 def test_a_crashed_replica_does_not_hold_its_slots(replicas: Replicas) -> None:
     doomed = replicas.start("doomed")
     try:
-        with httpx.Client(timeout=60) as client:
+        with httpx2.Client(timeout=60) as client:
             headers = {"Authorization": f"Bearer {CRASH}"}
             # Two long streams hold both slots, through the replica about to die.
             streams = [client.stream("POST", f"{doomed.url}/v1/chat/completions", json=_chat(3000, stream=True),
@@ -261,7 +261,7 @@ def test_a_crashed_replica_does_not_hold_its_slots(replicas: Replicas) -> None:
             for stream in streams:
                 try:
                     stream.__exit__(None, None, None)
-                except httpx.HTTPError:
+                except httpx2.HTTPError:
                     pass
             started = time.monotonic()
             while True:
@@ -278,7 +278,7 @@ def test_a_crashed_replica_does_not_hold_its_slots(replicas: Replicas) -> None:
 
 def test_redis_unreachable_fails_closed_by_default(replicas: Replicas) -> None:
     headers = {"Authorization": f"Bearer {DOWN}"}
-    with httpx.Client(timeout=30) as client:
+    with httpx2.Client(timeout=30) as client:
         assert client.post(f"{replicas.a.url}/v1/chat/completions", json=_chat(2), headers=headers).status_code == 200
         served_before = replicas.cluster.chat.stats()["served"]
         replicas.redis.stop()
@@ -302,7 +302,7 @@ def test_redis_unreachable_fails_open_when_configured(replicas: Replicas) -> Non
     lenient = replicas.start("lenient", 'on_storage_error = "unsafe-allow"')
     try:
         headers = {"Authorization": f"Bearer {DOWN}"}
-        with httpx.Client(timeout=30) as client:
+        with httpx2.Client(timeout=30) as client:
             replicas.redis.stop()
             for _ in range(3):
                 answer = client.post(f"{lenient.url}/v1/chat/completions", json=_chat(2), headers=headers)

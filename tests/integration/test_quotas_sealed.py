@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.conftest import free_port
@@ -55,7 +55,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]
 
 def _plain(url: str, max_tokens: int) -> tuple[int, int]:
     """A plain chat request: (tokens it used, tokens per minute left at its admission)."""
-    answer = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
+    answer = httpx2.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
                         json={"model": "standin-chat", "messages": [{"role": "user", "content": "count"}],
                               "max_tokens": max_tokens})
     assert answer.status_code == 200

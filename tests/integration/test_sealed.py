@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from sluice_sdk.bhttp import Request, ResponseStreamDecoder, decode_response
@@ -43,13 +43,13 @@ class Served:
     log: Path
 
     def keys(self) -> KeyConfig:
-        response = httpx.get(f"{self.base}/sealed/keys", timeout=10)
+        response = httpx2.get(f"{self.base}/sealed/keys", timeout=10)
         assert response.status_code == 200 and response.headers["content-type"] == "application/ohttp-keys"
         return decode_key_configs(response.content)[0]
 
-    def post(self, route: str, body: bytes, model: str = "standin-chat", chunked: bool = False) -> httpx.Response:
+    def post(self, route: str, body: bytes, model: str = "standin-chat", chunked: bool = False) -> httpx2.Response:
         kind = "message/ohttp-chunked-req" if chunked else "message/ohttp-req"
-        return httpx.post(f"{self.base}/sealed/{route}", content=body, timeout=30,
+        return httpx2.post(f"{self.base}/sealed/{route}", content=body, timeout=30,
                           headers={"Authorization": f"Bearer {KEY}", "Sluice-Model": model, "Content-Type": kind})
 
 
@@ -83,9 +83,9 @@ def served(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+            if httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                 break
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             pass
         time.sleep(0.1)
     try:
@@ -119,7 +119,7 @@ def test_round_trip_embeddings(served: Served) -> None:
     assert len(json.loads(decode_response(opener.open(response.content)).content)["data"]) == 2
 
 
-def _open_stream(response: httpx.Response, opener: object) -> bytes:
+def _open_stream(response: httpx2.Response, opener: object) -> bytes:
     decoder = ResponseStreamDecoder()
     data = b""
     for chunk in response.iter_bytes():
@@ -132,7 +132,7 @@ def _open_stream(response: httpx.Response, opener: object) -> bytes:
 
 def test_round_trip_streaming(served: Served) -> None:
     body, opener = seal_streaming_request(served.keys(), _inner({**CHAT, "stream": True, "max_tokens": 9}))
-    with httpx.stream("POST", f"{served.base}/sealed/chat/completions", content=body, timeout=30, headers={
+    with httpx2.stream("POST", f"{served.base}/sealed/chat/completions", content=body, timeout=30, headers={
         "Authorization": f"Bearer {KEY}", "Sluice-Model": "standin-chat", "Content-Type": "message/ohttp-chunked-req",
     }) as response:
         assert response.headers["content-type"] == "message/ohttp-chunked-res"
@@ -237,7 +237,7 @@ def test_canary_nowhere_in_what_the_appliance_wrote_nor_in_its_memory(served: Se
         document = {**CHAT, "messages": [{"role": "user", "content": f"{canary} please"}], "user": canary, "stream": stream}
         if stream:
             body, opener = seal_streaming_request(config, _inner(document))
-            with httpx.stream("POST", f"{served.base}/sealed/chat/completions", content=body, timeout=30, headers={
+            with httpx2.stream("POST", f"{served.base}/sealed/chat/completions", content=body, timeout=30, headers={
                 "Authorization": f"Bearer {KEY}", "Sluice-Model": "standin-chat",
                 "Content-Type": "message/ohttp-chunked-req"}) as response:
                 _open_stream(response, opener)

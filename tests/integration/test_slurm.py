@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from policy.frames import GATE_KINDS, FrameDecoder, Kind, encode
@@ -281,7 +281,7 @@ async def run_clients(gate: Gate, workers: int, stop: asyncio.Event, document: d
 
 
 def _served(instance: dict[str, Any]) -> int:
-    stats = httpx.get(
+    stats = httpx2.get(
         f"http://{instance['host']}:{instance['port']}/stats",
         headers={"Authorization": f"Bearer {instance['token']}"},
         timeout=5,
@@ -390,8 +390,8 @@ def test_scancel_from_outside_is_replaced_without_failing_other_requests(slurm: 
             def watch() -> None:  # when the victim stops answering: requests after that must not fail
                 while not died.is_set():
                     try:
-                        httpx.get(f"http://127.0.0.1:{victim['port']}/health", timeout=0.5)
-                    except httpx.HTTPError:
+                        httpx2.get(f"http://127.0.0.1:{victim['port']}/health", timeout=0.5)
+                    except httpx2.HTTPError:
                         dead_at.append(time.monotonic())
                         return
                     time.sleep(0.01)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -76,8 +76,8 @@ class Appliance:
         self.clients.append(client)
         return client
 
-    def ready(self) -> httpx.Response:
-        return httpx.get(f"{self.url}/readyz", timeout=10)
+    def ready(self) -> httpx2.Response:
+        return httpx2.get(f"{self.url}/readyz", timeout=10)
 
 
 def start_appliance(sshd: Sshd, mode: str, known_hosts: Path | None = None, connections: int = 2) -> Appliance:
@@ -116,9 +116,9 @@ def start_appliance(sshd: Sshd, mode: str, known_hosts: Path | None = None, conn
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            httpx.get(f"{appliance.url}/healthz", timeout=2)
+            httpx2.get(f"{appliance.url}/healthz", timeout=2)
             return appliance
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             time.sleep(0.1)
     process.kill()
     raise RuntimeError("sluice serve did not start")
@@ -181,7 +181,7 @@ def test_concurrent_over_ssh(appliance: Appliance) -> None:
 
 
 def test_health_and_readiness_differ(appliance: Appliance) -> None:
-    assert httpx.get(f"{appliance.url}/healthz").status_code == 200
+    assert httpx2.get(f"{appliance.url}/healthz").status_code == 200
     ready = appliance.ready()
     assert ready.status_code == 200 and set(ready.json()["models"]) == {"standin-chat", "standin-embed"}
 
@@ -289,7 +289,7 @@ def test_wrong_host_key_is_refused(sshd: Sshd, tmp_path: Path) -> None:
         ready = appliance.ready()
         assert ready.status_code == 503 and ready.json()["cluster"] == "unreachable"
         started = time.monotonic()
-        response = httpx.post(f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+        response = httpx2.post(f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
                               json={"model": "standin-chat", "messages": [{"role": "user", "content": "x"}]}, timeout=10)
         assert response.status_code == 503 and response.headers.get("retry-after")
         assert time.monotonic() - started < 2, "an unreachable cluster must fail fast"
@@ -300,15 +300,15 @@ def test_wrong_host_key_is_refused(sshd: Sshd, tmp_path: Path) -> None:
 
 # -- failures mid-request, and recovery -------------------------------------------------
 
-def _long_stream(appliance: Appliance) -> httpx.Response:
-    return httpx.post(
+def _long_stream(appliance: Appliance) -> httpx2.Response:
+    return httpx2.post(
         f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
         json={"model": "standin-chat", "messages": [{"role": "user", "content": "long"}], "max_tokens": 3000, "stream": True},
     )
 
 
 def _stream_until_broken(appliance: Appliance, breaker) -> str:  # type: ignore[no-untyped-def]
-    with httpx.Client(timeout=30) as client:
+    with httpx2.Client(timeout=30) as client:
         with client.stream(
             "POST", f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
             json={"model": "standin-chat", "messages": [{"role": "user", "content": "long"}], "max_tokens": 3000,
@@ -358,7 +358,7 @@ def test_connection_lost_mid_stream_fails_cleanly_and_heals(sshd: Sshd, mode: st
 def test_nothing_from_a_request_in_the_cluster_process_table(sshd: Sshd, appliance: Appliance) -> None:
     canary = "canary-" + os.urandom(8).hex()
     seen: list[str] = []
-    with httpx.Client(timeout=30) as client:
+    with httpx2.Client(timeout=30) as client:
         with client.stream(
             "POST", f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
             json={"model": "standin-chat", "messages": [{"role": "user", "content": canary}], "max_tokens": 200,
@@ -385,7 +385,7 @@ def test_sealed_round_trips_over_ssh(appliance: Appliance) -> None:
     from sluice_sdk.client import seal_request, seal_streaming_request
     from sluice_sdk.keyconfig import decode_key_configs
 
-    keys = httpx.get(f"{appliance.url}/v1/sealed/keys", timeout=10)
+    keys = httpx2.get(f"{appliance.url}/v1/sealed/keys", timeout=10)
     assert keys.status_code == 200
     config = decode_key_configs(keys.content)[0]
     headers = {"Authorization": f"Bearer {KEY}", "Sluice-Model": "standin-chat"}
@@ -396,14 +396,14 @@ def test_sealed_round_trips_over_ssh(appliance: Appliance) -> None:
                        json.dumps(doc).encode())
 
     body, opener = seal_request(config, inner(document))
-    response = httpx.post(f"{appliance.url}/v1/sealed/chat/completions", content=body, timeout=30,
+    response = httpx2.post(f"{appliance.url}/v1/sealed/chat/completions", content=body, timeout=30,
                           headers={**headers, "Content-Type": "message/ohttp-req"})
     assert json.loads(decode_response(opener.open(response.content)).content)["usage"]["completion_tokens"] == 5
 
     body, stream_opener = seal_streaming_request(config, inner({**document, "stream": True}))
     decoder = ResponseStreamDecoder()
     text = b""
-    with httpx.stream("POST", f"{appliance.url}/v1/sealed/chat/completions", content=body, timeout=30,
+    with httpx2.stream("POST", f"{appliance.url}/v1/sealed/chat/completions", content=body, timeout=30,
                       headers={**headers, "Content-Type": "message/ohttp-chunked-req"}) as streamed:
         for chunk in streamed.iter_bytes():
             for plain in stream_opener.feed(chunk):

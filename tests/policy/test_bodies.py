@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -109,13 +109,13 @@ _ASSISTANT_REPLY = {
 
 def _captured(call: Callable[[openai.OpenAI], object]) -> tuple[str, bytes]:
     """Run ``call`` against a mock server; return the request's path and body."""
-    seen: list[httpx.Request] = []
+    seen: list[httpx2.Request] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         seen.append(request)
-        return httpx.Response(200, json=_ASSISTANT_REPLY)
+        return httpx2.Response(200, json=_ASSISTANT_REPLY)
 
-    with httpx.Client(transport=httpx.MockTransport(handler)) as http:
+    with httpx2.Client(transport=httpx2.MockTransport(handler)) as http:
         client = openai.OpenAI(
             api_key="k", base_url="http://sluice.invalid/v1", max_retries=0, http_client=http
         )

@@ -7,7 +7,7 @@ or chunk by chunk with :class:`ResponseStreamEncoder` and
 :class:`ChunkedResponseSealer`), answering like the stand-in model server
 would (an echo of the message count).  It records every outer request, so
 the tests can say what the appliance saw.  It is reached through
-``httpx.MockTransport`` here and through a real HTTP server on 127.0.0.1
+``httpx2.MockTransport`` here and through a real HTTP server on 127.0.0.1
 (:func:`serve`) by the recipe and CLI tests.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 import pytest
 
@@ -201,28 +201,28 @@ def _model_server(route: str, document: dict[str, Any]) -> tuple[int, bytes, lis
 # --- adapters: MockTransport (sync and async) and a real HTTP server on 127.0.0.1 ---------------
 
 
-def mock_transport(fake: FakeAppliance) -> httpx.MockTransport:
-    def handler(request: httpx.Request) -> httpx.Response:
+def mock_transport(fake: FakeAppliance) -> httpx2.MockTransport:
+    def handler(request: httpx2.Request) -> httpx2.Response:
         answer = fake.handle(request.method, request.url.path, dict(request.headers), request.read())
-        return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+        return httpx2.Response(answer.status, headers=answer.headers, content=answer.body)
 
-    return httpx.MockTransport(handler)
+    return httpx2.MockTransport(handler)
 
 
-def async_mock_transport(fake: FakeAppliance) -> httpx.MockTransport:
-    async def handler(request: httpx.Request) -> httpx.Response:
+def async_mock_transport(fake: FakeAppliance) -> httpx2.MockTransport:
+    async def handler(request: httpx2.Request) -> httpx2.Response:
         answer = fake.handle(request.method, request.url.path, dict(request.headers), await request.aread())
         if isinstance(answer.body, bytes):
-            return httpx.Response(answer.status, headers=answer.headers, content=answer.body)
+            return httpx2.Response(answer.status, headers=answer.headers, content=answer.body)
         pieces = answer.body
 
         async def stream() -> AsyncIterator[bytes]:
             for piece in pieces:
                 yield piece
 
-        return httpx.Response(answer.status, headers=answer.headers, content=stream())
+        return httpx2.Response(answer.status, headers=answer.headers, content=stream())
 
-    return httpx.MockTransport(handler)
+    return httpx2.MockTransport(handler)
 
 
 @contextmanager
@@ -277,7 +277,7 @@ def sealed_client(fake: FakeAppliance, **options: Any) -> Iterator[openai.OpenAI
     """The real openai client over a SealedTransport over the fake appliance."""
     pins = options.pop("pins", [fake.fingerprint])
     sealed = SealedTransport(BASE, pinned_fingerprints=pins, transport=mock_transport(fake), **options)
-    http_client = httpx.Client(transport=sealed)
+    http_client = httpx2.Client(transport=sealed)
     with openai.OpenAI(base_url=BASE, api_key=API_KEY, http_client=http_client, max_retries=0) as client:  # type: ignore[arg-type]
         yield client
 
@@ -381,7 +381,7 @@ def test_padding_hides_the_exact_length(fake: FakeAppliance) -> None:
 
 def test_clear_errors_become_openai_exceptions(fake: FakeAppliance) -> None:
     sealed = SealedTransport(BASE, pinned_fingerprints=[fake.fingerprint], transport=mock_transport(fake))
-    http_client = httpx.Client(transport=sealed)
+    http_client = httpx2.Client(transport=sealed)
     with openai.OpenAI(base_url=BASE, api_key="sk-wrong", http_client=http_client, max_retries=0) as client:  # type: ignore[arg-type]
         with pytest.raises(openai.AuthenticationError) as caught:
             _chat(client)
@@ -445,11 +445,11 @@ def test_reject_a_bad_key_endpoint(fake: FakeAppliance, status: int, keys: bytes
 
 
 def test_reject_keys_with_the_wrong_media_type() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/html"}, content=b"<html>")
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, headers={"content-type": "text/html"}, content=b"<html>")
 
-    sealed = SealedTransport(BASE, pinned_fingerprints=["a" * 64], transport=httpx.MockTransport(handler))
-    with httpx.Client(transport=sealed) as client, pytest.raises(KeyConfigError, match="application/ohttp-keys"):
+    sealed = SealedTransport(BASE, pinned_fingerprints=["a" * 64], transport=httpx2.MockTransport(handler))
+    with httpx2.Client(transport=sealed) as client, pytest.raises(KeyConfigError, match="application/ohttp-keys"):
         client.post(f"{BASE}/embeddings", json={"model": "m", "input": "x"})
 
 
@@ -556,9 +556,9 @@ def test_seal_error_says_nothing(fake: FakeAppliance) -> None:
 # --- what the transport refuses to send ----------------------------------------------------------
 
 
-def _plain_client(fake: FakeAppliance) -> httpx.Client:
+def _plain_client(fake: FakeAppliance) -> httpx2.Client:
     sealed = SealedTransport(BASE, pinned_fingerprints=[fake.fingerprint], transport=mock_transport(fake))
-    return httpx.Client(transport=sealed)
+    return httpx2.Client(transport=sealed)
 
 
 @pytest.mark.parametrize(
@@ -617,7 +617,7 @@ def test_reject_bad_padding(pad_to: Any) -> None:
 
 def test_base_url_with_a_trailing_slash(fake: FakeAppliance) -> None:
     sealed = SealedTransport(BASE + "/", pinned_fingerprints=[fake.fingerprint], transport=mock_transport(fake))
-    with openai.OpenAI(base_url=BASE, api_key=API_KEY, http_client=httpx.Client(transport=sealed)) as client:  # type: ignore[arg-type]
+    with openai.OpenAI(base_url=BASE, api_key=API_KEY, http_client=httpx2.Client(transport=sealed)) as client:  # type: ignore[arg-type]
         assert _chat(client).choices[0].message.content == "you sent 2 messages"
 
 
@@ -628,7 +628,7 @@ def _async_client(fake: FakeAppliance, pins: list[str] | None = None) -> openai.
     sealed = AsyncSealedTransport(
         BASE, pinned_fingerprints=pins or [fake.fingerprint], transport=async_mock_transport(fake)
     )
-    http_client = httpx.AsyncClient(transport=sealed)
+    http_client = httpx2.AsyncClient(transport=sealed)
     return openai.AsyncOpenAI(base_url=BASE, api_key=API_KEY, http_client=http_client, max_retries=0)  # type: ignore[arg-type]
 
 
@@ -747,7 +747,7 @@ def test_refresh_failure_keeps_the_pinned_key(fake: FakeAppliance) -> None:
     assert [s.path for s in fake.seen].count("/v1/sealed/keys") == 2  # tried once, then waits a period
 
 
-# --- import rules: httpx only in the transport, openai only when a client is made ----------------
+# --- import rules: httpx2 only in the transport, openai only when a client is made ----------------
 
 
 def test_httpx_only_in_the_transport_module() -> None:
@@ -760,7 +760,7 @@ def test_httpx_only_in_the_transport_module() -> None:
         names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
         names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
         if path.name != "transport.py":
-            assert "httpx" not in names, path.name
+            assert "httpx2" not in names, path.name
 
 
 def test_envelope_code_imports_neither_httpx_nor_openai() -> None:
@@ -769,7 +769,7 @@ def test_envelope_code_imports_neither_httpx_nor_openai() -> None:
 
     code = (
         "import sys, sluice_sdk, sluice_sdk.gateway, sluice_sdk.client, sluice_sdk.keys\n"
-        "assert 'httpx' not in sys.modules and 'openai' not in sys.modules, 'envelope'\n"
+        "assert 'httpx2' not in sys.modules and 'openai' not in sys.modules, 'envelope'\n"
         "import sluice_sdk.connect, sluice_sdk.cli\n"
         "assert 'openai' not in sys.modules, 'recipes'\n"
     )

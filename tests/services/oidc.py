@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import httpx
+import httpx2
 
 from tests.conftest import ROOT, free_port, stop
 
@@ -40,11 +40,11 @@ class OidcProvider:
 
     def set_user(self, sub: str, claims: dict[str, Any]) -> None:
         """Replace the claims of ``sub`` (takes effect at its next sign-in)."""
-        response = httpx.put(f"{self.issuer}/users/{sub}", json=claims, timeout=10)
+        response = httpx2.put(f"{self.issuer}/users/{sub}", json=claims, timeout=10)
         if response.status_code != 204:
             raise RuntimeError(f"set_user: {response.status_code}")
 
-    def authorize(self, client: httpx.Client, authorize_url: str, sub: str) -> str:
+    def authorize(self, client: httpx2.Client, authorize_url: str, sub: str) -> str:
         """Sign ``sub`` in at the provider for ``authorize_url``; the redirect back (with code and state)."""
         response = client.post(authorize_url, data={"sub": sub})
         if response.status_code != 302:
@@ -61,7 +61,7 @@ class OidcProvider:
                   "scope": "openid email profile", "state": "s" * 16}
         if nonce is not None:
             params["nonce"] = nonce
-        with httpx.Client(timeout=10, headers=headers) as client:
+        with httpx2.Client(timeout=10, headers=headers) as client:
             location = self.authorize(client, f"{base}/oauth2/authorize?{urlencode(params)}", sub)
             code = parse_qs(urlsplit(location).query)["code"][0]
             response = client.post(f"{base}/oauth2/token", data={
@@ -73,7 +73,7 @@ class OidcProvider:
         return response.json()
 
     def jwks(self) -> dict[str, Any]:
-        return httpx.get(f"{self.issuer}/jwks", timeout=10).json()
+        return httpx2.get(f"{self.issuer}/jwks", timeout=10).json()
 
     def stop(self) -> None:
         stop(self.process)
@@ -93,9 +93,9 @@ def start_oidc_provider(*users: dict[str, Any], token_max_age: int = 3600) -> Oi
         if process.poll() is not None:
             raise RuntimeError("oidc-provider-mock exited at start")
         try:
-            if httpx.get(f"{provider.issuer}/.well-known/openid-configuration", timeout=2).status_code == 200:
+            if httpx2.get(f"{provider.issuer}/.well-known/openid-configuration", timeout=2).status_code == 200:
                 return provider
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             time.sleep(0.1)
     provider.stop()
     raise RuntimeError("oidc-provider-mock did not start")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import httpx2
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,9 +92,9 @@ def start_serve(directory: Path, name: str, port: int, body: str, ready_path: st
         if process.poll() is not None:
             raise RuntimeError(f"sluice serve {name} exited: {stderr.read_text()[-2000:]}")
         try:
-            if httpx.get(served.url + ready_path, timeout=2).status_code == 200:
+            if httpx2.get(served.url + ready_path, timeout=2).status_code == 200:
                 return served
-        except httpx.HTTPError:
+        except httpx2.HTTPError:
             pass
         time.sleep(0.1)
     served.kill()

@@ -46,16 +46,6 @@ def ensure_user() -> None:
     _run("usermod", "-p", "*", USER)
 
 
-def _cluster_requirements() -> list[str]:
-    """The `cluster` extra of pyproject.toml, pinned to the versions the tests run with."""
-    import tomllib
-    from importlib.metadata import version
-
-    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["cluster"]
-    names = [requirement.split(">")[0].split("=")[0].split("<")[0].strip() for requirement in extra]
-    return [f"{name}=={version(name)}" for name in names]
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -86,9 +76,9 @@ class Sshd:
         shutil.copytree(ROOT / "cluster", install / "src" / "cluster", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copytree(ROOT / "sluice_sdk", install / "src" / "sluice_sdk", ignore=shutil.ignore_patterns("__pycache__"))
         _run(SYSTEM_PYTHON, "-m", "venv", str(install / "venv"))
-        # The cluster extra's dependencies (sealed requests), as an operator would install them.
+        # The cluster side's locked dependencies, hash-checked, as an operator would install them.
         _run(str(install / "venv" / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-             *_cluster_requirements())
+             "--require-hashes", "--no-deps", "-r", str(ROOT / "requirements" / "cluster.lock"))
         site = next((install / "venv" / "lib").glob("python3*/site-packages"))
         (site / "sluice-src.pth").write_text(str(install / "src") + "\n")
         # As pip would: byte-compile now, since the account cannot write __pycache__ here.
