@@ -26,9 +26,9 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, key: str, connections: int, seconds: int, workdir: Path) -> dict[str, float]:
-    script = workdir / f"post-{connections}.lua"
-    script.write_text(LUA % (key, BODY))
+def wrk(url: str, key: str, connections: int, seconds: int, workdir: Path, body: str = BODY) -> dict[str, float]:
+    script = workdir / f"post-{connections}-{abs(hash((key, body)))}.lua"
+    script.write_text(LUA % (key, body))
     threads = 1 if connections == 1 else 2
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
