@@ -146,7 +146,12 @@ export async function aeadOpen(key, nonce, ciphertext, aad) {
 
 async function ephemeralKeyPair(ephemeral) {
   if (ephemeral === undefined) {
-    const pair = await subtle().generateKey({ name: "X25519" }, true, ["deriveBits"]);
+    let pair;
+    try {
+      pair = await subtle().generateKey({ name: "X25519" }, true, ["deriveBits"]);
+    } catch {
+      throw new Error("this browser's WebCrypto has no X25519 (Chromium 133, Firefox 130, Safari 17 or newer)");
+    }
     return { privateKey: pair.privateKey, enc: new Uint8Array(await subtle().exportKey("raw", pair.publicKey)) };
   }
   // Known-answer tests only: the serialized ephemeral private key.

@@ -152,7 +152,8 @@ async function clientSetup(config, label, ephemeral) {
   const hdr = header(config);
   try {
     return { hdr, ctx: await setupSender(config.publicKey, concat(label, Uint8Array.of(0), hdr), ephemeral) };
-  } catch {
+  } catch (error) {
+    if (!(error instanceof SealError)) throw error; // a browser without X25519
     throw new KeyConfigError("the key configuration's public key is not usable");
   }
 }
