@@ -12,6 +12,8 @@
 // Also here: QUIC variable-length integers (RFC 9000 Section 16), which the
 // chunked OHTTP framing shares.
 
+import { concat } from "./octets.js";
+
 /** A Binary HTTP message is invalid or over a limit (a fixed short reason, never the input). */
 export class BhttpError extends Error {
   constructor(reason) {
@@ -108,16 +110,6 @@ function prefixed(bytes) {
   return out;
 }
 
-function joined(parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
 function fieldSection(fields) {
   const lines = [];
   for (const [name, value] of fields) {
@@ -126,7 +118,7 @@ function fieldSection(fields) {
     checkValue(bytes);
     lines.push(prefixed(asciiBytes(name, "a field name")), prefixed(bytes));
   }
-  return prefixed(joined(lines));
+  return prefixed(concat(...lines));
 }
 
 /**
@@ -145,7 +137,7 @@ export function encodeRequest(request, { truncate = false } = {}) {
   const control = [method, scheme, authority, path].map((part) => prefixed(asciiBytes(part, "control data")));
   const tail = [fieldSection(headers), prefixed(content), fieldSection(trailers)];
   while (truncate && tail.length && tail[tail.length - 1].length === 1 && tail[tail.length - 1][0] === 0) tail.pop();
-  return joined([encodeVarint(KNOWN_REQUEST), ...control, ...tail]);
+  return concat(encodeVarint(KNOWN_REQUEST), ...control, ...tail);
 }
 
 // --- decoding responses, incrementally ---------------------------------------------------------------
@@ -179,7 +171,7 @@ export class ResponseDecoder {
     return this._guard(() => {
       this._total += data.length;
       if (this._total > this._limits.maxMessage) throw new BhttpError("message over limit");
-      this._buf = joined([this._buf.subarray(this._pos), data]);
+      this._buf = concat(this._buf.subarray(this._pos), data);
       this._pos = 0;
       return this._run();
     });
@@ -354,7 +346,7 @@ export function decodeResponse(data, limits = LIMITS) {
     status: head.status,
     headers: head.headers,
     informational: head.informational,
-    content: joined(events.filter((e) => e.type === "data").map((e) => e.data)),
+    content: concat(...events.filter((e) => e.type === "data").map((e) => e.data)),
     trailers: end.trailers,
   };
 }

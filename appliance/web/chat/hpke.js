@@ -15,6 +15,8 @@
 // (the serialized ephemeral private key).  The page never passes it; the
 // ephemeral key pair then comes from WebCrypto's generateKey.
 
+import { concat, i2osp } from "./octets.js";
+
 export const KEM_X25519_HKDF_SHA256 = 0x0020;
 export const KDF_HKDF_SHA256 = 0x0001;
 export const AEAD_AES_128_GCM = 0x0001;
@@ -49,24 +51,6 @@ export class SealError extends Error {
     super("");
     this.name = "SealError";
   }
-}
-
-export function concat(...parts) {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
-export function i2osp(value, length) {
-  const out = new Uint8Array(length);
-  for (let i = length - 1, v = value; i >= 0 && v > 0; i -= 1, v = Math.floor(v / 256)) {
-    out[i] = v % 256;
-  }
-  return out;
 }
 
 function subtle() {

@@ -28,8 +28,9 @@
 import { decodeVarint, encodeVarint } from "./bhttp.js";
 import {
   AEAD_AES_128_GCM, KDF_HKDF_SHA256, KEM_X25519_HKDF_SHA256, NK, NN, NT, SealError,
-  concat, responseKeyAndNonce, setupSender, aeadOpen, i2osp, xorCounter,
+  aeadOpen, responseKeyAndNonce, setupSender, xorCounter,
 } from "./hpke.js";
+import { concat, i2osp } from "./octets.js";
 
 export const KEYS_MEDIA_TYPE = "application/ohttp-keys";
 export const REQUEST_MEDIA_TYPE = "message/ohttp-req";

@@ -29,6 +29,7 @@
 
 import { LIMITS, ResponseDecoder, decodeResponse, encodeRequest } from "./bhttp.js";
 import { SealError } from "./hpke.js";
+import { concat } from "./octets.js";
 import {
   CHUNKED_REQUEST_MEDIA_TYPE, CHUNKED_RESPONSE_MEDIA_TYPE, ChunkedRequestSealer, KEYS_MEDIA_TYPE, KeyConfigError,
   REQUEST_MEDIA_TYPE, RESPONSE_MEDIA_TYPE, decodeKeyConfig, decodeKeyConfigs, encapsulateRequest, fingerprint, usable,
@@ -103,13 +104,7 @@ async function readBounded(response, limit) {
     }
     parts.push(value);
   }
-  const out = new Uint8Array(size);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
+  return concat(...parts);
 }
 
 /**

@@ -64,11 +64,12 @@ def seal_page(browser: Browser, origin: str) -> Iterator[Page]:
 
 def run(page: Page, body: str, arg: Any = None) -> Any:
     """Run ``body`` (the inside of an async function of ``arg`` with the modules ``seal``, ``ohttp``,
-    ``hpke`` and ``bhttp`` and the helpers ``hex``/``unhex`` in scope) in the page; its result."""
+    ``hpke``, ``bhttp`` and ``octets`` and the helpers ``hex``/``unhex`` in scope) in the page; its result."""
     script = (
         "async (arg) => {"
         f" const seal = await import('{PREFIX}seal.js'); const ohttp = await import('{PREFIX}ohttp.js');"
         f" const hpke = await import('{PREFIX}hpke.js'); const bhttp = await import('{PREFIX}bhttp.js');"
+        f" const octets = await import('{PREFIX}octets.js');"
         " const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');"
         " const unhex = (s) => Uint8Array.from(s.match(/../g) || [], (x) => parseInt(x, 16));"
         f" {body} }}"

@@ -55,7 +55,7 @@ def test_key_schedule_intermediates(page: Page, vector: dict[str, Any]) -> None:
         const config = ohttp.decodeKeyConfig(unhex(arg.v.key_config));
         const ctx = await hpke.setupSender(config.publicKey, unhex(arg.v.info), unhex(arg.v.ephemeral_private_key));
         const secret = await ctx.export(new TextEncoder().encode(arg.label), 16);
-        const salt = hpke.concat(ctx.enc, unhex(arg.v.response_nonce));
+        const salt = octets.concat(ctx.enc, unhex(arg.v.response_nonce));
         const {key, nonce} = await hpke.responseKeyAndNonce(secret, salt);
         return {enc: hex(ctx.enc), secret: hex(secret), salt: hex(salt), prk: hex(await hpke.extract(salt, secret)),
                 key: hex(key), nonce: hex(nonce), usable: ohttp.usable(config), key_id: config.keyId};
@@ -82,7 +82,7 @@ def test_chunked_request_sealed_in_chunks(page: Page) -> None:
         const sealer = await ohttp.ChunkedRequestSealer.create(config, unhex(arg.ephemeral_private_key));
         const request = unhex(arg.request);
         const [first, second] = arg.request_chunks;
-        const body = hpke.concat(await sealer.write(request.subarray(0, first)),
+        const body = octets.concat(await sealer.write(request.subarray(0, first)),
                                  await sealer.write(request.subarray(first, first + second)), await sealer.close());
         return hex(body);
     """, CHUNKED)
@@ -237,7 +237,7 @@ def test_reject_altered_or_truncated_responses(page: Page) -> None:
 
 def test_reject_low_order_public_key(page: Page) -> None:
     got = run(page, """
-        const zero = hpke.concat(unhex("010020"), new Uint8Array(32), unhex("000400010001"));
+        const zero = octets.concat(unhex("010020"), new Uint8Array(32), unhex("000400010001"));
         try { await ohttp.encapsulateRequest(ohttp.decodeKeyConfig(zero), new Uint8Array(1)); return "sealed"; }
         catch (error) { return error.name; }
     """)
