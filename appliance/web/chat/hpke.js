@@ -130,9 +130,10 @@ export async function aeadOpen(key, nonce, ciphertext, aad) {
 
 async function ephemeralKeyPair(ephemeral) {
   if (ephemeral === undefined) {
+    const api = subtle();
     let pair;
     try {
-      pair = await subtle().generateKey({ name: "X25519" }, true, ["deriveBits"]);
+      pair = await api.generateKey({ name: "X25519" }, true, ["deriveBits"]);
     } catch {
       throw new Error("this browser's WebCrypto has no X25519 (Chromium 133, Firefox 130, Safari 17 or newer)");
     }

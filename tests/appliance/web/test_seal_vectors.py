@@ -258,3 +258,16 @@ def test_reject_sealing_outside_a_secure_context(browser: Browser) -> None:
 
 def test_sealing_available_on_loopback(page: Page) -> None:
     assert run(page, "return seal.sealingAvailable();") == {"ok": True, "reason": ""}
+
+
+def test_reject_sealing_without_webcrypto(browser: Browser) -> None:
+    """A secure context whose browser offers no crypto.subtle: the page says so, and sealing refuses."""
+    with seal_page(browser, LOOPBACK) as bare:
+        got = run(bare, """
+            Object.defineProperty(Crypto.prototype, "subtle", {get: () => undefined});
+            const available = seal.sealingAvailable();
+            try { await hpke.setupSender(new Uint8Array(32), new Uint8Array(0)); return [available, "sealed"]; }
+            catch (error) { return [available, error.name]; }
+        """)
+    assert got[0]["ok"] is False and "no WebCrypto" in got[0]["reason"]
+    assert got[1] == "SealError"
