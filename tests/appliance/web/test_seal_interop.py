@@ -24,12 +24,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from playwright.sync_api import Browser, Page
 
@@ -58,6 +58,14 @@ const failure = (error) => error.name + ":" + error.message;
 """
 
 
+def get(url: str, token: str) -> bytes:
+    """GET a loopback URL with a bearer token (the stand-ins' counters, the demo's metrics)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - http://127.0.0.1 only
+        body: bytes = response.read()
+    return body
+
+
 @dataclass
 class Demo:
     origin: str
@@ -68,18 +76,13 @@ class Demo:
     def metrics(self) -> str:
         token = next(line.split("Bearer ")[1].split("'")[0] for line in self.stdout.read_text().splitlines()
                      if "metrics:" in line)
-        response = httpx.get(f"{self.origin}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=10)
-        assert response.status_code == 200
-        return response.text
+        return get(f"{self.origin}/metrics", token).decode()
 
     def served_by_models(self) -> int:
         """Requests the stand-in chat models answered, from their own counters (instances in the routing table)."""
         table = json.loads(next((self.work / "tmp").glob("sluice-demo-*/routing.json")).read_text())
-        return sum(
-            httpx.get(f"http://{i['host']}:{i['port']}/stats", headers={"Authorization": f"Bearer {i['token']}"},
-                      timeout=5).json()["served"]
-            for i in table["models"]["standin-chat"]
-        )
+        return sum(json.loads(get(f"http://{i['host']}:{i['port']}/stats", i["token"]))["served"]
+                   for i in table["models"]["standin-chat"])
 
 
 @pytest.fixture(scope="module")
