@@ -17,22 +17,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+
+from policy.bodies import DEFAULT_ROUTES_PATH
 
 from .api.errors import error_response
 
 if TYPE_CHECKING:
     from .app import Appliance
 
-__all__ = ["CHAT_DIR", "ChatPage", "ChatFile", "MANIFEST_VERSION", "content_security_policy", "load_chat_files"]
+__all__ = ["CHAT_DIR", "ChatPage", "ChatFile", "MANIFEST_VERSION", "chat_limits", "content_security_policy", "load_chat_files"]
 
 CHAT_DIR: Final = Path(__file__).resolve().parent / "web" / "chat"
 MANIFEST_VERSION: Final = 1
@@ -93,6 +97,14 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def chat_limits(max_body_bytes: int, routes_file: Path = DEFAULT_ROUTES_PATH) -> dict[str, int]:
+    """The route policy's limits the page checks attachments against, before it sends anything."""
+    with open(routes_file, "rb") as handle:
+        policy = tomllib.load(handle)
+    url = policy.get("types", {}).get("image_url", {}).get("fields", {}).get("url", {})
+    return {"max_body_bytes": max_body_bytes, "max_image_url_chars": int(url.get("max_length", 0))}
+
+
 class ChatPage:
     """An appliance extension: the chat's routes."""
 
@@ -119,8 +131,15 @@ class ChatPage:
         return dict(self._files)
 
     def routes(self, appliance: Appliance) -> list[BaseRoute]:
+        limits = chat_limits(appliance.routes.get("chat").max_body_bytes)
+        config = orjson.dumps(limits)
+
+        async def chat_config(_: Request) -> Response:
+            return Response(config, media_type="application/json", headers={**self._headers, "Cache-Control": "no-store"})
+
         return [
             Route("/", self.index, methods=["GET", "HEAD"]),
+            Route("/chat/config.json", chat_config, methods=["GET"]),
             Route("/chat/manifest.json", self.manifest, methods=["GET", "HEAD"]),
             Route("/chat/{name}", self.asset, methods=["GET", "HEAD"]),
         ]

@@ -205,7 +205,7 @@ class OpenAIApi:
 def model_entry(info: ModelInfo) -> dict[str, object]:
     """One ``/v1/models`` entry: OpenAI's shape plus the model's state (extra fields are allowed)."""
     entry: dict[str, object] = {"id": info.id, "object": "model", "created": 0, "owned_by": "sluice",
-                                "status": info.status}
+                                "status": info.status, "routes": sorted(info.routes)}
     if info.instances is not None:
         entry["ready_instances"] = info.instances
     return entry

@@ -9,8 +9,9 @@ without a CORS preflight that the appliance never grants.  For every request
 that carries our session cookie:
 
 * the CSRF header must equal the session's token (constant-time compare);
-* an ``Origin`` must be the public URL, and ``Sec-Fetch-Site`` (where the
-  browser sends it) must say ``same-origin``;
+* an ``Origin`` must be the public URL (or ``null`` with ``Sec-Fetch-Site:
+  same-origin``: what a no-referrer page sends), and ``Sec-Fetch-Site``
+  (where the browser sends it) must say ``same-origin``;
 * a body must be JSON or a sealed request (``message/ohttp-*``), never the
   form and ``text/plain`` types a cross-site form can send.
 
@@ -34,12 +35,31 @@ from .session_cookie import SessionCookieReader
 from .sessions import SessionStore
 from .users import UserDirectory
 
-__all__ = ["CSRF_HEADER", "BrowserSessionAuthenticator"]
+__all__ = ["CSRF_HEADER", "BrowserSessionAuthenticator", "same_origin"]
 
 CSRF_HEADER: Final = "x-sluice-csrf"
 # Body types the chat sends; the ones a cross-site form can send are not among them.
 BODY_TYPES: Final = frozenset({"application/json", "message/ohttp-req", "message/ohttp-chunked-req"})
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
+
+
+def same_origin(connection: HTTPConnection, public_url: str, *, required: bool = False) -> bool:
+    """Whether the browser's own headers place this request on ``public_url``'s origin.
+
+    A page served with ``Referrer-Policy: no-referrer`` (ours are) makes the
+    browser send ``Origin: null`` on its same-origin POSTs; ``Sec-Fetch-Site``
+    then says where the request comes from.  Any other ``Origin`` must be ours.
+    With ``required``, a request that says nothing either way is refused too.
+    """
+    origin = connection.headers.get("origin")
+    site = connection.headers.get("sec-fetch-site")
+    if origin is not None and origin not in (public_url.rstrip("/"), "null"):
+        return False
+    if site is not None and site not in ("same-origin", "none"):
+        return False
+    if origin == "null" and site != "same-origin":
+        return False
+    return not required or origin == public_url.rstrip("/") or site == "same-origin"
 
 
 def _media_type(connection: HTTPConnection) -> str:
@@ -67,22 +87,12 @@ class BrowserSessionAuthenticator:
         security_event("api_csrf_rejected", reason=reason, path=connection.url.path,
                        peer=connection.client.host if connection.client else None)
 
-    def _cross_site(self, connection: HTTPConnection) -> str | None:
-        """Why the browser says this request comes from elsewhere, if it does."""
-        origin = connection.headers.get("origin")
-        if origin is not None and origin != self._origin:
-            return "origin"
-        if connection.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-            return "fetch_site"
-        return None
-
     async def authenticate(self, connection: HTTPConnection) -> Principal | None:
         if "authorization" in connection.headers:
             return await self._inner.authenticate(connection)
         data = self._cookie.load(connection)
-        reason = self._cross_site(connection)
-        if reason is not None:
-            self._refuse(connection, reason)
+        if not same_origin(connection, self._origin):
+            self._refuse(connection, "origin")
             return None
         if data is None or not isinstance(data.get("csrf"), str):
             return await self._inner.authenticate(connection)

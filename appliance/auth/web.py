@@ -28,6 +28,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Mount, Route
 
 from .base import AccessPolicy, Principal
+from .browser import same_origin
 from .events import security_event
 from .identity import Identity
 from .keystore import KeyRequestError, KeyStore
@@ -177,8 +178,7 @@ class AccountPages:
 
     async def _form(self, request: Request) -> list[tuple[str, str]] | None:
         """The urlencoded form of a POST whose CSRF token and origin check out; None otherwise."""
-        origin = request.headers.get("origin")
-        if origin is not None and origin != self.public_url:
+        if not same_origin(request, self.public_url):
             security_event("csrf_rejected", reason="origin", path=request.url.path)
             return None
         if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
@@ -274,8 +274,7 @@ class AccountPages:
         """`sluice demo` on loopback: sign in as the demo user with one click (a same-origin POST)."""
         if self._demo_user is None:  # the route exists only with a demo user; belt and braces
             return self._message(404, "Not here", "There is no demo sign-in here.")
-        if request.headers.get("origin") != self.public_url or \
-                request.headers.get("sec-fetch-site", "same-origin") != "same-origin":
+        if not same_origin(request, self.public_url, required=True):
             security_event("csrf_rejected", reason="origin", path=request.url.path)
             return self._message(403, "Refused", "The demo sign-in works from the demo's own page only.")
         self._users.record(self._demo_user, "admin")
