@@ -198,7 +198,7 @@ function isBlockStart(line, next) {
     || (line.includes("|") && next !== undefined && TABLE_SEPARATOR.test(next) && next.includes("-"));
 }
 
-function renderBlocks(lines, parent, depth) {
+function renderBlocks(lines, parent, depth, headingLevel) {
   let i = 0;
   while (i < lines.length) {
     const line = lines[i];
@@ -221,8 +221,7 @@ function renderBlocks(lines, parent, depth) {
     }
     const heading = HEADING.exec(line);
     if (heading) {
-      // Model headings sit below the page's own (h1 page, h2 messages): h3 and down.
-      const node = el("h" + Math.min(6, heading[1].length + 2), "md-h md-h" + heading[1].length);
+      const node = el("h" + headingLevel(heading[1].length), "md-h md-h" + heading[1].length);
       renderInline(heading[2], node);
       parent.append(node);
       i += 1;
@@ -240,7 +239,7 @@ function renderBlocks(lines, parent, depth) {
         i += 1;
       }
       const quote = el("blockquote");
-      renderBlocks(inner, quote, depth + 1);
+      renderBlocks(inner, quote, depth + 1, headingLevel);
       parent.append(quote);
       continue;
     }
@@ -295,6 +294,15 @@ function renderBlocks(lines, parent, depth) {
 // A DocumentFragment holding `text` rendered as Markdown.
 export function renderMarkdown(text) {
   const fragment = document.createDocumentFragment();
-  renderBlocks(String(text).replace(/\r\n?/g, "\n").split("\n"), fragment, 0);
+  const lines = String(text).replace(/\r\n?/g, "\n").split("\n");
+  // Model headings sit below the page's own (h1 the page, h2 each message): the levels
+  // the text uses become h3, h4, ... in order, so that no level is skipped.
+  const used = new Set();
+  for (const line of lines) {
+    const heading = HEADING.exec(line);
+    if (heading) used.add(heading[1].length);
+  }
+  const ranks = new Map(Array.from(used).sort().map((level, rank) => [level, Math.min(6, 3 + rank)]));
+  renderBlocks(lines, fragment, 0, (level) => ranks.get(level) || 6);
   return fragment;
 }

@@ -85,6 +85,10 @@ function settings(value, where) {
   object(value, where, [], ["system", "temperature", "max_tokens", "persona"]);
   const out = {};
   if (value.system !== undefined) out.system = string(value.system, where + ".system", LIMITS.systemChars);
+  // null: "not set" (the page's defaults apply); kept as null so that a round trip changes nothing.
+  if (value.temperature === null || value.max_tokens === null || value.persona === null) {
+    for (const key of ["temperature", "max_tokens", "persona"]) if (value[key] === null) out[key] = null;
+  }
   if (value.temperature !== undefined && value.temperature !== null) {
     out.temperature = number(value.temperature, where + ".temperature", 0, 2);
   }

@@ -1,0 +1,434 @@
+"""The web chat in real headless Chromium, against the real demo (appliance, gate, stand-in models).
+
+One demo (tokens 50 ms apart, so streams are observable) and one browser for
+the module; each test has a fresh browser context (cookies, IndexedDB).
+Screenshots go to ``test-artifacts/`` (not committed).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.integration.browser import ARTIFACTS, launch_browser, screenshot, watch
+from tests.integration.test_demo import Demo, start_demo, stop_demo
+
+pytestmark = pytest.mark.integration
+
+TOKEN_DELAY = 0.05
+READY = "body[data-ready=true]"
+
+
+@dataclass
+class ChatDemo:
+    demo: Demo
+    runtime: Path
+
+    @property
+    def url(self) -> str:
+        return self.demo.url
+
+    def standin_stats(self) -> dict[str, int]:
+        """The chat stand-in's own counters: what the backend behind the gate saw."""
+        table = json.loads((self.runtime / "routing.json").read_text())
+        instance = table["models"]["standin-chat"][0]
+        response = httpx.get(f"http://{instance['host']}:{instance['port']}/stats",
+                             headers={"Authorization": f"Bearer {instance['token']}"}, timeout=5)
+        return response.json()  # type: ignore[no-any-return]
+
+    def usage(self) -> list[tuple[int, int]]:
+        """(status, completion_tokens) of every accounted request, oldest first."""
+        with sqlite3.connect(self.runtime / "usage.db") as db:
+            return list(db.execute("SELECT status, completion_tokens FROM usage ORDER BY id"))
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def chat() -> Iterator[ChatDemo]:
+    demo = start_demo("mux", token_delay=TOKEN_DELAY)
+    runtime = None
+    assert demo.process.stdout is not None
+    while runtime is None:
+        line = demo.process.stdout.readline()
+        if not line:
+            raise RuntimeError("the demo stopped printing before its usage line")
+        if line.strip().startswith("usage:"):
+            runtime = Path(line.split("--database", 1)[1].strip()).parent
+    try:
+        yield ChatDemo(demo, runtime)
+    finally:
+        if demo.process.poll() is None:
+            stop_demo(demo)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    yield from launch_browser()
+
+
+@pytest.fixture
+def context(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+def open_chat(context: Any, chat: ChatDemo, sign_in: bool = True) -> Any:
+    page = context.new_page()
+    page.goto(chat.url + "/")
+    page.wait_for_selector(READY, state="attached")
+    if sign_in:
+        page.click("#demo-sign-in")
+        page.wait_for_selector(READY, state="attached")
+        assert page.inner_text("#account").startswith("Demo user")
+    return page
+
+
+def set_max_tokens(page: Any, tokens: int) -> None:
+    page.click("#settings-toggle")
+    page.fill("#max-tokens", str(tokens))
+    page.dispatch_event("#max-tokens", "change")
+    page.click("#settings-toggle")
+
+
+def send(page: Any, text: str) -> None:
+    page.fill("#composer-input", text)
+    page.press("#composer-input", "Enter")
+    page.wait_for_selector("#stop:not([hidden])", state="attached")
+
+
+def wait_answered(page: Any, timeout: float = 20.0) -> None:
+    page.wait_for_selector("#send:not([hidden])", state="attached", timeout=timeout * 1000)
+
+
+def answer_words(page: Any) -> int:
+    return len(page.locator(".message.assistant .bubble").last.inner_text().split())
+
+
+def wait_js(page: Any, expression: str, timeout: float = 10.0) -> Any:
+    """Poll ``expression`` in the page (wait_for_function would need eval, which the CSP forbids)."""
+    return wait_for(lambda: page.evaluate(expression), timeout, expression)
+
+
+def session_csrf(page: Any) -> str:
+    return page.evaluate("fetch('/account/session').then(r => r.json()).then(j => j.csrf)")  # type: ignore[no-any-return]
+
+
+# -- the whole path: sign in, stream, stop, reload, sign out ------------------------------------
+
+def test_sign_in_stream_stop_reload_sign_out(context: Any, chat: ChatDemo) -> None:
+    page = open_chat(context, chat)
+    seen = watch(page, chat.url)
+    assert page.input_value("#model") == "standin-chat"
+    assert page.inner_text("#model-state").startswith("ready")
+    set_max_tokens(page, 400)  # 20 s of tokens: long enough to stop halfway
+    served = chat.standin_stats()["served"]
+    accounted = len(chat.usage())
+
+    send(page, "Tell me a long story about rivers")
+    first = wait_for(lambda: answer_words(page) >= 3, what="the first tokens")
+    assert first
+    wait_for(lambda: answer_words(page) >= 8, what="more tokens: the answer streams")
+    assert chat.standin_stats()["active_requests"] == 1
+    page.click("#stop")
+    wait_answered(page, 5)
+    assert page.locator(".message.assistant .status").last.inner_text() == "Stopped."
+    stopped_at = answer_words(page)
+    assert stopped_at < 400
+    # The cancel went appliance -> gate -> backend: the stand-in stops generating at once,
+    # never finishes that answer, and the request is accounted as cancelled by the client.
+    wait_for(lambda: chat.standin_stats()["active_requests"] == 0, 5, "the backend to see the cancel")
+    assert chat.standin_stats()["served"] == served
+    rows = wait_for(lambda: chat.usage()[accounted:], 10, "the accounting row")
+    assert rows[-1][0] == 499
+    time.sleep(0.3)
+    assert answer_words(page) == stopped_at  # nothing more arrived
+
+    # Regenerate, then edit and resend, with short answers.
+    set_max_tokens(page, 6)
+    page.locator(".message.assistant").last.get_by_role("button", name="Regenerate").click()
+    page.wait_for_selector("#stop:not([hidden])", state="attached")
+    wait_answered(page)
+    assert answer_words(page) == 6 and page.locator(".message").count() == 2
+    page.locator(".message.user").last.get_by_role("button", name="Edit").click()
+    page.fill(".edit-box textarea", "A different question")
+    page.get_by_role("button", name="Save and send").click()
+    page.wait_for_selector("#stop:not([hidden])", state="attached")
+    wait_answered(page)
+    assert page.locator(".message.user .bubble").last.inner_text() == "A different question"
+    assert page.locator(".message").count() == 2 and answer_words(page) == 6
+
+    # Reload: the conversation is still there (IndexedDB).
+    page.reload()
+    page.wait_for_selector(READY, state="attached")
+    assert page.locator(".message.user .bubble").last.inner_text() == "A different question"
+    assert page.locator("#conversation-list .open").first.inner_text() == "Tell me a long story about rivers"
+
+    # Sign out: the API refuses the page's calls from then on, even with the old token.
+    csrf = session_csrf(page)
+    status = "fetch('/v1/models', {headers: {'X-Sluice-CSRF': %s}}).then(r => r.status)" % json.dumps(csrf)
+    assert page.evaluate(status) == 200
+    page.click("#sign-out")
+    page.wait_for_url("**/account/signed-out")
+    page.goto(chat.url + "/")
+    page.wait_for_selector(READY, state="attached")
+    assert page.evaluate(status) == 401
+    assert page.is_visible("#demo-sign-in")
+    assert not seen.dialogs and not seen.foreign_requests and not seen.page_errors
+    assert seen.csp_violations(page) == []
+
+
+# -- export, delete all, import; hostile imports change nothing ------------------------------
+
+def _conversations(page: Any) -> list[dict[str, Any]]:
+    script = """import('/chat/store.js').then(s => s.listConversations())"""
+    return sorted(page.evaluate(script), key=lambda c: c["id"])  # type: ignore[no-any-return]
+
+
+def _import(page: Any, path: Path) -> str:
+    page.set_input_files("#import-file", str(path))
+    wait_js(page, "document.getElementById('notice').textContent.startsWith('Im')")
+    text: str = page.inner_text("#notice")
+    return text
+
+
+def test_export_delete_all_import_and_reject_hostile_files(context: Any, chat: ChatDemo, tmp_path: Path) -> None:
+    page = open_chat(context, chat)
+    set_max_tokens(page, 5)
+    send(page, "First conversation")
+    wait_answered(page)
+    page.click("#new-chat")
+    send(page, "Second conversation")
+    wait_answered(page)
+    before = _conversations(page)
+    assert len(before) == 2
+
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = tmp_path / "export.json"
+    download.value.save_as(exported)
+    document = json.loads(exported.read_text())
+    assert document["format"] == "sluice-chat-export" and document["version"] == 1
+    assert sorted(c["title"] for c in document["conversations"]) == ["First conversation", "Second conversation"]
+
+    page.click("#delete-all")
+    page.click("#confirm-ok")
+    wait_js(page, "document.getElementById('notice').textContent === 'Deleted all conversations.'")
+    assert _conversations(page) == []
+    assert "Imported 2 conversations." in _import(page, exported)
+    assert _conversations(page) == before
+    assert page.locator("#conversation-list .open").count() == 2
+
+    good = document["conversations"][0]
+    hostile: dict[str, tuple[str, str]] = {
+        "corrupt": (exported.read_text()[:200], "not valid JSON"),
+        "version": (json.dumps({**document, "version": 2}), "version 2 is not supported"),
+        "proto": ('{"format":"sluice-chat-export","version":1,"conversations":[{"id":"p","title":"t",'
+                  '"messages":[],"__proto__":{"polluted":true}}]}', 'unexpected field "__proto__"'),
+        "constructor": (json.dumps({**document, "constructor": {"prototype": {"polluted": True}}}),
+                        'unexpected field "constructor"'),
+        "huge": (json.dumps({**document, "conversations": [
+            {**good, "id": "huge", "messages": [{"role": "user", "content": "x" * 1_000_001}]}]}), "longer than"),
+        "script-title": (json.dumps({**document, "conversations": [
+            {**good, "id": "s", "title": "<script>alert(1)</script>"}]}), "titles are plain text"),
+        "half-good": (json.dumps({**document, "conversations": [
+            {**good, "id": "new-one"}, {**good, "id": "bad", "messages": [{"role": "system", "content": "x"}]}]}),
+            "role"),
+        "not-export": ('{"hello": "world"}', "unexpected field"),
+    }
+    for name, (text, reason) in hostile.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(text)
+        message = _import(page, path)
+        assert message.startswith("Import refused, nothing was changed"), (name, message)
+        assert reason in message, (name, message)
+        assert _conversations(page) == before, name
+        page.evaluate("document.getElementById('notice').textContent = ''")
+    assert page.evaluate("({}).polluted === undefined && Object.prototype.polluted === undefined")
+    screenshot(page, "chat-import-refused.png")
+
+
+# -- CSRF: another origin cannot use the signed-in browser ------------------------------------
+
+EVIL_PAGE = """<!doctype html><html><body>
+<form id="form" method="post" enctype="text/plain" action="{target}/v1/chat/completions">
+<input name='{{"model":"standin-chat","messages":[{{"role":"user","content":"csrf"}}],"pad":"' value='"}}'>
+</form>
+<script>
+const body = JSON.stringify({{model: "standin-chat", messages: [{{role: "user", content: "csrf"}}]}});
+window.results = {{}};
+const done = (name) => (r) => {{ window.results[name] = r && r.type === "opaque" ? "opaque" : (r && r.status) || String(r); }};
+Promise.all([
+  fetch("{target}/v1/chat/completions", {{method: "POST", credentials: "include", mode: "no-cors",
+        headers: {{"Content-Type": "text/plain"}}, body}}).then(done("no_cors"), done("no_cors")),
+  fetch("{target}/v1/chat/completions", {{method: "POST", credentials: "include",
+        headers: {{"Content-Type": "application/json", "X-Sluice-CSRF": "guess"}}, body}}).then(done("cors"), done("cors")),
+  fetch("{target}/account/session", {{credentials: "include"}}).then(r => r.json()).then(done("session_read"), done("session_read")),
+  fetch("{target}/v1/models", {{credentials: "include"}}).then(r => r.json()).then(done("models_read"), done("models_read")),
+]).then(() => {{ window.finished = true; }});
+</script></body></html>"""
+
+
+class _EvilHandler(BaseHTTPRequestHandler):
+    page = b""
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.page)))
+        self.end_headers()
+        self.wfile.write(self.page)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def test_reject_cross_site_requests_from_another_origin(context: Any, chat: ChatDemo) -> None:
+    page = open_chat(context, chat)
+    accounted = len(chat.usage())
+    served = chat.standin_stats()["served"]
+    handler = type("Evil", (_EvilHandler,), {"page": EVIL_PAGE.format(target=chat.url).encode()})
+    port = free_port()
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        # 127.0.0.1 on another port: the same site (so SameSite does not help), another origin.
+        page.goto(f"http://127.0.0.1:{port}/")
+        wait_js(page, "window.finished === true", 15)
+        results = page.evaluate("window.results")
+        assert results["no_cors"] == "opaque"  # sent, answer unreadable: and refused (below)
+        assert results["cors"] == "TypeError: Failed to fetch"  # the preflight is never granted
+        assert results["session_read"].startswith("TypeError")  # the CSRF token cannot be read
+        assert results["models_read"].startswith("TypeError")
+        with page.expect_navigation() as navigation:
+            page.evaluate("document.getElementById('form').submit()")
+        assert navigation.value.status == 401
+    finally:
+        server.shutdown()
+        server.server_close()
+    time.sleep(0.5)
+    assert len(chat.usage()) == accounted  # nothing admitted, nothing accounted
+    assert chat.standin_stats()["served"] == served
+    # The signed-in page itself still works.
+    page.goto(chat.url + "/")
+    page.wait_for_selector(READY, state="attached")
+    assert page.inner_text("#model-state").startswith("ready")
+
+
+# -- XSS: model output is text -----------------------------------------------------------------
+
+HOSTILE_OUTPUT = "\n".join([
+    "<script>alert('script')</script>",
+    "<img src=x onerror=\"alert('img')\">",
+    "<svg onload=\"alert('svg')\"><circle r=\"5\"/></svg>",
+    "[click me](javascript:alert('link')) and [data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+    f"![tracker]({'http://evil.example.org/pixel.png'}) <a href=\"http://evil.example.org/\">a</a>",
+    "<iframe src=\"http://evil.example.org/\"></iframe> &lt;b&gt; &amp; &#60;script&#62;",
+    "<style>body{display:none}</style> <link rel=stylesheet href=http://evil.example.org/x.css>",
+    "```html\n<script>alert('code')</script>\n```",
+    "L" * 5000,
+    "END-OF-HOSTILE",
+])
+
+
+def test_model_output_is_shown_as_inert_text(context: Any, chat: ChatDemo) -> None:
+    page = open_chat(context, chat)
+    seen = watch(page, chat.url)
+    page.reload()  # so that the CSP listener is in from the start
+    page.wait_for_selector(READY, state="attached")
+    set_max_tokens(page, 2000)
+    send(page, "/echo " + HOSTILE_OUTPUT)
+    wait_answered(page, 30)
+    bubble = page.locator(".message.assistant .bubble").last
+    assert "END-OF-HOSTILE" in bubble.inner_text()
+    text = bubble.inner_text()
+    for visible in ("<script>alert('script')</script>", "<img src=x onerror=", "<svg onload=", "&lt;b&gt;",
+                    "javascript:alert('link')", "[image not loaded: tracker]"):
+        assert visible in text, visible
+    elements = page.evaluate(
+        "Array.from(document.querySelectorAll('.message .bubble *')).map(e => e.tagName.toLowerCase())")
+    assert not set(elements) & {"script", "img", "svg", "a", "iframe", "style", "link", "object", "embed"}
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # long lines wrap
+    time.sleep(0.5)
+    assert seen.dialogs == []
+    assert seen.foreign_requests == []
+    assert seen.page_errors == []
+    assert seen.csp_violations(page) == []
+    screenshot(page, "chat-hostile-output.png")
+
+
+# -- accessibility, keyboard, screenshots ------------------------------------------------------
+
+MARKDOWN_SAMPLE = "\n".join([
+    "/echo ## A heading", "", "Some **bold**, *italic* and `code`.", "", "- one", "- two", "", "1. first", "2. second",
+    "", "> a quote", "", "| model | state |", "|---|---|", "| standin | ready |", "",
+    "```python", "def hello():", "    return 'world'", "```",
+])
+
+
+def test_accessibility_keyboard_and_screenshots(context: Any, chat: ChatDemo) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    page = open_chat(context, chat, sign_in=False)
+    screenshot(page, "chat-signed-out-desktop.png")
+    page.click("#demo-sign-in")
+    page.wait_for_selector(READY, state="attached")
+    set_max_tokens(page, 100)
+    page.reload()
+    page.wait_for_selector(READY, state="attached")
+    # Keyboard only: the skip link leads to the message box; Enter sends.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip-link"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "composer-input"
+    page.keyboard.type("Hello from the keyboard")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#stop:not([hidden])", state="attached")
+    assert page.evaluate("document.activeElement.id") == "stop"
+    wait_answered(page)
+    send(page, MARKDOWN_SAMPLE)
+    wait_answered(page)
+    results = Axe().run(page)
+    violations = [(v["id"], v["impact"]) for v in results.response["violations"]]
+    assert violations == [], results.generate_report()
+    screenshot(page, "chat-desktop.png")
+    page.click("#settings-toggle")
+    screenshot(page, "chat-settings-desktop.png")
+    page.click("#settings-toggle")
+
+    page.emulate_media(reduced_motion="reduce")  # no sliding sidebar half-way in a screenshot
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    screenshot(page, "chat-phone.png")
+    page.click("#open-sidebar")
+    page.wait_for_selector("#sidebar.open")
+    screenshot(page, "chat-phone-sidebar.png")
+    results = Axe().run(page)
+    assert [v["id"] for v in results.response["violations"]] == [], results.generate_report()
+    page.keyboard.press("Escape")
+    assert not page.locator("#sidebar.open").count()
+    assert (ARTIFACTS / "chat-phone.png").stat().st_size > 0
