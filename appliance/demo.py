@@ -25,7 +25,7 @@ from hypercorn.config import Config
 from .app import Appliance, create_app
 from .auth.api_keys import ApiKeyStore
 from .catalog import ClusterSet
-from .demo_identity import demo_identity
+from .demo_identity import demo_identity, demo_url
 from .transport.local import LocalPipeTransport
 from .web_chat import ChatPage
 
@@ -133,7 +133,7 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     keys.add(api_key, user="demo", key_id="demo")
     transport = LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions)
     # --- the web chat and its sign-in (appliance/web_chat.py, appliance/demo_identity.py) ---
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    url = demo_url(host, port)
     identity = demo_identity(runtime, url, host, keys)
     appliance = Appliance(ClusterSet.single(transport), identity.authenticator, metering=meter, metrics=metrics,
                           metrics_token=metrics_token, extensions=[ChatPage(), identity])

@@ -30,7 +30,7 @@ from .auth.sessions import SessionStore
 from .auth.users import UserDirectory
 from .auth.web import AccountPages
 
-__all__ = ["DEMO_USER", "demo_identity", "is_loopback"]
+__all__ = ["DEMO_USER", "demo_identity", "demo_url", "is_loopback"]
 
 log = logging.getLogger("sluice.auth")
 
@@ -48,6 +48,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def demo_url(host: str, port: int) -> str:
+    """The demo's public URL (what browsers send as Origin)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def demo_identity(runtime: Path, public_url: str, host: str, operator_keys: ApiKeyStore) -> IdentityServices:
