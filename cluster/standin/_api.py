@@ -189,6 +189,14 @@ def _stream_flag(obj: dict[str, Any]) -> bool:
     return stream
 
 
+def _is_image_part(part: object) -> bool:
+    """An inline image (``{"type": "image_url", "image_url": {"url": "data:image/..."}}``), as vision models take."""
+    if not isinstance(part, dict) or part.get("type") != "image_url" or not isinstance(part.get("image_url"), dict):
+        return False
+    url = part["image_url"].get("url")
+    return isinstance(url, str) and url.startswith("data:image/")
+
+
 def _message_text(content: object) -> str:
     if content is None:
         return ""
@@ -197,7 +205,7 @@ def _message_text(content: object) -> str:
     if isinstance(content, list):
         texts = []
         for part in content:
-            if isinstance(part, dict) and part.get("type") == "image_url" and isinstance(part.get("image_url"), dict):
+            if _is_image_part(part):
                 continue  # the stand-in does not look at images; their text parts decide the reply
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise _Invalid(400, "invalid_content")
