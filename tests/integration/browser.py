@@ -56,6 +56,12 @@ def watch(page: Any, origin: str) -> Watch:
 
     def on_request(request: Any) -> None:
         url = request.url
+        try:
+            frame = request.frame.url  # who asked: pages of other sites (a provider's) are not ours to judge
+        except Exception:  # a service worker's request has no frame; none of ours does that
+            frame = ""
+        if frame and not frame.startswith((origin + "/", "about:")):
+            return
         if not (url.startswith(origin + "/") or url == origin or url.startswith(("data:", "blob:"))):
             seen.foreign_requests.append(url)
 

@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import free_port
 from tests.integration.browser import ARTIFACTS, launch_browser, screenshot, watch
 from tests.integration.test_demo import Demo, start_demo, stop_demo
+from tests.integration.test_identity import Running, running  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -432,3 +433,41 @@ def test_accessibility_keyboard_and_screenshots(context: Any, chat: ChatDemo) ->
     page.keyboard.press("Escape")
     assert not page.locator("#sidebar.open").count()
     assert (ARTIFACTS / "chat-phone.png").stat().st_size > 0
+
+
+# -- sign-in through the real OpenID provider (`sluice serve` with [oidc]) -------------------------
+
+def test_oidc_sign_in_chat_and_sign_out(browser: Any, running: Running) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = context.new_page()
+        seen = watch(page, running.url)
+        page.goto(running.url + "/")
+        page.wait_for_selector(READY, state="attached")
+        assert not page.locator("#demo-sign-in").count()  # no demo sign-in outside the demo
+        page.click("#sign-in-link")
+        page.wait_for_url(running.provider.issuer + "/**")
+        page.fill("input[name=sub]", "alice")
+        page.get_by_role("button", name="Authorize").click()
+        page.wait_for_url(running.url + "/account/")
+        page.goto(running.url + "/")
+        page.wait_for_selector(READY, state="attached")
+        assert page.inner_text("#account").startswith("Alice Example")
+        wait_for(lambda: "standin-chat" in page.inner_text("#model"), what="the model list")
+        page.select_option("#model", "standin-chat")
+        set_max_tokens(page, 10)
+        send(page, "/echo hello from alice")
+        wait_answered(page)
+        assert page.locator(".message.assistant .bubble").last.inner_text() == "hello from alice"
+        csrf = session_csrf(page)
+        status = "fetch('/v1/models', {headers: {'X-Sluice-CSRF': %s}}).then(r => r.status)" % json.dumps(csrf)
+        assert page.evaluate(status) == 200
+        page.click("#sign-out")  # the form's CSP allows the provider's end-session redirect
+        page.wait_for_url(running.provider.issuer + "/**")
+        page.goto(running.url + "/")
+        page.wait_for_selector(READY, state="attached")
+        assert page.evaluate(status) == 401
+        assert page.is_visible("#sign-in-link")
+        assert [u for u in seen.foreign_requests if not u.startswith(running.provider.issuer)] == []
+    finally:
+        context.close()
