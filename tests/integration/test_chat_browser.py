@@ -109,10 +109,13 @@ def open_chat(context: Any, chat: ChatDemo, sign_in: bool = True) -> Any:
 
 
 def set_max_tokens(page: Any, tokens: int) -> None:
-    page.click("#settings-toggle")
+    closed = page.is_hidden("#settings")
+    if closed:
+        page.click("#settings-toggle")
     page.fill("#max-tokens", str(tokens))
     page.dispatch_event("#max-tokens", "change")
-    page.click("#settings-toggle")
+    if closed:
+        page.click("#settings-toggle")
 
 
 def send(page: Any, text: str) -> None:
@@ -471,3 +474,67 @@ def test_oidc_sign_in_chat_and_sign_out(browser: Any, running: Running) -> None:
         assert [u for u in seen.foreign_requests if not u.startswith(running.provider.issuer)] == []
     finally:
         context.close()
+
+
+# -- sealed mode's key pinning (against a stand-in seal.js: the real one is tested with the gate) --------
+
+STUB_SEAL = """
+export function sealingAvailable() { return {ok: true, reason: ""}; }
+export async function loadKeyConfig(fetchImpl) {
+  const response = await fetchImpl("/v1/models");  // the page's credentials must apply
+  if (!response.ok) throw new Error("unauthorized");
+  return {config: new Uint8Array([1, 2, 3]), fingerprint: localStorage.getItem("stub-fingerprint") || "sha256:AAAA"};
+}
+export async function sealedFetch(path, init, keyConfig, fetchImpl) {
+  window.sealedCalls = (window.sealedCalls || 0) + 1;
+  window.sealedWith = keyConfig.fingerprint;
+  return fetchImpl(path, init);
+}
+"""
+
+
+def test_sealed_key_is_pinned_and_a_changed_key_refused_until_accepted(context: Any, chat: ChatDemo) -> None:
+    context.route(chat.url + "/chat/seal.js", lambda route: route.fulfill(
+        status=200, content_type="text/javascript", body=STUB_SEAL))
+    page = open_chat(context, chat)
+    seen = watch(page, chat.url)
+    page.click("#settings-toggle")
+    assert page.is_enabled("#sealed")
+    page.check("#sealed")
+    wait_js(page, "document.getElementById('privacy').classList.contains('sealed')")
+    assert "gateway sees only ciphertext" in page.inner_text("#privacy")
+    assert "sha256:AAAA" in page.inner_text("#privacy")
+    assert "Pinned the cluster's key on first use" in page.inner_text("#sealing-status")
+    set_max_tokens(page, 4)
+    send(page, "/echo sealed hello")
+    wait_answered(page)
+    assert page.evaluate("window.sealedCalls") == 1 and page.evaluate("window.sealedWith") == "sha256:AAAA"
+    assert page.locator(".message.assistant .bubble").last.inner_text() == "sealed hello"
+
+    # The appliance now offers another key: refused, loudly, and nothing is sent sealed or clear.
+    page.evaluate("localStorage.setItem('stub-fingerprint', 'sha256:BBBB')")
+    page.reload()
+    page.wait_for_selector(READY, state="attached")
+    assert "key changed" in page.inner_text("#notice")
+    assert not page.is_checked("#sealed")
+    assert "Not sealed" in page.inner_text("#privacy")
+    page.click("#settings-toggle")
+    assert page.inner_text("#key-pinned") == "sha256:AAAA" and page.inner_text("#key-offered") == "sha256:BBBB"
+    page.check("#sealed")  # trying again does not accept it
+    wait_js(page, "!document.getElementById('key-changed').hidden")
+    assert not page.is_checked("#sealed")
+    page.click("#accept-key")
+    wait_js(page, "document.getElementById('privacy').classList.contains('sealed')")
+    assert "sha256:BBBB" in page.inner_text("#privacy") and page.is_hidden("#key-changed")
+    screenshot(page, "chat-sealed.png")
+    assert seen.csp_violations(page) == [] and not seen.page_errors
+
+
+def test_sealing_unavailable_says_why(context: Any, chat: ChatDemo) -> None:
+    page = open_chat(context, chat)  # the appliance's page as it is (no seal.js in this branch, or a real one)
+    page.click("#settings-toggle")
+    status = page.inner_text("#sealing-status")
+    if page.is_disabled("#sealed"):
+        assert status.startswith("Sealing unavailable: ")
+    else:
+        assert "key" in status
