@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-__all__ = ["ARTIFACTS", "CHROMIUM", "Watch", "launch_browser", "screenshot", "watch"]
+__all__ = ["ARTIFACTS", "CHROMIUM", "CHROMIUM_ARGS", "Watch", "launch_browser", "screenshot", "watch"]
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"

@@ -21,6 +21,9 @@ const STATE_LABELS = {
 const DEFAULT_SETTINGS = { system: "", temperature: 0.7, max_tokens: 1024, persona: null };
 // How often a streaming answer is re-rendered at most (a frame).
 const RENDER_INTERVAL_MS = 16;
+// How often the model states are refreshed while the page is visible (a model scaled to
+// zero becomes ready within a minute or two; the picker follows).
+const MODELS_REFRESH_MS = 30000;
 
 const state = {
   session: null,
@@ -419,8 +422,8 @@ async function generate() {
     return;
   }
   conversation.messages.push(answer);
-  await store.saveConversation(conversation);
-  refreshList();
+  // Not awaited: the request goes out at once; IndexedDB runs this write before the later ones.
+  store.saveConversation(conversation).then(refreshList, (error) => notice("Could not save: " + error.message));
   renderMessages();
   const article = $("messages").lastElementChild;
   const bubble = article.querySelector(".bubble");
@@ -441,8 +444,10 @@ async function generate() {
   try {
     const send = await sender();
     await streamChat(send, body, controller.signal, (piece) => {
+      const first = !answer.content;
       answer.content += piece;
-      if (!pending) {
+      if (first) paint(); // the first token at once; then at most one render a frame
+      else if (!pending) {
         pending = true;
         setTimeout(paint, RENDER_INTERVAL_MS);
       }
@@ -501,7 +506,7 @@ async function submit(event) {
   autosize();
   state.attachments = [];
   renderAttachments();
-  await store.setValue("last", conversation.id);
+  store.setValue("last", conversation.id).catch(() => {});
   await generate();
 }
 
@@ -897,6 +902,11 @@ async function main() {
   renderConversation();
   renderList();
   await checkSealingAvailable();
+  setInterval(() => {
+    if (document.visibilityState === "visible" && !state.streaming && (state.session?.signed_in || auth.apiKey)) {
+      loadModels();
+    }
+  }, MODELS_REFRESH_MS);
   document.body.dataset.ready = "true"; // for tests: the page finished starting
 }
 
