@@ -32,6 +32,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from _load import start_demo  # noqa: E402
+
 from tests.integration.browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 PROMPT = "Tell me about rivers"
@@ -54,21 +57,6 @@ _FIRST_TOKEN_IN_PAGE = """async () => {
     document.getElementById("send").click();
   });
 }"""
-
-
-def start_demo(key: str) -> tuple[subprocess.Popen[str], str]:
-    from tests.conftest import free_port
-
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "demo", "--port", str(port), "--api-key", key],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("Sluice demo ready"):
-            return process, f"http://127.0.0.1:{port}"
-    raise SystemExit("the demo did not start")
 
 
 def page_weight(url: str) -> None:
@@ -155,7 +143,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
     key = "sk-bench-" + secrets.token_urlsafe(24)
-    process, url = start_demo(key)
+    process, url = start_demo(key)  # the demo's default token delay, as a user sees it
     try:
         page_weight(url)
         print()
