@@ -282,3 +282,24 @@ def test_session_info_is_json_and_never_cached(tmp_path: Path) -> None:
         assert response.headers["content-type"] == "application/json"
         assert response.headers["cache-control"] == "no-store"
         json.loads(response.content)
+
+
+class ProxyHeader:
+    """Stands for the trusted-header authenticator: the proxy names the user."""
+
+    async def authenticate(self, connection: HTTPConnection) -> Principal | None:
+        user = connection.headers.get("x-remote-user")
+        return Principal(user) if user else None
+
+
+def test_trusted_header_mode_needs_the_token_once_the_page_has_one() -> None:
+    db = open_database(":memory:")
+    reader = SessionCookieReader(SECRET, secure=False, max_age=3600)
+    auth = BrowserSessionAuthenticator(ProxyHeader(), reader, SessionStore(db, 3600), None, PUBLIC)
+    cookie = reader.sign({"csrf": "token-123"})  # header mode: the cookie holds only the page's token
+    body = {"content_type": "application/json", "x_remote_user": "bob"}
+    assert run(_who(auth, connection(cookie, **body, x_sluice_csrf="token-123"))) == "bob"
+    assert run(_who(auth, connection(cookie, **body))) is None
+    assert run(_who(auth, connection(**body))) == "bob"  # API clients behind the proxy, as before
+    # A browser request from another site is refused even without our cookie (the proxy adds the header).
+    assert run(_who(auth, connection(**body, origin="http://evil.example", sec_fetch_site="cross-site"))) is None

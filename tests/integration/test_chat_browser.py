@@ -538,3 +538,64 @@ def test_sealing_unavailable_says_why(context: Any, chat: ChatDemo) -> None:
         assert status.startswith("Sealing unavailable: ")
     else:
         assert "key" in status
+
+
+# -- personas, image attachments, search, rename, delete ------------------------------------------
+
+# A 1x1 PNG.
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c63f8cf"
+                    "c0f01f0005000201e2b0c5c30000000049454e44ae426082")
+
+
+def test_personas_images_search_rename_and_delete(context: Any, chat: ChatDemo) -> None:
+    page = open_chat(context, chat)
+    seen = watch(page, chat.url)
+    set_max_tokens(page, 4)
+    # A persona: saved in the browser, chosen for a new conversation, its system prompt sent.
+    page.click("#settings-toggle")
+    page.fill("#system", "You answer like a pirate.")
+    page.dispatch_event("#system", "change")
+    page.fill("#persona-name", "Pirate")
+    page.click("#save-persona")
+    assert page.input_value("#persona") == "Pirate"
+    page.click("#settings-toggle")
+
+    # An image within the route's limits is sent as a data: URL; one over them is refused, clearly.
+    page.set_input_files("#attach-file", files=[{"name": "dot.png", "mimeType": "image/png", "buffer": PNG}])
+    page.wait_for_selector(".attachment img")
+    send(page, "What is in this picture?")
+    wait_answered(page)
+    assert page.locator(".message.user .bubble img").count() == 1
+    assert answer_words(page) == 4
+    limit = page.evaluate("fetch('/chat/config.json').then(r => r.json()).then(c => c.max_image_url_chars)")
+    big = b"\x89PNG" + b"\x00" * (limit * 3 // 4 + 10)
+    page.set_input_files("#attach-file", files=[{"name": "huge.png", "mimeType": "image/png", "buffer": big}])
+    wait_js(page, "document.getElementById('notice').textContent.includes('huge.png')")
+    assert "this service accepts images up to" in page.inner_text("#notice")
+    assert page.locator(".attachment").count() == 0
+
+    page.click("#new-chat")
+    send(page, "Second chat about ships")
+    wait_answered(page)
+    page.reload()
+    page.wait_for_selector(READY, state="attached")
+    page.click("#settings-toggle")
+    assert [o.strip() for o in page.locator("#persona option").all_inner_texts()] == ["None", "Pirate"]
+    page.click("#settings-toggle")
+
+    # Search, rename, delete.
+    assert page.locator("#conversation-list .open").count() == 2
+    page.fill("#search", "ships")
+    assert page.locator("#conversation-list .open").all_inner_texts() == ["Second chat about ships"]
+    page.fill("#search", "zzz-nothing")
+    assert page.locator("#conversation-list .open").count() == 0
+    page.fill("#search", "")
+    page.get_by_role("button", name="Rename Second chat about ships").click()
+    page.fill("#conversation-list input", "Ships <b>renamed</b>")
+    page.press("#conversation-list input", "Enter")
+    wait_js(page, "Array.from(document.querySelectorAll('#conversation-list .open')).some(b => b.textContent === 'Ships b renamed /b')")
+    page.get_by_role("button", name="Delete Ships b renamed /b").click()
+    page.click("#confirm-ok")
+    wait_js(page, "document.querySelectorAll('#conversation-list .open').length === 1")
+    assert page.locator("#conversation-list .open").all_inner_texts() == ["What is in this picture?"]
+    assert not seen.page_errors and not seen.foreign_requests
