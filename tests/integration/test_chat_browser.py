@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.integration.browser import ARTIFACTS, launch_browser, screenshot, watch
-from tests.integration.test_demo import Demo, start_demo, stop_demo
+from tests.integration.test_demo import KEY, Demo, start_demo, stop_demo
 from tests.integration.test_identity import Running, running  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
@@ -422,6 +422,8 @@ def test_accessibility_keyboard_and_screenshots(context: Any, chat: ChatDemo) ->
     screenshot(page, "chat-desktop.png")
     page.click("#settings-toggle")
     screenshot(page, "chat-settings-desktop.png")
+    results = Axe().run(page)
+    assert [v["id"] for v in results.response["violations"]] == [], results.generate_report()
     page.click("#settings-toggle")
 
     page.emulate_media(reduced_motion="reduce")  # no sliding sidebar half-way in a screenshot
@@ -599,3 +601,22 @@ def test_personas_images_search_rename_and_delete(context: Any, chat: ChatDemo) 
     wait_js(page, "document.querySelectorAll('#conversation-list .open').length === 1")
     assert page.locator("#conversation-list .open").all_inner_texts() == ["What is in this picture?"]
     assert not seen.page_errors and not seen.foreign_requests
+
+
+def test_api_key_entry_without_sign_in(context: Any, chat: ChatDemo) -> None:
+    """Deployments without sign-in: a key typed into the page, kept in this tab only."""
+    page = open_chat(context, chat, sign_in=False)
+    page.click("text=Use an API key")
+    page.fill("#api-key", KEY)
+    page.click("#save-api-key")
+    wait_for(lambda: "standin-chat" in page.inner_text("#model"), what="the model list")
+    assert page.inner_text("#account") == "Using an API key" and page.is_hidden("#sign-in")
+    assert page.evaluate("sessionStorage.getItem('sluice.api-key')") == KEY
+    assert page.evaluate("localStorage.length") == 0
+    set_max_tokens(page, 3)
+    send(page, "/echo with a key")
+    wait_answered(page)
+    assert page.locator(".message.assistant .bubble").last.inner_text() == "with a key"
+    page.click("#forget-api-key")
+    assert page.evaluate("sessionStorage.getItem('sluice.api-key')") is None
+    assert page.is_visible("#demo-sign-in")
