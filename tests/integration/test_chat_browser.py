@@ -270,9 +270,10 @@ def test_export_delete_all_import_and_reject_hostile_files(context: Any, chat: C
         assert message.startswith("Import refused, nothing was changed"), (name, message)
         assert reason in message, (name, message)
         assert _conversations(page) == before, name
+        if name == "proto":
+            screenshot(page, "chat-import-refused.png")
         page.evaluate("document.getElementById('notice').textContent = ''")
     assert page.evaluate("({}).polluted === undefined && Object.prototype.polluted === undefined")
-    screenshot(page, "chat-import-refused.png")
 
 
 # -- CSRF: another origin cannot use the signed-in browser ------------------------------------
@@ -559,7 +560,7 @@ def test_personas_images_search_rename_and_delete(context: Any, chat: ChatDemo) 
     page.dispatch_event("#system", "change")
     page.fill("#persona-name", "Pirate")
     page.click("#save-persona")
-    assert page.input_value("#persona") == "Pirate"
+    wait_js(page, "document.getElementById('persona').value === 'Pirate'")
     page.click("#settings-toggle")
 
     # An image within the route's limits is sent as a data: URL; one over them is refused, clearly.
@@ -592,10 +593,15 @@ def test_personas_images_search_rename_and_delete(context: Any, chat: ChatDemo) 
     page.fill("#search", "zzz-nothing")
     assert page.locator("#conversation-list .open").count() == 0
     page.fill("#search", "")
-    page.get_by_role("button", name="Rename Second chat about ships").click()
+    # The row's actions show on hover and to the keyboard: Tab from the title reaches Rename.
+    page.locator("#conversation-list li", has_text="Second chat about ships").locator(".open").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Rename Second chat about ships"
+    page.keyboard.press("Enter")
     page.fill("#conversation-list input", "Ships <b>renamed</b>")
     page.press("#conversation-list input", "Enter")
     wait_js(page, "Array.from(document.querySelectorAll('#conversation-list .open')).some(b => b.textContent === 'Ships b renamed /b')")
+    page.locator("#conversation-list li", has_text="Ships b renamed /b").hover()
     page.get_by_role("button", name="Delete Ships b renamed /b").click()
     page.click("#confirm-ok")
     wait_js(page, "document.querySelectorAll('#conversation-list .open').length === 1")

@@ -148,7 +148,8 @@ function renderModels() {
   select.replaceChildren();
   const models = chatModels();
   if (!models.length) {
-    const option = el("option", null, "No models available");
+    const signedIn = state.session?.signed_in || auth.apiKey;
+    const option = el("option", null, signedIn ? "No models available" : "Sign in to see the models");
     option.value = "";
     select.append(option);
   }
@@ -229,7 +230,9 @@ function renderList() {
     rename.setAttribute("aria-label", "Rename " + conversation.title);
     const remove = button("Delete", () => removeConversation(conversation), "small");
     remove.setAttribute("aria-label", "Delete " + conversation.title);
-    item.append(open, rename, remove);
+    const actions = el("span", "actions");
+    actions.append(rename, remove);
+    item.append(open, actions);
     list.append(item);
   }
 }
@@ -878,7 +881,11 @@ function wire() {
   $("forget-api-key").addEventListener("click", async () => {
     auth.setApiKey(null);
     renderAccount();
-    await loadModels();
+    if (state.session?.signed_in) await loadModels();
+    else {
+      state.models = [];
+      renderModels();
+    }
   });
 }
 
@@ -895,6 +902,7 @@ async function main() {
   }
   renderAccount();
   if (state.session?.signed_in || auth.apiKey) await loadModels();
+  else renderModels();
   await refreshList();
   const last = await store.getValue("last", null);
   const found = last && state.conversations.find((c) => c.id === last);
