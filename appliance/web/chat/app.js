@@ -869,7 +869,8 @@ function wire() {
     $("open-sidebar").focus();
   });
   $("scrim").addEventListener("click", closeSidebar);
-  $("save-api-key").addEventListener("click", async () => {
+  $("api-key-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
     const key = $("api-key").value.trim();
     if (!key) return;
     auth.setApiKey(key);
