@@ -118,14 +118,25 @@ def set_max_tokens(page: Any, tokens: int) -> None:
         page.click("#settings-toggle")
 
 
+def started(page: Any) -> int:
+    return int(page.evaluate("document.body.dataset.started || '0'"))
+
+
+def starts_answer(page: Any, action: Callable[[], None]) -> None:
+    """Do ``action`` and wait until it started an answer (a fast one may be over already)."""
+    before = started(page)
+    action()
+    wait_for(lambda: started(page) > before, what="an answer to start")
+
+
 def send(page: Any, text: str) -> None:
     page.fill("#composer-input", text)
-    page.press("#composer-input", "Enter")
-    page.wait_for_selector("#stop:not([hidden])", state="attached")
+    starts_answer(page, lambda: page.press("#composer-input", "Enter"))
 
 
 def wait_answered(page: Any, timeout: float = 20.0) -> None:
-    page.wait_for_selector("#send:not([hidden])", state="attached", timeout=timeout * 1000)
+    wait_for(lambda: page.evaluate("document.body.dataset.finished === document.body.dataset.started"),
+             timeout, "the answer to finish")
 
 
 def answer_words(page: Any) -> int:
@@ -173,14 +184,12 @@ def test_sign_in_stream_stop_reload_sign_out(context: Any, chat: ChatDemo) -> No
 
     # Regenerate, then edit and resend, with short answers.
     set_max_tokens(page, 6)
-    page.locator(".message.assistant").last.get_by_role("button", name="Regenerate").click()
-    page.wait_for_selector("#stop:not([hidden])", state="attached")
+    starts_answer(page, page.locator(".message.assistant").last.get_by_role("button", name="Regenerate").click)
     wait_answered(page)
     assert answer_words(page) == 6 and page.locator(".message").count() == 2
     page.locator(".message.user").last.get_by_role("button", name="Edit").click()
     page.fill(".edit-box textarea", "A different question")
-    page.get_by_role("button", name="Save and send").click()
-    page.wait_for_selector("#stop:not([hidden])", state="attached")
+    starts_answer(page, page.get_by_role("button", name="Save and send").click)
     wait_answered(page)
     assert page.locator(".message.user .bubble").last.inner_text() == "A different question"
     assert page.locator(".message").count() == 2 and answer_words(page) == 6
@@ -411,9 +420,8 @@ def test_accessibility_keyboard_and_screenshots(context: Any, chat: ChatDemo) ->
     page.keyboard.press("Enter")
     assert page.evaluate("document.activeElement.id") == "composer-input"
     page.keyboard.type("Hello from the keyboard")
-    page.keyboard.press("Enter")
-    page.wait_for_selector("#stop:not([hidden])", state="attached")
-    assert page.evaluate("document.activeElement.id") == "stop"
+    starts_answer(page, lambda: page.keyboard.press("Enter"))
+    assert page.evaluate("document.activeElement.id") == "stop"  # 100 tokens: still streaming
     wait_answered(page)
     send(page, MARKDOWN_SAMPLE)
     wait_answered(page)

@@ -435,6 +435,7 @@ async function generate() {
   const controller = new AbortController();
   state.streaming = { controller, answer };
   setStreaming(true);
+  count("started");
   let pending = false;
   const paint = () => {
     pending = false;
@@ -474,6 +475,12 @@ async function generate() {
   await store.saveConversation(conversation);
   await refreshList();
   if (state.current === conversation) $("composer-input").focus();
+  count("finished");
+}
+
+// Answers started and finished, on <body> (as data-ready is): what tests and benchmarks wait for.
+function count(name) {
+  document.body.dataset[name] = String(Number(document.body.dataset[name] || 0) + 1);
 }
 
 function setStreaming(on) {
