@@ -25,7 +25,7 @@ from hypercorn.config import Config
 from .app import Appliance, create_app
 from .auth.api_keys import ApiKeyStore
 from .catalog import ClusterSet
-from .demo_identity import demo_identity, demo_url
+from .demo_identity import demo_identity, demo_url, is_loopback
 from .transport.local import LocalPipeTransport
 from .web_chat import ChatPage
 
@@ -134,6 +134,9 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     transport = LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions)
     # --- the web chat and its sign-in (appliance/web_chat.py, appliance/demo_identity.py) ---
     url = demo_url(host, port)
+    if not is_loopback(host):
+        print(f"sluice demo: {host} is not a loopback address: the chat's one-click sign-in is off, and the API key "
+              "and answers travel as plain http", file=sys.stderr, flush=True)
     identity = demo_identity(runtime, url, host, keys)
     appliance = Appliance(ClusterSet.single(transport), identity.authenticator, metering=meter, metrics=metrics,
                           metrics_token=metrics_token, extensions=[ChatPage(), identity])

@@ -303,3 +303,18 @@ def test_trusted_header_mode_needs_the_token_once_the_page_has_one() -> None:
     assert run(_who(auth, connection(**body))) == "bob"  # API clients behind the proxy, as before
     # A browser request from another site is refused even without our cookie (the proxy adds the header).
     assert run(_who(auth, connection(**body, origin="http://evil.example", sec_fetch_site="cross-site"))) is None
+
+
+def test_sign_out_from_a_no_referrer_page(tmp_path: Path) -> None:
+    """Pages served with Referrer-Policy: no-referrer (the chat, the account pages) POST with
+    ``Origin: null``; Sec-Fetch-Site says it is our own page.  Before, sign-out was refused."""
+    with demo_client(tmp_path, "127.0.0.1") as client:
+        client.post("/account/demo-sign-in", headers={"Origin": "http://127.0.0.1:8080"})
+        csrf = client.get("/account/session").json()["csrf"]
+        refused = client.post("/account/logout", data={"csrf": csrf}, headers={"Origin": "null"},
+                              follow_redirects=False)
+        assert refused.status_code == 403 and client.get("/account/session").json()["signed_in"]
+        done = client.post("/account/logout", data={"csrf": csrf},
+                           headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"}, follow_redirects=False)
+        assert done.status_code == 303 and done.headers["location"] == "/account/signed-out"
+        assert client.get("/account/session").json()["signed_in"] is False
