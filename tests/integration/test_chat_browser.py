@@ -459,6 +459,7 @@ def test_oidc_sign_in_chat_and_sign_out(browser: Any, running: Running) -> None:
         page.goto(running.url + "/")
         page.wait_for_selector(READY, state="attached")
         assert not page.locator("#demo-sign-in").count()  # no demo sign-in outside the demo
+        screenshot(page, "chat-sign-in-oidc.png")
         page.click("#sign-in-link")
         page.wait_for_url(running.provider.issuer + "/**")
         page.fill("input[name=sub]", "alice")
