@@ -20,6 +20,7 @@ from policy.bodies import RouteTable, load_routes
 from policy.errors import SluiceError
 
 from .api.errors import error_response
+from .api.no_store import NoStoreMiddleware
 from .api.openai import OpenAIApi
 from .auth.base import AccessPolicy, AllowAll, Authenticator
 from .catalog import ClusterSet
@@ -130,7 +131,8 @@ def create_app(appliance: Appliance) -> Starlette:
         routes.append(metrics_route(appliance.metrics, appliance.clusters, appliance.metrics_token))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLogMiddleware, metrics=appliance.metrics, access_log=appliance.access_log)],
+        middleware=[Middleware(RequestLogMiddleware, metrics=appliance.metrics, access_log=appliance.access_log),
+                    Middleware(NoStoreMiddleware)],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_allowed, 500: internal},
     )

@@ -21,7 +21,7 @@ from policy.grammar import Models, Ping
 
 from .transport.base import GateTransport
 
-__all__ = ["ModelInfo", "Catalog", "ClusterSet"]
+__all__ = ["MODEL_STATES", "ModelInfo", "Catalog", "ClusterSet"]
 
 log = logging.getLogger("sluice.catalog")
 
@@ -30,12 +30,28 @@ log = logging.getLogger("sluice.catalog")
 CATALOG_TTL: Final = 2.0
 
 
+# What a caller of a model can expect now (the gate's listing says; ``cluster/routing.py``).
+MODEL_STATES: Final = frozenset({"ready", "starting", "scaled_to_zero", "unavailable"})
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     id: str
     ready: bool
     routes: frozenset[str]
     cluster: str
+    # From gates that report it; an older gate's listing gives ready or unavailable, count unknown.
+    status: str = "unavailable"
+    instances: int | None = None
+
+
+def _model_info(item: dict[str, object], cluster: str) -> ModelInfo:
+    ready = bool(item["ready"])
+    status = item.get("status", "ready" if ready else "unavailable")
+    instances = item.get("instances")
+    if status not in MODEL_STATES or not (instances is None or (type(instances) is int and instances >= 0)):
+        raise ValueError("model state")
+    return ModelInfo(str(item["id"]), ready, frozenset(item["routes"]), cluster, str(status), instances)  # type: ignore[arg-type]
 
 
 class Catalog:
@@ -62,10 +78,7 @@ class Catalog:
         data = await reply.read()
         try:
             listing = json.loads(data)
-            models = {
-                item["id"]: ModelInfo(item["id"], bool(item["ready"]), frozenset(item["routes"]), self.name)
-                for item in listing["data"]
-            }
+            models = {item["id"]: _model_info(item, self.name) for item in listing["data"]}
         except (ValueError, KeyError, TypeError):
             raise BackendFailed("bad_model_listing") from None
         self._models = models

@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the appliance, the gate and stand-in models on this machine")
     demo.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="address to bind (default 127.0.0.1; the chat's one-click sign-in exists on loopback only)")
     demo.add_argument("--api-key", help="the demo API key (default: a new random one)")
     demo.add_argument("--mode", choices=("mux", "exec"), default="mux", help="gate protocol mode (default mux)")
     demo.add_argument("--sessions", type=int, default=1, help="mux sessions (gate processes) to spread requests over")
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--api-key must be 16 to 256 characters long")
         if not 0 < args.port < 65536 or not 1 <= args.sessions <= 64 or not 0 <= args.token_delay <= 10:
             parser.error("--port, --sessions or --token-delay out of range")
-        return _run(run_demo(args.port, key, args.mode, args.sessions, args.token_delay, args.log_level))
+        return _run(run_demo(args.port, key, args.mode, args.sessions, args.token_delay, args.log_level, args.host))
     return 2
 
 

@@ -23,9 +23,11 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from .app import Appliance, create_app
-from .auth.api_keys import ApiKeyAuthenticator, ApiKeyStore
+from .auth.api_keys import ApiKeyStore
 from .catalog import ClusterSet
+from .demo_identity import demo_identity, demo_url, is_loopback
 from .transport.local import LocalPipeTransport
+from .web_chat import ChatPage
 
 # --- quotas, accounting, metrics, logging (appliance/quotas, appliance/metrics.py, appliance/logs.py) ---
 from .logs import configure_logging
@@ -98,7 +100,7 @@ async def _wait_ready(appliance: Appliance, stop: asyncio.Event) -> bool:
 
 
 async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_delay: float,
-                   log_level: str = "warning") -> int:
+                   log_level: str = "warning", host: str = "127.0.0.1") -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -130,10 +132,17 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     keys = ApiKeyStore()
     keys.add(api_key, user="demo", key_id="demo")
     transport = LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions)
-    appliance = Appliance(ClusterSet.single(transport), ApiKeyAuthenticator(keys), metering=meter, metrics=metrics,
-                          metrics_token=metrics_token)
+    # --- the web chat and its sign-in (appliance/web_chat.py, appliance/demo_identity.py) ---
+    url = demo_url(host, port)
+    if not is_loopback(host):
+        print(f"sluice demo: {host} is not a loopback address: the chat's one-click sign-in is off, and the API key "
+              "and answers travel as plain http", file=sys.stderr, flush=True)
+    identity = demo_identity(runtime, url, host, keys)
+    appliance = Appliance(ClusterSet.single(transport), identity.authenticator, metering=meter, metrics=metrics,
+                          metrics_token=metrics_token, extensions=[ChatPage(), identity])
+    # --- end web chat ---
     config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
+    config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 3.0
@@ -141,11 +150,12 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     status = 0
     try:
         if await _wait_ready(appliance, stop):
-            print(f"Sluice demo ready at http://127.0.0.1:{port}", flush=True)
-            print(f"  base URL: http://127.0.0.1:{port}/v1", flush=True)
+            print(f"Sluice demo ready at {url}", flush=True)
+            print(f"  web chat: {url}/", flush=True)
+            print(f"  base URL: {url}/v1", flush=True)
             print(f"  API key:  {api_key}", flush=True)
             print(f"  models:   {', '.join(DEMO_MODELS)} (gate in {mode} mode)", flush=True)
-            print(f"  metrics:  curl -H 'Authorization: Bearer {metrics_token}' http://127.0.0.1:{port}/metrics",
+            print(f"  metrics:  curl -H 'Authorization: Bearer {metrics_token}' {url}/metrics",
                   flush=True)
             print(f"  usage:    sluice usage --database {runtime / 'usage.db'}", flush=True)
             print("Press Ctrl-C to stop.", flush=True)

@@ -20,6 +20,7 @@ from .catalog import ClusterSet
 from .settings import LocalCluster, Settings, SshCluster
 from .transport.base import GateTransport
 from .transport.local import LocalPipeTransport
+from .web_chat import ChatPage
 
 # --- quotas, accounting, metrics, logging (appliance/quotas, appliance/metrics.py, appliance/logs.py) ---
 from .logs import configure_logging
@@ -42,6 +43,16 @@ def _transport(cluster: LocalCluster | SshCluster) -> GateTransport:
     return LocalPipeTransport(cluster.gate_command, mode=cluster.mode, sessions=cluster.sessions)
 
 
+def _form_origins(settings: Settings) -> list[str]:
+    """Where the chat's sign-out form may lead: the provider's logout, or the proxy's."""
+    identity = settings.identity
+    urls = [identity.oidc.issuer] if identity.oidc is not None else []
+    header = identity.auth.trusted_header
+    if header is not None and header.logout_url and not header.logout_url.startswith("/"):
+        urls.append(header.logout_url)
+    return urls
+
+
 def build_appliance(settings: Settings) -> Appliance:
     keys = ApiKeyStore()
     for entry in settings.api_keys:
@@ -49,7 +60,7 @@ def build_appliance(settings: Settings) -> Appliance:
     clusters = ClusterSet({c.name: _transport(c) for c in settings.clusters})
     # --- identity (appliance/auth) and external models (appliance/external.py) ---
     identity = build_identity(settings.identity, keys)
-    extensions: list[Extension] = [identity]
+    extensions: list[Extension] = [ChatPage(_form_origins(settings)), identity]  # the chat first: it serves "/"
     if settings.external:
         external = ExternalProxy(settings.external)
         identity.extra_models = external.visible

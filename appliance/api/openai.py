@@ -28,7 +28,7 @@ from policy.errors import BodyRejected, Disallowed, SluiceError
 from policy.grammar import Call, Keys
 
 from ..auth.base import AccessPolicy, Authenticator
-from ..catalog import ClusterSet
+from ..catalog import ClusterSet, ModelInfo
 from ..metering import Metering, Outcome, Ticket
 from ..transport.replies import GateReply
 from .errors import error_body, error_response, from_error
@@ -94,9 +94,7 @@ class OpenAIApi:
             models = await self._clusters.models()
         except SluiceError as exc:
             return from_error(exc)
-        data = [
-            {"id": m, "object": "model", "created": 0, "owned_by": "sluice"} for m in self._access.visible(principal, models)
-        ]
+        data = [model_entry(models[m]) for m in self._access.visible(principal, models)]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
     def _handler(self, route_id: str):  # type: ignore[no-untyped-def]
@@ -202,6 +200,15 @@ class OpenAIApi:
             raise
         await ticket.settle(_outcome(reply, started, sealed=call.seal is not None))
         return Response(data, status_code=reply.status, media_type=_MEDIA[reply.media], headers=ticket.headers)
+
+
+def model_entry(info: ModelInfo) -> dict[str, object]:
+    """One ``/v1/models`` entry: OpenAI's shape plus the model's state (extra fields are allowed)."""
+    entry: dict[str, object] = {"id": info.id, "object": "model", "created": 0, "owned_by": "sluice",
+                                "status": info.status, "routes": sorted(info.routes)}
+    if info.instances is not None:
+        entry["ready_instances"] = info.instances
+    return entry
 
 
 def _outcome(

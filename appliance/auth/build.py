@@ -27,12 +27,14 @@ from ._db import open_database
 from .access import AccessPolicyError, load_access_policy
 from .api_keys import ApiKeyStore
 from .base import AccessPolicy, AllowAll, Authenticator, Principal
+from .browser import BrowserSessionAuthenticator
 from .chain import ChainAuthenticator, JwtAuthenticator
 from .config import DEFAULT_ACCESS_POLICY, ConfigError, IdentitySettings
 from .keystore import KeyStore
 from .oidc import OidcClient
 from .provider import PROVIDER_TIMEOUT, Provider
 from .secret import read_secret_file
+from .session_cookie import SessionCookieReader
 from .sessions import SessionStore
 from .tokens import TokenVerifier
 from .trusted_header import TrustedHeaderAuthenticator
@@ -150,6 +152,9 @@ def build_identity(
         public_url = auth.public_url
         if users is None or keys is None:
             raise ConfigError("auth.database is required when users sign in")
+        # The web chat calls /v1 with the session cookie plus its CSRF header (appliance/auth/browser.py).
+        cookie = SessionCookieReader(session_secret, secure=auth.cookie_secure, max_age=int(sessions.lifetime))
+        services.authenticator = BrowserSessionAuthenticator(services.authenticator, cookie, sessions, users, public_url)
 
         def pages(models: Callable[[Principal], object]) -> AccountPages:
             return AccountPages(

@@ -24,11 +24,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from .base import AccessPolicy, Principal
+from .browser import same_origin
 from .events import security_event
+from .identity import Identity
 from .keystore import KeyRequestError, KeyStore
 from .oidc import LoginFailed, OidcClient, PendingLogin
 from .provider import ProviderError
@@ -93,6 +95,7 @@ class AccountPages:
         oidc: OidcClient | None = None,
         header: TrustedHeaderAuthenticator | None = None,
         header_logout_url: str | None = None,
+        demo_user: Identity | None = None,
     ) -> None:
         self.public_url = public_url
         self._secret = session_secret
@@ -107,6 +110,7 @@ class AccountPages:
         self._oidc = oidc
         self._header = header
         self._header_logout_url = header_logout_url
+        self._demo_user = demo_user  # `sluice demo` on a loopback address only (appliance/demo_identity.py)
         origins = {"'self'"}
         for url in (oidc.settings.issuer if oidc else None, header_logout_url):
             if url and not url.startswith("/"):
@@ -130,7 +134,10 @@ class AccountPages:
             Route("/signed-out", self.signed_out, methods=["GET"]),
             Route("/keys", self.create_key, methods=["POST"]),
             Route("/keys/{key_id}/revoke", self.revoke_key, methods=["POST"]),
+            Route("/session", self.session_info, methods=["GET"]),
         ]
+        if self._demo_user is not None:
+            routes.append(Route("/demo-sign-in", self.demo_sign_in, methods=["POST"]))
         middleware = Middleware(
             SessionCookieMiddleware, secret=self._secret, secure=self._secure, samesite=self._samesite,
             max_age=int(self._sessions.lifetime),
@@ -171,8 +178,7 @@ class AccountPages:
 
     async def _form(self, request: Request) -> list[tuple[str, str]] | None:
         """The urlencoded form of a POST whose CSRF token and origin check out; None otherwise."""
-        origin = request.headers.get("origin")
-        if origin is not None and origin != self.public_url:
+        if not same_origin(request, self.public_url):
             security_event("csrf_rejected", reason="origin", path=request.url.path)
             return None
         if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
@@ -240,6 +246,43 @@ class AccountPages:
             keys=keys, model_choices=choices, base_url=self.public_url,
             key_max_days=self._key_max_days, key_default_days=min(DEFAULT_KEY_DAYS, self._key_max_days),
         ))
+
+    # -- the web chat's view of the session (JSON) -------------------------------------
+
+    async def session_info(self, request: Request) -> Response:
+        """Who is signed in, and the CSRF token the chat sends with its API calls.
+
+        Same-origin only in effect: no CORS is granted, so another site cannot read it."""
+        try:
+            principal = self._principal(request)
+        except HeaderSpoofed:
+            return JSONResponse({"signed_in": False, "error": "identity_header_refused"}, 401, headers=self._headers)
+        if principal is None:
+            return JSONResponse({
+                "signed_in": False,
+                "sign_in": "/account/login" if self._oidc is not None else None,
+                "demo_sign_in": "/account/demo-sign-in" if self._demo_user is not None else None,
+            }, headers=self._headers)
+        record = self._users.get(principal.user)
+        return JSONResponse({
+            "signed_in": True, "user": principal.user,
+            "display": ((record.name or record.email) if record else None) or principal.user,
+            "csrf": self._csrf(request), "sign_out": "/account/logout", "account": "/account/",
+        }, headers=self._headers)
+
+    async def demo_sign_in(self, request: Request) -> Response:
+        """`sluice demo` on loopback: sign in as the demo user with one click (a same-origin POST)."""
+        if self._demo_user is None:  # the route exists only with a demo user; belt and braces
+            return self._message(404, "Not here", "There is no demo sign-in here.")
+        if not same_origin(request, self.public_url, required=True):
+            security_event("csrf_rejected", reason="origin", path=request.url.path)
+            return self._message(403, "Refused", "The demo sign-in works from the demo's own page only.")
+        self._users.record(self._demo_user, "admin")
+        self._sessions.delete(request.session.get("sid"))
+        request.session.clear()
+        request.session["sid"] = self._sessions.create(self._demo_user.user, None)
+        request.session["csrf"] = secrets.token_urlsafe(32)
+        return self._redirect("/")
 
     async def login(self, request: Request) -> Response:
         if self._oidc is None:

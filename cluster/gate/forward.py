@@ -190,7 +190,8 @@ class Forwarder:
         return {
             "object": "list",
             "data": [
-                {"id": model, "ready": ready[model], "routes": list(self._router.routes[model])}
+                {"id": model, "ready": ready[model], "routes": list(self._router.routes[model]),
+                 "status": self._router.status(model), "instances": len(self._router.instances(model))}
                 for model in sorted(ready)
             ],
         }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import re
 import secrets
 import struct
 import time
@@ -188,6 +189,14 @@ def _stream_flag(obj: dict[str, Any]) -> bool:
     return stream
 
 
+def _is_image_part(part: object) -> bool:
+    """An inline image (``{"type": "image_url", "image_url": {"url": "data:image/..."}}``), as vision models take."""
+    if not isinstance(part, dict) or part.get("type") != "image_url" or not isinstance(part.get("image_url"), dict):
+        return False
+    url = part["image_url"].get("url")
+    return isinstance(url, str) and url.startswith("data:image/")
+
+
 def _message_text(content: object) -> str:
     if content is None:
         return ""
@@ -196,6 +205,8 @@ def _message_text(content: object) -> str:
     if isinstance(content, list):
         texts = []
         for part in content:
+            if _is_image_part(part):
+                continue  # the stand-in does not look at images; their text parts decide the reply
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise _Invalid(400, "invalid_content")
             texts.append(part["text"])
@@ -216,6 +227,19 @@ def _token_texts(words: list[str]) -> Iterator[str]:
         yield words[0]
         for word in words[1:]:
             yield " " + word
+
+
+ECHO_PREFIX = "/echo "
+"""A last message that starts with this is answered with the rest of it, verbatim, one
+whitespace-led word per token: the test-only way to make the stand-in emit given text
+(the web chat's tests feed it hostile markup this way).  A real model has no such rule."""
+
+
+def _echo_tokens(text: str, max_tokens: int) -> tuple[list[str], str] | None:
+    if not text.startswith(ECHO_PREFIX):
+        return None
+    tokens = re.findall(r"\s*\S+\s*?", text[len(ECHO_PREFIX):]) or [""]
+    return tokens[:max_tokens], ("length" if len(tokens) > max_tokens else "stop")
 
 
 class StandinApp:
@@ -313,15 +337,20 @@ class StandinApp:
         stream = _stream_flag(obj)
         include_usage = _include_usage(obj, stream)
         prompt_tokens = sum(count_words(text) for text in texts)
-        words, finish = reply_words("\n".join(texts), max_tokens)
-        usage = _usage(prompt_tokens, len(words))
+        echoed = _echo_tokens(texts[-1], max_tokens)
+        if echoed is None:
+            words, finish = reply_words("\n".join(texts), max_tokens)
+            pieces = list(_token_texts(words))
+        else:
+            pieces, finish = echoed
+        usage = _usage(prompt_tokens, len(pieces))
         ident = self._new_id("chatcmpl")
         created = int(time.time())
         model = self.config.model
         if not stream:
             choice = {
                 "index": 0,
-                "message": {"role": "assistant", "content": " ".join(words)},
+                "message": {"role": "assistant", "content": "".join(pieces)},
                 "logprobs": None,
                 "finish_reason": finish,
             }
@@ -348,7 +377,7 @@ class StandinApp:
             return _event(obj)
 
         def token_events() -> Iterator[bytes]:
-            for index, text in enumerate(_token_texts(words)):
+            for index, text in enumerate(pieces):
                 delta = {"role": "assistant", "content": text} if index == 0 else {"content": text}
                 yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 

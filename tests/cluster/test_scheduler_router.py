@@ -176,3 +176,24 @@ def test_a_reader_never_sees_a_half_written_table(tmp_path: Path) -> None:
         stop.set()
         thread.join()
     assert len(seen) >= 3  # it really changed under the reader, which never saw a broken file
+
+
+def test_model_status_for_listings(tmp_path: Path) -> None:
+    """What /v1/models shows: ready, scaled to zero (a request is held), unavailable, starting."""
+    cfg = config(tmp_path)
+    (tmp_path / "extra.toml").write_text(CONFIG.format(hold_timeout=5.0) + """
+[services.kept]
+backend = "local"
+routes = ["chat"]
+command = ["true"]
+min_instances = 1
+""")
+    kept = Router(load_config(tmp_path / "extra.toml"))
+    router = Router(cfg)
+    assert router.status("held") == "scaled_to_zero"
+    assert router.status("never") == "unavailable"  # its schedule allows no instance now
+    assert router.status("unknown-model") == "unavailable"
+    assert kept.status("kept") == "starting"  # the scheduler keeps one and has none ready yet
+    publish(cfg, "held", Instance("local:a", "127.0.0.1", 20001))
+    router.reload()
+    assert router.status("held") == "ready" and len(router.instances("held")) == 1

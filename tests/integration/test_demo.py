@@ -62,11 +62,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def start_demo(mode: str) -> Demo:
+def start_demo(mode: str, token_delay: float = 0.002, host: str = "127.0.0.1") -> Demo:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "appliance.cli", "demo", "--port", str(port), "--api-key", KEY, "--mode", mode,
-         "--token-delay", "0.002"],
+         "--token-delay", str(token_delay), "--host", host],
         stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )
     assert process.stdout is not None

@@ -15,13 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, Page, Route
+
+from tests.integration.browser import launch_browser
 
 ROOT = Path(__file__).resolve().parents[3]
 MODULES = ROOT / "appliance" / "web" / "chat"
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 # Where the test page and the modules appear under the chosen origin.
 PREFIX = "/__seal_test__/"
 PAGE = "<!doctype html><meta charset=utf-8><title>seal test</title>"
@@ -29,12 +28,8 @@ PAGE = "<!doctype html><meta charset=utf-8><title>seal test</title>"
 
 @contextmanager
 def chromium() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    """The one Chromium of the browser tests (tests/integration/browser.py), for a module."""
+    yield from launch_browser()
 
 
 def _serve(route: Route) -> None:
