@@ -81,7 +81,7 @@ class PostgresAccounting:
             return
         asyncpg = _driver()
         self._errors = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-        pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE, timeout=10)
+        pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=POOL_SIZE, timeout=10)
         try:
             async with pool.acquire() as connection:
                 check_version("accounting", await postgres_version(connection, "accounting"), "accounting.dsn_file")

@@ -128,7 +128,7 @@ class PostgresDatabase:
             return
         asyncpg = postgres_driver()
         self._errors = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-        pool = await asyncpg.create_pool(self._dsn, min_size=1, max_size=POOL_SIZE, timeout=CALL_TIMEOUT * 5)
+        pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=POOL_SIZE, timeout=CALL_TIMEOUT * 5)
         try:
             async with pool.acquire() as connection:
                 check_version("identity", await postgres_version(connection, "identity"), self._where)
