@@ -58,6 +58,8 @@ def build_appliance(settings: Settings) -> Appliance:
     # --- quotas, accounting, metrics ---
     metrics = Metrics()
     meter = build_meter(settings.metering, metrics)
+    if settings.external and meter.quotas is not None:
+        external.use_limits(meter.quotas)  # the external upstreams' limits on the quotas' store (Redis)
     token_file = settings.metering.metrics.token_file
     metrics_token = None
     if token_file is not None:
