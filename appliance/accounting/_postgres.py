@@ -9,7 +9,8 @@ Nothing is lost while the database is briefly away: a row whose INSERT
 fails (or takes longer than ``RECORD_TIMEOUT``) goes to this replica's
 journal (:mod:`._journal`, fsync'd) before ``record`` returns, and later
 rows go straight there until a background task has written the journal
-into PostgreSQL.  Each request id is one row at most (a unique index, and
+into PostgreSQL.  While other requests are in flight, the rows of one loop
+iteration share one transaction (group commit).  Each request id is one row at most (a unique index, and
 ``ON CONFLICT DO NOTHING``), so replays after a crash never double a row.
 
 The schema is never changed here: :meth:`start` refuses a database whose
@@ -75,6 +76,9 @@ class PostgresAccounting:
         self._down = False  # rows go straight to the journal until it has been replayed
         self._wake = asyncio.Event()
         self._replayer: asyncio.Task[None] | None = None
+        # Rows of one loop iteration while others are in flight: one transaction (group commit).
+        self._batch: list[tuple[tuple[object, ...], asyncio.Future[bool]]] | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         if self._pool is not None:
@@ -104,15 +108,53 @@ class PostgresAccounting:
             await self._pool.execute(_INSERT, *values)
             return
         if not self._down:
-            try:
-                async with asyncio.timeout(RECORD_TIMEOUT):
-                    await self._pool.execute(_INSERT, *values)
-                return
-            except self._errors as exc:
-                self._down = True
-                log.warning('{"event":"accounting_journaling","error":"%s"}', type(exc).__name__)
+            if busy or self._batch is not None:
+                if await self._batched(values):
+                    return
+            else:
+                try:
+                    async with asyncio.timeout(RECORD_TIMEOUT):
+                        await self._pool.execute(_INSERT, *values)
+                    return
+                except self._errors as exc:
+                    self._went_away(exc)
         await asyncio.to_thread(self._journal.append, [values])
         self._wake.set()
+
+    def _went_away(self, exc: BaseException) -> None:
+        if not self._down:
+            log.warning('{"event":"accounting_journaling","error":"%s"}', type(exc).__name__)
+        self._down = True
+
+    async def _batched(self, values: tuple[object, ...]) -> bool:
+        """Commit ``values`` with the other rows of this loop iteration; False if the database failed."""
+        loop = asyncio.get_running_loop()
+        if self._batch is None:
+            self._batch = []
+            loop.call_soon(self._start_flush)
+        done: asyncio.Future[bool] = loop.create_future()
+        self._batch.append((values, done))
+        return await done
+
+    def _start_flush(self) -> None:
+        batch, self._batch = self._batch or [], None
+        task = asyncio.get_running_loop().create_task(self._flush(batch))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, batch: list[tuple[tuple[object, ...], asyncio.Future[bool]]]) -> None:
+        committed = False
+        try:
+            async with asyncio.timeout(RECORD_TIMEOUT), self._pool.acquire() as connection:
+                async with connection.transaction():
+                    await connection.executemany(_INSERT, [values for values, _ in batch])
+            committed = True
+        except self._errors as exc:
+            self._went_away(exc)
+        finally:
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(committed)
 
     async def _replay_loop(self) -> None:
         journal = self._journal
@@ -170,6 +212,8 @@ class PostgresAccounting:
         ]
 
     async def aclose(self) -> None:
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
         replayer, self._replayer = self._replayer, None
         if replayer is not None:
             replayer.cancel()

@@ -156,18 +156,21 @@ class KeyStore:
         match = _KEY_RE.fullmatch(key)
         if match is None:
             return None
+        # One round trip: the key and its owner's groups (a shared database is across the network).
         row = await self._db.fetchone(
-            "SELECT digest, owner, scope, expires, revoked FROM api_keys WHERE id = ?", match.group(1)
+            'SELECT k.digest, k.owner, k.scope, k.expires, k.revoked, u."groups", u.source, u.refreshed '
+            'FROM api_keys k LEFT JOIN users u ON u."user" = k.owner WHERE k.id = ?', match.group(1)
         )
         stored = bytes(row[0]) if row is not None else _DUMMY_DIGEST
         if not hmac.compare_digest(stored, _digest(key)) or row is None:
             return None
-        _, owner, scope, expires, revoked = row
+        _, owner, scope, expires, revoked, groups, source, refreshed = row
         if revoked is not None or (expires is not None and expires <= self._clock()):
             return None
         return Principal(
             owner,
             key_id=match.group(1),
-            groups=await self.users.current_groups(owner),
+            groups=frozenset() if groups is None else self.users.groups_now(frozenset(json.loads(groups)), source,
+                                                                           refreshed),
             scope=None if scope is None else frozenset(json.loads(scope)),
         )

@@ -94,6 +94,10 @@ class UserDirectory:
         record = await self.get(user)
         if record is None:
             return frozenset()
-        if record.source != "admin" and self._clock() - record.refreshed > self._max_age:
+        return self.groups_now(record.groups, record.source, record.refreshed)
+
+    def groups_now(self, groups: frozenset[str], source: str, refreshed: float) -> frozenset[str]:
+        """``groups`` as asserted by ``source`` at ``refreshed``, if they still count (see the module doc)."""
+        if source != "admin" and self._clock() - refreshed > self._max_age:
             return frozenset()
-        return record.groups
+        return groups
