@@ -155,6 +155,7 @@ def test_rows_wait_in_the_journal_while_away_and_are_written_once(server: Postgr
                 # In the journal, or in the part of it a replay attempt has set aside.
                 kept = "".join(p.read_text() for p in (journal, replaying) if p.exists())
                 assert len(kept.splitlines()) == 20 and "req_away_19" in kept
+                assert all(p.stat().st_mode & 0o077 == 0 for p in (journal, replaying) if p.exists())  # owner only
                 # A replica that crashes now keeps its journal: a copy stands for the file after the crash.
                 (tmp_path / "crash-copy").write_text(kept)
             finally:
