@@ -162,10 +162,17 @@ def sqlite_upgrade(connection: sqlite3.Connection, store: str, where: str) -> li
     for step in STORES[store]:
         if step.version <= version:
             continue
-        connection.executescript(
-            "BEGIN IMMEDIATE;" + step.sqlite
-            + f"INSERT INTO schema_version (store, version) VALUES ('{store}', {step.version})"
-            f" ON CONFLICT(store) DO UPDATE SET version = excluded.version; COMMIT;")
+        try:
+            # (executescript would commit a transaction opened before it: the script opens it)
+            connection.executescript("BEGIN IMMEDIATE;" + step.sqlite)
+            connection.execute(
+                "INSERT INTO schema_version (store, version) VALUES (?, ?)"
+                " ON CONFLICT(store) DO UPDATE SET version = excluded.version", (store, step.version))
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
         applied.append(step.version)
     return applied
 
