@@ -73,6 +73,10 @@ def test_reject_start_until_db_upgrade_then_on_a_newer_schema(server: PostgresSe
 
     with pytest.raises(SchemaError, match="run `sluice db upgrade --config"):
         asyncio.run(start_both())
+    # `sluice serve` on that database stops at once and says what to run.
+    served = subprocess.run([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert served.returncode == 2 and "run `sluice db upgrade --config" in served.stderr, served.stderr
     assert "needs" in _db(config, "status").stdout
     upgraded = _db(config, "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
