@@ -22,7 +22,7 @@ from policy.errors import SluiceError
 from .api.errors import error_response
 from .api.no_store import NoStoreMiddleware
 from .api.openai import OpenAIApi
-from .auth.base import AccessPolicy, AllowAll, Authenticator
+from .auth.base import AccessPolicy, AllowAll, Authenticator, IdentityUnavailable
 from .catalog import ClusterSet
 from .logs import RequestLogMiddleware
 from .metering import Metering, NoMetering
@@ -107,6 +107,11 @@ def create_app(appliance: Appliance) -> Starlette:
     async def not_allowed(_: Request, __: Exception) -> Response:
         return error_response(405, "method_not_allowed")
 
+    async def identity_unavailable(_: Request, __: Exception) -> Response:
+        # The identity store (PostgreSQL) cannot be reached: fail closed, and say it is ours.
+        log.error('{"event":"identity_unavailable"}')
+        return error_response(503, "identity_unavailable", {"Retry-After": "5"})
+
     async def internal(_: Request, __: Exception) -> Response:
         log.error('{"event":"internal_error"}')
         return error_response(500, "internal")
@@ -134,5 +139,5 @@ def create_app(appliance: Appliance) -> Starlette:
         middleware=[Middleware(RequestLogMiddleware, metrics=appliance.metrics, access_log=appliance.access_log),
                     Middleware(NoStoreMiddleware)],
         lifespan=lifespan,
-        exception_handlers={404: not_found, 405: not_allowed, 500: internal},
+        exception_handlers={404: not_found, 405: not_allowed, 500: internal, IdentityUnavailable: identity_unavailable},
     )

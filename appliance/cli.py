@@ -43,7 +43,16 @@ def main(argv: list[str] | None = None) -> int:
 
     add_usage_arguments(commands.add_parser("usage", help="requests and tokens per day, user and model"))
     # --- end usage ---
+    # --- schema of the stores (appliance/db_cli.py) ---
+    from .db_cli import add_arguments as add_db_arguments
+
+    add_db_arguments(commands.add_parser("db", help="upgrade or show the schema of the identity and accounting stores"))
+    # --- end schema ---
     args = parser.parse_args(argv)
+    if args.command == "db":
+        from .db_cli import run as run_db
+
+        return run_db(args)
     if args.command == "usage":
         from .accounting.report import run as run_usage
 

@@ -69,6 +69,8 @@ def build_appliance(settings: Settings) -> Appliance:
     # --- quotas, accounting, metrics ---
     metrics = Metrics()
     meter = build_meter(settings.metering, metrics)
+    if settings.external and meter.quotas is not None:
+        external.use_limits(meter.quotas)  # the external upstreams' limits on the quotas' store (Redis)
     token_file = settings.metering.metrics.token_file
     metrics_token = None
     if token_file is not None:
@@ -102,12 +104,24 @@ async def run_server(settings: Settings) -> int:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = GRACEFUL_TIMEOUT
     appliance = build_appliance(settings)
+    # --- the shared stores (PostgreSQL): connected, and their schema checked, before the first request ---
+    from .auth.build import IdentityServices
+    from .migrations import SchemaError
+
+    for extension in appliance.extensions:
+        if isinstance(extension, IdentityServices):
+            try:
+                await extension.start()
+            except (OSError, RuntimeError, SchemaError) as exc:
+                print(f"sluice: cannot open the identity database: {exc}", file=sys.stderr)
+                return 2
+    # --- end stores ---
     # --- quotas, accounting, metrics: started before the first request, closed after the last ---
     meter = appliance.metering
     if isinstance(meter, Meter):
         try:
             await meter.start()
-        except (OSError, sqlite3.Error, RuntimeError) as exc:  # the accounting store cannot be opened
+        except (OSError, sqlite3.Error, RuntimeError) as exc:  # the accounting store cannot be opened (or its schema)
             logging.getLogger("sluice.metering").error(
                 '{"event":"metering_start_failed","error":"%s"}', type(exc).__name__)
             print(f"sluice: cannot start accounting: {exc}", file=sys.stderr)

@@ -8,7 +8,8 @@ their models in under a lock (:func:`update_table`).
 
 :class:`Router` is the gate's view: static backends from the configuration
 plus the table, reloaded when it changes, and least-outstanding-requests
-selection among the ready instances of a model.  A request for a scheduled
+selection among the ready instances of a model, counted over every gate
+process on the host (:mod:`.inflight`).  A request for a scheduled
 model with no ready instance is held (:meth:`Router.wait_acquire`): a bounded
 number per model, for a bounded time, while the scheduler starts one.  The
 router also counts what it serves and holds, per model and per instance, for
@@ -32,6 +33,7 @@ from typing import Any, Final
 from policy.errors import NoBackend
 
 from .config import ClusterConfig, Service
+from .inflight import SharedInFlight
 from .scheduler.load import LoadMeter
 from .scheduler.plan import effective_limits
 
@@ -164,7 +166,7 @@ def read_table(path: Path) -> dict[str, tuple[Instance, ...]]:
 class Router:
     """Picks an instance for a model: least outstanding requests first."""
 
-    def __init__(self, config: ClusterConfig, clock: Any = time.monotonic) -> None:
+    def __init__(self, config: ClusterConfig, clock: Any = time.monotonic, shared: bool = True) -> None:
         self._path = config.gate.routing_table
         self._clock = clock
         self._static: dict[str, tuple[Instance, ...]] = {}
@@ -181,6 +183,11 @@ class Router:
         self._held: dict[str, int] = {}
         self._quarantined: dict[str, float] = {}
         self._meter: LoadMeter | None = None
+        # Counts of every gate process on this host, so that they balance together.
+        # (Scheduled models only: a static backend is one instance, with nothing to choose.)
+        self._shared: SharedInFlight | None = None
+        if shared and self._services:
+            self._shared = SharedInFlight(config.gate.state)
         if self._services:
             self._meter = LoadMeter(config.gate.state / "load")
         self.reload()
@@ -238,7 +245,11 @@ class Router:
         if not candidates:
             return None
         outstanding = self._outstanding
-        best = min(candidates, key=lambda i: outstanding.get(i.id, 0))
+        if self._shared is not None and self.scheduled(model):
+            chosen = self._shared.acquire([i.id for i in candidates], outstanding)
+            best = next(i for i in candidates if i.id == chosen)
+        else:
+            best = min(candidates, key=lambda i: outstanding.get(i.id, 0))
         outstanding[best.id] = outstanding.get(best.id, 0) + 1
         if self._meter is not None and model in self._services:
             self._model_of[best.id] = model
@@ -303,6 +314,8 @@ class Router:
         self._quarantined[instance.id] = self._clock() + QUARANTINE
 
     def release(self, instance: Instance) -> None:
+        if self._shared is not None and not instance.id.startswith("static:"):
+            self._shared.release(instance.id)
         left = self._outstanding.get(instance.id, 0) - 1
         if left > 0:
             self._outstanding[instance.id] = left

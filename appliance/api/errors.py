@@ -57,6 +57,7 @@ _MESSAGES: Final = {
     "concurrent_requests_exceeded": "Too many requests in flight at once.",
     "max_tokens_over_quota": "max_tokens is larger than your token quota allows.",
     "quota_unavailable": "Quotas cannot be checked right now; try again shortly.",
+    "identity_unavailable": "Credentials cannot be checked right now; try again shortly.",
     "sealed_invalid": "The sealed request could not be opened.",
     "sealed_unavailable": "Sealed requests are not available on this cluster.",
     "sealed_route_mismatch": "The sealed request is not for this endpoint.",

@@ -13,7 +13,9 @@ from typing import Protocol
 
 from starlette.requests import HTTPConnection
 
-__all__ = ["Principal", "Authenticator", "AccessPolicy", "AllowAll"]
+from policy.errors import LocalError
+
+__all__ = ["Principal", "Authenticator", "AccessPolicy", "AllowAll", "IdentityUnavailable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +51,10 @@ class AllowAll:
 
     def visible(self, principal: Principal, models: Iterable[str]) -> list[str]:
         return sorted(m for m in models if self.allows(principal, m))
+
+
+class IdentityUnavailable(LocalError):
+    """The identity store cannot be reached: the request is refused (503), never let through."""
+
+    code = "identity_unavailable"
+    status = 503

@@ -104,8 +104,8 @@ class BrowserSessionAuthenticator:
         if connection.scope.get("method", "GET") not in _SAFE_METHODS and _media_type(connection) not in BODY_TYPES:
             self._refuse(connection, "content_type")
             return None
-        session = self._sessions.get(data.get("sid"))
+        session = await self._sessions.get(data.get("sid"))
         if session is None:
             return await self._inner.authenticate(connection)  # trusted-header mode keeps only the token here
-        record = self._users.get(session.user) if self._users is not None else None
+        record = await self._users.get(session.user) if self._users is not None else None
         return Principal(session.user, groups=record.groups if record else frozenset())

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute
 
 from policy.errors import SluiceError
 
-from ._db import open_database
+from ._db import Database, PostgresDatabase, open_database
 from .access import AccessPolicyError, load_access_policy
 from .api_keys import ApiKeyStore
 from .base import AccessPolicy, AllowAll, Authenticator, Principal
@@ -61,7 +61,7 @@ class IdentityServices:
     # Models beside the clusters' that a principal may use (the external proxy's), for the account page.
     extra_models: Callable[[Principal], list[str]] | None = None
     _http: httpx2.AsyncClient | None = None
-    _db: sqlite3.Connection | None = field(default=None, repr=False)
+    _db: Database | None = field(default=None, repr=False)
 
     def routes(self, appliance: Appliance) -> list[BaseRoute]:
         if self.pages is None:
@@ -77,11 +77,16 @@ class IdentityServices:
 
         return self.pages(models).routes()  # type: ignore[arg-type]
 
+    async def start(self) -> None:
+        """Connect to the identity store (PostgreSQL) and check its schema; raises SchemaError, OSError."""
+        if self._db is not None:
+            await self._db.start()
+
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
         if self._db is not None:
-            self._db.close()
+            await self._db.aclose()
 
 
 def build_identity(
@@ -91,12 +96,20 @@ def build_identity(
 ) -> IdentityServices:
     """Everything identity needs, from validated settings; raises ConfigError."""
     auth = settings.auth
-    db = users = keys = None
-    if auth.database is not None:
+    db: Database | None = None
+    users = keys = None
+    if auth.database_dsn_file is not None:
+        try:
+            dsn = read_secret_file(auth.database_dsn_file, "auth.database_dsn_file")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        db = PostgresDatabase(dsn.reveal())
+    elif auth.database is not None:
         try:
             db = open_database(auth.database)
-        except (sqlite3.Error, OSError, ValueError) as exc:
+        except (sqlite3.Error, OSError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"auth.database: cannot open {auth.database}: {exc}") from None
+    if db is not None:
         users = UserDirectory(db, auth.groups_max_age)
         keys = KeyStore(db, users)
 

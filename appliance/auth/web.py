@@ -157,16 +157,16 @@ class AccountPages:
 
     # -- who is this ------------------------------------------------------------------
 
-    def _principal(self, request: Request) -> Principal | None:
+    async def _principal(self, request: Request) -> Principal | None:
         """The signed-in user (trusted proxy header, else web session); raises HeaderSpoofed."""
         if self._header is not None:
-            principal = self._header.principal(request)
+            principal = await self._header.principal(request)
             if principal is not None:
                 return principal
-        session = self._sessions.get(request.session.get("sid"))
+        session = await self._sessions.get(request.session.get("sid"))
         if session is None:
             return None
-        record = self._users.get(session.user)
+        record = await self._users.get(session.user)
         return Principal(session.user, groups=record.groups if record else frozenset())
 
     def _csrf(self, request: Request) -> str:
@@ -208,16 +208,16 @@ class AccountPages:
 
     async def account(self, request: Request) -> Response:
         try:
-            principal = self._principal(request)
+            principal = await self._principal(request)
         except HeaderSpoofed:
             return self._message(401, "Refused", "This request carried an identity header it may not carry.")
         if principal is None:
             return self._unauthenticated(request)
-        record = self._users.get(principal.user)
+        record = await self._users.get(principal.user)
         models = await self._models(principal)
         now = time.time()
         rows = []
-        for key in self._keys.list_keys(principal.user):
+        for key in await self._keys.list_keys(principal.user):
             state = key.state(now)
             revoke = ""
             if state == "active":
@@ -254,7 +254,7 @@ class AccountPages:
 
         Same-origin only in effect: no CORS is granted, so another site cannot read it."""
         try:
-            principal = self._principal(request)
+            principal = await self._principal(request)
         except HeaderSpoofed:
             return JSONResponse({"signed_in": False, "error": "identity_header_refused"}, 401, headers=self._headers)
         if principal is None:
@@ -263,7 +263,7 @@ class AccountPages:
                 "sign_in": "/account/login" if self._oidc is not None else None,
                 "demo_sign_in": "/account/demo-sign-in" if self._demo_user is not None else None,
             }, headers=self._headers)
-        record = self._users.get(principal.user)
+        record = await self._users.get(principal.user)
         return JSONResponse({
             "signed_in": True, "user": principal.user,
             "display": ((record.name or record.email) if record else None) or principal.user,
@@ -277,10 +277,10 @@ class AccountPages:
         if not same_origin(request, self.public_url, required=True):
             security_event("csrf_rejected", reason="origin", path=request.url.path)
             return self._message(403, "Refused", "The demo sign-in works from the demo's own page only.")
-        self._users.record(self._demo_user, "admin")
-        self._sessions.delete(request.session.get("sid"))
+        await self._users.record(self._demo_user, "admin")
+        await self._sessions.delete(request.session.get("sid"))
         request.session.clear()
-        request.session["sid"] = self._sessions.create(self._demo_user.user, None)
+        request.session["sid"] = await self._sessions.create(self._demo_user.user, None)
         request.session["csrf"] = secrets.token_urlsafe(32)
         return self._redirect("/")
 
@@ -312,10 +312,10 @@ class AccountPages:
         except ProviderError:
             return self._message(503, "Sign-in unavailable", "The identity provider cannot be reached; try again shortly.")
         identity = sign_in.identity
-        self._users.record(identity, "oidc")
-        self._sessions.delete(request.session.get("sid"))
+        await self._users.record(identity, "oidc")
+        await self._sessions.delete(request.session.get("sid"))
         request.session.clear()  # a fresh session: nothing from before the sign-in survives (fixation)
-        request.session["sid"] = self._sessions.create(identity.user, sign_in.id_token)
+        request.session["sid"] = await self._sessions.create(identity.user, sign_in.id_token)
         request.session["csrf"] = secrets.token_urlsafe(32)
         log.info('{"event":"signed_in","user":%s}', _json_str(identity.user))
         return self._redirect("/account/")
@@ -323,8 +323,8 @@ class AccountPages:
     async def logout(self, request: Request) -> Response:
         if await self._form(request) is None:
             return self._message(403, "Refused", "The form was stale or not ours; reload the page and try again.")
-        session = self._sessions.get(request.session.get("sid"))
-        self._sessions.delete(request.session.get("sid"))
+        session = await self._sessions.get(request.session.get("sid"))
+        await self._sessions.delete(request.session.get("sid"))
         request.session.clear()
         target = "/account/signed-out"
         if self._oidc is not None and session is not None:
@@ -339,7 +339,7 @@ class AccountPages:
 
     async def create_key(self, request: Request) -> Response:
         try:
-            principal = self._principal(request)
+            principal = await self._principal(request)
         except HeaderSpoofed:
             return self._message(401, "Refused", "This request carried an identity header it may not carry.")
         if principal is None:
@@ -358,7 +358,7 @@ class AccountPages:
         if not all(self._access.allows(Principal(principal.user, groups=principal.groups), m) for m in scope):
             return self._message(400, "Not created", "A key can only be limited to models you may use.")
         try:
-            key, info = self._keys.create(principal.user, str(values.get("name", "")), scope or None,
+            key, info = await self._keys.create(principal.user, str(values.get("name", "")), scope or None,
                                           time.time() + days * 86400, created_by="web")
         except KeyRequestError as exc:
             return self._message(400, "Not created", str(exc))
@@ -370,7 +370,7 @@ class AccountPages:
 
     async def revoke_key(self, request: Request) -> Response:
         try:
-            principal = self._principal(request)
+            principal = await self._principal(request)
         except HeaderSpoofed:
             return self._message(401, "Refused", "This request carried an identity header it may not carry.")
         if principal is None:
@@ -378,7 +378,7 @@ class AccountPages:
         if await self._form(request) is None:
             return self._message(403, "Refused", "The form was stale or not ours; reload the page and try again.")
         key_id = request.path_params["key_id"]
-        if self._keys.revoke(key_id, owner=principal.user):
+        if await self._keys.revoke(key_id, owner=principal.user):
             log.info('{"event":"api_key_revoked","user":%s,"key_id":%s}', _json_str(principal.user), _json_str(key_id))
             return self._redirect("/account/")
         return self._message(404, "No such key", "You have no active key with that id.")

@@ -15,6 +15,8 @@ backend = "sqlite"                  # or "postgresql"
 path = "/var/lib/sluice/usage.db"   # sqlite
 synchronous = "normal"              # sqlite: "normal" survives an appliance crash, "full" a power loss too
 dsn_file = "/etc/sluice/usage.dsn"  # postgresql: a libpq DSN (with its password) in a file
+journal = "/var/lib/sluice/usage.journal"  # postgresql: this replica's own file for rows written
+                                    # while the database is away (replayed when it returns)
 
 [metrics]                           # absent: /metrics is closed
 token_file = "/etc/sluice/metrics.token"   # /metrics needs Authorization: Bearer <token>
@@ -73,6 +75,7 @@ class AccountingSettings:
     path: Path | None = None
     synchronous: str = "normal"
     dsn_file: Path | None = None
+    journal: Path | None = None  # postgresql: rows waiting for the database, on this replica's disk
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +169,7 @@ def _quotas(data: Any, base: Path) -> QuotaSettings:
 
 
 def _accounting(data: Any, base: Path) -> AccountingSettings:
-    table = _Table(data, "accounting", {"backend", "path", "synchronous", "dsn_file"})
+    table = _Table(data, "accounting", {"backend", "path", "synchronous", "dsn_file", "journal"})
     backend = table.choice("backend", ("sqlite", "postgresql"), "sqlite")
     if backend == "sqlite":
         path = table.path("path", base)
@@ -174,15 +177,22 @@ def _accounting(data: Any, base: Path) -> AccountingSettings:
             raise MeteringConfigError("accounting.path is required with the sqlite backend")
         if not path.parent.is_dir():
             raise MeteringConfigError(f"accounting.path: the directory {path.parent} does not exist")
-        if "dsn_file" in table.data:
-            raise MeteringConfigError("accounting.dsn_file is for the postgresql backend")
+        if "dsn_file" in table.data or "journal" in table.data:
+            raise MeteringConfigError("accounting.dsn_file and accounting.journal are for the postgresql backend")
         return AccountingSettings("sqlite", path, table.choice("synchronous", ("normal", "full"), "normal"))
     dsn_file = table.path("dsn_file", base, must_exist=True)
     if dsn_file is None:
         raise MeteringConfigError("accounting.dsn_file is required with the postgresql backend")
     if "path" in table.data or "synchronous" in table.data:
         raise MeteringConfigError("accounting.path and accounting.synchronous are for the sqlite backend")
-    return AccountingSettings("postgresql", dsn_file=dsn_file)
+    journal = table.path("journal", base)
+    if journal is None:
+        raise MeteringConfigError(
+            "accounting.journal is required with the postgresql backend: a file on this replica's own disk "
+            "where usage rows wait while the database is away")
+    if not journal.parent.is_dir():
+        raise MeteringConfigError(f"accounting.journal: the directory {journal.parent} does not exist")
+    return AccountingSettings("postgresql", dsn_file=dsn_file, journal=journal)
 
 
 def _bind(value: str) -> tuple[str, int]:

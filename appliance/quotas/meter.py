@@ -187,7 +187,8 @@ def build_meter(settings: MeteringSettings, metrics: Metrics | None = None) -> M
     if a.backend == "sqlite":
         accounting = open_accounting("sqlite", path=str(a.path), synchronous=a.synchronous)
     elif a.backend == "postgresql" and a.dsn_file is not None:
-        accounting = open_accounting("postgresql", dsn=_read_secret(a.dsn_file, "accounting.dsn_file"))
+        accounting = open_accounting("postgresql", dsn=_read_secret(a.dsn_file, "accounting.dsn_file"),
+                                     journal=None if a.journal is None else str(a.journal))
     else:
         log.warning('{"event":"accounting_disabled","hint":"add an [accounting] table to record usage"}')
     return Meter(quotas, accounting, metrics)

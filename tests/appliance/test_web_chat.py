@@ -3,6 +3,8 @@ the session-plus-CSRF authenticator for the page's API calls, and the demo's sig
 
 from __future__ import annotations
 
+import asyncio
+
 import hashlib
 import json
 from pathlib import Path
@@ -145,7 +147,7 @@ def browser_auth() -> tuple[BrowserSessionAuthenticator, SessionCookieReader, st
     db = open_database(":memory:")
     sessions = SessionStore(db, 3600)
     reader = SessionCookieReader(SECRET, secure=False, max_age=3600)
-    sid = sessions.create("alice", None)
+    sid = asyncio.run(sessions.create("alice", None))
     cookie = reader.sign({"sid": sid, "csrf": "token-123"})
     return BrowserSessionAuthenticator(Inner(), reader, sessions, None, PUBLIC), reader, cookie
 
@@ -164,8 +166,6 @@ async def _who(auth: BrowserSessionAuthenticator, conn: HTTPConnection) -> str |
 
 
 def run(coro: object) -> object:
-    import asyncio
-
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
