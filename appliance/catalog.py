@@ -21,7 +21,7 @@ from policy.grammar import Models, Ping
 
 from .transport.base import GateTransport
 
-__all__ = ["ModelInfo", "Catalog", "ClusterSet"]
+__all__ = ["ModelInfo", "Catalog", "ClusterSet", "model_info"]
 
 log = logging.getLogger("sluice.catalog")
 
@@ -36,6 +36,34 @@ class ModelInfo:
     ready: bool
     routes: frozenset[str]
     cluster: str
+    # Counts the gate adds to its listing (zero from a gate that does not):
+    instances_ready: int = 0
+    instances_starting: int = 0
+    held: int = 0  # requests waiting in the gates' hold queue for an instance
+    gate_in_flight: int = 0
+
+
+# A count in a listing above this is not believed (it would be a broken gate, not a busy one).
+MAX_COUNT: Final = 1_000_000
+
+
+def _count(item: Mapping[str, object], *path: str) -> int:
+    """A non-negative integer at ``path`` in ``item``, or 0 (absent, or not a plausible count)."""
+    value: object = item
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        return 0
+    return value
+
+
+def model_info(item: Mapping[str, object], cluster: str) -> ModelInfo:
+    """One entry of a gate's ``models`` listing; KeyError or TypeError when it is not one."""
+    return ModelInfo(
+        str(item["id"]), bool(item["ready"]), frozenset(item["routes"]), cluster,  # type: ignore[arg-type]
+        _count(item, "instances", "ready"), _count(item, "instances", "starting"),
+        _count(item, "held"), _count(item, "in_flight"),
+    )
 
 
 class Catalog:
@@ -62,10 +90,7 @@ class Catalog:
         data = await reply.read()
         try:
             listing = json.loads(data)
-            models = {
-                item["id"]: ModelInfo(item["id"], bool(item["ready"]), frozenset(item["routes"]), self.name)
-                for item in listing["data"]
-            }
+            models = {item["id"]: model_info(item, self.name) for item in listing["data"]}
         except (ValueError, KeyError, TypeError):
             raise BackendFailed("bad_model_listing") from None
         self._models = models

@@ -233,6 +233,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def sse_has_content(piece: bytes) -> bool:
+    """Whether ``piece`` of an SSE stream holds more than comments (a held stream's keepalives)."""
+    return any(line and not line.startswith(b":") for line in piece.replace(b"\r", b"\n").split(b"\n"))
+
+
 async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncIterator[bytes]:
     """The gate's SSE bytes as they arrive; an error mid-stream becomes an error event.
 
@@ -243,7 +248,7 @@ async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncItera
     status = reply.status
     try:
         async for piece in reply:
-            if first is None:
+            if first is None and (reply.media != "sse" or sse_has_content(piece)):
                 first = time.monotonic() - started
             yield piece
     except SluiceError as exc:
