@@ -41,7 +41,16 @@ def main(argv: list[str] | None = None) -> int:
 
     add_usage_arguments(commands.add_parser("usage", help="requests and tokens per day, user and model"))
     # --- end usage ---
+    # --- audit trail and status (appliance/audit/cli.py, appliance/status.py) ---
+    from .audit.cli import add_arguments as add_audit_arguments
+
+    add_audit_arguments(commands.add_parser("audit", help="list the audit trail (sluice audit verify: check its chain)"))
+    # --- end audit ---
     args = parser.parse_args(argv)
+    if args.command == "audit":
+        from .audit.cli import run as run_audit
+
+        return run_audit(args)
     if args.command == "usage":
         from .accounting.report import run as run_usage
 

@@ -59,15 +59,20 @@ def _keys(args: argparse.Namespace) -> int:
 
     from . import sealed_keys
 
+    from .audit import append_event
+
     config = Path(args.config)
-    load_config(config)
+    state = load_config(config).gate.state
     try:
         if args.action == "create":
             key = sealed_keys.create(config)
+            append_event(state, "sealed_keys_created", f"key:{key.key_id}", fingerprint=key.config.fingerprint())
             print(f"created key {key.key_id}, fingerprint {key.config.fingerprint()}")
         elif args.action == "rotate":
             overlap = sealed_keys.DEFAULT_OVERLAP if args.overlap is None else args.overlap
             key = sealed_keys.rotate(config, overlap)
+            append_event(state, "sealed_keys_rotated", f"key:{key.key_id}", fingerprint=key.config.fingerprint(),
+                         overlap_s=int(overlap))
             print(f"key {key.key_id} is current, fingerprint {key.config.fingerprint()}")
         else:
             for row in sealed_keys.describe(config):
