@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         except SettingsError as exc:
             print(f"sluice: {exc}", file=sys.stderr)
             return 2
-        return _run(run_server(settings))
+        from pathlib import Path
+
+        return _run(run_server(settings, Path(args.config)))
     if args.command == "demo":
         from .demo import new_demo_key, run_demo
 

@@ -47,6 +47,7 @@ from typing import Final
 __all__ = [
     "GENESIS",
     "KINDS",
+    "MAX_FIELD",
     "AuditEvent",
     "AuditRecord",
     "Detail",

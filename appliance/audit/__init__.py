@@ -20,14 +20,15 @@ import json
 import logging
 import queue
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final, Protocol
 
-from policy.audit import AuditEvent, AuditRecord, Detail, Head
+from policy.audit import MAX_FIELD, AuditEvent, AuditRecord, Detail, Head
 
 from ._query import Query
 
-__all__ = ["AuditStore", "AuditTrail", "Query", "audit_event", "install", "open_store"]
+__all__ = ["AuditStore", "AuditTrail", "Query", "audit_event", "install", "names", "open_store"]
 
 log = logging.getLogger("sluice.security")
 
@@ -131,6 +132,12 @@ def install(trail: AuditTrail | None) -> AuditTrail | None:
     global _installed
     previous, _installed = _installed, trail
     return previous
+
+
+def names(items: Iterable[str]) -> str:
+    """A short comma-separated list for a detail (cut to fit a record's field)."""
+    text = ",".join(sorted(items))
+    return text if len(text) <= MAX_FIELD else text[: MAX_FIELD - 3] + "..."
 
 
 def audit_event(kind: str, actor: str, subject: str = "", **details: Detail) -> None:
