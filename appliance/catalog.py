@@ -157,8 +157,10 @@ class ClusterSet:
         return dict(zip(names, results, strict=True))
 
     def stats(self) -> dict[str, int]:
+        """Open sessions and streams over every cluster (the metrics show each transport's other numbers)."""
         total = {"sessions": 0, "streams": 0}
         for catalog in self.catalogs.values():
-            for key, value in catalog.transport.stats().items():
-                total[key] = total.get(key, 0) + value
+            stats = catalog.transport.stats()
+            for key in total:
+                total[key] += stats.get(key, 0)
         return total

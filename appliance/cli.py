@@ -45,8 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     from .audit.cli import add_arguments as add_audit_arguments
 
     add_audit_arguments(commands.add_parser("audit", help="list the audit trail (sluice audit verify: check its chain)"))
+    from .status import add_arguments as add_status_arguments
+
+    add_status_arguments(commands.add_parser("status", help="clusters, sessions, models, queue and quota refusals"))
     # --- end audit ---
     args = parser.parse_args(argv)
+    if args.command == "status":
+        from .status import run as run_status
+
+        return run_status(args)
     if args.command == "audit":
         from .audit.cli import run as run_audit
 
