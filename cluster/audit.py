@@ -2,7 +2,8 @@
 
 The cluster side cannot reach the appliance's store, so its own security and
 admin events (sealed keys created and rotated) go to ``audit.jsonl`` in the
-gate's state directory: one record per line in :mod:`policy.audit`'s format,
+sealed-keys directory (``<config dir>/sealed-keys/``, the functional
+account's own, mode 0700): one record per line in :mod:`policy.audit`'s format,
 chained the same way, with the head in ``audit.jsonl.head`` beside it.
 ``sluice audit verify --file .../audit.jsonl`` checks it like the appliance's.
 
@@ -44,14 +45,14 @@ def _head(path: Path) -> Head | None:
         return None
 
 
-def append_event(state_dir: Path, kind: str, subject: str = "", key: bytes | None = None,
+def append_event(directory: Path, kind: str, subject: str = "", key: bytes | None = None,
                  **details: Detail) -> AuditRecord:
     """Chain and write one record of ``kind`` done by this account to ``subject``."""
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = state_dir / AUDIT_FILE
-    head_path = state_dir / (AUDIT_FILE + ".head")
+    directory.mkdir(mode=0o700, exist_ok=True)
+    path = directory / AUDIT_FILE
+    head_path = directory / (AUDIT_FILE + ".head")
     event = AuditEvent(kind, operator(), subject, details)
-    fd = os.open(state_dir / (AUDIT_FILE + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+    fd = os.open(directory / (AUDIT_FILE + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         record = chain(_head(head_path), event, key)

@@ -3,7 +3,7 @@
     sluice audit --config /etc/sluice/appliance.toml --since 2026-01-01 --kind key_revoked
     sluice audit --database /var/lib/sluice/usage.db --json
     sluice audit verify --config /etc/sluice/appliance.toml --expect-head 1042:3f5a...
-    sluice audit verify --file /var/lib/sluice-cluster/state/audit.jsonl   # the cluster side's trail
+    sluice audit verify --file /etc/sluice-cluster/sealed-keys/audit.jsonl   # the cluster side's trail
 
 Reading never changes the store.  ``verify`` exits 0 when the trail is
 intact, 1 with one line per problem otherwise (see :mod:`policy.audit` for

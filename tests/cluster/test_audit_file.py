@@ -30,7 +30,7 @@ def trail(tmp_path: Path) -> Path:
     assert sluice_cluster(["keys", "create", "--config", str(config)]) == 0
     assert sluice_cluster(["keys", "rotate", "--config", str(config), "--overlap", "60"]) == 0
     assert sluice_cluster(["keys", "rotate", "--config", str(config), "--overlap", "60"]) == 0
-    return tmp_path / "state" / AUDIT_FILE
+    return tmp_path / "sealed-keys" / AUDIT_FILE
 
 
 def test_key_events_are_recorded_and_verify(trail: Path, capsys: pytest.CaptureFixture[str]) -> None:
