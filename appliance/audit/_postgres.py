@@ -8,6 +8,7 @@ PostgreSQL accounting store.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, Final
 
@@ -44,6 +45,9 @@ CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
     FOR EACH ROW EXECUTE FUNCTION audit_append_only();
 """
 
+# The advisory lock id under which the schema is created (any constant the database does not use otherwise).
+SCHEMA_LOCK: Final = 0x51_01CE_A0D1
+
 _COLUMNS: Final = "seq, time, kind, actor, subject, details, prev, hash, sig"
 
 
@@ -60,14 +64,27 @@ class PostgresAuditStore:
         self._dsn = dsn
         self._key = key
         self._connection: Any = None
+        self._lock = asyncio.Lock()  # one connection: one operation at a time
 
     async def _db(self) -> Any:
         if self._connection is None:
-            self._connection = await _driver().connect(self._dsn)
-            await self._connection.execute(SCHEMA)
+            connection = await _driver().connect(self._dsn)
+            try:
+                async with connection.transaction():
+                    # replicas starting together: one creates the schema, the others wait for it
+                    await connection.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+                    await connection.execute(SCHEMA)
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection = connection
         return self._connection
 
     async def append(self, event: AuditEvent) -> AuditRecord:
+        async with self._lock:
+            return await self._append(event)
+
+    async def _append(self, event: AuditEvent) -> AuditRecord:
         db = await self._db()
         async with db.transaction():
             found = await db.fetchrow("SELECT seq, hash, sig FROM audit_head WHERE id = 1 FOR UPDATE")
@@ -83,6 +100,10 @@ class PostgresAuditStore:
         return record
 
     async def records(self, query: Query | None = None) -> list[AuditRecord]:
+        async with self._lock:
+            return await self._records(query)
+
+    async def _records(self, query: Query | None) -> list[AuditRecord]:
         db = await self._db()
         where, params = (query or Query()).sql("$")
         rows = await db.fetch(f"SELECT {_COLUMNS} FROM audit{where} ORDER BY stored", *params)  # nosec B608
@@ -91,8 +112,9 @@ class PostgresAuditStore:
         ]
 
     async def head(self) -> Head | None:
-        db = await self._db()
-        found = await db.fetchrow("SELECT seq, hash, sig FROM audit_head WHERE id = 1")
+        async with self._lock:
+            db = await self._db()
+            found = await db.fetchrow("SELECT seq, hash, sig FROM audit_head WHERE id = 1")
         return None if found is None else Head(int(found[0]), str(found[1]), found[2])
 
     async def aclose(self) -> None:
