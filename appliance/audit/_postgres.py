@@ -18,7 +18,7 @@ from ._query import Query
 
 __all__ = ["SCHEMA", "PostgresAuditStore"]
 
-SCHEMA: Final = f"""
+SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS audit (
     seq BIGINT PRIMARY KEY,
     time DOUBLE PRECISION NOT NULL,
@@ -37,7 +37,6 @@ CREATE TABLE IF NOT EXISTS audit_head (
     hash TEXT NOT NULL,
     sig TEXT
 );
-INSERT INTO audit_head (id, seq, hash, sig) VALUES (1, 0, '{GENESIS}', NULL) ON CONFLICT (id) DO NOTHING;
 CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger AS $$
 BEGIN RAISE EXCEPTION 'the audit trail is append-only'; END; $$ LANGUAGE plpgsql;
 DROP TRIGGER IF EXISTS audit_append_only ON audit;
@@ -74,6 +73,9 @@ class PostgresAuditStore:
                     # replicas starting together: one creates the schema, the others wait for it
                     await connection.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
                     await connection.execute(SCHEMA)
+                    # the empty trail's head: every append then locks this one row
+                    await connection.execute("INSERT INTO audit_head (id, seq, hash, sig) VALUES (1, 0, $1, NULL) "
+                                             "ON CONFLICT (id) DO NOTHING", GENESIS)
             except BaseException:
                 await connection.close()
                 raise
