@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port
-from tests.integration.test_ssh import KEY, Appliance, sshd, stop_appliance, wait_ready  # noqa: F401 (fixture)
+from tests.conftest import ROOT
+from tests.integration.test_ssh import Appliance, sshd, start_appliance, stop_appliance, wait_ready  # noqa: F401
 from tests.services.sshd import Sshd
 
 pytestmark = pytest.mark.integration
@@ -28,35 +28,16 @@ def _secret_file(path: Path, value: str) -> Path:
 
 @pytest.fixture(scope="module")
 def served(sshd: Sshd, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Appliance, Path]]:  # noqa: F811
-    import httpx
-    import time
-
     directory = tmp_path_factory.mktemp("status-ssh")
-    port = free_port()
     token = _secret_file(directory / "metrics.token", secrets.token_urlsafe(24))
     audit_key = _secret_file(directory / "audit.key", secrets.token_urlsafe(32))
-    config = directory / "appliance.toml"
-    config.write_text("\n".join([
-        "[server]", f"port = {port}", "request_timeout = 30",
-        "[[clusters]]", 'name = "hpc"', 'transport = "ssh"', 'mode = "mux"', 'host = "127.0.0.1"',
-        f"port = {sshd.port}", 'user = "sluicegate"', f'client_key = "{sshd.client_key}"',
-        f'known_hosts = "{sshd.known_hosts}"', "connections = 2", "keepalive_interval = 1", "connect_timeout = 5",
-        "[[api_keys]]", 'user = "tester"', 'key_id = "ssh-test"',
-        f'sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"',
+    extra = "\n".join([
         "[quotas]", 'on_storage_error = "unsafe-allow"',
         "[accounting]", 'backend = "sqlite"', f'path = "{directory / "usage.db"}"', f'audit_key_file = "{audit_key}"',
         "[metrics]", f'token_file = "{token}"', "",
-    ]))
-    process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    appliance = Appliance(f"http://127.0.0.1:{port}", process)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"{appliance.url}/healthz", timeout=2)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    ])
+    appliance = start_appliance(sshd, "mux", extra_toml=extra)
+    config = sshd.dir / f"appliance-{appliance.url.rsplit(':', 1)[1]}.toml"
     try:
         wait_ready(appliance)
         yield appliance, config

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,13 +21,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import free_port
+
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrometheusServer:
@@ -36,7 +31,7 @@ class PrometheusServer:
         if not Path(PROMETHEUS).exists():
             raise RuntimeError(f"{PROMETHEUS} is missing: scripts/test installs prometheus")
         self.dir = Path(tempfile.mkdtemp(prefix="sluice-prometheus-"))
-        self.port = _free_port()
+        self.port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [{
