@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from policy.audit import GENESIS, AuditEvent, AuditRecord, Head, chain, head_of
 
+from ..accounting._postgres import _driver
 from ._query import Query
 
 __all__ = ["SCHEMA", "PostgresAuditStore"]
@@ -48,14 +49,6 @@ CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit
 SCHEMA_LOCK: Final = 0x51_01CE_A0D1
 
 _COLUMNS: Final = "seq, time, kind, actor, subject, details, prev, hash, sig"
-
-
-def _driver() -> Any:
-    try:
-        import asyncpg
-    except ImportError:
-        raise RuntimeError("the postgresql audit store needs asyncpg: pip install asyncpg") from None
-    return asyncpg
 
 
 class PostgresAuditStore:

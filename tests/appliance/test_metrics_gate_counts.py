@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -86,3 +87,43 @@ def test_token_rate() -> None:
     assert token_rate(Outcome(200, 10, 0, latency=2.0)) is None
     assert token_rate(Outcome(500, 10, 50, latency=2.0)) is None
     assert token_rate(Outcome(200, 10, 50, latency=1.0, first_token=1.0)) is None
+
+
+class _Ticket:
+    headers: dict[str, str] = {}
+
+    def __init__(self) -> None:
+        self.outcome: Outcome | None = None
+
+    async def settle(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+
+def test_time_to_first_token_of_a_held_stream_starts_at_its_first_content() -> None:
+    """A held stream gets its HEAD and keepalive comments at once; the first token comes later."""
+    from appliance.api.openai import _relay
+    from appliance.transport.replies import GateReply
+
+    async def scenario() -> tuple[Outcome, list[bytes]]:
+        started = time.monotonic()
+        reply = GateReply(1, lambda _: None)
+        ticket = _Ticket()
+        reply.on_head(b"200 sse")
+        reply.on_body(b": keepalive\n\n")
+
+        async def gate() -> None:
+            await asyncio.sleep(0.3)
+            reply.on_body(b": keepalive\n\n")
+            await asyncio.sleep(0.3)
+            reply.on_body(b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n')
+            reply.on_end(b'{"prompt_tokens":1,"completion_tokens":1}')
+
+        task = asyncio.create_task(gate())
+        pieces = [piece async for piece in _relay(reply, ticket, started)]  # type: ignore[arg-type]
+        await task
+        assert ticket.outcome is not None
+        return ticket.outcome, pieces
+
+    outcome, pieces = asyncio.run(scenario())
+    assert pieces[0] == b": keepalive\n\n" and len(pieces) == 3
+    assert outcome.first_token is not None and outcome.first_token >= 0.55  # not the keepalive's ~0 s
