@@ -6,11 +6,17 @@ Needs ``asyncpg`` (like the PostgreSQL accounting tests, skipped without it) and
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from policy.audit import AuditEvent, verify
+from tests.conftest import ROOT, Cluster, free_port
 from tests.integration.test_quotas_postgres import dsn  # noqa: F401 (the real server fixture)
+from tests.services.serve import local_cluster_toml, start_serve
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +60,28 @@ def test_two_writers_one_chain_and_tampering_found(dsn: str) -> None:  # noqa: F
         await second.aclose()
 
     asyncio.run(scenario())
+
+
+def test_sluice_serve_audits_into_postgres(dsn: str, cluster: Cluster, tmp_path: Path) -> None:  # noqa: F811
+    async def fresh_database() -> str:
+        connection = await asyncpg.connect(dsn)
+        try:
+            await connection.execute("CREATE DATABASE audit_serve")
+        finally:
+            await connection.close()
+        return dsn.rsplit("/", 1)[0] + "/audit_serve"
+
+    (tmp_path / "usage.dsn").write_text(asyncio.run(fresh_database()))
+    (tmp_path / "usage.dsn").chmod(0o600)
+    body = "\n".join([local_cluster_toml(cluster.gate_argv()),
+                      '[accounting]\nbackend = "postgresql"\ndsn_file = "usage.dsn"', ""])
+    served = start_serve(tmp_path, "appliance", free_port(), body)
+    served.stop()
+    config = str(tmp_path / "appliance.toml")
+    listing = subprocess.run([sys.executable, "-m", "appliance.cli", "audit", "--config", config, "--json"],
+                             capture_output=True, text=True, cwd=ROOT, check=False)
+    assert listing.returncode == 0, listing.stderr
+    assert [json.loads(line)["kind"] for line in listing.stdout.splitlines()] == ["config_loaded"]
+    verified = subprocess.run([sys.executable, "-m", "appliance.cli", "audit", "verify", "--config", config],
+                              capture_output=True, text=True, cwd=ROOT, check=False)
+    assert verified.returncode == 0 and "intact: 1 records" in verified.stdout
