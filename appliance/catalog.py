@@ -21,7 +21,7 @@ from policy.grammar import Models, Ping
 
 from .transport.base import GateTransport
 
-__all__ = ["MODEL_STATES", "ModelInfo", "Catalog", "ClusterSet"]
+__all__ = ["MODEL_STATES", "ModelInfo", "Catalog", "ClusterSet", "model_info"]
 
 log = logging.getLogger("sluice.catalog")
 
@@ -40,18 +40,39 @@ class ModelInfo:
     ready: bool
     routes: frozenset[str]
     cluster: str
-    # From gates that report it; an older gate's listing gives ready or unavailable, count unknown.
+    # From gates that report it; an older gate's listing gives ready or unavailable and zero counts.
     status: str = "unavailable"
-    instances: int | None = None
+    instances_ready: int = 0
+    instances_starting: int = 0
+    held: int = 0  # requests waiting in the gates' hold queue for an instance
+    gate_in_flight: int = 0
 
 
-def _model_info(item: dict[str, object], cluster: str) -> ModelInfo:
+# A count in a listing above this is not believed (it would be a broken gate, not a busy one).
+MAX_COUNT: Final = 1_000_000
+
+
+def _count(item: Mapping[str, object], *path: str) -> int:
+    """A non-negative integer at ``path`` in ``item``, or 0 (absent, or not a plausible count)."""
+    value: object = item
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        return 0
+    return value
+
+
+def model_info(item: Mapping[str, object], cluster: str) -> ModelInfo:
+    """One entry of a gate's ``models`` listing; KeyError, TypeError or ValueError when it is not one."""
     ready = bool(item["ready"])
     status = item.get("status", "ready" if ready else "unavailable")
-    instances = item.get("instances")
-    if status not in MODEL_STATES or not (instances is None or (type(instances) is int and instances >= 0)):
+    if status not in MODEL_STATES:
         raise ValueError("model state")
-    return ModelInfo(str(item["id"]), ready, frozenset(item["routes"]), cluster, str(status), instances)  # type: ignore[arg-type]
+    return ModelInfo(
+        str(item["id"]), ready, frozenset(item["routes"]), cluster, str(status),  # type: ignore[arg-type]
+        _count(item, "instances", "ready"), _count(item, "instances", "starting"),
+        _count(item, "held"), _count(item, "in_flight"),
+    )
 
 
 class Catalog:
@@ -78,7 +99,7 @@ class Catalog:
         data = await reply.read()
         try:
             listing = json.loads(data)
-            models = {item["id"]: _model_info(item, self.name) for item in listing["data"]}
+            models = {item["id"]: model_info(item, self.name) for item in listing["data"]}
         except (ValueError, KeyError, TypeError):
             raise BackendFailed("bad_model_listing") from None
         self._models = models
@@ -145,8 +166,10 @@ class ClusterSet:
         return dict(zip(names, results, strict=True))
 
     def stats(self) -> dict[str, int]:
+        """Open sessions and streams over every cluster (the metrics show each transport's other numbers)."""
         total = {"sessions": 0, "streams": 0}
         for catalog in self.catalogs.values():
-            for key, value in catalog.transport.stats().items():
-                total[key] = total.get(key, 0) + value
+            stats = catalog.transport.stats()
+            for key in total:
+                total[key] += stats.get(key, 0)
         return total

@@ -48,11 +48,27 @@ def main(argv: list[str] | None = None) -> int:
 
     add_db_arguments(commands.add_parser("db", help="upgrade or show the schema of the identity and accounting stores"))
     # --- end schema ---
+    # --- audit trail and status (appliance/audit/cli.py, appliance/status.py) ---
+    from .audit.cli import add_arguments as add_audit_arguments
+
+    add_audit_arguments(commands.add_parser("audit", help="list the audit trail (sluice audit verify: check its chain)"))
+    from .status import add_arguments as add_status_arguments
+
+    add_status_arguments(commands.add_parser("status", help="clusters, sessions, models, queue and quota refusals"))
+    # --- end audit ---
     args = parser.parse_args(argv)
     if args.command == "db":
         from .db_cli import run as run_db
 
         return run_db(args)
+    if args.command == "status":
+        from .status import run as run_status
+
+        return run_status(args)
+    if args.command == "audit":
+        from .audit.cli import run as run_audit
+
+        return run_audit(args)
     if args.command == "usage":
         from .accounting.report import run as run_usage
 
@@ -70,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         except SettingsError as exc:
             print(f"sluice: {exc}", file=sys.stderr)
             return 2
-        return _run(run_server(settings))
+        from pathlib import Path
+
+        return _run(run_server(settings, Path(args.config)))
     if args.command == "demo":
         from .demo import new_demo_key, run_demo
 

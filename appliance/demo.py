@@ -23,6 +23,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from .app import Appliance, create_app
+from .audit import AuditTrail, audit_event, install, open_store
 from .auth.api_keys import ApiKeyStore
 from .catalog import ClusterSet
 from .demo_identity import demo_identity, demo_url, is_loopback
@@ -118,6 +119,11 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
         raise
     metrics_token = secrets.token_urlsafe(24)
     # --- end quotas ---
+    # --- audit trail beside the demo's accounting (appliance/audit) ---
+    trail = AuditTrail(open_store("sqlite", path=runtime / "usage.db"))
+    install(trail)
+    audit_event("config_loaded", "sluice demo", str(runtime / "cluster.toml")[:256], mode=mode, sessions=sessions)
+    # --- end audit ---
     # The gate's key for sealed requests, made by the cluster side's own command:
     # the appliance never holds (or imports the code that uses) that private key.
     keys = await asyncio.create_subprocess_exec(
@@ -158,6 +164,7 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
             print(f"  metrics:  curl -H 'Authorization: Bearer {metrics_token}' {url}/metrics",
                   flush=True)
             print(f"  usage:    sluice usage --database {runtime / 'usage.db'}", flush=True)
+            print(f"  audit:    sluice audit --database {runtime / 'usage.db'}", flush=True)
             print("Press Ctrl-C to stop.", flush=True)
         elif not stop.is_set():
             print("sluice demo: the models did not become ready; see the messages above", file=sys.stderr)
@@ -172,6 +179,8 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server, 10)
         await meter.aclose()
+        install(None)
+        trail.close()
         if scheduler.returncode is None:
             scheduler.terminate()
         with contextlib.suppress(TimeoutError):

@@ -7,6 +7,7 @@ import logging
 import signal
 import sqlite3
 import sys
+from pathlib import Path
 from typing import Final
 
 from hypercorn.asyncio import serve
@@ -28,6 +29,7 @@ from .metrics import Metrics, metrics_app
 from .quotas.meter import Meter, build_meter
 
 # --- end quotas ---
+from .audit.startup import close_trail, open_trail, record_start
 
 __all__ = ["build_appliance", "run_server"]
 
@@ -92,7 +94,7 @@ def build_appliance(settings: Settings) -> Appliance:
     )
 
 
-async def run_server(settings: Settings) -> int:
+async def run_server(settings: Settings, config_path: Path | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -126,6 +128,16 @@ async def run_server(settings: Settings) -> int:
                 '{"event":"metering_start_failed","error":"%s"}', type(exc).__name__)
             print(f"sluice: cannot start accounting: {exc}", file=sys.stderr)
             return 2
+    # --- audit trail (appliance/audit): beside the accounting; the configuration and unsafe modes first ---
+    try:
+        trail = open_trail(settings.metering.accounting)
+    except (OSError, sqlite3.Error, RuntimeError, ValueError) as exc:
+        print(f"sluice: cannot open the audit trail: {exc}", file=sys.stderr)
+        if isinstance(meter, Meter):
+            await meter.aclose()
+        return 2
+    record_start(settings, config_path)
+    # --- end audit ---
     servers = [serve(create_app(appliance), config, shutdown_trigger=stop.wait)]  # type: ignore[arg-type]
     admin = settings.metering.metrics.admin_bind
     if admin is not None and appliance.metrics is not None:
@@ -140,5 +152,6 @@ async def run_server(settings: Settings) -> int:
     finally:
         if isinstance(meter, Meter):
             await meter.aclose()
+        close_trail(trail)
     # --- end quotas ---
     return 0

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from .config import ConfigError, load_config
 
@@ -52,22 +53,35 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _audited(directory: Path, kind: str, subject: str, **details: str | int) -> None:
+    """Append the key event to the cluster side's audit trail; a failure is loud (exit 1), the key stays."""
+    from .audit import append_event
 
+    try:
+        append_event(directory, kind, subject, **details)
+    except OSError as exc:
+        print(f"sluice-cluster: done, but its audit record could not be written: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _keys(args: argparse.Namespace) -> int:
     from sluice_sdk.errors import KeyConfigError
 
     from . import sealed_keys
 
     config = Path(args.config)
     load_config(config)
+    audit_dir = sealed_keys.keys_dir(config)
     try:
         if args.action == "create":
             key = sealed_keys.create(config)
+            _audited(audit_dir, "sealed_keys_created", f"key:{key.key_id}", fingerprint=key.config.fingerprint())
             print(f"created key {key.key_id}, fingerprint {key.config.fingerprint()}")
         elif args.action == "rotate":
             overlap = sealed_keys.DEFAULT_OVERLAP if args.overlap is None else args.overlap
             key = sealed_keys.rotate(config, overlap)
+            _audited(audit_dir, "sealed_keys_rotated", f"key:{key.key_id}", fingerprint=key.config.fingerprint(),
+                         overlap_s=int(overlap))
             print(f"key {key.key_id} is current, fingerprint {key.config.fingerprint()}")
         else:
             for row in sealed_keys.describe(config):

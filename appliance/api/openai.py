@@ -204,11 +204,9 @@ class OpenAIApi:
 
 def model_entry(info: ModelInfo) -> dict[str, object]:
     """One ``/v1/models`` entry: OpenAI's shape plus the model's state (extra fields are allowed)."""
-    entry: dict[str, object] = {"id": info.id, "object": "model", "created": 0, "owned_by": "sluice",
-                                "status": info.status, "routes": sorted(info.routes)}
-    if info.instances is not None:
-        entry["ready_instances"] = info.instances
-    return entry
+    return {"id": info.id, "object": "model", "created": 0, "owned_by": "sluice", "status": info.status,
+            "routes": sorted(info.routes), "ready_instances": info.instances_ready,
+            "starting_instances": info.instances_starting}
 
 
 def _outcome(
@@ -240,6 +238,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def sse_has_content(piece: bytes) -> bool:
+    """Whether ``piece`` of an SSE stream holds more than comments (a held stream's keepalives)."""
+    return any(line and not line.startswith(b":") for line in piece.replace(b"\r", b"\n").split(b"\n"))
+
+
 async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncIterator[bytes]:
     """The gate's SSE bytes as they arrive; an error mid-stream becomes an error event.
 
@@ -250,7 +253,7 @@ async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncItera
     status = reply.status
     try:
         async for piece in reply:
-            if first is None:
+            if first is None and (reply.media != "sse" or sse_has_content(piece)):
                 first = time.monotonic() - started
             yield piece
     except SluiceError as exc:

@@ -75,15 +75,33 @@ def _names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+def _audit_trail(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """With ``--config``, key actions go to the audit trail beside the accounting (with ``--database``, only to the log)."""
+    if not args.config:
+        return None
+    from ..audit.startup import open_trail
+    from ..settings import load_settings
+
+    return open_trail(load_settings(args.config).metering.accounting)
+
+
 def run_keys(args: argparse.Namespace) -> int:
     return asyncio.run(_run_keys(args))
 
 
 async def _run_keys(args: argparse.Namespace) -> int:
+    from ..audit.startup import close_trail
+
     try:
         db = await _database(args)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"sluice: cannot open the identity database: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trail = _audit_trail(args)
+    except (OSError, ValueError, RuntimeError) as exc:
+        await db.aclose()
+        print(f"sluice: cannot open the audit trail: {exc}", file=sys.stderr)
         return 2
     try:
         users = UserDirectory(db, groups_max_age=float("inf"))
@@ -134,3 +152,4 @@ async def _run_keys(args: argparse.Namespace) -> int:
         return 2
     finally:
         await db.aclose()
+        close_trail(trail)

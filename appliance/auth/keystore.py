@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from ..audit import audit_event, names
 from ._db import Database
 from .base import Principal
 from .users import UserDirectory
@@ -36,6 +37,9 @@ _KEY_RE: Final = re.compile(r"sk-sluice-([a-z2-7]{12})-[A-Za-z0-9_-]{43}", re.AS
 _KEY_NAME_MAX: Final = 64
 # A user may hold this many live keys; more is a script gone wrong.
 MAX_KEYS_PER_USER: Final = 50
+# Expired keys remembered as already recorded in the audit trail (then forgotten all at once).
+MAX_NOTICED: Final = 10_000
+
 # A key may be scoped to at most this many model names.
 MAX_SCOPE_MODELS: Final = 64
 _MODEL_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_.:/]{0,127}", re.ASCII)
@@ -87,6 +91,7 @@ class KeyStore:
         self._db = db
         self.users = users
         self._clock = clock
+        self._expired_noticed: set[str] = set()
 
     async def create(
         self,
@@ -124,6 +129,9 @@ class KeyStore:
             )
             if added != 1:
                 continue
+            audit_event("key_created", created_by, key_id, owner=owner[:256], expires=None if expires is None else int(expires))
+            if checked_scope is not None:
+                audit_event("key_scoped", created_by, key_id, owner=owner[:256], models=names(checked_scope))
             return key, KeyInfo(key_id, owner, name, checked_scope, now, expires, None, created_by)
         raise KeyRequestError("could not allocate a key id")  # pragma: no cover
 
@@ -143,13 +151,27 @@ class KeyStore:
         if owner is not None:
             query += " AND owner = ?"
             args += (owner,)
-        return await self._db.execute(query, *args) == 1
+        revoked = await self._db.execute(query, *args) == 1
+        if revoked:
+            audit_event("key_revoked", owner or "operator", key_id)
+        return revoked
 
     async def revoke_user(self, owner: str) -> int:
         """Revoke every key of ``owner``; the number revoked."""
-        return await self._db.execute(
+        count = await self._db.execute(
             "UPDATE api_keys SET revoked = ? WHERE owner = ? AND revoked IS NULL", self._clock(), owner
         )
+        audit_event("key_revoked", "operator", f"user:{owner[:200]}", count=count)
+        return count
+
+    def _notice_expired(self, key_id: str, owner: str) -> None:
+        """An expired key was presented (with its right secret): recorded once per key and process."""
+        if key_id in self._expired_noticed:
+            return
+        if len(self._expired_noticed) >= MAX_NOTICED:
+            self._expired_noticed.clear()
+        self._expired_noticed.add(key_id)
+        audit_event("key_expired", owner[:256], key_id)
 
     async def verify(self, key: str) -> Principal | None:
         """The principal a presented key acts as, or None (unknown, wrong, revoked, expired)."""
@@ -166,6 +188,8 @@ class KeyStore:
             return None
         _, owner, scope, expires, revoked, groups, source, refreshed = row
         if revoked is not None or (expires is not None and expires <= self._clock()):
+            if revoked is None:
+                self._notice_expired(match.group(1), owner)
             return None
         return Principal(
             owner,

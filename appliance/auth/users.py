@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from ..audit import audit_event, names
 from ._db import Database
 from .identity import Identity
 
@@ -54,6 +55,7 @@ class UserDirectory:
     async def record(self, identity: Identity, source: str) -> None:
         """Store ``identity``'s profile and groups as asserted now."""
         now = self._clock()
+        await self._audit_groups(identity.user, identity.groups, source)
         await self._db.execute(
             'INSERT INTO users ("user", email, name, "groups", source, refreshed) VALUES (?, ?, ?, ?, ?, ?) '
             'ON CONFLICT ("user") DO UPDATE SET email = excluded.email, name = excluded.name, '
@@ -71,9 +73,18 @@ class UserDirectory:
             return
         await self.record(identity, source)
 
+    async def _audit_groups(self, user: str, groups: frozenset[str], source: str) -> None:
+        """Record in the audit trail groups that differ from the ones stored for ``user``."""
+        row = await self._db.fetchone('SELECT "groups" FROM users WHERE "user" = ?', user)
+        before = frozenset(json.loads(row[0])) if row is not None else frozenset()
+        if row is not None and before != groups or row is None and groups:
+            audit_event("groups_changed", source, user[:256], added=names(groups - before),
+                        removed=names(before - groups))
+
     async def set_groups(self, user: str, groups: frozenset[str]) -> None:
         """An operator's assignment (service accounts): does not age, until the user signs in."""
         self._memo.pop(user, None)
+        await self._audit_groups(user, groups, "admin")
         await self._db.execute(
             'INSERT INTO users ("user", email, name, "groups", source, refreshed) VALUES (?, NULL, NULL, ?, \'admin\', ?) '
             'ON CONFLICT ("user") DO UPDATE SET "groups" = excluded."groups", source = \'admin\', '

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from ..audit import audit_event
 from .base import AccessPolicy, Principal
 from .browser import same_origin
 from .events import security_event
@@ -318,6 +319,7 @@ class AccountPages:
         request.session["sid"] = await self._sessions.create(identity.user, sign_in.id_token)
         request.session["csrf"] = secrets.token_urlsafe(32)
         log.info('{"event":"signed_in","user":%s}', _json_str(identity.user))
+        audit_event("sign_in", identity.user[:256], identity.user[:256], source="oidc")
         return self._redirect("/account/")
 
     async def logout(self, request: Request) -> Response:
@@ -326,6 +328,8 @@ class AccountPages:
         session = await self._sessions.get(request.session.get("sid"))
         await self._sessions.delete(request.session.get("sid"))
         request.session.clear()
+        if session is not None:
+            audit_event("sign_out", session.user[:256], session.user[:256])
         target = "/account/signed-out"
         if self._oidc is not None and session is not None:
             target = await self._oidc.logout_url(session.id_token, self.public_url + "/account/signed-out") or target

@@ -17,6 +17,7 @@ synchronous = "normal"              # sqlite: "normal" survives an appliance cra
 dsn_file = "/etc/sluice/usage.dsn"  # postgresql: a libpq DSN (with its password) in a file
 journal = "/var/lib/sluice/usage.journal"  # postgresql: this replica's own file for rows written
                                     # while the database is away (replayed when it returns)
+audit_key_file = "/etc/sluice/audit.key"  # optional: HMAC-SHA256 key signing the audit trail (sluice audit verify)
 
 [metrics]                           # absent: /metrics is closed
 token_file = "/etc/sluice/metrics.token"   # /metrics needs Authorization: Bearer <token>
@@ -76,6 +77,7 @@ class AccountingSettings:
     synchronous: str = "normal"
     dsn_file: Path | None = None
     journal: Path | None = None  # postgresql: rows waiting for the database, on this replica's disk
+    audit_key_file: Path | None = None  # HMAC key signing the audit trail's records (optional)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +171,9 @@ def _quotas(data: Any, base: Path) -> QuotaSettings:
 
 
 def _accounting(data: Any, base: Path) -> AccountingSettings:
-    table = _Table(data, "accounting", {"backend", "path", "synchronous", "dsn_file", "journal"})
+    table = _Table(data, "accounting", {"backend", "path", "synchronous", "dsn_file", "journal", "audit_key_file"})
     backend = table.choice("backend", ("sqlite", "postgresql"), "sqlite")
+    audit_key_file = table.path("audit_key_file", base, must_exist=True)
     if backend == "sqlite":
         path = table.path("path", base)
         if path is None:
@@ -179,7 +182,8 @@ def _accounting(data: Any, base: Path) -> AccountingSettings:
             raise MeteringConfigError(f"accounting.path: the directory {path.parent} does not exist")
         if "dsn_file" in table.data or "journal" in table.data:
             raise MeteringConfigError("accounting.dsn_file and accounting.journal are for the postgresql backend")
-        return AccountingSettings("sqlite", path, table.choice("synchronous", ("normal", "full"), "normal"))
+        return AccountingSettings("sqlite", path, table.choice("synchronous", ("normal", "full"), "normal"),
+                                  audit_key_file=audit_key_file)
     dsn_file = table.path("dsn_file", base, must_exist=True)
     if dsn_file is None:
         raise MeteringConfigError("accounting.dsn_file is required with the postgresql backend")
@@ -192,7 +196,7 @@ def _accounting(data: Any, base: Path) -> AccountingSettings:
             "where usage rows wait while the database is away")
     if not journal.parent.is_dir():
         raise MeteringConfigError(f"accounting.journal: the directory {journal.parent} does not exist")
-    return AccountingSettings("postgresql", dsn_file=dsn_file, journal=journal)
+    return AccountingSettings("postgresql", dsn_file=dsn_file, journal=journal, audit_key_file=audit_key_file)
 
 
 def _bind(value: str) -> tuple[str, int]:

@@ -74,6 +74,7 @@ class LocalPipeTransport:
         self._next = 0
         self._exec_running: set[asyncio.subprocess.Process] = set()
         self._closed = False
+        self._respawns = 0  # mux gates started again after one ended (the pipe's "reconnects")
 
     async def _spawn(self, command: str) -> asyncio.subprocess.Process:
         env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
@@ -105,6 +106,7 @@ class LocalPipeTransport:
             if self._closed:
                 raise TransportError("closing")
             if child is not None:
+                self._respawns += 1
                 asyncio.create_task(child.aclose())
             process = await self._spawn(command_line(Mux()))
             stdin, stdout = _pipes(process)
@@ -152,6 +154,8 @@ class LocalPipeTransport:
         return {
             "sessions": len(live),
             "streams": sum(c.client.open_streams for c in live) + len(self._exec_running),
+            "slots": len(self._children) if self._mode == "mux" else 0,
+            "reconnects_total": self._respawns,
         }
 
     async def aclose(self) -> None:

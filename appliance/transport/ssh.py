@@ -83,6 +83,8 @@ class _Slot:
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.last_error: str | None = None
+        self.connects = 0  # connections made; each after the first is a reconnect
+        self.failures = 0  # connection attempts that failed, and connections lost with an error
 
     @property
     def usable(self) -> bool:
@@ -105,6 +107,7 @@ class _Slot:
                     self.connection = connection
                     self.last_error = None
                     backoff = BACKOFF_START
+                    self.connects += 1
                     self.connected.set()
                     log.info('{"event":"ssh_connected","cluster":"%s","slot":%d}', cluster.name, self.index)
                     if self.client is not None:
@@ -115,6 +118,7 @@ class _Slot:
                 raise
             except (OSError, asyncssh.Error, TransportError) as exc:
                 self.last_error = _describe(exc)
+                self.failures += 1
                 log.warning('{"event":"ssh_failed","cluster":"%s","slot":%d,"reason":"%s"}',
                             cluster.name, self.index, self.last_error.replace('"', "'"))
             finally:
@@ -203,7 +207,14 @@ class SshTransport:
     def stats(self) -> dict[str, int]:
         usable = [s for s in self._slots if s.usable]
         streams = sum(s.client.open_streams for s in usable if s.client is not None) + self._exec_open
-        return {"sessions": len(usable), "streams": streams}
+        return {
+            "sessions": len(usable),
+            "streams": streams,
+            "slots": len(self._slots),
+            # counters (``_total``): the metrics publish them as such
+            "reconnects_total": sum(max(0, s.connects - 1) for s in self._slots),
+            "connect_failures_total": sum(s.failures for s in self._slots),
+        }
 
     def status(self) -> list[dict[str, object]]:
         """Per connection: connected or not, and the last failure in words."""

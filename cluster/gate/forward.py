@@ -30,6 +30,7 @@ from policy.grammar import Call, Keys, Models, Ping, StreamCommand
 from ..backend_client import BackendPool
 from ..config import ClusterConfig
 from ..routing import Instance, Router
+from ..scheduler.census import CENSUS_TTL, ModelCensus, model_census
 from ..scheduler.trigger import kick_pass
 from .usage import SseUsageFilter, Usage, usage_from_json
 
@@ -109,6 +110,8 @@ class Forwarder:
         self._ring_stamp: object = None
         self._ring_checked = float("-inf")
         self._replay: object | None = None
+        self._census_cache: dict[str, ModelCensus] | None = None
+        self._census_at = float("-inf")
 
     async def aclose(self) -> None:
         await self._pool.aclose()
@@ -186,15 +189,26 @@ class Forwarder:
         sink.end(None)
 
     def _models(self) -> dict[str, object]:
+        """Every configured model, its readiness and routes, and the counts a dashboard shows
+        (instances ready and starting, requests held and in flight over all gates): numbers only."""
         ready = self._router.ready()
-        return {
-            "object": "list",
-            "data": [
-                {"id": model, "ready": ready[model], "routes": list(self._router.routes[model]),
-                 "status": self._router.status(model), "instances": len(self._router.instances(model))}
-                for model in sorted(ready)
-            ],
-        }
+        census = self._census(sorted(ready))
+        data = []
+        for model in sorted(ready):
+            entry: dict[str, object] = {"id": model, "ready": ready[model], "routes": list(self._router.routes[model]),
+                                        "status": self._router.status(model), **census[model].to_json()}
+            # Ready instances are the ones this gate routes to (static backends too, not only scheduled jobs).
+            entry["instances"] = {**census[model].to_json()["instances"],  # type: ignore[dict-item]
+                                  "ready": len(self._router.instances(model))}
+            data.append(entry)
+        return {"object": "list", "data": data}
+
+    def _census(self, models: list[str]) -> dict[str, ModelCensus]:
+        now = time.monotonic()
+        if self._census_cache is None or now - self._census_at >= CENSUS_TTL or set(self._census_cache) != set(models):
+            self._census_cache = model_census(self._config, models)
+            self._census_at = now
+        return self._census_cache
 
     def _ping(self) -> dict[str, object]:
         kick_pass(self._config)  # starts a scheduler pass if one is due; returns at once

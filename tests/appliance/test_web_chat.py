@@ -27,7 +27,7 @@ from appliance.auth.browser import CSRF_HEADER, BrowserSessionAuthenticator, sam
 from appliance.auth.secret import Secret
 from appliance.auth.session_cookie import SessionCookieReader
 from appliance.auth.sessions import SessionStore
-from appliance.catalog import ModelInfo, _model_info
+from appliance.catalog import ModelInfo, model_info
 from appliance.demo_identity import demo_identity, demo_url, is_loopback
 from appliance.web_chat import CHAT_DIR, ChatPage, chat_limits, content_security_policy, load_chat_files
 from policy.bodies import load_routes
@@ -121,18 +121,20 @@ def test_page_limits_come_from_the_route_policy() -> None:
 # -- model states in /v1/models -------------------------------------------------------------
 
 def test_model_entries_carry_the_state() -> None:
-    info = _model_info({"id": "m", "ready": False, "routes": ["chat"], "status": "scaled_to_zero", "instances": 0}, "c")
+    info = model_info({"id": "m", "ready": False, "routes": ["chat"], "status": "starting",
+                       "instances": {"ready": 0, "starting": 1}}, "c")
     assert model_entry(info) == {"id": "m", "object": "model", "created": 0, "owned_by": "sluice",
-                                 "status": "scaled_to_zero", "routes": ["chat"], "ready_instances": 0}
-    older = _model_info({"id": "m", "ready": True, "routes": ["chat"]}, "c")  # a gate without states
-    assert older.status == "ready" and "ready_instances" not in model_entry(older)
+                                 "status": "starting", "routes": ["chat"], "ready_instances": 0,
+                                 "starting_instances": 1}
+    older = model_info({"id": "m", "ready": True, "routes": ["chat"]}, "c")  # a gate without states
+    assert older.status == "ready" and model_entry(older)["ready_instances"] == 0
     assert model_entry(ModelInfo("m", False, frozenset(), "c"))["status"] == "unavailable"
 
 
-@pytest.mark.parametrize("item", [{"status": "exploded"}, {"instances": -1}, {"instances": True}, {"instances": "1"}])
-def test_reject_bad_model_states(item: dict[str, object]) -> None:
+@pytest.mark.parametrize("status", ["exploded", "", 1, None])
+def test_reject_bad_model_states(status: object) -> None:
     with pytest.raises(ValueError):
-        _model_info({"id": "m", "ready": True, "routes": [], **item}, "c")
+        model_info({"id": "m", "ready": True, "routes": [], "status": status}, "c")
 
 
 # -- the page's API calls: session cookie plus CSRF header ------------------------------------

@@ -11,6 +11,7 @@ API calls.  The done-when of the identity issue is
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import signal
@@ -70,7 +71,8 @@ class Running:
         return found
 
 
-def _config(directory: Path, port: int, cluster: Cluster, provider: OidcProvider, external: Standin) -> Path:
+def _config(directory: Path, port: int, cluster: Cluster, provider: OidcProvider, external: Standin,
+            extra: str = "") -> Path:
     (directory / "session.key").write_text(base64.b64encode(bytes(range(48))).decode())
     (directory / "session.key").chmod(0o600)
     (directory / "external.key").write_text(external.token)
@@ -125,17 +127,23 @@ groups = ["staff"]
 routes = ["chat"]
 requests_per_minute = 4
 max_tokens = 40
-""")
+""" + extra)
     return config
 
 
 @pytest.fixture(scope="module")
 def running(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with run_identity_appliance(cluster, tmp_path_factory.mktemp("identity")) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def run_identity_appliance(cluster: Cluster, directory: Path, extra_toml: str = "") -> Iterator[Running]:
+    """`sluice serve` with OIDC, trusted headers, JWTs and an external model; ``extra_toml`` is appended."""
     provider = start_oidc_provider(ALICE, BOB)
     external = start_standin("ext-chat", "chat")
-    directory = tmp_path_factory.mktemp("identity")
     port = free_port()
-    config = _config(directory, port, cluster, provider, external)
+    config = _config(directory, port, cluster, provider, external, extra_toml)
     log = directory / "appliance.log"
     with log.open("wb") as sink:
         process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)],

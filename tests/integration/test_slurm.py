@@ -266,6 +266,15 @@ class Gate:
         return {m["id"]: m["ready"] for m in listing["data"]}
 
 
+async def async_wait_until_async(check: Any, timeout: float, what: str) -> None:
+    """Poll the coroutine function ``check`` until it returns True."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
 async def run_clients(gate: Gate, workers: int, stop: asyncio.Event, document: dict[str, Any]) -> list[tuple[float, float, Reply]]:
     """``workers`` clients sending ``document`` back to back until ``stop``: (start, end, reply) each."""
     results: list[tuple[float, float, Reply]] = []
@@ -454,6 +463,14 @@ def test_scale_from_zero_holds_requests_until_ready(slurm: Slurm, tmp_path: Path
             await asyncio.sleep(0.2)
             refused = await gate.call(CHAT, timeout=5)  # the per-model queue holds two
             assert refused.error == b"503 no_backend" and time.monotonic() - started < 2
+            # the listing's counts (the appliance's metrics): two held, one instance starting
+            counts: dict[str, Any] = {}
+
+            async def census() -> bool:
+                counts.update((await gate.request("models")).json()["data"][0])
+                return counts["held"] == 2 and counts["instances"] == {"ready": 0, "starting": 1}
+
+            await async_wait_until_async(census, 4, what="two held, one starting in the listing")
             stream_reply, plain_reply = await asyncio.gather(streamed, plain)
             assert plain_reply.ok and plain_reply.head == b"200 json"
             assert stream_reply.ok and stream_reply.head == b"200 sse"

@@ -80,7 +80,10 @@ class Appliance:
         return httpx2.get(f"{self.url}/readyz", timeout=10)
 
 
-def start_appliance(sshd: Sshd, mode: str, known_hosts: Path | None = None, connections: int = 2) -> Appliance:
+def start_appliance(sshd: Sshd, mode: str, known_hosts: Path | None = None, connections: int = 2,
+                    extra_toml: str = "") -> Appliance:
+    """`sluice serve` reaching ``sshd``'s gate; ``extra_toml`` is appended to its configuration
+    (written to ``sshd.dir / "appliance-<port>.toml"``)."""
     port = free_port()
     config = sshd.dir / f"appliance-{port}.toml"
     config.write_text(
@@ -109,6 +112,7 @@ def start_appliance(sshd: Sshd, mode: str, known_hosts: Path | None = None, conn
                 "",
             ]
         )
+        + extra_toml
     )
     process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
