@@ -62,6 +62,7 @@ __all__ = [
     "MAX_NUMBER_CHARS",
     "MAX_ROUTE_BODY_BYTES",
     "MAX_MODEL_CHARS",
+    "SEALING_OVERHEAD",
     "DEFAULT_ROUTES_PATH",
     "CheckedBody",
     "Route",
@@ -82,7 +83,9 @@ from ._limits import (
     MAX_MODEL_CHARS,
     MAX_NUMBER_CHARS,
     MAX_ROUTE_BODY_BYTES,
+    SEALING_OVERHEAD,
 )
+from .grammar import MAX_BODY_BYTES
 from ._schema import _ROUTE_KEYS, _Check, _Compiler, _fail
 from ._strict_json import _ENCODER, _as_bytes, _decode, _serialize, parse_json
 
@@ -120,6 +123,15 @@ class Route:
     stream_allowed: bool
     max_depth: int
     _check: _Check = field(repr=False, compare=False)
+
+    def max_request_bytes(self, sealed: bool) -> int:
+        """The most bytes a request to this route may declare: the one limit that
+        the appliance (reading the client's body) and the gate (reading the
+        ``call`` or ``sealed`` line) both apply.  A sealed request may add
+        :data:`SEALING_OVERHEAD`, within the grammar's ``MAX_BODY_BYTES``."""
+        if not sealed:
+            return self.max_body_bytes
+        return min(self.max_body_bytes + SEALING_OVERHEAD, MAX_BODY_BYTES)
 
     def check(self, data: bytes, *, force_usage: bool = False) -> CheckedBody:
         """Parse ``data`` as strict JSON, check it against this route, re-serialize it.

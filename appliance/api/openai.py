@@ -51,7 +51,6 @@ _STREAMED: Final = frozenset({"sse", "ohttp-chunked"})
 # Sealed requests: RFC 9458 and chunked-OHTTP request media types -> seal kinds.
 _SEAL_KINDS: Final = {"message/ohttp-req": "ohttp", "message/ohttp-chunked-req": "chunked"}
 _OHTTP_KEYS: Final = "application/ohttp-keys"
-_SEAL_OVERHEAD: Final = 64 * 1024
 
 
 class OpenAIApi:
@@ -108,7 +107,7 @@ class OpenAIApi:
             if principal is None:
                 return error_response(401, "invalid_api_key")
             try:
-                body = await read_body(request, route.max_body_bytes)
+                body = await read_body(request, route.max_request_bytes(sealed=False))
                 checked = route.check(body)
                 info = (await self._clusters.models()).get(checked.model)
                 if info is None or not self._access.allows(principal, checked.model):
@@ -140,8 +139,8 @@ class OpenAIApi:
 
     def _sealed_handler(self, route_id: str):  # type: ignore[no-untyped-def]
         route = self._routes.get(route_id)
-        # Encapsulation adds a few dozen bytes, chunking a few per 16 KiB chunk.
-        limit = route.max_body_bytes + _SEAL_OVERHEAD
+        # The same limit the gate applies to the sealed line (policy/bodies.py).
+        limit = route.max_request_bytes(sealed=True)
 
         async def handle(request: Request) -> Response:
             started = time.monotonic()

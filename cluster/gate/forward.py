@@ -114,8 +114,8 @@ class Forwarder:
         await self._pool.aclose()
 
     def max_body(self, call: Call) -> int:
-        """The most body bytes ``call``'s route accepts."""
-        return self._routes.get(call.route).max_body_bytes
+        """The most body bytes ``call``'s route accepts (sealed: with the sealing overhead)."""
+        return self._routes.get(call.route).max_request_bytes(sealed=call.seal is not None)
 
     async def serve(self, command: StreamCommand, body: bytes, sink: Sink) -> None:
         """Answer ``command``; every failure becomes an ERROR on this stream only."""
