@@ -108,6 +108,7 @@ class Forwarder:
         self._ring: object | None = None
         self._ring_stamp: object = None
         self._ring_checked = float("-inf")
+        self._ring_expiry = float("inf")  # when a retired key's window ends (wall clock)
         self._replay: object | None = None
 
     async def aclose(self) -> None:
@@ -141,8 +142,9 @@ class Forwarder:
     def _sealed_keys(self):  # type: ignore[no-untyped-def]
         """The key ring for sealed requests: loaded on first use (exec-mode gates that
         serve clear requests never import the crypto code), and again after a
-        rotation (``ring.json`` changed; looked at no more than once a second)."""
-        from ..sealed_keys import keys_dir, load_ring, ring_stamp
+        rotation (``ring.json`` changed; looked at no more than once a second) and
+        when a retired key's window ended (its file is then deleted)."""
+        from ..sealed_keys import keys_dir, load_ring, purge_expired, ring_stamp
         from .sealed import SharedReplayGuard
 
         if self._config.path is None:
@@ -151,9 +153,10 @@ class Forwarder:
         if self._ring is None or now - self._ring_checked >= RING_RELOAD_INTERVAL:
             self._ring_checked = now
             stamp = ring_stamp(self._config.path)
-            if stamp != self._ring_stamp:
+            if stamp != self._ring_stamp or time.time() >= self._ring_expiry:
                 self._ring = load_ring(self._config.path)
                 self._ring_stamp = stamp
+                self._ring_expiry = purge_expired(self._config.path)
             if self._replay is None:
                 self._replay = SharedReplayGuard(keys_dir(self._config.path) / "replay.sqlite")
         if self._ring is None:
