@@ -236,7 +236,8 @@ async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncItera
     """The gate's SSE bytes as they arrive; an error mid-stream becomes an error event.
 
     The ticket is settled when the stream ends, fails, or the client goes away
-    (then with status 499 and whatever usage the gate had reported).
+    (then with status 499 and the usage so far that the gate reports in its
+    answer to the CANCEL; a timeout's ERROR comes with it too).
     """
     first: float | None = None
     status = reply.status
@@ -255,4 +256,10 @@ async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncItera
         raise
     finally:
         reply.cancel()
-        await asyncio.shield(ticket.settle(_outcome(reply, started, first, status, reply.media != "sse")))
+        await asyncio.shield(_settle_cut(reply, ticket, started, first, status))
+
+
+async def _settle_cut(reply: GateReply, ticket: Ticket, started: float, first: float | None, status: int) -> None:
+    """Settle a stream once the gate has said how much it delivered (bounded wait after a CANCEL)."""
+    await reply.wait_last()
+    await ticket.settle(_outcome(reply, started, first, status, reply.media != "sse"))

@@ -31,15 +31,12 @@ from ..backend_client import BackendPool
 from ..config import ClusterConfig
 from ..routing import Instance, Router
 from ..scheduler.trigger import kick_pass
+from .bounds import MAX_RESPONSE_BYTES, HeldBytes, Holder, ResponseTooLarge
 from .usage import SseUsageFilter, Usage, usage_from_json
 
 __all__ = ["Sink", "Forwarder", "MAX_RESPONSE_BYTES"]
 
 log = logging.getLogger("sluice.gate")
-
-# A whole (non-streamed) response held in memory: embeddings of a large batch
-# are the largest legitimate ones.
-MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 
 # Backend statuses passed to the client as they are: the request was served,
 # or the backend refused the (already checked) request for a reason the client
@@ -75,6 +72,9 @@ class _HeadSent:
     async def body(self, data: bytes) -> None:
         await self._sink.body(data)
 
+    def progress(self, usage: Usage) -> None:
+        self._sink.progress(usage)
+
     def end(self, usage: Usage | None) -> None:
         self._sink.end(usage)
 
@@ -92,6 +92,8 @@ class Sink(Protocol):
 
     def head(self, status: int, media: str) -> None: ...
     async def body(self, data: bytes) -> None: ...
+    def progress(self, usage: Usage) -> None:
+        """The usage so far of a stream still running (reported if it is cut short)."""
     def end(self, usage: Usage | None) -> None: ...
     def error(self, error: SluiceError) -> None: ...
 
@@ -110,6 +112,7 @@ class Forwarder:
         self._ring_checked = float("-inf")
         self._ring_expiry = float("inf")  # when a retired key's window ends (wall clock)
         self._replay: object | None = None
+        self._held = HeldBytes()  # whole responses held by all streams of this process
 
     async def aclose(self) -> None:
         await self._pool.aclose()
@@ -181,7 +184,11 @@ class Forwarder:
             return
         if checked.model != call.model:
             raise BodyRejected("model_mismatch", 400)
-        await self._call(Call(call.route, call.model, len(inner)), inner, SealingSink(sink, opened.sealer))  # type: ignore[arg-type]
+        holder = Holder(self._held)  # an answer sealed whole is held until it is complete
+        try:
+            await self._call(Call(call.route, call.model, len(inner)), inner, SealingSink(sink, opened.sealer, holder))  # type: ignore[arg-type]
+        finally:
+            holder.release()
 
     async def _json(self, sink: Sink, document: object) -> None:
         sink.head(200, "json")
@@ -268,13 +275,17 @@ class Forwarder:
                         # the HEAD already said 200 sse: the backend's refusal can only be an error
                         raise PeerError("backend_rejected", response.status) if response.status != 200 else BackendFailed()
                     if response.content_type.startswith("text/event-stream"):
-                        await self._stream(response, sink, checked.include_usage)
+                        await self._stream(response, sink, SseUsageFilter(checked.include_usage, checked.continuous_usage))
                     else:
-                        data = await response.read(MAX_RESPONSE_BYTES)
-                        sink.head(response.status, "json")
-                        if data:
-                            await sink.body(data)
-                        sink.end(usage_from_json(data) if response.status == 200 else None)
+                        holder = Holder(self._held)
+                        try:
+                            data = await _read_whole(response, holder)
+                            sink.head(response.status, "json")
+                            if data:
+                                await sink.body(data)
+                            sink.end(usage_from_json(data) if response.status == 200 else None)
+                        finally:
+                            holder.release()
                 finally:
                     response.close()
         except TimeoutError:
@@ -283,14 +294,28 @@ class Forwarder:
             if instance is not None:
                 self._router.release(instance)
 
-    async def _stream(self, response: object, sink: Sink, client_asked_for_usage: bool) -> None:
-        usage_filter = SseUsageFilter(client_asked_for_usage)
+    async def _stream(self, response: object, sink: Sink, usage_filter: SseUsageFilter) -> None:
         sink.head(response.status, "sse")  # type: ignore[attr-defined]
         async for piece in response.iter_body():  # type: ignore[attr-defined]
             events = usage_filter.feed(piece)
+            if usage_filter.usage is not None:
+                sink.progress(usage_filter.usage)
             if events:
                 await sink.body(events)
         rest = usage_filter.flush()
         if rest:
             await sink.body(rest)
         sink.end(usage_filter.usage)
+
+
+async def _read_whole(response: object, holder: Holder) -> bytes:
+    """A whole response body, counted in ``holder``: :class:`ResponseTooLarge` past
+    MAX_RESPONSE_BYTES, :class:`~policy.errors.Overloaded` past the process's bound."""
+    declared = response.head.content_length  # type: ignore[attr-defined]
+    if declared is not None and declared > MAX_RESPONSE_BYTES:
+        raise ResponseTooLarge()
+    pieces: list[bytes] = []
+    async for piece in response.iter_body():  # type: ignore[attr-defined]
+        holder.take(len(piece))
+        pieces.append(piece)
+    return b"".join(pieces)

@@ -36,6 +36,7 @@ from sluice_sdk.gateway import OpenedRequest, open_request
 from sluice_sdk.ohttp import ChunkedResponseSealer, ResponseSealer
 from sluice_sdk.replay import ReplayGuard, retention
 
+from .bounds import Holder
 from .session import FrameSink
 from .usage import Usage
 
@@ -130,8 +131,9 @@ def sealed_error(sealer: ResponseSealer | ChunkedResponseSealer, error: SluiceEr
 class SealingSink:
     """Wraps the stream's :class:`~cluster.gate.session.FrameSink`: what goes in clear comes out sealed.
 
-    Whole mode (RFC 9458): the inner answer is collected, then sealed as one
-    Binary HTTP response (``200 ohttp``).  Chunked mode: the head and each
+    Whole mode (RFC 9458): the inner answer is collected (at most
+    ``bounds.MAX_RESPONSE_BYTES``, counted in the process's held bytes, an
+    inner stream included), then sealed as one Binary HTTP response (``200 ohttp``).  Chunked mode: the head and each
     body piece are sealed as they come (``200 ohttp-chunked``), the end as the
     final chunk.  Errors before the head go out in the clear (they concern
     only metadata: unknown model, no instance, timeouts); after the head in
@@ -139,9 +141,10 @@ class SealingSink:
     client detects as truncation.  Usage always goes out in the clear.
     """
 
-    def __init__(self, sink: FrameSink, sealer: ResponseSealer | ChunkedResponseSealer) -> None:
+    def __init__(self, sink: FrameSink, sealer: ResponseSealer | ChunkedResponseSealer, holder: Holder) -> None:
         self._sink = sink
         self._sealer = sealer
+        self._holder = holder
         self._encoder = ResponseStreamEncoder()
         self._status = 0
         self._media = b"application/json"
@@ -156,6 +159,7 @@ class SealingSink:
 
     async def body(self, data: bytes) -> None:
         if not isinstance(self._sealer, ChunkedResponseSealer):
+            self._holder.take(len(data))  # bounded: ResponseTooLarge, or Overloaded for the process
             self._parts.append(data)
             return
         sealed = b"".join(self._parts) + self._sealer.write(self._encoder.data(data))
@@ -173,5 +177,9 @@ class SealingSink:
         self._sink.body_nowait(final)
         self._sink.end(usage)
 
+    def progress(self, usage: Usage) -> None:
+        self._sink.progress(usage)
+
     def error(self, error: SluiceError) -> None:
+        self._parts.clear()
         self._sink.error(error)

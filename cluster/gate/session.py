@@ -203,9 +203,14 @@ class StreamTable:
 
 
 class FrameSink:
-    """A :class:`~cluster.gate.forward.Sink` that writes one stream's frames."""
+    """A :class:`~cluster.gate.forward.Sink` that writes one stream's frames.
 
-    __slots__ = ("_write", "_drain", "_stream", "_done", "_headed")
+    It keeps the usage so far (:meth:`progress`): an ERROR after tokens were
+    delivered is preceded by a USAGE frame, and the answer to a CANCEL
+    (:meth:`cancelled`) is an END carrying it, so the appliance meters what
+    the stream delivered."""
+
+    __slots__ = ("_write", "_drain", "_stream", "_done", "_headed", "usage_so_far")
 
     def __init__(self, write: Callable[[bytes], None], drain: Callable[[], object], stream: int) -> None:
         self._write = write
@@ -213,6 +218,7 @@ class FrameSink:
         self._stream = stream
         self._done = False
         self._headed = False
+        self.usage_so_far: Usage | None = None
 
     @property
     def done(self) -> bool:
@@ -232,16 +238,29 @@ class FrameSink:
         for start in range(0, len(data), MAX_PAYLOAD):
             self._write(encode(Kind.BODY, stream, data[start : start + MAX_PAYLOAD]))
 
+    def progress(self, usage: Usage) -> None:
+        self.usage_so_far = usage
+
     def end(self, usage: Usage | None) -> None:
-        payload = json.dumps(usage, separators=(",", ":")).encode() if usage else b""
-        self._write(encode(Kind.END, self._stream, payload))
+        self._write(encode(Kind.END, self._stream, _usage_payload(usage)))
         self._done = True
 
     def error(self, error: SluiceError) -> None:
         if self._done:
             return
+        if self.usage_so_far:
+            self._write(encode(Kind.USAGE, self._stream, _usage_payload(self.usage_so_far)))
         self._write(encode(Kind.ERROR, self._stream, f"{error.status:03d} {error.code}".encode()))
         self._done = True
+
+    def cancelled(self) -> None:
+        """Answer the appliance's CANCEL: END with the usage so far (or empty)."""
+        if not self._done:
+            self.end(self.usage_so_far)
+
+
+def _usage_payload(usage: Usage | None) -> bytes:
+    return json.dumps(usage, separators=(",", ":")).encode() if usage else b""
 
 
 class MuxSession:
@@ -258,6 +277,7 @@ class MuxSession:
         self._reader = reader
         self._writer = writer
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._cancelling: set[int] = set()
         self._table = StreamTable(forwarder.max_body, self._cancel, clock, refuse=self._refuse)
 
     def _refuse(self, stream: int, error: SluiceError) -> None:
@@ -267,6 +287,7 @@ class MuxSession:
     def _cancel(self, stream: int) -> None:
         task = self._tasks.get(stream)
         if task is not None:
+            self._cancelling.add(stream)
             task.cancel()
 
     async def run(self) -> int:
@@ -323,7 +344,9 @@ class MuxSession:
         try:
             await self._forwarder.serve(command, body, sink)
         except asyncio.CancelledError:
-            pass  # the appliance cancelled: it expects nothing more on this stream
+            if stream in self._cancelling:
+                sink.cancelled()  # the appliance's CANCEL: its last word is END with the usage so far
         finally:
+            self._cancelling.discard(stream)
             self._tasks.pop(stream, None)
             self._table.finished(stream)
