@@ -348,6 +348,43 @@ def test_reject_per_stream_problems_keep_the_mux_session(gate_config: Path, trip
     _assert_untouched(tripwire, before)
 
 
+def test_cancel_is_answered_with_the_usage_so_far(gate_config: Path) -> None:
+    """Finding 11: the gate answers a CANCEL of a running stream with END and the usage it
+    delivered so far (the appliance charges that), and the session goes on."""
+
+    async def scenario() -> tuple[list[Frame], list[Frame]]:
+        process = await asyncio.create_subprocess_exec(
+            *gate_argv(gate_config), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 mux"}, cwd=Path(__file__).resolve().parents[2],
+        )
+        assert process.stdin and process.stdout
+        stream, line, body = _call(1, {**CHAT, "stream": True, "max_tokens": 2000,
+                                       "messages": [{"role": "user", "content": "tell me a long story 3"}]})
+        process.stdin.write(encode(Kind.OPEN, stream, line) + encode(Kind.DATA, stream, body))
+        decoder = FrameDecoder(GATE_KINDS)
+        frames: list[Frame] = []
+        while sum(f.kind is Kind.BODY for f in frames) < 10:
+            frames += decoder.feed(await asyncio.wait_for(process.stdout.read(65536), 30))
+        process.stdin.write(encode(Kind.CANCEL, 1))
+        while frames[-1].kind not in (Kind.END, Kind.ERROR):
+            frames += decoder.feed(await asyncio.wait_for(process.stdout.read(65536), 30))
+        stream, line, body = _call(2, CHAT)
+        process.stdin.write(encode(Kind.OPEN, stream, line) + encode(Kind.DATA, stream, body))
+        after: list[Frame] = []
+        while not after or after[-1].kind not in (Kind.END, Kind.ERROR):
+            after += [f for f in decoder.feed(await asyncio.wait_for(process.stdout.read(65536), 30)) if f.stream == 2]
+        process.stdin.close()
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        return frames, after
+
+    frames, after = asyncio.run(scenario())
+    end = frames[-1]
+    assert end.kind is Kind.END
+    usage = json.loads(end.payload)
+    assert usage["prompt_tokens"] == 6 and 10 <= usage["completion_tokens"] < 2000
+    assert after[0].payload == b"200 json" and after[-1].kind is Kind.END
+
+
 def test_reject_mux_violation_ends_session(gate_config: Path, tripwire: Tripwire) -> None:
     before = tripwire.hits
     requests = [(1, b"ping", b""), (1, b"ping", b"")]  # stream id reuse
