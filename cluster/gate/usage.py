@@ -148,7 +148,7 @@ class SseUsageFilter:
         if usage is None:
             return event  # "usage": null, or nothing we count
         self.usage = usage
-        if any(marker in event for marker in _NO_CHOICES):
+        if _NO_CHOICES[0] in event or _NO_CHOICES[1] in event:
             return event if self._keep_usage_event else b""
         if self._keep_usage_so_far:
             return event
