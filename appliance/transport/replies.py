@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 from policy.errors import BackendFailed, SluiceError, TransportError
-from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, FrameDecoder, Kind, encode
+from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, MAX_STREAMS, FrameDecoder, Kind, encode
 from policy.grammar import Call, StreamCommand, stream_line
 from policy.errors import Disallowed
 
@@ -291,7 +291,10 @@ class MuxClient:
         if self.alive:
             if reply is not None:
                 reply.awaiting_last = True  # the gate answers the CANCEL with END and the usage so far
-                self._receiver.cancelled[stream] = reply
+                cancelled = self._receiver.cancelled
+                cancelled[stream] = reply
+                if len(cancelled) > MAX_STREAMS:  # a gate that never answers must not grow this
+                    cancelled.pop(next(iter(cancelled))).concluded()
             self._writer.write(encode(Kind.CANCEL, stream))
 
     async def wait_closed(self) -> None:
