@@ -101,6 +101,7 @@ class StreamTable:
         self._pending = 0
         self._opened = 0
         self._idle_frames = 0
+        self._refused_pending = 0
 
     @property
     def open_streams(self) -> int:
@@ -147,6 +148,10 @@ class StreamTable:
     def _refused(self, stream: int, command: StreamCommand | None, length: int, error: SluiceError) -> None:
         self._refuse(stream, error)
         if length:
+            self._refused_pending += 1
+            if self._refused_pending > MAX_STREAMS:
+                # refused streams whose DATA are still awaited: more than a session can have open is a flood
+                raise Disallowed("refused_flood")
             self._receiving[stream] = _Receiving(None, length, self._clock() + BODY_IDLE_TIMEOUT, command is not None)
 
     def _data(self, stream: int, payload: bytes) -> tuple[int, StreamCommand, bytes] | None:
@@ -159,6 +164,7 @@ class StreamTable:
         if state.command is None:
             if state.exact and state.received == state.length:
                 del self._receiving[stream]  # a refused stream's body, all dropped
+                self._refused_pending -= 1
             return None
         state.body += payload
         self._pending += len(payload)
@@ -178,6 +184,8 @@ class StreamTable:
         if state is not None:
             if state.command is not None:
                 self._pending -= len(state.body)
+            else:
+                self._refused_pending -= 1
         elif stream in self.running:
             self._cancel(stream)
         else:
@@ -198,6 +206,7 @@ class StreamTable:
             if now > state.deadline:
                 if not state.exact:
                     del self._receiving[stream]
+                    self._refused_pending -= 1
                     continue
                 raise Disallowed("body_timeout")
 

@@ -206,3 +206,16 @@ def test_reject_bad_open_line_refuses_the_stream_only() -> None:
     clock.now = BODY_IDLE_TIMEOUT + 1
     table.check_deadlines()  # forgotten, not a violation: its length was never known
     assert table.on_frame(Kind.OPEN, 3, b"ping") == (3, Ping(), b"")
+
+
+def test_reject_flood_of_refused_streams() -> None:
+    """Refused streams whose bodies are still awaited are bounded like open ones."""
+    table, _, clock = make()
+    for stream in range(1, MAX_STREAMS + 1):
+        table.on_frame(Kind.OPEN, stream, b"mux")  # refused; a body might follow
+    _violation(table, Kind.OPEN, MAX_STREAMS + 1, b"mux", "refused_flood")
+    table2, _, clock2 = make()
+    for stream in range(1, 2 * MAX_STREAMS):
+        table2.on_frame(Kind.OPEN, stream, b"mux")
+        clock2.now += BODY_IDLE_TIMEOUT / MAX_STREAMS * 2.5  # slow enough: each is forgotten in time
+        table2.check_deadlines()
