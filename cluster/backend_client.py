@@ -261,10 +261,11 @@ class _Connection(asyncio.Protocol):
                         if self.transport is not None and self.state == _ACTIVE:
                             self.transport.resume_reading()
                     return piece
+                if self._error is not None:
+                    # also after the body's end: bytes beyond it (a lying length, garbage) fail the response
+                    raise self._error()
                 if self.body_done:
                     return None
-                if self._error is not None:
-                    raise self._error()
                 await self._wait(self._loop.time() + idle_timeout)
         except BaseException:
             self.abort()

@@ -51,7 +51,6 @@ _STREAMED: Final = frozenset({"sse", "ohttp-chunked"})
 # Sealed requests: RFC 9458 and chunked-OHTTP request media types -> seal kinds.
 _SEAL_KINDS: Final = {"message/ohttp-req": "ohttp", "message/ohttp-chunked-req": "chunked"}
 _OHTTP_KEYS: Final = "application/ohttp-keys"
-_SEAL_OVERHEAD: Final = 64 * 1024
 
 
 class OpenAIApi:
@@ -106,7 +105,7 @@ class OpenAIApi:
             if principal is None:
                 return error_response(401, "invalid_api_key")
             try:
-                body = await read_body(request, route.max_body_bytes)
+                body = await read_body(request, route.max_request_bytes(sealed=False))
                 checked = route.check(body)
                 info = (await self._clusters.models()).get(checked.model)
                 if info is None or not self._access.allows(principal, checked.model):
@@ -138,8 +137,8 @@ class OpenAIApi:
 
     def _sealed_handler(self, route_id: str):  # type: ignore[no-untyped-def]
         route = self._routes.get(route_id)
-        # Encapsulation adds a few dozen bytes, chunking a few per 16 KiB chunk.
-        limit = route.max_body_bytes + _SEAL_OVERHEAD
+        # The same limit the gate applies to the sealed line (policy/bodies.py).
+        limit = route.max_request_bytes(sealed=True)
 
         async def handle(request: Request) -> Response:
             started = time.monotonic()
@@ -247,7 +246,8 @@ async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncItera
     """The gate's SSE bytes as they arrive; an error mid-stream becomes an error event.
 
     The ticket is settled when the stream ends, fails, or the client goes away
-    (then with status 499 and whatever usage the gate had reported).
+    (then with status 499 and the usage so far that the gate reports in its
+    answer to the CANCEL; a timeout's ERROR comes with it too).
     """
     first: float | None = None
     status = reply.status
@@ -266,4 +266,10 @@ async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncItera
         raise
     finally:
         reply.cancel()
-        await asyncio.shield(ticket.settle(_outcome(reply, started, first, status, reply.media != "sse")))
+        await asyncio.shield(_settle_cut(reply, ticket, started, first, status))
+
+
+async def _settle_cut(reply: GateReply, ticket: Ticket, started: float, first: float | None, status: int) -> None:
+    """Settle a stream once the gate has said how much it delivered (bounded wait after a CANCEL)."""
+    await reply.wait_last()
+    await ticket.settle(_outcome(reply, started, first, status, reply.media != "sse"))

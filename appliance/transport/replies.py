@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 from policy.errors import BackendFailed, SluiceError, TransportError
-from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, FrameDecoder, Kind, encode
+from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, MAX_STREAMS, FrameDecoder, Kind, encode
 from policy.grammar import Call, StreamCommand, stream_line
 from policy.errors import Disallowed
 
-__all__ = ["GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED"]
+__all__ = ["GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED", "LAST_WORD_WAIT"]
 
 # Response bytes held for one request whose client reads slower than the
 # model writes.  Past this the request is cancelled: a stalled client must
@@ -27,6 +27,11 @@ __all__ = ["GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED"]
 MAX_BUFFERED: Final = 16 * 1024 * 1024
 
 READ_SIZE: Final = 256 * 1024
+
+# How long a cancelled stream waits for the gate's END that answers the CANCEL
+# (it carries the usage so far, which is what the stream is charged).  The gate
+# answers at once; this only bounds a session that is slow or breaking.
+LAST_WORD_WAIT: Final = 2.0
 
 _END: Final = object()
 
@@ -48,7 +53,8 @@ def _parse_error(payload: bytes) -> SluiceError:
 class GateReply:
     """The gate's answer to one request: a head, body pieces, then usage or an error."""
 
-    __slots__ = ("stream", "status", "media", "usage", "_head", "_pieces", "_buffered", "_wake", "_finished", "_cancel")
+    __slots__ = ("stream", "status", "media", "usage", "_head", "_pieces", "_buffered", "_wake", "_finished", "_cancel",
+                 "_last", "awaiting_last")
 
     def __init__(self, stream: int, cancel: Callable[[int], None]) -> None:
         self.stream = stream
@@ -61,6 +67,9 @@ class GateReply:
         self._wake: asyncio.Future[None] | None = None
         self._finished = False
         self._cancel = cancel
+        # Resolved by the gate's last frame on this stream (END or ERROR), or when the way breaks.
+        self._last: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.awaiting_last = False  # a CANCEL went out and its END is still to come
 
     @property
     def finished(self) -> bool:
@@ -94,9 +103,8 @@ class GateReply:
             return
         self._push(payload)
 
-    def on_end(self, payload: bytes) -> None:
-        if not self._head.done():
-            raise Disallowed("end_before_head")
+    def on_usage(self, payload: bytes) -> None:
+        """Usage (so far, in a USAGE frame or an END): what this stream is charged."""
         if payload:
             try:
                 usage = json.loads(payload)
@@ -104,10 +112,32 @@ class GateReply:
                 usage = None
             if isinstance(usage, dict):
                 self.usage = {k: v for k, v in usage.items() if isinstance(k, str) and type(v) is int}
+
+    def on_end(self, payload: bytes) -> None:
+        if not self._head.done():
+            raise Disallowed("end_before_head")
+        self.on_usage(payload)
         self._finished = True
+        self.concluded()
         self._push(_END)
 
+    def concluded(self) -> None:
+        """The gate said its last word on this stream (or the way to it broke)."""
+        self.awaiting_last = False
+        if not self._last.done():
+            self._last.set_result(None)
+
+    async def wait_last(self, timeout: float = LAST_WORD_WAIT) -> None:
+        """After a CANCEL: wait (bounded) for the gate's END and its usage so far."""
+        if not self.awaiting_last:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._last), timeout)
+        except TimeoutError:
+            pass
+
     def fail(self, error: SluiceError) -> None:
+        self.concluded()
         if self._finished:
             return
         self._finished = True
@@ -154,6 +184,8 @@ class FrameReceiver:
     def __init__(self, reader: asyncio.StreamReader) -> None:
         self._reader = reader
         self.replies: dict[int, GateReply] = {}
+        # Streams we cancelled, until the gate's END (or ERROR) for them arrives.
+        self.cancelled: dict[int, GateReply] = {}
         self.closed: SluiceError | None = None
 
     async def run(self) -> None:
@@ -170,8 +202,11 @@ class FrameReceiver:
                         raise TransportError("gate_" + "".join(c for c in code if c.isalnum() or c == "_")[:40])
                     reply = replies.get(stream)
                     if reply is None:
-                        continue  # a stream we cancelled; the gate may still have been answering
-                    if kind is Kind.BODY:
+                        self._after_cancel(kind, stream, payload)
+                        continue
+                    if kind is Kind.USAGE:
+                        reply.on_usage(payload)
+                    elif kind is Kind.BODY:
                         reply.on_body(payload)
                     elif kind is Kind.HEAD:
                         reply.on_head(payload)
@@ -189,13 +224,28 @@ class FrameReceiver:
         except Exception:  # the pipe or the SSH channel broke, in whatever way its library says it
             self.close(TransportError("gate_closed"))
 
+    def _after_cancel(self, kind: Kind, stream: int, payload: bytes) -> None:
+        """A frame of a stream we cancelled: the gate may still have been answering;
+        its END (or a USAGE before an ERROR) carries the usage so far."""
+        reply = self.cancelled.get(stream)
+        if reply is None:
+            return
+        if kind in (Kind.END, Kind.USAGE):
+            reply.on_usage(payload)
+        if kind in (Kind.END, Kind.ERROR):
+            del self.cancelled[stream]
+            reply.concluded()
+
     def close(self, error: SluiceError) -> None:
         """Fail every reply still waiting: nothing hangs when the way to the gate breaks."""
         if self.closed is None:
             self.closed = error
         replies, self.replies = self.replies, {}
+        cancelled, self.cancelled = self.cancelled, {}
         for reply in replies.values():
             reply.fail(error)
+        for reply in cancelled.values():
+            reply.concluded()
 
 
 class MuxClient:
@@ -237,8 +287,14 @@ class MuxClient:
         return reply
 
     def _send_cancel(self, stream: int) -> None:
-        self._receiver.replies.pop(stream, None)
+        reply = self._receiver.replies.pop(stream, None)
         if self.alive:
+            if reply is not None:
+                reply.awaiting_last = True  # the gate answers the CANCEL with END and the usage so far
+                cancelled = self._receiver.cancelled
+                cancelled[stream] = reply
+                if len(cancelled) > MAX_STREAMS:  # a gate that never answers must not grow this
+                    cancelled.pop(next(iter(cancelled))).concluded()
             self._writer.write(encode(Kind.CANCEL, stream))
 
     async def wait_closed(self) -> None:

@@ -32,15 +32,12 @@ from ..config import ClusterConfig
 from ..routing import Instance, Router
 from ..scheduler.census import CENSUS_TTL, ModelCensus, model_census
 from ..scheduler.trigger import kick_pass
+from .bounds import MAX_RESPONSE_BYTES, HeldBytes, Holder, ResponseTooLarge
 from .usage import SseUsageFilter, Usage, usage_from_json
 
 __all__ = ["Sink", "Forwarder", "MAX_RESPONSE_BYTES"]
 
 log = logging.getLogger("sluice.gate")
-
-# A whole (non-streamed) response held in memory: embeddings of a large batch
-# are the largest legitimate ones.
-MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 
 # Backend statuses passed to the client as they are: the request was served,
 # or the backend refused the (already checked) request for a reason the client
@@ -76,6 +73,9 @@ class _HeadSent:
     async def body(self, data: bytes) -> None:
         await self._sink.body(data)
 
+    def progress(self, usage: Usage) -> None:
+        self._sink.progress(usage)
+
     def end(self, usage: Usage | None) -> None:
         self._sink.end(usage)
 
@@ -93,6 +93,8 @@ class Sink(Protocol):
 
     def head(self, status: int, media: str) -> None: ...
     async def body(self, data: bytes) -> None: ...
+    def progress(self, usage: Usage) -> None:
+        """The usage so far of a stream still running (reported if it is cut short)."""
     def end(self, usage: Usage | None) -> None: ...
     def error(self, error: SluiceError) -> None: ...
 
@@ -109,16 +111,18 @@ class Forwarder:
         self._ring: object | None = None
         self._ring_stamp: object = None
         self._ring_checked = float("-inf")
+        self._ring_expiry = float("inf")  # when a retired key's window ends (wall clock)
         self._replay: object | None = None
         self._census_cache: dict[str, ModelCensus] | None = None
         self._census_at = float("-inf")
+        self._held = HeldBytes()  # whole responses held by all streams of this process
 
     async def aclose(self) -> None:
         await self._pool.aclose()
 
     def max_body(self, call: Call) -> int:
-        """The most body bytes ``call``'s route accepts."""
-        return self._routes.get(call.route).max_body_bytes
+        """The most body bytes ``call``'s route accepts (sealed: with the sealing overhead)."""
+        return self._routes.get(call.route).max_request_bytes(sealed=call.seal is not None)
 
     async def serve(self, command: StreamCommand, body: bytes, sink: Sink) -> None:
         """Answer ``command``; every failure becomes an ERROR on this stream only."""
@@ -144,8 +148,9 @@ class Forwarder:
     def _sealed_keys(self):  # type: ignore[no-untyped-def]
         """The key ring for sealed requests: loaded on first use (exec-mode gates that
         serve clear requests never import the crypto code), and again after a
-        rotation (``ring.json`` changed; looked at no more than once a second)."""
-        from ..sealed_keys import keys_dir, load_ring, ring_stamp
+        rotation (``ring.json`` changed; looked at no more than once a second) and
+        when a retired key's window ended (its file is then deleted)."""
+        from ..sealed_keys import keys_dir, load_ring, purge_expired, ring_stamp
         from .sealed import SharedReplayGuard
 
         if self._config.path is None:
@@ -154,9 +159,10 @@ class Forwarder:
         if self._ring is None or now - self._ring_checked >= RING_RELOAD_INTERVAL:
             self._ring_checked = now
             stamp = ring_stamp(self._config.path)
-            if stamp != self._ring_stamp:
+            if stamp != self._ring_stamp or time.time() >= self._ring_expiry:
                 self._ring = load_ring(self._config.path)
                 self._ring_stamp = stamp
+                self._ring_expiry = purge_expired(self._config.path)
             if self._replay is None:
                 self._replay = SharedReplayGuard(keys_dir(self._config.path) / "replay.sqlite")
         if self._ring is None:
@@ -181,7 +187,11 @@ class Forwarder:
             return
         if checked.model != call.model:
             raise BodyRejected("model_mismatch", 400)
-        await self._call(Call(call.route, call.model, len(inner)), inner, SealingSink(sink, opened.sealer))  # type: ignore[arg-type]
+        holder = Holder(self._held)  # an answer sealed whole is held until it is complete
+        try:
+            await self._call(Call(call.route, call.model, len(inner)), inner, SealingSink(sink, opened.sealer, holder))  # type: ignore[arg-type]
+        finally:
+            holder.release()
 
     async def _json(self, sink: Sink, document: object) -> None:
         sink.head(200, "json")
@@ -280,13 +290,17 @@ class Forwarder:
                         # the HEAD already said 200 sse: the backend's refusal can only be an error
                         raise PeerError("backend_rejected", response.status) if response.status != 200 else BackendFailed()
                     if response.content_type.startswith("text/event-stream"):
-                        await self._stream(response, sink, checked.include_usage)
+                        await self._stream(response, sink, SseUsageFilter(checked.include_usage, checked.continuous_usage))
                     else:
-                        data = await response.read(MAX_RESPONSE_BYTES)
-                        sink.head(response.status, "json")
-                        if data:
-                            await sink.body(data)
-                        sink.end(usage_from_json(data) if response.status == 200 else None)
+                        holder = Holder(self._held)
+                        try:
+                            data = await _read_whole(response, holder)
+                            sink.head(response.status, "json")
+                            if data:
+                                await sink.body(data)
+                            sink.end(usage_from_json(data) if response.status == 200 else None)
+                        finally:
+                            holder.release()
                 finally:
                     response.close()
         except TimeoutError:
@@ -295,14 +309,28 @@ class Forwarder:
             if instance is not None:
                 self._router.release(instance)
 
-    async def _stream(self, response: object, sink: Sink, client_asked_for_usage: bool) -> None:
-        usage_filter = SseUsageFilter(client_asked_for_usage)
+    async def _stream(self, response: object, sink: Sink, usage_filter: SseUsageFilter) -> None:
         sink.head(response.status, "sse")  # type: ignore[attr-defined]
         async for piece in response.iter_body():  # type: ignore[attr-defined]
             events = usage_filter.feed(piece)
+            if usage_filter.usage is not None:
+                sink.progress(usage_filter.usage)
             if events:
                 await sink.body(events)
         rest = usage_filter.flush()
         if rest:
             await sink.body(rest)
         sink.end(usage_filter.usage)
+
+
+async def _read_whole(response: object, holder: Holder) -> bytes:
+    """A whole response body, counted in ``holder``: :class:`ResponseTooLarge` past
+    MAX_RESPONSE_BYTES, :class:`~policy.errors.Overloaded` past the process's bound."""
+    declared = response.head.content_length  # type: ignore[attr-defined]
+    if declared is not None and declared > MAX_RESPONSE_BYTES:
+        raise ResponseTooLarge()
+    pieces: list[bytes] = []
+    async for piece in response.iter_body():  # type: ignore[attr-defined]
+        holder.take(len(piece))
+        pieces.append(piece)
+    return b"".join(pieces)

@@ -8,7 +8,7 @@ token, when wanted, comes from the environment variable
 
 It speaks the OpenAI shapes that vLLM speaks (``/v1/models``,
 ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, SSE
-streaming with ``stream_options.include_usage``) plus ``/health`` and a
+streaming with ``stream_options.include_usage`` and ``continuous_usage_stats``) plus ``/health`` and a
 ``/stats`` counter endpoint for leak tests.  Replies are deterministic: words
 drawn from a hash of the prompt, one word per token.  It never logs a prompt
 or a completion.

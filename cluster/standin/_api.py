@@ -170,16 +170,19 @@ def _max_tokens(obj: dict[str, Any]) -> int:
     return min(value, MAX_TOKENS_CAP)
 
 
-def _include_usage(obj: dict[str, Any], stream: bool) -> bool:
+def _include_usage(obj: dict[str, Any], stream: bool) -> tuple[bool, bool]:
+    """``stream_options``: (include_usage, continuous_usage_stats), as vLLM reads them:
+    usage so far on every chunk only together with the final usage."""
     options = obj.get("stream_options")
     if options is None:
-        return False
+        return False, False
     if not stream or not isinstance(options, dict):
         raise _Invalid(400, "invalid_stream_options")
     include = options.get("include_usage", False)
-    if not isinstance(include, bool):
+    continuous = options.get("continuous_usage_stats", False)
+    if not isinstance(include, bool) or not isinstance(continuous, bool):
         raise _Invalid(400, "invalid_stream_options")
-    return include
+    return include, include and continuous
 
 
 def _stream_flag(obj: dict[str, Any]) -> bool:
@@ -335,7 +338,7 @@ class StandinApp:
             texts.append(_message_text(message.get("content")))
         max_tokens = _max_tokens(obj)
         stream = _stream_flag(obj)
-        include_usage = _include_usage(obj, stream)
+        include_usage, continuous = _include_usage(obj, stream)
         prompt_tokens = sum(count_words(text) for text in texts)
         echoed = _echo_tokens(texts[-1], max_tokens)
         if echoed is None:
@@ -379,9 +382,11 @@ class StandinApp:
         def token_events() -> Iterator[bytes]:
             for index, text in enumerate(pieces):
                 delta = {"role": "assistant", "content": text} if index == 0 else {"content": text}
-                yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+                so_far = _usage(prompt_tokens, index + 1) if continuous else None
+                yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}], so_far)
 
-        tail = [chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])]
+        tail = [chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}],
+                      usage if continuous else None)]
         if include_usage:
             tail.append(chunk([], usage))
         tail.append(_DONE_EVENT)
@@ -395,7 +400,7 @@ class StandinApp:
         prompts = self._prompts(obj.get("prompt"))
         max_tokens = _max_tokens(obj)
         stream = _stream_flag(obj)
-        include_usage = _include_usage(obj, stream)
+        include_usage, continuous = _include_usage(obj, stream)
         results = []
         prompt_tokens = 0
         for text, tokens in prompts:
@@ -433,12 +438,16 @@ class StandinApp:
             return _event(obj)
 
         def token_events() -> Iterator[bytes]:
+            delivered = 0
             for index, (words, _) in enumerate(results):
                 for text in _token_texts(words):
-                    yield chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}])
+                    delivered += 1
+                    so_far = _usage(prompt_tokens, delivered) if continuous else None
+                    yield chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}], so_far)
 
         tail = [
-            chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": finish}])
+            chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": finish}],
+                  usage if continuous else None)
             for index, (_, finish) in enumerate(results)
         ]
         if include_usage:

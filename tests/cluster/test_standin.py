@@ -402,6 +402,22 @@ def test_chat_stream_shape(chat: StandinProcess, client: httpx2.Client, include_
         assert all("usage" not in c for c in chunks)
 
 
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_stream_continuous_usage_stats(chat: StandinProcess, client: httpx2.Client, route: str) -> None:
+    """With include_usage and continuous_usage_stats (as the gate asks), every chunk carries usage so far."""
+    options = {"stream": True, "max_tokens": 4, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    if route == "chat":
+        path, body = "/v1/chat/completions", chat_request("stream this please", **options)
+    else:
+        path, body = "/v1/completions", {"model": MODEL, "prompt": "stream this please", **options}
+    with client.stream("POST", url(chat, path), json=body) as response:
+        text = response.read().decode()
+    chunks = [json.loads(event) for event in sse_events(text)[:-1]]
+    assert [c["usage"]["completion_tokens"] for c in chunks[:4]] == [1, 2, 3, 4]
+    assert all(c["usage"]["prompt_tokens"] == 3 for c in chunks)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+
+
 def test_stream_is_paced(slow_chat: StandinProcess, client: httpx2.Client) -> None:
     arrivals = []
     body = chat_request("paced", stream=True, max_tokens=8)
