@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Final
 
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from .app import Appliance, create_app
 from .auth.api_keys import ApiKeyAuthenticator, ApiKeyStore
+from .auth.base import UnsafeAllowAll
+from .server import hypercorn_config
+from .settings import ServerSettings
 from .catalog import ClusterSet
 from .transport.local import LocalPipeTransport
 
@@ -130,13 +132,12 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     keys = ApiKeyStore()
     keys.add(api_key, user="demo", key_id="demo")
     transport = LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions)
-    appliance = Appliance(ClusterSet.single(transport), ApiKeyAuthenticator(keys), metering=meter, metrics=metrics,
-                          metrics_token=metrics_token)
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 3.0
+    # The demo's one key may use every model: named unsafe, and logged at every start.
+    logging.getLogger("sluice.auth").warning('{"event":"unsafe_allow_all","reason":"sluice demo: its key may use every model"}')
+    server_settings = ServerSettings(host="127.0.0.1", port=port)
+    appliance = Appliance(ClusterSet.single(transport), ApiKeyAuthenticator(keys), UnsafeAllowAll(), metering=meter,
+                          metrics=metrics, metrics_token=metrics_token, body_timeout=server_settings.body_timeout)
+    config = hypercorn_config(server_settings, f"127.0.0.1:{port}", graceful_timeout=3.0)
     server = asyncio.create_task(serve(create_app(appliance), config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     status = 0
     try:

@@ -8,6 +8,9 @@ client key) are referred to by path; the file itself holds none.
 host = "0.0.0.0"
 port = 8080
 request_timeout = 300        # seconds, per request, to the first byte of the answer
+header_timeout = 10          # seconds a connection may take to send a request head, or stay idle
+body_timeout = 60            # seconds a request may take to send its whole body
+max_connections = 1024       # open client connections at once; more get 503
 
 [[clusters]]
 name = "hpc"
@@ -25,6 +28,7 @@ keepalive_interval = 5
 user = "alice"
 key_id = "alice-laptop"
 sha256 = "..."
+groups = ["staff"]           # for the [access] policy (default deny: a key in no allowed group may use nothing)
 ```
 
 Sign-in, groups and API keys (``[auth]``, ``[auth.trusted_header]``, ``[oidc]``,
@@ -69,6 +73,12 @@ class ServerSettings:
     port: int = 8080
     request_timeout: float = 300.0
     keepalive_interval: float = 5.0
+    # Seconds a connection may take to send a whole request head, and may stay idle between requests.
+    header_timeout: float = 10.0
+    # Seconds a request may take to send its whole body (a 4 MiB body at 70 KiB/s).
+    body_timeout: float = 60.0
+    # Client connections open at once; each costs buffers and a task, so a flood must not grow without bound.
+    max_connections: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +108,7 @@ class ApiKeyEntry:
     user: str
     key_id: str
     sha256: bytes
+    groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +154,16 @@ class _Table:
 
 
 def _server(data: Any) -> ServerSettings:
-    table = _Table(data, "server", {"host", "port", "request_timeout", "keepalive_interval"})
+    table = _Table(data, "server", {"host", "port", "request_timeout", "keepalive_interval", "header_timeout",
+                                    "body_timeout", "max_connections"})
     return ServerSettings(
         table.get("host", str, "127.0.0.1"),
         table.number("port", int, 1, 65535, 8080),
         table.number("request_timeout", float, 1, 3600, 300.0),
         table.number("keepalive_interval", float, 1, 60, 5.0),
+        table.number("header_timeout", float, 1, 300, 10.0),
+        table.number("body_timeout", float, 1, 3600, 60.0),
+        table.number("max_connections", int, 16, 100_000, 1024),
     )
 
 
@@ -196,7 +211,10 @@ def _mode(table: _Table) -> str:
 
 
 def _api_key(data: Any, where: str) -> ApiKeyEntry:
-    table = _Table(data, where, {"user", "key_id", "sha256"})
+    table = _Table(data, where, {"user", "key_id", "sha256", "groups"})
+    groups = table.get("groups", list, [])
+    if not all(isinstance(g, str) and g and g.isprintable() for g in groups):
+        raise SettingsError(f"{where}.groups must be a list of group names")
     digest = table.get("sha256", str)
     try:
         raw = bytes.fromhex(digest)
@@ -204,7 +222,7 @@ def _api_key(data: Any, where: str) -> ApiKeyEntry:
         raw = b""
     if len(raw) != 32:
         raise SettingsError(f"{where}.sha256 must be 64 hex digits (sha256 of the key)")
-    return ApiKeyEntry(table.get("user", str), table.get("key_id", str), raw)
+    return ApiKeyEntry(table.get("user", str), table.get("key_id", str), raw, frozenset(groups))
 
 
 def parse_settings(data: dict[str, Any], base: Path) -> Settings:

@@ -74,6 +74,7 @@ def served(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         f"[server]\nport = {port}\n[[clusters]]\nname = \"local\"\ntransport = \"local\"\nmode = \"mux\"\n"
         f"gate_command = {json.dumps(gate)}\n"
         f"[[api_keys]]\nuser = \"sealer\"\nkey_id = \"sealed-test\"\nsha256 = \"{hashlib.sha256(KEY.encode()).hexdigest()}\"\n"
+        "[access]\nunsafe_allow_all = true\n"
     )
     log = directory / "appliance.log"
     with log.open("wb") as sink:
