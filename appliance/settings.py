@@ -23,6 +23,7 @@ client_key = "/etc/sluice/id_ed25519"
 known_hosts = "/etc/sluice/known_hosts"   # pinned host keys; there is no way to skip this
 connections = 2
 keepalive_interval = 5
+ping_timeout = 15            # a session that does not answer a ping this fast is wedged: closed and replaced
 
 [[api_keys]]                 # operator-provisioned keys, as SHA-256 hex digests
 user = "alice"
@@ -101,6 +102,8 @@ class SshCluster:
     connections: int = 2
     keepalive_interval: float = 5.0
     connect_timeout: float = 10.0
+    # Seconds a session may take to answer a ping before it counts as wedged and is replaced.
+    ping_timeout: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +182,8 @@ def _cluster(data: Any, where: str, base: Path) -> LocalCluster | SshCluster:
     if kind == "ssh":
         table = _Table(
             data, where,
-            common | {"host", "port", "user", "client_key", "known_hosts", "connections", "keepalive_interval", "connect_timeout"},
+            common | {"host", "port", "user", "client_key", "known_hosts", "connections", "keepalive_interval",
+                      "connect_timeout", "ping_timeout"},
         )
         known_hosts = base / table.get("known_hosts", str)
         client_key = base / table.get("client_key", str)
@@ -192,6 +196,7 @@ def _cluster(data: Any, where: str, base: Path) -> LocalCluster | SshCluster:
             table.number("connections", int, 1, MAX_CONNECTIONS, 2),
             table.number("keepalive_interval", float, 1, 60, 5.0),
             table.number("connect_timeout", float, 1, 120, 10.0),
+            table.number("ping_timeout", float, 1, 300, 15.0),
         )
     raise SettingsError(f"{where}.transport must be 'ssh' or 'local'")
 
