@@ -28,6 +28,7 @@ from .metering import Metering, NoMetering
 from .metrics import Metrics, metrics_route
 from .middleware import ApiGuardMiddleware, BodyDeadlineMiddleware
 from .middleware.body_deadline import DEFAULT_BODY_TIMEOUT
+from .quotas.reservation import OutputCeilings
 
 __all__ = ["Appliance", "Extension", "create_app"]
 
@@ -60,6 +61,7 @@ class Appliance:
     # --- request checks (appliance/middleware) ---
     public_url: str | None = None  # the origin browsers use; None: the Host a request was sent to
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    output_ceilings: OutputCeilings = field(default_factory=OutputCeilings)
     # --- end request checks ---
     # --- metrics and request logs (appliance/metrics.py, appliance/logs.py) ---
     metrics: Metrics | None = None  # None: no /metrics route at all
@@ -84,7 +86,8 @@ class Appliance:
 
 def create_app(appliance: Appliance) -> Starlette:
     api = OpenAIApi(
-        appliance.clusters, appliance.auth, appliance.access, appliance.metering, appliance.routes, appliance.request_timeout
+        appliance.clusters, appliance.auth, appliance.access, appliance.metering, appliance.routes, appliance.request_timeout,
+        appliance.output_ceilings,
     )
 
     async def healthz(_: Request) -> Response:

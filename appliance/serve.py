@@ -71,6 +71,7 @@ def build_appliance(settings: Settings) -> Appliance:
         extensions=extensions,
         public_url=settings.identity.auth.public_url,
         body_timeout=settings.server.body_timeout,
+        output_ceilings=settings.server.output_ceilings,
         metrics=metrics,
         metrics_token=metrics_token,
         access_log=settings.metering.logging.requests,

@@ -11,6 +11,8 @@ request_timeout = 300        # seconds, per request, to the first byte of the an
 header_timeout = 10          # seconds a connection may take to send a request head, or stay idle
 body_timeout = 60            # seconds a request may take to send its whole body
 max_connections = 1024       # open client connections at once; more get 503
+max_output_tokens = 4096     # ceiling set as max_tokens on a request that names none (and reserved for it)
+model_max_output_tokens = { "llama-3.1-70b-instruct" = 8192 }   # per model, overriding the above
 
 [[clusters]]
 name = "hpc"
@@ -43,7 +45,8 @@ Quotas, accounting, metrics and logs (``[quotas]``, ``[accounting]``,
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
 # --- end identity ---
 # --- quotas, accounting, metrics, logging (appliance/quotas/config.py) ---
 from .quotas.config import SECTIONS as _METERING_SECTIONS
+from .quotas.reservation import DEFAULT_MAX_OUTPUT_TOKENS, OutputCeilings
 from .quotas.config import MeteringConfigError, MeteringSettings, parse_metering
 
 # --- end quotas ---
@@ -62,6 +66,9 @@ from .quotas.config import MeteringConfigError, MeteringSettings, parse_metering
 __all__ = ["SettingsError", "ServerSettings", "LocalCluster", "SshCluster", "ApiKeyEntry", "Settings", "load_settings"]
 
 MAX_CONNECTIONS: Final = 32
+
+# The largest output ceiling a setting may name: policy/routes.toml's bound on max_tokens.
+MAX_OUTPUT_CEILING: Final = 2**20
 
 
 class SettingsError(ValueError):
@@ -80,6 +87,13 @@ class ServerSettings:
     body_timeout: float = 60.0
     # Client connections open at once; each costs buffers and a task, so a flood must not grow without bound.
     max_connections: int = 1024
+    # Output tokens per choice for a request that names no limit (set on the forwarded body), and per model.
+    max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+    model_max_output_tokens: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def output_ceilings(self) -> OutputCeilings:
+        return OutputCeilings(self.max_output_tokens, dict(self.model_max_output_tokens))
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +172,11 @@ class _Table:
 
 def _server(data: Any) -> ServerSettings:
     table = _Table(data, "server", {"host", "port", "request_timeout", "keepalive_interval", "header_timeout",
-                                    "body_timeout", "max_connections"})
+                                    "body_timeout", "max_connections", "max_output_tokens", "model_max_output_tokens"})
+    models = table.get("model_max_output_tokens", dict, {})
+    for model, ceiling in models.items():
+        if type(ceiling) is not int or not 1 <= ceiling <= MAX_OUTPUT_CEILING:
+            raise SettingsError(f"server.model_max_output_tokens.{model} must be a whole number from 1 to {MAX_OUTPUT_CEILING}")
     return ServerSettings(
         table.get("host", str, "127.0.0.1"),
         table.number("port", int, 1, 65535, 8080),
@@ -167,6 +185,8 @@ def _server(data: Any) -> ServerSettings:
         table.number("header_timeout", float, 1, 300, 10.0),
         table.number("body_timeout", float, 1, 3600, 60.0),
         table.number("max_connections", int, 16, 100_000, 1024),
+        table.number("max_output_tokens", int, 1, MAX_OUTPUT_CEILING, DEFAULT_MAX_OUTPUT_TOKENS),
+        models,
     )
 
 

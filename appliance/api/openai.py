@@ -30,6 +30,7 @@ from policy.grammar import Call, Keys
 from ..auth.base import AccessPolicy, Authenticator
 from ..catalog import ClusterSet
 from ..metering import Metering, Outcome, Ticket
+from ..quotas.reservation import OutputCeilings, reserve
 from ..transport.replies import GateReply
 from .errors import error_body, error_response, from_error
 
@@ -65,6 +66,7 @@ class OpenAIApi:
         metering: Metering,
         routes: RouteTable,
         request_timeout: float,
+        ceilings: OutputCeilings | None = None,
     ) -> None:
         self._clusters = clusters
         self._auth = auth
@@ -72,6 +74,7 @@ class OpenAIApi:
         self._metering = metering
         self._routes = routes
         self._timeout = request_timeout
+        self._ceilings = ceilings or OutputCeilings()
 
     def routes(self) -> list[Route]:
         return [
@@ -115,7 +118,9 @@ class OpenAIApi:
                     return error_response(404, "model_not_found")
                 if route_id not in info.routes:
                     return error_response(404, "route_not_served")
-                ticket = await self._metering.admit(principal, route_id, checked.model, checked.max_tokens, False)
+                reservation = reserve(route, checked, body, self._ceilings)
+                body = reservation.body
+                ticket = await self._metering.admit(principal, route_id, checked.model, reservation.tokens, False)
             except SluiceError as exc:
                 return from_error(exc)
             return await self._forward(ticket, info.cluster, Call(route_id, checked.model, len(body)), body, started)
