@@ -225,3 +225,14 @@ def test_reject_model_names_on_readyz(served: Served) -> None:
     ready = httpx.get(f"{served.url}/readyz")
     assert ready.status_code == 200 and ready.json() == {"status": "ready", "ready_models": 2}
     assert "standin" not in ready.text
+
+
+# --- finding 9: the public key route is cached and limited per address ------------------------------
+
+
+def test_reject_unlimited_key_configuration_calls(served: Served) -> None:
+    from appliance.api.sealed_keys import PER_ADDRESS
+
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        statuses = [client.get("/v1/sealed/keys").status_code for _ in range(PER_ADDRESS + 1)]
+    assert 429 not in statuses[:PER_ADDRESS] and statuses[-1] == 429
