@@ -28,6 +28,7 @@ from .metering import Metering, NoMetering
 from .metrics import Metrics, metrics_route
 from .middleware import ApiGuardMiddleware, BodyDeadlineMiddleware
 from .middleware.body_deadline import DEFAULT_BODY_TIMEOUT
+from .api.sealed_keys import KEYS_TTL
 from .quotas.reservation import OutputCeilings
 
 __all__ = ["Appliance", "Extension", "create_app"]
@@ -62,6 +63,7 @@ class Appliance:
     public_url: str | None = None  # the origin browsers use; None: the Host a request was sent to
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     output_ceilings: OutputCeilings = field(default_factory=OutputCeilings)
+    sealed_keys_ttl: float = KEYS_TTL
     # --- end request checks ---
     # --- metrics and request logs (appliance/metrics.py, appliance/logs.py) ---
     metrics: Metrics | None = None  # None: no /metrics route at all
@@ -87,7 +89,7 @@ class Appliance:
 def create_app(appliance: Appliance) -> Starlette:
     api = OpenAIApi(
         appliance.clusters, appliance.auth, appliance.access, appliance.metering, appliance.routes, appliance.request_timeout,
-        appliance.output_ceilings,
+        appliance.output_ceilings, appliance.sealed_keys_ttl,
     )
 
     async def healthz(_: Request) -> Response:

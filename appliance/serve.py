@@ -72,6 +72,7 @@ def build_appliance(settings: Settings) -> Appliance:
         public_url=settings.identity.auth.public_url,
         body_timeout=settings.server.body_timeout,
         output_ceilings=settings.server.output_ceilings,
+        sealed_keys_ttl=settings.server.sealed_keys_ttl,
         metrics=metrics,
         metrics_token=metrics_token,
         access_log=settings.metering.logging.requests,

@@ -13,6 +13,7 @@ body_timeout = 60            # seconds a request may take to send its whole body
 max_connections = 1024       # open client connections at once; more get 503
 max_output_tokens = 4096     # ceiling set as max_tokens on a request that names none (and reserved for it)
 model_max_output_tokens = { "llama-3.1-70b-instruct" = 8192 }   # per model, overriding the above
+sealed_keys_ttl = 60         # seconds the gates' sealed key configuration is cached (well below the rotation overlap)
 
 [[clusters]]
 name = "hpc"
@@ -90,6 +91,8 @@ class ServerSettings:
     # Output tokens per choice for a request that names no limit (set on the forwarded body), and per model.
     max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
     model_max_output_tokens: Mapping[str, int] = field(default_factory=dict)
+    # Seconds GET /v1/sealed/keys answers from its cache (keep it well below the gates' key rotation overlap).
+    sealed_keys_ttl: float = 60.0
 
     @property
     def output_ceilings(self) -> OutputCeilings:
@@ -172,7 +175,8 @@ class _Table:
 
 def _server(data: Any) -> ServerSettings:
     table = _Table(data, "server", {"host", "port", "request_timeout", "keepalive_interval", "header_timeout",
-                                    "body_timeout", "max_connections", "max_output_tokens", "model_max_output_tokens"})
+                                    "body_timeout", "max_connections", "max_output_tokens", "model_max_output_tokens",
+                                    "sealed_keys_ttl"})
     models = table.get("model_max_output_tokens", dict, {})
     for model, ceiling in models.items():
         if type(ceiling) is not int or not 1 <= ceiling <= MAX_OUTPUT_CEILING:
@@ -187,6 +191,7 @@ def _server(data: Any) -> ServerSettings:
         table.number("max_connections", int, 16, 100_000, 1024),
         table.number("max_output_tokens", int, 1, MAX_OUTPUT_CEILING, DEFAULT_MAX_OUTPUT_TOKENS),
         models,
+        table.number("sealed_keys_ttl", float, 0.5, 3600, 60.0),
     )
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "HEADER",
     "MAX_PAYLOAD",
     "MAX_STREAM_ID",
+    "MAX_STREAMS",
     "Kind",
     "Frame",
     "FrameDecoder",
@@ -36,6 +37,12 @@ MAX_PAYLOAD: Final = 64 * 1024
 
 # Stream ids are 31-bit and nonzero; 0 names the session itself (GOAWAY).
 MAX_STREAM_ID: Final = 2**31 - 1
+
+# Concurrent streams in one session, enforced by the gate: far above what one
+# appliance session needs (the appliance caps its own streams per session below
+# this and spreads the rest), low enough to bound the gate's memory.  A stream
+# past it is refused on its own (ERROR ``503 too_many_streams``), the session lives on.
+MAX_STREAMS: Final = 256
 
 # The longest error or status payload the gate sends: short codes only.
 MAX_CODE: Final = 64

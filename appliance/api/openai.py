@@ -66,6 +66,7 @@ class OpenAIApi:
         routes: RouteTable,
         request_timeout: float,
         ceilings: OutputCeilings | None = None,
+        sealed_keys_ttl: float = KEYS_TTL,
     ) -> None:
         self._clusters = clusters
         self._auth = auth
@@ -74,7 +75,7 @@ class OpenAIApi:
         self._routes = routes
         self._timeout = request_timeout
         self._ceilings = ceilings or OutputCeilings()
-        self._keys = KeyConfigCache(lambda: fetch_configs(clusters))
+        self._keys = KeyConfigCache(lambda: fetch_configs(clusters), sealed_keys_ttl)
         self._key_limiter = AddressLimiter()
 
     def routes(self) -> list[Route]:
@@ -139,7 +140,7 @@ class OpenAIApi:
         configs = await self._keys.get()
         if not configs:
             return error_response(503, "sealed_unavailable", {"Retry-After": "30"})
-        return Response(configs, media_type=_OHTTP_KEYS, headers={"Cache-Control": f"max-age={int(KEYS_TTL)}"})
+        return Response(configs, media_type=_OHTTP_KEYS, headers={"Cache-Control": f"max-age={int(self._keys.ttl)}"})
 
     def _sealed_handler(self, route_id: str):  # type: ignore[no-untyped-def]
         route = self._routes.get(route_id)

@@ -35,8 +35,10 @@ from ..catalog import ClusterSet
 
 __all__ = ["KeyConfigCache", "AddressLimiter", "KEYS_TTL", "MIN_REFRESH", "PER_ADDRESS", "WINDOW", "MAX_ADDRESSES"]
 
-# Seconds a fetched key configuration is served (and the max-age clients are told).
-KEYS_TTL: Final = 300.0
+# Seconds a fetched key configuration is served (and the max-age clients are told), by default
+# ([server] sealed_keys_ttl).  Keep it well below the gate's rotation overlap: a client that
+# fetched the old configuration just before a rotation still has the overlap to use it.
+KEYS_TTL: Final = 60.0
 # Seconds between refreshes forced by sealed_invalid answers.
 MIN_REFRESH: Final = 30.0
 # Seconds an empty answer (no gate reachable, no keys) is remembered before asking again.
@@ -66,7 +68,7 @@ class KeyConfigCache:
     def __init__(self, fetch: Callable[[], Awaitable[bytes]], ttl: float = KEYS_TTL,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._fetch = fetch
-        self._ttl = ttl
+        self.ttl = ttl
         self._clock = clock
         self._configs = b""
         self._expires = float("-inf")
@@ -83,7 +85,7 @@ class KeyConfigCache:
             configs = await self._fetch()
             self.fetches += 1
             self._configs = configs
-            self._expires = self._clock() + (self._ttl if configs else EMPTY_TTL)
+            self._expires = self._clock() + (self.ttl if configs else EMPTY_TTL)
             return configs
 
     def stale(self) -> None:

@@ -20,8 +20,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
-from cluster.gate.session import MAX_STREAMS  # the gate's cap; moves to policy.frames with the gate's change
 from policy.errors import Overloaded, TransportError
+from policy.frames import MAX_STREAMS
 
 from .replies import MuxClient
 

@@ -18,7 +18,7 @@ import pytest
 
 from appliance.transport.local import LocalPipeTransport
 from appliance.transport.spread import MAX_SESSION_STREAMS, StreamSpreader
-from cluster.gate.session import MAX_STREAMS
+from cluster.gate.session import MAX_STREAMS as GATE_MAX_STREAMS
 from policy.errors import Overloaded
 from policy.grammar import Call, Ping
 from tests.conftest import Cluster, free_port, write_static_config
@@ -38,12 +38,12 @@ async def _gate_in_flight(transport: LocalPipeTransport) -> int:
 
 
 def test_session_cap_is_below_the_gates() -> None:
-    assert 0 < MAX_SESSION_STREAMS < MAX_STREAMS
+    assert 0 < MAX_SESSION_STREAMS < GATE_MAX_STREAMS
 
 
 def test_reject_more_streams_than_the_gate_allows_on_one_session(cluster: Cluster) -> None:
     """More concurrent requests than the gate's cap: the session survives and every request is answered."""
-    count = MAX_STREAMS + 44
+    count = GATE_MAX_STREAMS + 44
 
     async def scenario() -> list[int]:
         transport = LocalPipeTransport(cluster.gate_argv(), sessions=1)
