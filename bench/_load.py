@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BODY = '{"model":"standin-chat","messages":[{"role":"user","content":"Say hello to the benchmark"}],"max_tokens":8}'
 LUA = """wrk.method = "POST"
@@ -19,6 +22,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def start_demo(mode: str, key: str, token_delay: float = 0.0) -> tuple[subprocess.Popen[str], str]:
+    """`sluice demo` on a free port; returns the process and its base URL once it is ready."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli", "demo", "--port", str(port), "--api-key", key, "--mode", mode,
+         "--token-delay", str(token_delay)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("Sluice demo ready"):
+            return process, f"http://127.0.0.1:{port}"
+    raise SystemExit("the demo did not start")
 
 
 def _ms(text: str) -> float:

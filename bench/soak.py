@@ -32,29 +32,14 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _load import free_port  # noqa: E402
+from _load import ROOT, start_demo  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 MESSAGES = [{"role": "user", "content": "Tell the soak test something"}]
 CAPACITY_SECONDS = 8
 CAPACITY_WORKERS = 16
 WORKERS = 64
-
-
-def start_demo(key: str) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "demo", "--port", str(port), "--api-key", key, "--mode", "mux",
-         "--token-delay", "0.002"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("Sluice demo ready"):
-            return process, f"http://127.0.0.1:{port}"
-    raise SystemExit("the demo did not start")
 
 
 def _children() -> dict[int, list[int]]:
@@ -187,7 +172,7 @@ def main() -> int:
     args = parser.parse_args()
     shares = [float(x) for x in args.mix.split(",")]
     key = "sk-soak-" + secrets.token_urlsafe(24)
-    demo, url = start_demo(key)
+    demo, url = start_demo("mux", key, token_delay=0.002)
     load = Load(url, key)
     try:
         measured = capacity(load)
