@@ -4,8 +4,8 @@ The child gets the same command line as over SSH, in ``SSH_ORIGINAL_COMMAND``,
 and the same bytes on its pipes.  Mux mode keeps ``sessions`` long-lived
 children and spreads requests over them (:mod:`.spread`: the least busy,
 never past the gate's stream cap); a child that dies, or does not answer its
-ping in time, is replaced on the next request.  Exec mode starts one child per request, as the published
-system did over SSH.
+ping in time, is replaced on the next request.  Exec mode starts one child
+per request, as the published system did over SSH.
 """
 
 from __future__ import annotations
