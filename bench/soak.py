@@ -185,13 +185,17 @@ def main() -> int:
         rng = random.Random(12)  # noqa: S311 - a load mix, not a secret
         kinds = rng.choices(["plain", "streamed", "sealed_chat"], weights=shares, k=int(rate * args.minutes * 60))
         began = time.monotonic()
+        warm: dict[int, tuple[str, int, int]] = {}
         with ThreadPoolExecutor(WORKERS) as pool:
             for index, kind in enumerate(kinds):
                 delay = began + index / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
                 pool.submit(load.run, kind)
+                if not warm and index >= len(kinds) // 3:
+                    warm = snapshot(demo.pid)  # after a third of the run: allocators and pools have grown
         elapsed = time.monotonic() - began
+        load.close()  # the client's kept-alive connections would otherwise count as open descriptors
         time.sleep(2)
         end = snapshot(demo.pid)
     finally:
@@ -204,14 +208,16 @@ def main() -> int:
     for outcome, count in sorted(load.outcomes.items()):
         print(f"  {outcome:<32} {count}")
     print(f"errors: {sum(errors.values())}")
-    print(f"\n{'process':<24} {'pid':>7} {'RSS start':>10} {'RSS end':>10} {'growth':>7} {'fds start':>9} {'fds end':>8}")
+    print(f"\n{'process':<24} {'pid':>7} {'RSS start':>10} {'RSS 1/3':>9} {'RSS end':>9} {'growth':>7} "
+          f"{'since 1/3':>9} {'fds start':>9} {'fds end':>8}")
     for pid in sorted(set(start) | set(end)):
         name = (start.get(pid) or end[pid])[0]
-        before, after = start.get(pid), end.get(pid)
+        before, middle, after = start.get(pid), warm.get(pid), end.get(pid)
         if before and after:
             growth = (after[1] - before[1]) / before[1] * 100 if before[1] else 0.0
-            print(f"{name:<24} {pid:>7} {before[1] / 1024:>8.1f}Mi {after[1] / 1024:>8.1f}Mi {growth:>6.1f}% "
-                  f"{before[2]:>9} {after[2]:>8}")
+            late = (after[1] - middle[1]) / middle[1] * 100 if middle and middle[1] else 0.0
+            print(f"{name:<24} {pid:>7} {before[1] / 1024:>8.1f}Mi {(middle or before)[1] / 1024:>7.1f}Mi "
+                  f"{after[1] / 1024:>7.1f}Mi {growth:>6.1f}% {late:>8.1f}% {before[2]:>9} {after[2]:>8}")
         else:
             which = "started during the run" if after else "ended during the run"
             values = after or before
