@@ -40,6 +40,9 @@ MESSAGES = [{"role": "user", "content": "Tell the soak test something"}]
 CAPACITY_SECONDS = 8
 CAPACITY_WORKERS = 16
 WORKERS = 64
+# Seconds between the last request and the end sample: past the appliance's idle-connection
+# timeout ([server] header_timeout, 10 s), so that only what leaked is left open.
+SETTLE = 12
 
 
 def _children() -> dict[int, list[int]]:
@@ -196,7 +199,7 @@ def main() -> int:
                     warm = snapshot(demo.pid)  # after a third of the run: allocators and pools have grown
         elapsed = time.monotonic() - began
         load.close()  # the client's kept-alive connections would otherwise count as open descriptors
-        time.sleep(2)
+        time.sleep(SETTLE)
         end = snapshot(demo.pid)
     finally:
         load.close()
