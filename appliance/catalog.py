@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from policy.errors import BackendFailed, SluiceError
-from policy.grammar import Models, Ping
+from policy.grammar import Models
 
 from .transport.base import GateTransport
 
@@ -152,17 +152,8 @@ class ClusterSet:
     async def ping(self, timeout: float) -> dict[str, bool]:
         """Ping every cluster's gate; True where it answered within ``timeout``."""
 
-        async def one(transport: GateTransport) -> bool:
-            try:
-                async with asyncio.timeout(timeout):
-                    reply = await transport.request(Ping(), b"")
-                    await reply.read()
-            except (SluiceError, TimeoutError):
-                return False
-            return True
-
         names = list(self.catalogs)
-        results = await asyncio.gather(*(one(self.catalogs[n].transport) for n in names))
+        results = await asyncio.gather(*(self.catalogs[n].transport.ping(timeout) for n in names))
         return dict(zip(names, results, strict=True))
 
     def stats(self) -> dict[str, int]:

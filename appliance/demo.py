@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Final
 
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from .app import Appliance, create_app
 from .audit import AuditTrail, audit_event, install, open_store
 from .auth.api_keys import ApiKeyStore
+from .server import hypercorn_config
+from .settings import ServerSettings
 from .catalog import ClusterSet
 from .demo_identity import demo_identity, demo_url, is_loopback
 from .transport.local import LocalPipeTransport
@@ -144,14 +145,12 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
         print(f"sluice demo: {host} is not a loopback address: the chat's one-click sign-in is off, and the API key "
               "and answers travel as plain http", file=sys.stderr, flush=True)
     identity = demo_identity(runtime, url, host, keys)
-    appliance = Appliance(ClusterSet.single(transport), identity.authenticator, metering=meter, metrics=metrics,
-                          metrics_token=metrics_token, extensions=[ChatPage(), identity])
+    server_settings = ServerSettings(host=host, port=port)
+    appliance = Appliance(ClusterSet.single(transport), identity.authenticator, identity.access, metering=meter,
+                          metrics=metrics, metrics_token=metrics_token, extensions=[ChatPage(), identity],
+                          body_timeout=server_settings.body_timeout, public_url=url)
     # --- end web chat ---
-    config = Config()
-    config.bind = [f"{host}:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 3.0
+    config = hypercorn_config(server_settings, url.removeprefix("http://"), graceful_timeout=3.0)
     server = asyncio.create_task(serve(create_app(appliance), config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     status = 0
     try:

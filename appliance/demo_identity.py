@@ -18,7 +18,7 @@ from typing import Final
 
 from .auth._db import open_database
 from .auth.api_keys import ApiKeyStore
-from .auth.base import AllowAll
+from .auth.base import UnsafeAllowAll
 from .auth.browser import BrowserSessionAuthenticator
 from .auth.build import IdentityServices
 from .auth.chain import ChainAuthenticator
@@ -67,7 +67,8 @@ def demo_identity(runtime: Path, public_url: str, host: str, operator_keys: ApiK
     cookie = SessionCookieReader(secret, secure=secure, max_age=int(SESSION_LIFETIME))
     authenticator = BrowserSessionAuthenticator(ChainAuthenticator(operator_keys, keys), cookie, sessions, users,
                                                 public_url)
-    access = AllowAll()
+    access = UnsafeAllowAll()
+    log.warning('{"event":"unsafe_allow_all","reason":"sluice demo: every signed-in user may use every model"}')
     demo_user = DEMO_USER if is_loopback(host) else None
 
     def pages(models: object) -> AccountPages:

@@ -11,8 +11,10 @@ the body is read with the route's bound and checked against the same route
 policy the gate enforces (``policy/routes.toml``), and re-serialized; the
 model must be one of an upstream's, served on this route, and the caller
 must be in one of its ``groups`` (and within its key's scope) -- otherwise
-404, like an unknown model; ``max_tokens`` may not exceed the upstream's
-ceiling (and is set to it when absent); then the upstream's strict limits
+404, like an unknown model; the request's worst-case output (the larger of
+``max_tokens`` and ``max_completion_tokens``, times ``n`` and the prompts) may
+not exceed the upstream's ceiling (``max_tokens`` is set to it when neither is
+named); then the upstream's strict limits
 (requests per minute per user, requests in flight) and the quota engine
 (:class:`~appliance.metering.Metering`) admit it.  The upstream's limits run
 on the quota engine's own machinery (``limits``; Redis when ``[quotas]``
@@ -31,7 +33,7 @@ groups = ["staff"]
 routes = ["chat"]              # of chat, completions, embeddings
 requests_per_minute = 10       # per user (across replicas with Redis quotas)
 max_concurrent = 4             # across all users (and replicas)
-max_tokens = 1024              # ceiling on max_tokens / max_completion_tokens
+max_tokens = 1024              # ceiling on a request's output: max(max_tokens, max_completion_tokens) x n x prompts
 timeout = 120                  # seconds for the whole answer
 ```
 """
@@ -63,6 +65,7 @@ from .auth.secret import Secret, read_secret_file
 from .metering import Outcome, Ticket
 from .quotas import Limit, MemoryBackend, Plan, QuotaExceeded, QuotaPolicy, Quotas
 from .quotas.policy import subject
+from .quotas.reservation import OutputCeilings, reserve
 
 if TYPE_CHECKING:
     from .app import Appliance
@@ -214,13 +217,12 @@ class ExternalProxy:
                     return error_response(404, "model_not_found")
                 upstream = self._upstreams[checked.model]
                 limits = upstream.settings
-                body, max_tokens = checked.body, checked.max_tokens
-                if route_id != "embeddings":
-                    if max_tokens is not None and max_tokens > limits.max_tokens:
-                        raise BodyRejected("out_of_range", 422)
-                    if max_tokens is None:
-                        max_tokens = limits.max_tokens
-                        body = route.serialize({**json.loads(body), "max_tokens": max_tokens})
+                # The ceiling bounds everything one request can make the upstream produce: every field
+                # that sets output length (max_tokens, max_completion_tokens), times n and the prompts.
+                reservation = reserve(route, checked, checked.body, OutputCeilings(limits.max_tokens))
+                body, max_tokens = reservation.body, reservation.tokens
+                if max_tokens is not None and max_tokens > limits.max_tokens:
+                    raise BodyRejected("out_of_range", 422)
                 try:
                     grant = await self._limits.admit_plan(upstream.plan(principal.user))
                 except QuotaExceeded as exc:

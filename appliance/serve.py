@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Final
 
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from .app import Appliance, Extension, create_app
 from .auth.api_keys import ApiKeyStore
 from .auth.build import build_identity
 from .external import ExternalProxy
+from .server import hypercorn_config
 from .catalog import ClusterSet
 from .settings import LocalCluster, Settings, SshCluster
 from .transport.base import GateTransport
@@ -32,9 +32,6 @@ from .quotas.meter import Meter, build_meter
 from .audit.startup import close_trail, open_trail, record_start
 
 __all__ = ["build_appliance", "run_server"]
-
-# Seconds Hypercorn gives open requests to finish on shutdown.
-GRACEFUL_TIMEOUT: Final = 5.0
 
 
 def _transport(cluster: LocalCluster | SshCluster) -> GateTransport:
@@ -58,7 +55,7 @@ def _form_origins(settings: Settings) -> list[str]:
 def build_appliance(settings: Settings) -> Appliance:
     keys = ApiKeyStore()
     for entry in settings.api_keys:
-        keys.add_digest(entry.sha256, entry.user, entry.key_id)
+        keys.add_digest(entry.sha256, entry.user, entry.key_id, entry.groups)
     clusters = ClusterSet({c.name: _transport(c) for c in settings.clusters})
     # --- identity (appliance/auth) and external models (appliance/external.py) ---
     identity = build_identity(settings.identity, keys)
@@ -88,6 +85,10 @@ def build_appliance(settings: Settings) -> Appliance:
         keepalive_interval=settings.server.keepalive_interval,
         request_timeout=settings.server.request_timeout,
         extensions=extensions,
+        public_url=settings.identity.auth.public_url,
+        body_timeout=settings.server.body_timeout,
+        output_ceilings=settings.server.output_ceilings,
+        sealed_keys_ttl=settings.server.sealed_keys_ttl,
         metrics=metrics,
         metrics_token=metrics_token,
         access_log=settings.metering.logging.requests,
@@ -100,11 +101,7 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     configure_logging(settings.metering.logging.level)
-    config = Config()
-    config.bind = [f"{settings.server.host}:{settings.server.port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = GRACEFUL_TIMEOUT
+    config = hypercorn_config(settings.server, f"{settings.server.host}:{settings.server.port}")
     appliance = build_appliance(settings)
     # --- the shared stores (PostgreSQL): connected, and their schema checked, before the first request ---
     from .auth.build import IdentityServices
@@ -141,10 +138,7 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
     servers = [serve(create_app(appliance), config, shutdown_trigger=stop.wait)]  # type: ignore[arg-type]
     admin = settings.metering.metrics.admin_bind
     if admin is not None and appliance.metrics is not None:
-        admin_config = Config()
-        admin_config.bind = [f"{admin[0]}:{admin[1]}"]
-        admin_config.accesslog = None
-        admin_config.errorlog = config.errorlog
+        admin_config = hypercorn_config(settings.server, f"{admin[0]}:{admin[1]}")
         admin_app = metrics_app(appliance.metrics, appliance.clusters, appliance.metrics_token)
         servers.append(serve(admin_app, admin_config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     try:

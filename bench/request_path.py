@@ -65,7 +65,8 @@ def main() -> int:
             rows.append(("stand-in directly", connections, wrk(direct, token, connections, args.seconds, workdir)))
         modes = ["mux"] if args.skip_exec else ["mux", "exec"]
         for mode in modes:
-            demo, url = start_demo(mode, key)
+            demo, base = start_demo(mode, key)
+            url = f"{base}/v1/chat/completions"
             try:
                 # Exec mode starts a gate process per request: 32 at once on two
                 # cores only measures the scheduler's queue, so it gets 8.

@@ -21,6 +21,8 @@ _TYPES: Final = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
+    415: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -63,7 +65,13 @@ _MESSAGES: Final = {
     "sealed_route_mismatch": "The sealed request is not for this endpoint.",
     "model_mismatch": "The model in the request does not match the endpoint's model.",
     "invalid_model_header": "The Sluice-Model header is missing or not a valid model name.",
-    "unsupported_media_type": "Sealed requests must be message/ohttp-req or message/ohttp-chunked-req.",
+    "unsupported_media_type": "Content-Type must be application/json (sealed requests: message/ohttp-req or "
+                              "message/ohttp-chunked-req).",
+    "foreign_origin": "Requests from another site's pages are not accepted.",
+    "body_timeout": "The request body did not arrive in time.",
+    "body_incomplete": "The request body ended before it was complete.",
+    "too_many_connections": "Too many connections; try again shortly.",
+    "busy": "The cluster connection is busy; try again shortly.",
     "method_not_allowed": "Method not allowed.",
     "internal": "Internal error.",
 }

@@ -11,8 +11,6 @@ The ticket is settled with the gate's usage numbers when the answer is over.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,13 +23,15 @@ from starlette.routing import Route
 
 from policy.bodies import RouteTable
 from policy.errors import BodyRejected, Disallowed, SluiceError
-from policy.grammar import Call, Keys
+from policy.grammar import Call
 
 from ..auth.base import AccessPolicy, Authenticator
 from ..catalog import ClusterSet, ModelInfo
 from ..metering import Metering, Outcome, Ticket
+from ..quotas.reservation import OutputCeilings, reserve
 from ..transport.replies import GateReply
 from .errors import error_body, error_response, from_error
+from .sealed_keys import KEYS_TTL, AddressLimiter, KeyConfigCache, fetch_configs
 
 __all__ = ["OpenAIApi"]
 
@@ -64,6 +64,8 @@ class OpenAIApi:
         metering: Metering,
         routes: RouteTable,
         request_timeout: float,
+        ceilings: OutputCeilings | None = None,
+        sealed_keys_ttl: float = KEYS_TTL,
     ) -> None:
         self._clusters = clusters
         self._auth = auth
@@ -71,6 +73,9 @@ class OpenAIApi:
         self._metering = metering
         self._routes = routes
         self._timeout = request_timeout
+        self._ceilings = ceilings or OutputCeilings()
+        self._keys = KeyConfigCache(lambda: fetch_configs(clusters), sealed_keys_ttl)
+        self._key_limiter = AddressLimiter()
 
     def routes(self) -> list[Route]:
         return [
@@ -112,7 +117,9 @@ class OpenAIApi:
                     return error_response(404, "model_not_found")
                 if route_id not in info.routes:
                     return error_response(404, "route_not_served")
-                ticket = await self._metering.admit(principal, route_id, checked.model, checked.max_tokens, False)
+                reservation = reserve(route, checked, body, self._ceilings)
+                body = reservation.body
+                ticket = await self._metering.admit(principal, route_id, checked.model, reservation.tokens, False)
             except SluiceError as exc:
                 return from_error(exc)
             return await self._forward(ticket, info.cluster, Call(route_id, checked.model, len(body)), body, started)
@@ -122,18 +129,15 @@ class OpenAIApi:
     async def sealed_keys(self, request: Request) -> Response:
         """The gates' key configurations for sealed requests (``application/ohttp-keys``).
 
-        Public, like any OHTTP key configuration: clients pin it by fingerprint."""
-        configs = b""
-        for name in self._clusters.catalogs:
-            try:
-                reply = await self._clusters.transport(name).request(Keys(), b"")
-                document = orjson.loads(await reply.read())
-                configs += base64.b64decode(document["keys"], validate=True)
-            except (SluiceError, ValueError, KeyError, TypeError, binascii.Error):
-                continue
+        Public, like any OHTTP key configuration: clients pin it by fingerprint.  Served from a
+        cache (:mod:`.sealed_keys`), and limited per client address."""
+        wait = self._key_limiter.hit(request.client.host if request.client else "")
+        if wait is not None:
+            return error_response(429, "rate_limited", {"Retry-After": str(max(1, int(wait + 0.999)))})
+        configs = await self._keys.get()
         if not configs:
             return error_response(503, "sealed_unavailable", {"Retry-After": "30"})
-        return Response(configs, media_type=_OHTTP_KEYS, headers={"Cache-Control": "max-age=300"})
+        return Response(configs, media_type=_OHTTP_KEYS, headers={"Cache-Control": f"max-age={int(self._keys.ttl)}"})
 
     def _sealed_handler(self, route_id: str):  # type: ignore[no-untyped-def]
         route = self._routes.get(route_id)
@@ -187,6 +191,8 @@ class OpenAIApi:
                 finally:
                     reply.cancel()
         except SluiceError as exc:
+            if exc.code == "sealed_invalid":
+                self._keys.stale()  # the client's key may be one the gate has rotated away
             await ticket.settle(Outcome(exc.status, latency=time.monotonic() - started))
             return from_error(exc, ticket.headers)
         except TimeoutError:

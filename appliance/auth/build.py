@@ -3,11 +3,11 @@
 Which access policy applies:
 
 * ``[access].policy`` set: that group policy file.
-* otherwise, when users sign in (``[oidc]`` or ``[auth.trusted_header]``)
-  or keys live in ``[auth].database``: the packaged ``policy/access.toml``,
-  which lists no group, so nothing is allowed until the operator says so.
-* otherwise (only operator-provisioned ``[[api_keys]]``, as before identity
-  existed): every key may use every model, and a warning says so at start.
+* ``[access].unsafe_allow_all = true``: every caller may use every model;
+  named unsafe and logged (``unsafe_allow_all``) at every start.
+* otherwise: the packaged ``policy/access.toml``, which lists no group, so
+  nothing is allowed until the operator says so (default deny, also with
+  only operator-provisioned ``[[api_keys]]``, which carry their ``groups``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from policy.errors import SluiceError
 from ._db import Database, PostgresDatabase, open_database
 from .access import AccessPolicyError, load_access_policy
 from .api_keys import ApiKeyStore
-from .base import AccessPolicy, AllowAll, Authenticator, Principal
+from .base import AccessPolicy, Authenticator, Principal, UnsafeAllowAll
 from .browser import BrowserSessionAuthenticator
 from .chain import ChainAuthenticator, JwtAuthenticator
 from .config import DEFAULT_ACCESS_POLICY, ConfigError, IdentitySettings
@@ -114,17 +114,15 @@ def build_identity(
         keys = KeyStore(db, users)
 
     access: AccessPolicy
-    policy_path = settings.access_policy
-    if policy_path is None and (settings.users_sign_in or db is not None):
-        policy_path = DEFAULT_ACCESS_POLICY
-    if policy_path is not None:
+    if settings.unsafe_allow_all:
+        log.warning('{"event":"unsafe_allow_all","reason":"[access] unsafe_allow_all = true: every caller may use '
+                    'every model"}')
+        access = UnsafeAllowAll()
+    else:
         try:
-            access = load_access_policy(policy_path)
+            access = load_access_policy(settings.access_policy or DEFAULT_ACCESS_POLICY)
         except AccessPolicyError as exc:
             raise ConfigError(f"access.policy: {exc}") from None
-    else:
-        log.warning('{"event":"access_policy_allow_all","reason":"no [access], sign-in or key database configured"}')
-        access = AllowAll()
 
     http = None
     jwt = oidc = None

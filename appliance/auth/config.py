@@ -40,6 +40,7 @@ api_scope = "sluice"             # optional: and with this scope
 
 [access]
 policy = "/etc/sluice/access.toml"   # which groups may use which models (default: deny all)
+# unsafe_allow_all = true            # UNSAFE: every caller may use every model (logged at every start)
 ```
 """
 
@@ -129,6 +130,8 @@ class IdentitySettings:
     oidc: OidcSettings | None = None
     # None: no [access] section (see appliance.auth.build for what that means).
     access_policy: Path | None = None
+    # [access] unsafe_allow_all = true: every caller may use every model (named unsafe, logged at start).
+    unsafe_allow_all: bool = False
 
     @property
     def users_sign_in(self) -> bool:
@@ -314,10 +317,14 @@ def parse_identity(data: dict[str, Any], base: Path) -> IdentitySettings:
     auth = _auth(data.get("auth", {}), base)
     oidc = None if "oidc" not in data else _oidc(data["oidc"], base)
     access = None
+    unsafe_allow_all = False
     if "access" in data:
-        table = Table(data["access"], "access", {"policy"})
-        access = table.path("policy", base)
-    settings = IdentitySettings(auth, oidc, access)
+        table = Table(data["access"], "access", {"policy", "unsafe_allow_all"})
+        access = table.path("policy", base, None)
+        unsafe_allow_all = table.get("unsafe_allow_all", bool, False)
+        if access is not None and unsafe_allow_all:
+            raise ConfigError("access: set either policy or unsafe_allow_all, not both")
+    settings = IdentitySettings(auth, oidc, access, unsafe_allow_all)
     if settings.users_sign_in:
         if not auth.has_database:
             raise ConfigError("auth.database (or auth.database_dsn_file) is required when users sign in "

@@ -323,6 +323,14 @@ class AccountPages:
         return self._redirect("/account/")
 
     async def logout(self, request: Request) -> Response:
+        # Who it is before any body is read: without a session nobody is signed in, and a
+        # stranger's upload is never read (or waited for).
+        try:
+            principal = await self._principal(request)
+        except HeaderSpoofed:
+            principal = None
+        if principal is None:
+            return self._message(401, "Not signed in", "You are not signed in.", "/account/login", "Sign in")
         if await self._form(request) is None:
             return self._message(403, "Refused", "The form was stale or not ours; reload the page and try again.")
         session = await self._sessions.get(request.session.get("sid"))

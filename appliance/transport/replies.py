@@ -12,14 +12,14 @@ import asyncio
 import collections
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Final
+from typing import Final, Protocol
 
 from policy.errors import BackendFailed, SluiceError, TransportError
 from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, MAX_STREAMS, FrameDecoder, Kind, encode
-from policy.grammar import Call, StreamCommand, stream_line
+from policy.grammar import Call, Ping, StreamCommand, stream_line
 from policy.errors import Disallowed
 
-__all__ = ["GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED", "LAST_WORD_WAIT"]
+__all__ = ["GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED", "LAST_WORD_WAIT", "ping_once"]
 
 # Response bytes held for one request whose client reads slower than the
 # model writes.  Past this the request is cancelled: a stalled client must
@@ -181,12 +181,14 @@ class GateReply:
 class FrameReceiver:
     """Reads gate frames from ``reader`` and feeds the replies they belong to."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(self, reader: asyncio.StreamReader, on_release: Callable[[], None] | None = None) -> None:
         self._reader = reader
         self.replies: dict[int, GateReply] = {}
         # Streams we cancelled, until the gate's END (or ERROR) for them arrives.
         self.cancelled: dict[int, GateReply] = {}
         self.closed: SluiceError | None = None
+        # Called whenever streams end, so that a request waiting for room on a session can look again.
+        self.on_release = on_release or (lambda: None)
 
     async def run(self) -> None:
         decoder = FrameDecoder(GATE_KINDS)
@@ -213,9 +215,11 @@ class FrameReceiver:
                     elif kind is Kind.END:
                         del replies[stream]
                         reply.on_end(payload)
+                        self.on_release()
                     else:
                         del replies[stream]
                         reply.fail(_parse_error(payload))
+                        self.on_release()
         except SluiceError as exc:
             self.close(exc if not isinstance(exc, Disallowed) else TransportError("gate_protocol"))
         except asyncio.CancelledError:
@@ -235,6 +239,7 @@ class FrameReceiver:
         if kind in (Kind.END, Kind.ERROR):
             del self.cancelled[stream]
             reply.concluded()
+            self.on_release()  # the gate let go of the stream only now
 
     def close(self, error: SluiceError) -> None:
         """Fail every reply still waiting: nothing hangs when the way to the gate breaks."""
@@ -246,14 +251,16 @@ class FrameReceiver:
             reply.fail(error)
         for reply in cancelled.values():
             reply.concluded()
+        self.on_release()
 
 
 class MuxClient:
     """The appliance side of one mux session over ``reader``/``writer``."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 on_release: Callable[[], None] | None = None) -> None:
         self._writer = writer
-        self._receiver = FrameReceiver(reader)
+        self._receiver = FrameReceiver(reader, on_release)
         self._next_id = 1
         self._task = asyncio.create_task(self._receiver.run())
 
@@ -263,7 +270,8 @@ class MuxClient:
 
     @property
     def open_streams(self) -> int:
-        return len(self._receiver.replies)
+        # A cancelled stream holds its place at the gate until the gate's END for it arrives.
+        return len(self._receiver.replies) + len(self._receiver.cancelled)
 
     async def request(self, command: StreamCommand, body: bytes) -> GateReply:
         if not self.alive:
@@ -280,11 +288,21 @@ class MuxClient:
             for start in range(0, len(body), MAX_PAYLOAD):
                 write(encode(Kind.DATA, stream, body[start : start + MAX_PAYLOAD]))
         try:
-            await self._writer.drain()
-        except (OSError, ConnectionError):
-            self._receiver.close(TransportError("gate_closed"))
-        await reply.wait_head()
+            try:
+                await self._writer.drain()
+            except (OSError, ConnectionError):
+                self._receiver.close(TransportError("gate_closed"))
+            await reply.wait_head()
+        except BaseException:
+            # Timed out or abandoned before its head: the gate must stop serving it too
+            # (otherwise it would run on, holding a stream and a backend, until its own timeout).
+            reply.cancel()
+            raise
         return reply
+
+    async def ping(self, deadline: float) -> bool:
+        """Whether the gate answers a ping on this session within ``deadline`` seconds."""
+        return await ping_once(self, deadline)
 
     def _send_cancel(self, stream: int) -> None:
         reply = self._receiver.replies.pop(stream, None)
@@ -296,6 +314,7 @@ class MuxClient:
                 if len(cancelled) > MAX_STREAMS:  # a gate that never answers must not grow this
                     cancelled.pop(next(iter(cancelled))).concluded()
             self._writer.write(encode(Kind.CANCEL, stream))
+        self._receiver.on_release()
 
     async def wait_closed(self) -> None:
         """Returns when the session ended (the gate went away or broke the protocol)."""
@@ -309,3 +328,18 @@ class MuxClient:
         except (OSError, RuntimeError):
             pass
         await asyncio.gather(self._task, return_exceptions=True)
+
+
+class _Requester(Protocol):
+    async def request(self, command: StreamCommand, body: bytes) -> GateReply: ...
+
+
+async def ping_once(target: _Requester, deadline: float) -> bool:
+    """Whether ``target`` (a session or a transport) answers a ping within ``deadline`` seconds."""
+    try:
+        async with asyncio.timeout(deadline):
+            reply = await target.request(Ping(), b"")
+            await reply.read()
+    except (SluiceError, TimeoutError):
+        return False
+    return True

@@ -9,7 +9,16 @@ Each of ``connections`` slots keeps one connection alive, reconnecting with
 exponential backoff and jitter.  In mux mode each connection carries one
 long-lived ``sluice/1 mux`` channel; in exec mode each request opens a
 channel of its own (what the published system did).  While no slot is
-connected, requests fail at once with 503 instead of piling up.
+connected, requests fail at once with 503 instead of piling up.  New streams
+go to the least busy session, never past the gate's stream cap
+(:mod:`.spread`).
+
+The gate's stderr is discarded as it arrives (never read into memory, never
+logged): unread, it would fill the channel's flow-control window, which it
+shares with stdout, and stall every stream of the session while the slot
+still looked connected.  Every session is pinged each keepalive round; one
+that does not answer within ``ping_timeout`` is wedged, and is closed and
+replaced.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ from policy.errors import TransportError
 from policy.grammar import Call, Mux, StreamCommand, command_line
 
 from ..settings import SshCluster
-from .replies import FrameReceiver, GateReply, MuxClient
+from .replies import FrameReceiver, GateReply, MuxClient, ping_once
+from .spread import StreamSpreader, ping_sessions
 
 __all__ = ["SshTransport", "connect_options"]
 
@@ -40,6 +50,9 @@ BACKOFF_MAX: Final = 30.0
 
 # asyncssh's own keepalive: a connection that misses this many in a row is dead.
 KEEPALIVE_COUNT_MAX: Final = 3
+
+# Where the gate's stderr goes: discarded as it arrives (asyncssh keeps the window open).
+GATE_STDERR: Final = asyncssh.DEVNULL
 
 
 def connect_options(cluster: SshCluster) -> dict[str, object]:
@@ -75,9 +88,10 @@ def _describe(exc: BaseException) -> str:
 class _Slot:
     """One connection (and, in mux mode, its one mux channel), kept alive."""
 
-    def __init__(self, index: int, cluster: SshCluster) -> None:
+    def __init__(self, index: int, cluster: SshCluster, spreader: StreamSpreader) -> None:
         self.index = index
         self._cluster = cluster
+        self._spreader = spreader
         self.connection: asyncssh.SSHClientConnection | None = None
         self.client: MuxClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -102,8 +116,10 @@ class _Slot:
             try:
                 async with asyncssh.connect(cluster.host, **connect_options(cluster)) as connection:  # type: ignore[arg-type]
                     if cluster.mode == "mux":
-                        process = await connection.create_process(command_line(Mux()), encoding=None)
-                        self.client = MuxClient(process.stdout, process.stdin)  # type: ignore[arg-type]
+                        process = await connection.create_process(command_line(Mux()), encoding=None,
+                                                                  stderr=GATE_STDERR)
+                        self.client = MuxClient(process.stdout, process.stdin,  # type: ignore[arg-type]
+                                                self._spreader.released)
                     self.connection = connection
                     self.last_error = None
                     backoff = BACKOFF_START
@@ -147,9 +163,11 @@ class SshTransport:
 
     def __init__(self, cluster: SshCluster) -> None:
         self._cluster = cluster
-        self._slots = [_Slot(i, cluster) for i in range(cluster.connections)]
+        self._spreader = StreamSpreader()
+        self._slots = [_Slot(i, cluster, self._spreader) for i in range(cluster.connections)]
         self._next = 0
         self._exec_open = 0
+        self._pings: set[asyncio.Task[bool]] = set()
 
     async def start(self) -> None:
         """Start connecting; wait a little for a first connection, but never fail start-up on it."""
@@ -172,19 +190,26 @@ class SshTransport:
         raise TransportError()  # 503 cluster_unavailable, at once
 
     async def request(self, command: StreamCommand, body: bytes) -> GateReply:
-        slot = self._pick()
         if self._cluster.mode == "mux":
-            if slot.client is None:
-                raise TransportError()
-            return await slot.client.request(command, body)
-        return await self._exec(slot, command, body)
+            client = await self._spreader.choose(self._sessions)
+            return await client.request(command, body)
+        return await self._exec(self._pick(), command, body)
+
+    async def _sessions(self) -> list[MuxClient]:
+        return [s.client for s in self._slots if s.usable and s.client is not None]
+
+    async def ping(self, timeout: float) -> bool:
+        """Ping every session (exec mode: one channel); True when one answered within ``timeout``."""
+        if self._cluster.mode == "exec":
+            return await ping_once(self, timeout)
+        return await ping_sessions(await self._sessions(), timeout, self._cluster.ping_timeout, self._pings)
 
     async def _exec(self, slot: _Slot, command: StreamCommand, body: bytes) -> GateReply:
         connection = slot.connection
         if connection is None:
             raise TransportError()
         try:
-            process = await connection.create_process(command_line(command), encoding=None)
+            process = await connection.create_process(command_line(command), encoding=None, stderr=GATE_STDERR)
         except (OSError, asyncssh.Error):
             raise TransportError("gate_start_failed") from None
         self._exec_open += 1
@@ -201,7 +226,11 @@ class SshTransport:
             process.close()
 
         task.add_done_callback(done)
-        await reply.wait_head()
+        try:
+            await reply.wait_head()
+        except BaseException:
+            reply.cancel()  # timed out or abandoned before its head: the channel is closed, the gate stops
+            raise
         return reply
 
     def stats(self) -> dict[str, int]:
@@ -221,4 +250,6 @@ class SshTransport:
         return [{"slot": s.index, "connected": s.usable, "error": s.last_error} for s in self._slots]
 
     async def aclose(self) -> None:
+        for task in list(self._pings):
+            task.cancel()
         await asyncio.gather(*(slot.aclose() for slot in self._slots), return_exceptions=True)

@@ -42,6 +42,7 @@ def test_models_merge_and_requests_route_to_their_cluster(cluster: Cluster, tmp_
         appliance.write_text(
             f"[server]\nport = {port}\n{clusters}"
             f'[[api_keys]]\nuser = "u"\nkey_id = "k"\nsha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n'
+            "[access]\nunsafe_allow_all = true\n"
         )
         process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(appliance)], cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

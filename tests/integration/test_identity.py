@@ -455,6 +455,13 @@ def test_external_model_route(running: Running) -> None:
     # Its own limits: max_tokens ceiling, then requests per minute (4; two used above).
     with pytest.raises(openai.UnprocessableEntityError):
         external.chat.completions.create(model="ext-chat", messages=[{"role": "user", "content": "x"}], max_tokens=41)
+    # Every field that sets output length counts: a larger max_tokens beside a small max_completion_tokens,
+    # and n choices of an allowed length (2 x 30 > 40).
+    with pytest.raises(openai.UnprocessableEntityError):
+        external.chat.completions.create(model="ext-chat", messages=[{"role": "user", "content": "x"}], max_tokens=41,
+                                         max_completion_tokens=10)
+    with pytest.raises(openai.UnprocessableEntityError):
+        external.chat.completions.create(model="ext-chat", messages=[{"role": "user", "content": "x"}], max_tokens=30, n=2)
     assert chat(external, "ext-chat")
     assert chat(external, "ext-chat")
     with pytest.raises(openai.RateLimitError):
@@ -473,3 +480,15 @@ def test_external_model_needs_the_group(running: Running) -> None:
     assert external.models.list().data == []
     with pytest.raises(openai.NotFoundError):
         chat(external, "ext-chat")
+
+
+def test_reject_logout_reading_a_body_without_a_session(running: Running) -> None:
+    """POST /account/logout without a session is refused before any body is read (or waited for)."""
+    import socket
+
+    port = int(running.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /account/logout HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000000\r\n\r\ncsrf=")
+        head = sock.recv(65536)  # no more body is coming: an answer now means none was waited for
+    assert head.startswith(b"HTTP/1.1 401 "), head[:100]

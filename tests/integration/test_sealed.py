@@ -72,9 +72,10 @@ def served(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     gate = [sys.executable, "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
     appliance = directory / "appliance.toml"
     appliance.write_text(
-        f"[server]\nport = {port}\n[[clusters]]\nname = \"local\"\ntransport = \"local\"\nmode = \"mux\"\n"
+        f"[server]\nport = {port}\nsealed_keys_ttl = 0.5\n[[clusters]]\nname = \"local\"\ntransport = \"local\"\nmode = \"mux\"\n"
         f"gate_command = {json.dumps(gate)}\n"
         f"[[api_keys]]\nuser = \"sealer\"\nkey_id = \"sealed-test\"\nsha256 = \"{hashlib.sha256(KEY.encode()).hexdigest()}\"\n"
+        "[access]\nunsafe_allow_all = true\n"
     )
     log = directory / "appliance.log"
     with log.open("wb") as sink:
