@@ -81,7 +81,7 @@ def write_cluster_config(directory: Path, token_delay: float) -> Path:
 
 
 def gate_argv(config: Path) -> list[str]:
-    return [sys.executable, "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
+    return [sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
 
 
 async def _wait_ready(appliance: Appliance, stop: asyncio.Event) -> bool:
@@ -119,13 +119,13 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     # The gate's key for sealed requests, made by the cluster side's own command:
     # the appliance never holds (or imports the code that uses) that private key.
     keys = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cluster.cli", "keys", "create", "--config", str(config_path),
+        sys.executable, "-I", "-m", "cluster.cli", "keys", "create", "--config", str(config_path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
     )
     if await keys.wait() != 0:
         print("sluice demo: could not create the gate's key for sealed requests", file=sys.stderr)
     scheduler = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cluster.cli", "scheduler", "--config", str(config_path), stdin=asyncio.subprocess.DEVNULL
+        sys.executable, "-I", "-m", "cluster.cli", "scheduler", "--config", str(config_path), stdin=asyncio.subprocess.DEVNULL
     )
     keys = ApiKeyStore()
     keys.add(api_key, user="demo", key_id="demo")

@@ -48,7 +48,7 @@ warmup_timeout = 20
 def test_local_scale_from_zero_up_and_back_and_sigterm_stops_all(tmp_path: Path) -> None:
     config = tmp_path / "cluster.toml"
     config.write_text(CONFIG)
-    loop = subprocess.Popen([sys.executable, "-m", "cluster.cli", "scheduler", "--config", str(config)],
+    loop = subprocess.Popen([sys.executable, "-I", "-m", "cluster.cli", "scheduler", "--config", str(config)],
                             stderr=subprocess.DEVNULL, cwd=ROOT)  # fmt: skip
 
     async def scenario() -> None:

@@ -138,7 +138,7 @@ def scheduler_loop(config: Path) -> Iterator[Path]:
     log = config.parent / "loop.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "scheduler", "--config", str(config)],
+            [sys.executable, "-I", "-m", "cluster.cli", "scheduler", "--config", str(config)],
             stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, cwd=ROOT,
         )  # fmt: skip
     try:
@@ -193,7 +193,7 @@ class Gate:
     async def __aenter__(self) -> Gate:
         with (self._config.parent / "gate.log").open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cluster.cli", "gate", "--config", str(self._config), "--local-pipe",
+                sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(self._config), "--local-pipe",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
                 env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 mux"}, cwd=ROOT,
             )  # fmt: skip
@@ -529,7 +529,7 @@ time.sleep(120)
 
 def test_a_dead_lock_holder_does_not_stop_scheduling(slurm: Slurm, tmp_path: Path) -> None:
     config = write_config(tmp_path, slurm, "t6", {"slurm-chat": standin_service()})
-    once = [sys.executable, "-m", "cluster.cli", "scheduler", "--config", str(config), "--once"]
+    once = [sys.executable, "-I", "-m", "cluster.cli", "scheduler", "--config", str(config), "--once"]
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     lock = state / "slurm.lock"

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.authorized_key import authorized_key_line
+from cluster.authorized_key import authorized_key_line, default_gate_command
 
 ROOT = Path(__file__).resolve().parents[2]
 USER = "sluicegate"
@@ -106,7 +106,7 @@ class Sshd:
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub}\n")
         auth = self.dir / "authorized_keys"
         auth.mkdir()
-        self.gate_command = f"{self.gate_python} -m cluster.cli gate --config {self.config}"
+        self.gate_command = default_gate_command(str(self.gate_python), self.config)
         (auth / USER).write_text(authorized_key_line(client_pub, self.gate_command) + "\n")
         self.log = self.dir / "sshd.log"
         self.sshd_config = self.dir / "sshd_config"
@@ -145,7 +145,7 @@ class Sshd:
 
     def run_as_gate(self, *args: str) -> str:
         """Run ``sluice-cluster ARGS`` as the functional account (e.g. ``keys create``)."""
-        done = subprocess.run(["runuser", "-u", USER, "--", str(self.gate_python), "-m", "cluster.cli", *args],
+        done = subprocess.run(["runuser", "-u", USER, "--", str(self.gate_python), "-I", "-m", "cluster.cli", *args],
                               capture_output=True, text=True, timeout=60, cwd="/")
         if done.returncode != 0:
             raise RuntimeError(f"sluice-cluster {' '.join(args)} failed: {done.stderr}")
