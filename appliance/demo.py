@@ -55,7 +55,9 @@ request_timeout = 120
 backend = "local"
 routes = ["chat", "completions"]
 command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
-           "--model", "{{model}}", "--kind", "chat", "--token-delay", "{token_delay}"]
+           "--model", "{{model}}", "--kind", "chat", "--token-delay", "{token_delay}",
+           "--ssl-keyfile", "{{tls_keyfile}}", "--ssl-certfile", "{{tls_certfile}}", "--ssl-ca-certs", "{{tls_ca}}",
+           "--ssl-cert-reqs", "2"]
 min_instances = 1
 max_instances = 2
 requests_per_instance = 32
@@ -67,7 +69,9 @@ warmup_timeout = 30
 backend = "local"
 routes = ["embeddings"]
 command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
-           "--model", "{{model}}", "--kind", "embeddings"]
+           "--model", "{{model}}", "--kind", "embeddings",
+           "--ssl-keyfile", "{{tls_keyfile}}", "--ssl-certfile", "{{tls_certfile}}", "--ssl-ca-certs", "{{tls_ca}}",
+           "--ssl-cert-reqs", "2"]
 min_instances = 1
 max_instances = 1
 warmup_timeout = 30

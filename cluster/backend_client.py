@@ -41,7 +41,7 @@ import asyncio
 import collections
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
 from cluster._http1 import (
@@ -382,11 +382,15 @@ class BackendPool:
     with a ``pin`` goes over TLS and only to a server whose certificate has
     that pin (:func:`cluster.tls.check_pin`, checked before the request is
     sent); one without goes over plain HTTP (a static backend the operator
-    configured as ``http://``).
+    configured as ``http://``).  ``tls`` may be a function that returns the
+    context (or None while there is none yet), asked at each new TLS connection.
     """
 
     def __init__(
-        self, max_idle_per_backend: int = 32, connect_timeout: float = 5.0, tls: ssl.SSLContext | None = None
+        self,
+        max_idle_per_backend: int = 32,
+        connect_timeout: float = 5.0,
+        tls: ssl.SSLContext | Callable[[], ssl.SSLContext | None] | None = None,
     ) -> None:
         if max_idle_per_backend < 0 or connect_timeout <= 0:
             raise ValueError("max_idle_per_backend >= 0 and connect_timeout > 0 are required")
@@ -482,7 +486,7 @@ class BackendPool:
         host, port, pin = key
         tls = None
         if pin is not None:
-            tls = self._tls
+            tls = self._tls() if callable(self._tls) else self._tls
             if tls is None:  # a TLS backend, and no identity to show it
                 raise BackendFailed()
         try:

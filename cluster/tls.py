@@ -38,9 +38,13 @@ import contextlib
 import datetime
 import hashlib
 import hmac
+import json
+import logging
 import os
 import re
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -54,8 +58,11 @@ __all__ = [
     "gate_identity",
     "init_gate_identity",
     "client_context",
+    "GateContext",
+    "remove_job_identity",
     "server_context",
     "make_job_identity",
+    "job_identity",
     "pin_of",
     "check_pin",
     "valid_pin",
@@ -79,6 +86,8 @@ JOB_CERT_DAYS: Final = 60
 CLOCK_SKEW: Final = datetime.timedelta(hours=1)
 
 _PIN: Final = re.compile(r"[0-9a-f]{64}")
+
+log = logging.getLogger("sluice.gate")
 
 
 class TlsError(Exception):
@@ -180,6 +189,36 @@ def server_context(certfile: str, keyfile: str, ca_certs: str | None, cert_reqs:
     return context
 
 
+class GateContext:
+    """The gate's client context, loaded when first needed and cached.
+
+    Until it loads (``tls init`` has not run yet, or the key is unsafe: logged
+    once) a TLS backend fails with ``backend_failed``; plain-HTTP backends
+    work.  A failed load is tried again at most every :data:`RETRY` seconds,
+    so a long mux session picks up an identity made after it started.
+    """
+
+    RETRY: Final = 5.0
+
+    def __init__(self, tls_dir: Path, clock: Callable[[], float] = time.monotonic) -> None:
+        self._dir = tls_dir
+        self._clock = clock
+        self._context: ssl.SSLContext | None = None
+        self._next_try = float("-inf")
+        self._logged = False
+
+    def __call__(self) -> ssl.SSLContext | None:
+        if self._context is None and self._clock() >= self._next_try:
+            try:
+                self._context = client_context(gate_identity(self._dir))
+            except TlsError as exc:
+                self._next_try = self._clock() + self.RETRY
+                if not self._logged:
+                    log.error('{"event":"tls_identity_unusable","error":%s}', json.dumps(str(exc)))
+                    self._logged = True
+        return self._context
+
+
 # ---------------------------------------------------------------- key making (cryptography)
 
 def _self_signed(common_name: str, days: int, server: bool) -> tuple[bytes, bytes, str]:
@@ -267,6 +306,13 @@ def make_job_identity(directory: Path, gate_cert: Path, common_name: str) -> Job
         remove_job_identity(directory)
         raise
     return identity
+
+
+def job_identity(directory: Path, pin: str) -> JobIdentity:
+    """The identity :func:`make_job_identity` made in ``directory`` (for the scheduler's probes)."""
+    if not directory.is_absolute() or not directory.is_dir():
+        raise TlsError(f"the job's TLS directory {directory} is gone")
+    return JobIdentity(directory, directory / SERVER_KEY, directory / SERVER_CERT, directory / CLIENTS, pin)
 
 
 def remove_job_identity(directory: Path) -> None:

@@ -54,6 +54,8 @@ class JobRecord:
     observed: float = 0.0
     probe_failures: int = 0
     ended: float | None = None
+    pin: str = ""  # SHA-256 of the job's TLS certificate; "" for a plain-HTTP job
+    tls_dir: str = ""  # the job's private directory with its TLS key ("" for none)
 
     @property
     def instance_id(self) -> str:

@@ -83,7 +83,10 @@ def test_reject_service_mistakes(tmp_path: Path, extra: str, message: str) -> No
     [
         ("#!/bin/sh\nexec server --port {port}\n", "must use {token}"),
         ("#!/bin/sh\nexport KEY={token}\nexec server\n", "must use {port}"),
-        ("#!/bin/sh\nexport KEY={token}\nexec server --port {port} {model_dir}\n", "uses {model_dir}"),
+        ("#!/bin/sh\nexport KEY={token}\nexec server --port {port} {model_dir} {tls_keyfile} {tls_certfile} {tls_ca}\n",
+         "uses {model_dir}"),
+        ("#!/bin/sh\nexport KEY={token}\nexec server --port {port}\n", "must use {tls_keyfile}"),
+        ("#!/bin/sh\nexport KEY={token}\nexec server --port {port} {tls_keyfile} {tls_certfile}\n", "must use {tls_ca}"),
         ("exec server --port {port} {token}\n", "must start with #!"),
     ],
 )
@@ -97,6 +100,7 @@ def test_reject_templates(tmp_path: Path, template: str, message: str) -> None:
 def test_shell_variables_are_not_placeholders(tmp_path: Path) -> None:
     (tmp_path / "job.sbatch").write_text(
         "#!/bin/bash\nexport KEY='{token}'\nPORT={port}\necho ${PORT} ${port} $HOME\nexec srv --port \"$PORT\"\n"
+        "# {tls_keyfile} {tls_certfile} {tls_ca}\n"
     )
     (tmp_path / "cluster.toml").write_text(BASE + "template_file = 'job.sbatch'\n")
     (service,) = load_config(tmp_path / "cluster.toml").services

@@ -429,7 +429,8 @@ SLOW_START_TEMPLATE = """\
 SLUICE_BACKEND_TOKEN='{token}'
 export SLUICE_BACKEND_TOKEN
 sleep {startup_delay}
-exec {python} -m cluster.standin --host 127.0.0.1 --port {port} --model {model} --kind chat --token-delay 0.01
+exec {python} -m cluster.standin --host 127.0.0.1 --port {port} --model {model} --kind chat --token-delay 0.01 \\
+    --ssl-keyfile {tls_keyfile} --ssl-certfile {tls_certfile} --ssl-ca-certs {tls_ca} --ssl-cert-reqs 2
 """
 
 
