@@ -188,7 +188,7 @@ class GateSettings:
     connect_timeout: float = 5.0
     state_dir: Path | None = None  # None: "state" next to the routing table
     # The gate's TLS client key and certificate (``sluice-cluster tls init``).
-    tls_dir: Path | None = None  # None: "gate-tls" next to the configuration file
+    tls_dir: Path | None = None  # the loader's default: "gate-tls" next to the configuration file
     # Two accounts (see docs/operator-slurm.md, "Two accounts"): the directory
     # the gate and the scheduler's account share (load files, kicks, the
     # routing table).  None: one account runs both (weaker, logged).
@@ -630,6 +630,7 @@ def load_config(path: str | Path) -> ClusterConfig:
         raise ConfigError("gate.request_timeout must be in (0, 3600] and gate.connect_timeout in (0, 60]")
     paths = {key: _get(gate_table, key, str, "gate", None) for key in ("state_dir", "tls_dir", "spool_dir")}
     state_dir, tls_dir, spool_dir = (None if value is None else base / value for value in paths.values())
+    tls_dir = tls_dir or base / "gate-tls"  # beside sealed-keys/: the gate's, not in the spool
     gate = GateSettings(base / _get(gate_table, "routing_table", str, "gate"), timeout, connect, state_dir, tls_dir, spool_dir)
     if spool_dir is not None:
         if gate.routing_table.parent != spool_dir:

@@ -193,7 +193,7 @@ class Router:
         self._quarantined: dict[str, float] = {}
         self._meter: LoadMeter | None = None
         if self._services:
-            self._meter = LoadMeter(config.gate.shared / "load")
+            self._meter = LoadMeter(config.gate.shared / "load", shared=config.split_accounts)
         self.reload()
 
     def reload(self) -> None:

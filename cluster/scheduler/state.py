@@ -139,15 +139,18 @@ def ensure_private_dir(path: Path) -> None:
         raise PermissionError(f"{path} is writable by others; it must be private to the scheduler's account")
 
 
-def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, durable: bool = True, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data``: a reader sees the old file or the new one, never a part.
 
     ``durable`` also waits for the disk (fsync): for state that must survive a
     crash of the machine, not for the gates' load files, rewritten every second.
+    ``mode``: 0o600, or 0o640 for what the other account reads through the group.
     """
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
     try:
         with os.fdopen(fd, "wb") as handle:
+            if mode != 0o600:
+                os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             if durable:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cluster.tls import client_context, gate_identity
 from policy.frames import GATE_KINDS, FrameDecoder, Kind, encode
 from tests.conftest import ROOT
 from tests.services.slurm import Slurm, slurm_cluster  # noqa: F401  (the session fixture)
@@ -280,11 +282,17 @@ async def run_clients(gate: Gate, workers: int, stop: asyncio.Event, document: d
     return results
 
 
-def _served(instance: dict[str, Any]) -> int:
+def gate_tls(config: Path) -> ssl.SSLContext:
+    """The gate's client certificate: without it a job answers nothing, on any path."""
+    return client_context(gate_identity(config.parent / "gate-tls"))
+
+
+def _served(instance: dict[str, Any], config: Path) -> int:
     stats = httpx.get(
-        f"http://{instance['host']}:{instance['port']}/stats",
+        f"https://{instance['host']}:{instance['port']}/stats",
         headers={"Authorization": f"Bearer {instance['token']}"},
         timeout=5,
+        verify=gate_tls(config),
     ).json()
     return int(stats["served"])
 
@@ -361,7 +369,7 @@ def test_scale_up_under_load_and_down_after(slurm: Slurm, tmp_path: Path) -> Non
             stop.set()
             results = await load
             instances = table(config)
-            assert all(_served(i) > 0 for i in instances), "least-outstanding balancing left an instance idle"
+            assert all(_served(i, config) > 0 for i in instances), "least-outstanding balancing left an instance idle"
             await async_wait_until(lambda: len(table(config)) == 1, 40, what="scale down to one")
             return results
 
@@ -387,10 +395,12 @@ def test_scancel_from_outside_is_replaced_without_failing_other_requests(slurm: 
             died = threading.Event()
             dead_at: list[float] = []
 
+            tls = gate_tls(config)
+
             def watch() -> None:  # when the victim stops answering: requests after that must not fail
                 while not died.is_set():
                     try:
-                        httpx.get(f"http://127.0.0.1:{victim['port']}/health", timeout=0.5)
+                        httpx.get(f"https://127.0.0.1:{victim['port']}/health", timeout=0.5, verify=tls)
                     except httpx.HTTPError:
                         dead_at.append(time.monotonic())
                         return
