@@ -251,17 +251,14 @@ class Engine:
         if record.host is None:
             return False
         timeout = self._config.scheduler.probe_timeout
-        pool = self._pool
-        own = pool is None or bool(record.pin)
         try:
-            if record.pin:
-                identity = job_identity(Path(record.tls_dir), record.pin)
-                pool = BackendPool(max_idle_per_backend=0, connect_timeout=timeout, tls=client_context(identity))
-            elif pool is None:
-                pool = BackendPool(max_idle_per_backend=0, connect_timeout=timeout)
+            tls = client_context(job_identity(Path(record.tls_dir), record.pin)) if record.pin else None
         except TlsError as exc:
             log.warning('{"event":"probe_failed","job":"%s","error":%s}', record.id, _json_text(str(exc)))
             return False
+        pool, own = self._pool, False
+        if pool is None or tls is not None:  # a TLS probe shows the job's own key: a pool of its own
+            pool, own = BackendPool(max_idle_per_backend=0, connect_timeout=timeout, tls=tls), True
         try:
             async with asyncio.timeout(timeout):
                 response = await pool.request(
