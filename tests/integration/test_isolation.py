@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from tests.services.accounts import (
     probe_as,
     run_as,
 )
+from tests.services.slurm import Slurm, slurm_cluster  # noqa: F401  (the session fixture)
 from tests.services.sshd import Sshd
 
 pytestmark = pytest.mark.integration
@@ -76,8 +78,10 @@ warmup_timeout = 30
 
 
 class TwoAccounts:
-    def __init__(self) -> None:
-        self.sshd = Sshd(CLUSTER_TOML, user=GATE_USER)
+    """The layout, the gate under sshd, and the jobs account's scheduler loop (``wait``: for ``model``)."""
+
+    def __init__(self, toml: str = CLUSTER_TOML, model: str | None = MODEL) -> None:
+        self.sshd = Sshd(toml, user=GATE_USER)
         try:
             ensure_accounts()
             root = self.sshd.dir
@@ -100,16 +104,16 @@ class TwoAccounts:
                      "scheduler", "--config", str(self.sshd.config)],
                     cwd="/", stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
                 )  # fmt: skip
-            self.instance = self._wait_ready()
+            self.instance = self._wait_ready(model) if model else {}
         except BaseException:
             self.stop()
             raise
 
-    def _wait_ready(self) -> dict[str, Any]:
+    def _wait_ready(self, model: str) -> dict[str, Any]:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                entries = json.loads((self.spool / "routing.json").read_text())["models"].get(MODEL, [])
+                entries = json.loads((self.spool / "routing.json").read_text())["models"].get(model, [])
             except (OSError, ValueError, KeyError):
                 entries = []
             if entries:
@@ -117,7 +121,7 @@ class TwoAccounts:
             if self.loop.poll() is not None:
                 break
             time.sleep(0.2)
-        raise RuntimeError(f"the jobs account's scheduler did not start {MODEL}: {self.log.read_text()[-2000:]}")
+        raise RuntimeError(f"the jobs account's scheduler did not start {model}: {self.log.read_text()[-2000:]}")
 
     def job_dir(self) -> Path:
         (directory,) = (self.jobs / "state" / "jobs").iterdir()
@@ -132,9 +136,9 @@ class TwoAccounts:
         )  # fmt: skip
         return done.returncode, FrameDecoder(GATE_KINDS).feed(done.stdout)
 
-    def chat(self) -> tuple[int, list[Any]]:
-        data = json.dumps(CHAT).encode()
-        return self.ssh(f"sluice/1 call chat {MODEL} {len(data)}", data)
+    def chat(self, model: str = MODEL) -> tuple[int, list[Any]]:
+        data = json.dumps({**CHAT, "model": model}).encode()
+        return self.ssh(f"sluice/1 call chat {model} {len(data)}", data)
 
     def stop(self) -> None:
         loop = getattr(self, "loop", None)
@@ -315,3 +319,79 @@ def test_the_scheduler_of_the_jobs_account_cannot_make_the_gates_key(accounts: T
     assert pwd.getpwuid((accounts.gate_tls / "client.key").stat().st_uid).pw_name == GATE_USER
     assert ssl.PEM_cert_to_DER_cert((accounts.job_dir() / "server.crt").read_text())
     assert os.path.exists(accounts.spool / "load")
+
+
+# -- a Slurm job of the jobs account, started by the gate's kick --------------------------
+
+SLURM_TOML = """\
+[gate]
+routing_table = "spool/routing.json"
+spool_dir = "spool"
+state_dir = "jobs/state"
+request_timeout = 60
+
+[scheduler]
+pass_interval = 20         # a pass sooner than this after the loop's first one was kicked
+job_prefix = "iso"
+
+[slurm]
+slurm_conf = {slurm_conf}
+node_host = "127.0.0.1"
+
+[services.iso-slurm]
+backend = "slurm"
+routes = ["chat"]
+template = "standin"
+vars = {{ bind_host = "127.0.0.1", token_delay = "0" }}
+time_limit = 10
+min_instances = 0
+max_instances = 1
+warmup_timeout = 60
+hold_timeout = 60
+"""
+
+
+def test_a_held_request_kicks_a_slurm_job_of_the_jobs_account(slurm_cluster: Slurm, tmp_path: Path) -> None:  # noqa: F811
+    """The gate's kick crosses the uid boundary through the spool; Slurm runs the job as sluicejobs."""
+    # the test cluster's slurm.conf lives in root's temporary directory: let the jobs account read it
+    slurm_cluster.dir.chmod(0o755)
+    slurm_cluster.conf.chmod(0o644)
+    setup = TwoAccounts(SLURM_TOML.format(slurm_conf=json.dumps(str(slurm_cluster.conf))), model=None)
+    try:
+        time.sleep(1.0)  # the loop's first pass: nothing to run at zero instances
+        assert not (setup.spool / "slurm.kick").exists()
+        asked = time.monotonic()
+        with ThreadPoolExecutor(1) as pool:
+            reply = pool.submit(setup.chat, "iso-slurm")  # held: kicks, waits for the job
+            while not _jobs_of(slurm_cluster) and time.monotonic() - asked < 15:
+                time.sleep(0.1)
+            submitted_after = time.monotonic() - asked
+            status, frames = reply.result()
+        # the loop's next own pass was 20 s away: the gate's kick started this one
+        assert submitted_after < 10, submitted_after
+        assert status == 0 and _ok(frames), (frames, setup.log.read_text()[-3000:])
+        kick = setup.spool / "slurm.kick"
+        assert pwd.getpwuid(kick.stat().st_uid).pw_name == GATE_USER
+        assert _jobs_of(slurm_cluster) == [f"iso.iso-slurm|{JOBS_USER}|RUNNING"]
+        entry = json.loads((setup.spool / "routing.json").read_text())["models"]["iso-slurm"][0]
+        server = next(p for p in os.listdir("/proc") if p.isdigit() and _listens(int(p), entry["port"]))
+        assert pwd.getpwuid(os.stat(f"/proc/{server}").st_uid).pw_name == JOBS_USER
+    finally:
+        subprocess.run(["scancel", "--user", JOBS_USER], env=slurm_cluster.env, check=False, timeout=30)
+        setup.stop()
+
+
+def _jobs_of(slurm: Slurm) -> list[str]:
+    """The jobs account's jobs: name, user, state."""
+    done = subprocess.run(["squeue", "--noheader", "--user", JOBS_USER, "--format=%j|%u|%T"],
+                          env=slurm.env, capture_output=True, text=True, timeout=30)  # fmt: skip
+    return done.stdout.split()
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether ``pid``'s command line names ``--port port`` (the stand-in the job started)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"cluster.standin" in b" ".join(argv) and str(port).encode() in argv
