@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import errno
 import json
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -187,6 +189,9 @@ class LoadMeter:
                     self._dir.mkdir(mode=0o700)
                     if self._shared:
                         self._dir.chmod(SHARED_DIR_MODE)
+            if self._shared and not stat.S_ISDIR(os.lstat(self._dir).st_mode):
+                # the jobs account owns the spool: a symlink there must not lead the gate's writes elsewhere
+                raise OSError(errno.ENOTDIR, "the spool's load directory is not a directory")
             data = json.dumps(self.document(), separators=(",", ":")).encode()
             atomic_write(self._path, data, durable=False, mode=0o640 if self._shared else 0o600)
         except OSError as exc:
