@@ -59,7 +59,9 @@ request_timeout = 120
 backend = "local"
 routes = ["chat", "completions"]
 command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
-           "--model", "{{model}}", "--kind", "chat", "--token-delay", "{token_delay}"]
+           "--model", "{{model}}", "--kind", "chat", "--token-delay", "{token_delay}",
+           "--ssl-keyfile", "{{tls_keyfile}}", "--ssl-certfile", "{{tls_certfile}}", "--ssl-ca-certs", "{{tls_ca}}",
+           "--ssl-cert-reqs", "2"]
 min_instances = 1
 max_instances = 2
 requests_per_instance = 32
@@ -71,7 +73,9 @@ warmup_timeout = 30
 backend = "local"
 routes = ["embeddings"]
 command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
-           "--model", "{{model}}", "--kind", "embeddings"]
+           "--model", "{{model}}", "--kind", "embeddings",
+           "--ssl-keyfile", "{{tls_keyfile}}", "--ssl-certfile", "{{tls_certfile}}", "--ssl-ca-certs", "{{tls_ca}}",
+           "--ssl-cert-reqs", "2"]
 min_instances = 1
 max_instances = 1
 warmup_timeout = 30
@@ -85,7 +89,7 @@ def write_cluster_config(directory: Path, token_delay: float) -> Path:
 
 
 def gate_argv(config: Path) -> list[str]:
-    return [sys.executable, "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
+    return [sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
 
 
 async def _wait_ready(appliance: Appliance, stop: asyncio.Event) -> bool:
@@ -128,13 +132,13 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     # The gate's key for sealed requests, made by the cluster side's own command:
     # the appliance never holds (or imports the code that uses) that private key.
     keys = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cluster.cli", "keys", "create", "--config", str(config_path),
+        sys.executable, "-I", "-m", "cluster.cli", "keys", "create", "--config", str(config_path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
     )
     if await keys.wait() != 0:
         print("sluice demo: could not create the gate's key for sealed requests", file=sys.stderr)
     scheduler = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cluster.cli", "scheduler", "--config", str(config_path), stdin=asyncio.subprocess.DEVNULL
+        sys.executable, "-I", "-m", "cluster.cli", "scheduler", "--config", str(config_path), stdin=asyncio.subprocess.DEVNULL
     )
     keys = ApiKeyStore()
     keys.add(api_key, user="demo", key_id="demo")

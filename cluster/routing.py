@@ -36,6 +36,7 @@ from .config import ClusterConfig, Service
 from .inflight import SharedInFlight
 from .scheduler.load import LoadMeter
 from .scheduler.plan import effective_limits
+from .tls import valid_pin
 
 __all__ = ["Instance", "TableError", "read_table", "write_table", "update_table", "Router"]
 
@@ -63,30 +64,39 @@ class TableError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Instance:
-    """One ready server of a model.  The token is the backend's bearer token."""
+    """One ready server of a model.  The token is the backend's bearer token; the pin,
+    the SHA-256 of its TLS certificate (None: plain HTTP, see :mod:`cluster.tls`)."""
 
     id: str
     host: str
     port: int
     token: str | None = field(default=None, repr=False)
+    pin: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "host": self.host, "port": self.port, "token": self.token}
+        return {"id": self.id, "host": self.host, "port": self.port, "token": self.token, "pin": self.pin}
 
     @classmethod
     def from_json(cls, item: Any) -> Instance:
-        if not isinstance(item, dict) or set(item) != {"id", "host", "port", "token"}:
+        # "pin" may be missing: a table written before TLS (plain HTTP)
+        if not isinstance(item, dict) or not _REQUIRED <= set(item) <= _REQUIRED | {"pin"}:
             raise TableError("instance entry")
-        ident, host, port, token = item["id"], item["host"], item["port"], item["token"]
+        ident, host, port, token, pin = item["id"], item["host"], item["port"], item["token"], item.get("pin")
         if not (isinstance(ident, str) and isinstance(host, str) and host and isinstance(port, int)):
             raise TableError("instance fields")
         if not 0 < port < 65536 or not (token is None or isinstance(token, str)):
             raise TableError("instance fields")
-        return cls(ident, host, port, token)
+        if pin is not None and not valid_pin(pin):
+            raise TableError("instance pin")
+        return cls(ident, host, port, token, pin)
 
 
-def write_table(path: Path, models: Mapping[str, Iterable[Instance]]) -> None:
-    """Replace the table at ``path`` atomically; readable by its owner only."""
+_REQUIRED: Final = frozenset({"id", "host", "port", "token"})
+
+
+def write_table(path: Path, models: Mapping[str, Iterable[Instance]], mode: int = 0o600) -> None:
+    """Replace the table at ``path`` atomically; readable by its owner only, or also by
+    its group with ``mode`` 0o640 (two accounts: the gate reads what the scheduler writes)."""
     document = {
         "version": TABLE_VERSION,
         "models": {name: [i.to_json() for i in instances] for name, instances in sorted(models.items())},
@@ -95,6 +105,7 @@ def write_table(path: Path, models: Mapping[str, Iterable[Instance]]) -> None:
     fd, temp = tempfile.mkstemp(prefix=".routing-", dir=path.parent)  # mode 0600
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -115,7 +126,7 @@ def _table_lock(path: Path) -> Iterator[None]:
 
 
 def update_table(
-    path: Path, models: Mapping[str, Iterable[Instance]], known: set[str], lock: Path
+    path: Path, models: Mapping[str, Iterable[Instance]], known: set[str], lock: Path, mode: int = 0o600
 ) -> bool:
     """Set the entries of ``models``, drop models not in ``known``, keep the others.
 
@@ -133,7 +144,7 @@ def update_table(
         merged.update(wanted)
         if merged == current and path.exists():
             return False
-        write_table(path, merged)
+        write_table(path, merged, mode)
         return True
 
 
@@ -171,7 +182,7 @@ class Router:
         self._clock = clock
         self._static: dict[str, tuple[Instance, ...]] = {}
         for backend in config.static:
-            instance = Instance(f"static:{backend.model}", backend.host, backend.port, backend.token)
+            instance = Instance(f"static:{backend.model}", backend.host, backend.port, backend.token, backend.pin)
             self._static[backend.model] = (instance,)
         self.routes = config.model_routes()
         self._services: dict[str, Service] = {s.model: s for s in config.services}
@@ -189,7 +200,7 @@ class Router:
         if shared and self._services:
             self._shared = SharedInFlight(config.gate.state)
         if self._services:
-            self._meter = LoadMeter(config.gate.state / "load")
+            self._meter = LoadMeter(config.gate.shared / "load", shared=config.split_accounts)
         self.reload()
 
     def reload(self) -> None:

@@ -270,7 +270,7 @@ class Forwarder:
                     try:
                         response = await self._pool.request(
                             instance.host, instance.port, instance.token, route.method, route.path, checked.body,
-                            self._timeout,
+                            self._timeout, pin=instance.pin,
                         )
                         break
                     except BackendFailed as exc:

@@ -54,6 +54,8 @@ class JobRecord:
     observed: float = 0.0
     probe_failures: int = 0
     ended: float | None = None
+    pin: str = ""  # SHA-256 of the job's TLS certificate; "" for a plain-HTTP job
+    tls_dir: str = ""  # the job's private directory with its TLS key ("" for none)
 
     @property
     def instance_id(self) -> str:
@@ -137,15 +139,18 @@ def ensure_private_dir(path: Path) -> None:
         raise PermissionError(f"{path} is writable by others; it must be private to the scheduler's account")
 
 
-def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, durable: bool = True, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data``: a reader sees the old file or the new one, never a part.
 
     ``durable`` also waits for the disk (fsync): for state that must survive a
     crash of the machine, not for the gates' load files, rewritten every second.
+    ``mode``: 0o600, or 0o640 for what the other account reads through the group.
     """
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
     try:
         with os.fdopen(fd, "wb") as handle:
+            if mode != 0o600:
+                os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             if durable:

@@ -2,7 +2,10 @@
 
 Run it as ``python -m cluster.standin --host 127.0.0.1 --port 0 --model NAME
 --kind chat|embeddings [--token-delay SECONDS] [--dimensions N]``; once it
-listens it prints exactly one line, ``READY <port>``, to stdout.  A bearer
+listens it prints exactly one line, ``READY <port>``, to stdout.  With vLLM's
+TLS flags (``--ssl-keyfile --ssl-certfile --ssl-ca-certs --ssl-cert-reqs 2``)
+it serves TLS and answers nothing, on any path, to a client whose certificate
+is not in the CA file (see :mod:`cluster.tls`).  A bearer
 token, when wanted, comes from the environment variable
 ``SLUICE_BACKEND_TOKEN`` (never the command line, where ``ps`` shows it).
 

@@ -70,7 +70,7 @@ def gate_config(cluster: Cluster, tripwire: Tripwire, tmp_path_factory: pytest.T
 
 
 def gate_argv(config: Path, local_pipe: bool = True) -> list[str]:
-    argv = [sys.executable, "-m", "cluster.cli", "gate", "--config", str(config)]
+    argv = [sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(config)]
     return argv + ["--local-pipe"] if local_pipe else argv
 
 
@@ -444,3 +444,43 @@ def test_reject_stalled_sender_slowloris(gate_config: Path, tripwire: Tripwire) 
                 if pipe is not None:
                     pipe.close()
     _assert_untouched(tripwire, before)
+
+
+# -- isolated mode ----------------------------------------------------------------
+
+_PLANTED = "import pathlib; pathlib.Path({marker!r}).write_text('planted code ran')\n"
+
+
+def _plant(directory: Path, marker: Path) -> None:
+    """What a backend running as the gate's account could leave in its home (the gate's cwd)."""
+    code = _PLANTED.format(marker=str(marker))
+    (directory / "cluster").mkdir()
+    (directory / "cluster" / "__init__.py").write_text(code)
+    (directory / "cluster" / "cli.py").write_text(code)
+    (directory / "sitecustomize.py").write_text(code)
+    (directory / "usercustomize.py").write_text(code)
+
+
+def test_reject_modules_planted_in_the_working_directory(gate_config: Path, tmp_path: Path) -> None:
+    """With -I (the forced command's form) a `cluster` package or sitecustomize in the cwd is never imported."""
+    home = tmp_path / "home"
+    home.mkdir()
+    marker = tmp_path / "marker"
+    _plant(home, marker)
+    env = {"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 ping", "HOME": str(home)}
+    done = subprocess.run(gate_argv(gate_config), env=env, capture_output=True, timeout=30, cwd=home)
+    assert done.returncode == 0 and FrameDecoder(GATE_KINDS).feed(done.stdout)[0].payload == b"200 json"
+    assert not marker.exists()
+    # the finding: the same command without -I runs the planted package as the gate
+    old = [a for a in gate_argv(gate_config) if a != "-I"]
+    subprocess.run(old, env=env, capture_output=True, timeout=30, cwd=home)
+    assert marker.exists()
+
+
+def test_the_forced_command_runs_python_isolated(tmp_path: Path) -> None:
+    from cluster.authorized_key import authorized_key_line, default_gate_command
+
+    command = default_gate_command("/opt/sluice/venv/bin/python", Path("/etc/sluice/cluster.toml"))
+    assert command.split()[:4] == ["/opt/sluice/venv/bin/python", "-I", "-m", "cluster.cli"]
+    line = authorized_key_line("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBQ4 x", command)
+    assert line.startswith('restrict,command="/opt/sluice/venv/bin/python -I -m cluster.cli gate --config ')

@@ -31,6 +31,7 @@ routes = ["chat"]
 command = ["true"]
 min_instances = 0
 hold_queue = 0
+unsafe_plain_http = true  # the stand-ins here serve plain http
 """
 
 

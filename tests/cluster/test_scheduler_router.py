@@ -29,6 +29,7 @@ routing_table = "routing.json"
 backend = "local"
 routes = ["chat"]
 command = ["true"]
+unsafe_plain_http = true
 min_instances = 0
 hold_queue = 2
 hold_timeout = {hold_timeout}
@@ -36,6 +37,7 @@ hold_timeout = {hold_timeout}
 backend = "local"
 routes = ["chat"]
 command = ["true"]
+unsafe_plain_http = true
 min_instances = 0
 max_instances = 1
 [[services.never.schedule]]
@@ -46,6 +48,7 @@ max_instances = 0
 backend = "local"
 routes = ["chat"]
 command = ["true"]
+unsafe_plain_http = true
 hold_queue = 0
 """
 
@@ -187,6 +190,7 @@ backend = "local"
 routes = ["chat"]
 command = ["true"]
 min_instances = 1
+unsafe_plain_http = true
 """)
     kept = Router(load_config(tmp_path / "extra.toml"))
     router = Router(cfg)

@@ -24,6 +24,7 @@ from tests.conftest import free_port
 from tests.integration.browser import ARTIFACTS, launch_browser, screenshot, watch
 from tests.integration.test_demo import KEY, Demo, start_demo, stop_demo
 from tests.integration.test_identity import Running, running  # noqa: F401 (a fixture)
+from tests.services.standin import instance_stats
 
 pytestmark = pytest.mark.integration
 
@@ -43,10 +44,7 @@ class ChatDemo:
     def standin_stats(self) -> dict[str, int]:
         """The chat stand-in's own counters: what the backend behind the gate saw."""
         table = json.loads((self.runtime / "routing.json").read_text())
-        instance = table["models"]["standin-chat"][0]
-        response = httpx2.get(f"http://{instance['host']}:{instance['port']}/stats",
-                             headers={"Authorization": f"Bearer {instance['token']}"}, timeout=5)
-        return response.json()  # type: ignore[no-any-return]
+        return instance_stats(table["models"]["standin-chat"][0], self.runtime / "gate-tls")
 
     def usage(self) -> list[tuple[int, int]]:
         """(status, completion_tokens) of every accounted request, oldest first."""

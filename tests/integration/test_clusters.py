@@ -36,7 +36,7 @@ def test_models_merge_and_requests_route_to_their_cluster(cluster: Cluster, tmp_
         port = free_port()
         clusters = ""
         for name, config in (("alpha", config_a), ("beta", config_b)):
-            gate = [sys.executable, "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
+            gate = [sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
             clusters += f'[[clusters]]\nname = "{name}"\ntransport = "local"\ngate_command = {json.dumps(gate)}\n'
         appliance = tmp_path / "appliance.toml"
         appliance.write_text(

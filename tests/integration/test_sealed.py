@@ -69,7 +69,7 @@ def served(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     ])
     _cluster_cli("keys", "create", "--config", str(config))
     port = free_port()
-    gate = [sys.executable, "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
+    gate = [sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
     appliance = directory / "appliance.toml"
     appliance.write_text(
         f"[server]\nport = {port}\nsealed_keys_ttl = 0.5\n[[clusters]]\nname = \"local\"\ntransport = \"local\"\nmode = \"mux\"\n"

@@ -38,6 +38,7 @@ from sluice_sdk.transport import fetch_key_configs
 from tests.conftest import free_port
 from tests.integration.test_canary import hits, new_canary, temporary_roots
 from tests.services.memory import process_memory
+from tests.services.standin import served
 
 from .seal_browser import chromium, run, seal_page
 
@@ -59,7 +60,7 @@ const failure = (error) => error.name + ":" + error.message;
 
 
 def get(url: str, token: str) -> bytes:
-    """GET a loopback URL with a bearer token (the stand-ins' counters, the demo's metrics)."""
+    """GET a loopback URL with a bearer token (the demo's metrics)."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - http://127.0.0.1 only
         body: bytes = response.read()
@@ -80,9 +81,7 @@ class Demo:
 
     def served_by_models(self) -> int:
         """Requests the stand-in chat models answered, from their own counters (instances in the routing table)."""
-        table = json.loads(next((self.work / "tmp").glob("sluice-demo-*/routing.json")).read_text())
-        return sum(json.loads(get(f"http://{i['host']}:{i['port']}/stats", i["token"]))["served"]
-                   for i in table["models"]["standin-chat"])
+        return served(next((self.work / "tmp").glob("sluice-demo-*/routing.json")), "standin-chat")
 
 
 @pytest.fixture(scope="module")
