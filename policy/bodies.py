@@ -41,7 +41,12 @@ code                              status meaning
 ``too_deep``                      422    a free-form document nested too deep
 ``stream_not_allowed``            422    ``"stream": true`` on a route without it
 ``stream_options_without_stream`` 422    ``stream_options`` without streaming
+``store_not_supported``           422    Responses: ``store`` other than false
+``server_state_not_supported``    422    Responses: a field that needs server state
 ================================= ====== ============================================
+
+A route may name a ``dialect`` (``"responses"``, policy/_responses.py): rules
+of one API family beyond its schema, such as refusing server-side state.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ __all__ = [
     "MAX_ROUTE_BODY_BYTES",
     "MAX_MODEL_CHARS",
     "DEFAULT_ROUTES_PATH",
+    "RESPONSES",
     "CheckedBody",
     "Route",
     "RouteTable",
@@ -83,12 +89,16 @@ from ._limits import (
     MAX_NUMBER_CHARS,
     MAX_ROUTE_BODY_BYTES,
 )
+from ._responses import DIALECTS, RESPONSES, SERVER_STATE_FIELDS, forward_responses, prepare_responses
 from ._schema import _ROUTE_KEYS, _Check, _Compiler, _fail
 from ._strict_json import _ENCODER, _as_bytes, _decode, _serialize, parse_json
 
 # ---------------------------------------------------------------------------
 # Routes
 # ---------------------------------------------------------------------------
+
+# Route keys that may be left out.
+_OPTIONAL_ROUTE_KEYS = frozenset({"dialect"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +114,8 @@ class CheckedBody:
     # Whether the client asked for the final usage chunk of a stream
     # (stream_options.include_usage); the forwarded body may force it on.
     include_usage: bool
-    # max_completion_tokens, else max_tokens; None when the client set neither.
+    # max_completion_tokens, else max_tokens, else max_output_tokens (Responses);
+    # None when the client set none.
     max_tokens: int | None
     body: bytes = field(repr=False)
 
@@ -120,6 +131,8 @@ class Route:
     stream_allowed: bool
     max_depth: int
     _check: _Check = field(repr=False, compare=False)
+    # The API family's own rules beyond the schema (policy/_responses.py), or None.
+    dialect: str | None = None
 
     def check(self, data: bytes, *, force_usage: bool = False) -> CheckedBody:
         """Parse ``data`` as strict JSON, check it against this route, re-serialize it.
@@ -132,6 +145,8 @@ class Route:
         Raises :class:`~policy.errors.BodyRejected` (codes in the module doc).
         """
         obj = _decode(_as_bytes(data), self.max_body_bytes)
+        if self.dialect == RESPONSES:
+            obj = prepare_responses(obj)
         if not self.stream_allowed and obj.get("stream") is True:
             raise BodyRejected("stream_not_allowed", _POLICY)
         # The compiled schema bounds the depth: it only descends into the
@@ -145,6 +160,11 @@ class Route:
         limit = obj.get("max_completion_tokens")
         if limit is None:
             limit = obj.get("max_tokens")
+        if limit is None:
+            limit = obj.get("max_output_tokens")
+        if self.dialect == RESPONSES:
+            # Usage always comes in the stream's response.completed event.
+            return CheckedBody(obj["model"], stream, stream, limit, _serialize(forward_responses(obj)))
         if force_usage and stream and not include_usage:
             obj = {**obj, "stream_options": {**(options or {}), "include_usage": True}}
         # Serializing also refuses lone surrogates (they cannot be UTF-8).
@@ -229,8 +249,11 @@ def _route(compiler: _Compiler, route_id: str, spec: Any) -> Route:
     if not isinstance(spec, dict):
         fail(where, "must be a table")
     for key in spec:
-        if key not in _ROUTE_KEYS:
+        if key not in _ROUTE_KEYS and key not in _OPTIONAL_ROUTE_KEYS:
             fail(f"{where}.{key}", "unknown route key")
+    dialect = spec.get("dialect")
+    if dialect is not None and dialect not in DIALECTS:
+        fail(f"{where}.dialect", f"must be one of {sorted(DIALECTS)}")
     for key in sorted(_ROUTE_KEYS):
         if key not in spec:
             fail(f"{where}.{key}", "required")
@@ -263,7 +286,17 @@ def _route(compiler: _Compiler, route_id: str, spec: Any) -> Route:
         fail(f"{where}.fields.model", "must be a string that is not nullable")
     if model.max_length is None or model.max_length > MAX_MODEL_CHARS:
         fail(f"{where}.fields.model", f"max_length must be at most {MAX_MODEL_CHARS}")
-    if stream:
+    if dialect == RESPONSES:
+        for key in SERVER_STATE_FIELDS:
+            if key in fields:
+                fail(f"{where}.fields.{key}", "a server-state field: the responses dialect refuses it")
+    if stream and dialect == RESPONSES:
+        flag = fields.get("stream")
+        if flag is None or flag.kind != "boolean":
+            fail(f"{where}.fields.stream", "a streaming route needs a boolean 'stream' field")
+        if "stream_options" in fields:
+            fail(f"{where}.fields.stream_options", "responses report usage in the stream themselves")
+    elif stream:
         flag, options = fields.get("stream"), fields.get("stream_options")
         if flag is None or flag.kind != "boolean":
             fail(f"{where}.fields.stream", "a streaming route needs a boolean 'stream' field")
@@ -277,7 +310,7 @@ def _route(compiler: _Compiler, route_id: str, spec: Any) -> Route:
         for key in ("stream", "stream_options"):
             if key in fields:
                 fail(f"{where}.fields.{key}", "listed on a route with stream = false")
-    for key in ("max_tokens", "max_completion_tokens"):
+    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
         limit = fields.get(key)
         if limit is not None and limit.kind != "integer":
             fail(f"{where}.fields.{key}", "must be an integer")
@@ -289,4 +322,5 @@ def _route(compiler: _Compiler, route_id: str, spec: Any) -> Route:
         stream_allowed=stream,
         max_depth=max_depth,
         _check=body.check,
+        dialect=dialect,
     )

@@ -50,8 +50,8 @@ MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 PROTOCOL: Final = "sluice/1"
 _protocol = re.escape(PROTOCOL)
 
-# route-id = %s"chat" / %s"completions" / %s"embeddings"
-ROUTE_IDS: Final = ("chat", "completions", "embeddings")
+# route-id = %s"chat" / %s"completions" / %s"embeddings" / %s"responses"
+ROUTE_IDS: Final = ("chat", "completions", "embeddings", "responses")
 _route_id = "(?:" + "|".join(ROUTE_IDS) + ")"
 
 # name-start = ALPHA / DIGIT

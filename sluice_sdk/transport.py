@@ -3,8 +3,8 @@
 :class:`SealedTransport` (and :class:`AsyncSealedTransport`) sit under an
 ``httpx2.Client`` that the ``openai`` client is given.  For each request:
 
-* ``POST {base}/chat/completions``, ``{base}/completions`` and
-  ``{base}/embeddings`` are *sealed*: the JSON body the ``openai`` client
+* ``POST {base}/chat/completions``, ``{base}/completions``,
+  ``{base}/embeddings`` and ``{base}/responses`` are *sealed*: the JSON body the ``openai`` client
   built becomes the content of a Binary HTTP request (RFC 9292) for
   ``https://sluice/v1/...``, dated, padded, and encapsulated (RFC 9458, or
   chunked OHTTP when the body says ``"stream": true``) to the gate's pinned
@@ -105,6 +105,7 @@ SEALED_ROUTES: Final = {
     "/chat/completions": b"/v1/chat/completions",
     "/completions": b"/v1/completions",
     "/embeddings": b"/v1/embeddings",
+    "/responses": b"/v1/responses",
 }
 # The inner request's scheme and authority: fixed, the gate ignores them.
 _INNER_SCHEME: Final = b"https"
@@ -262,7 +263,7 @@ class _Core:
             return None
         raise _refusal(
             request,
-            "only POST to chat/completions, completions and embeddings under the base URL can be sealed, "
+            "only POST to chat/completions, completions, embeddings and responses under the base URL can be sealed, "
             "and nothing with a body goes in the clear",
         )
 

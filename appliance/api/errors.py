@@ -64,6 +64,13 @@ _MESSAGES: Final = {
     "invalid_model_header": "The Sluice-Model header is missing or not a valid model name.",
     "unsupported_media_type": "Sealed requests must be message/ohttp-req or message/ohttp-chunked-req.",
     "method_not_allowed": "Method not allowed.",
+    "store_not_supported": (
+        "Sluice is stateless and stores no responses: send store: false or leave it out."
+    ),
+    "server_state_not_supported": (
+        "Sluice is stateless: previous_response_id, conversation, background and stored prompts need "
+        "state kept on the server, which Sluice never keeps. Send the whole conversation in input."
+    ),
     "internal": "Internal error.",
 }
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible routes: ``/v1/models``, chat, completions, embeddings.
+"""The OpenAI-compatible routes: ``/v1/models``, chat, completions, embeddings, responses.
 
 Each request is authenticated, its body read with a bound and checked
 against the same route policy the gate enforces (so that mistakes get a
@@ -32,6 +32,7 @@ from ..catalog import ClusterSet
 from ..metering import Metering, Outcome, Ticket
 from ..transport.replies import GateReply
 from .errors import error_body, error_response, from_error
+from .stateless import stateless
 
 __all__ = ["OpenAIApi"]
 
@@ -79,6 +80,7 @@ class OpenAIApi:
             Route("/v1/chat/completions", self._handler("chat"), methods=["POST"]),
             Route("/v1/completions", self._handler("completions"), methods=["POST"]),
             Route("/v1/embeddings", self._handler("embeddings"), methods=["POST"]),
+            Route("/v1/responses", stateless(self._handler("responses")), methods=["POST"]),
             Route("/v1/sealed/keys", self.sealed_keys, methods=["GET"]),
             *(
                 Route(f"/v1/sealed{route.path.removeprefix('/v1')}", self._sealed_handler(route_id), methods=["POST"])

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Final, Protocol
 
+from policy.bodies import RESPONSES
 from policy.bodies import RouteTable
 from policy.errors import (
     BackendFailed,
@@ -31,6 +32,7 @@ from ..backend_client import BackendPool
 from ..config import ClusterConfig
 from ..routing import Instance, Router
 from ..scheduler.trigger import kick_pass
+from .responses import ResponsesUsageFilter
 from .usage import SseUsageFilter, Usage, usage_from_json
 
 __all__ = ["Sink", "Forwarder", "MAX_RESPONSE_BYTES"]
@@ -265,7 +267,10 @@ class Forwarder:
                         # the HEAD already said 200 sse: the backend's refusal can only be an error
                         raise PeerError("backend_rejected", response.status) if response.status != 200 else BackendFailed()
                     if response.content_type.startswith("text/event-stream"):
-                        await self._stream(response, sink, checked.include_usage)
+                        usage_filter = (
+                            ResponsesUsageFilter() if route.dialect == RESPONSES else SseUsageFilter(checked.include_usage)
+                        )
+                        await self._stream(response, sink, usage_filter)
                     else:
                         data = await response.read(MAX_RESPONSE_BYTES)
                         sink.head(response.status, "json")
@@ -280,8 +285,7 @@ class Forwarder:
             if instance is not None:
                 self._router.release(instance)
 
-    async def _stream(self, response: object, sink: Sink, client_asked_for_usage: bool) -> None:
-        usage_filter = SseUsageFilter(client_asked_for_usage)
+    async def _stream(self, response: object, sink: Sink, usage_filter: SseUsageFilter | ResponsesUsageFilter) -> None:
         sink.head(response.status, "sse")  # type: ignore[attr-defined]
         async for piece in response.iter_body():  # type: ignore[attr-defined]
             events = usage_filter.feed(piece)

@@ -29,12 +29,16 @@ MAX_TOKENS_REPORTED: Final = 10**9
 MAX_EVENT_SCAN: Final = 256 * 1024
 
 
+# The Responses API names the same counts input_tokens and output_tokens.
+_RESPONSES_KEYS: Final = {"prompt_tokens": "input_tokens", "completion_tokens": "output_tokens"}
+
+
 def _clean(raw: object) -> Usage | None:
     if not isinstance(raw, dict):
         return None
     usage: Usage = {}
     for key in ("prompt_tokens", "completion_tokens"):
-        value = raw.get(key, 0)
+        value = raw.get(key, raw.get(_RESPONSES_KEYS[key], 0))
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             usage[key] = min(value, MAX_TOKENS_REPORTED)
     return usage or None

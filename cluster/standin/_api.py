@@ -23,6 +23,8 @@ from itertools import count
 from typing import Any
 
 from cluster.standin._model import count_words, embed, reply_words
+from cluster.standin._responses import input_texts, response_events, response_object
+from cluster.standin._tools import ToolCall, tool_calls
 
 __all__ = [
     "KINDS",
@@ -211,6 +213,19 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def _chat_call(call: ToolCall) -> dict[str, Any]:
+    """A whole tool call in a chat message."""
+    return {"id": call.call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _chat_call_deltas(position: int, call: ToolCall) -> Iterator[dict[str, Any]]:
+    """A tool call as vLLM streams it: id and name first, then the arguments piece by piece."""
+    head = {"index": position, "id": call.call_id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+    yield {"role": "assistant", "content": None, "tool_calls": [head]} if position == 0 else {"tool_calls": [head]}
+    for piece in call.pieces:
+        yield {"tool_calls": [{"index": position, "function": {"arguments": piece}}]}
+
+
 def _token_texts(words: list[str]) -> Iterator[str]:
     if words:
         yield words[0]
@@ -234,6 +249,7 @@ class StandinApp:
             "/v1/models": ("GET", None, self._models),
             "/v1/chat/completions": ("POST", "chat", self._chat),
             "/v1/completions": ("POST", "chat", self._completions),
+            "/v1/responses": ("POST", "chat", self._responses),
             "/v1/embeddings": ("POST", "embeddings", self._embeddings),
         }
 
@@ -313,15 +329,19 @@ class StandinApp:
         stream = _stream_flag(obj)
         include_usage = _include_usage(obj, stream)
         prompt_tokens = sum(count_words(text) for text in texts)
-        words, finish = reply_words("\n".join(texts), max_tokens)
-        usage = _usage(prompt_tokens, len(words))
+        calls = tool_calls(obj, "\n".join(texts))
+        words, finish = ([], "tool_calls") if calls else reply_words("\n".join(texts), max_tokens)
+        usage = _usage(prompt_tokens, len(words) + sum(len(call.pieces) for call in calls))
         ident = self._new_id("chatcmpl")
         created = int(time.time())
         model = self.config.model
         if not stream:
+            message: dict[str, Any] = {"role": "assistant", "content": " ".join(words)}
+            if calls:
+                message = {"role": "assistant", "content": None, "tool_calls": [_chat_call(c) for c in calls]}
             choice = {
                 "index": 0,
-                "message": {"role": "assistant", "content": " ".join(words)},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish,
             }
@@ -351,12 +371,30 @@ class StandinApp:
             for index, text in enumerate(_token_texts(words)):
                 delta = {"role": "assistant", "content": text} if index == 0 else {"content": text}
                 yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+            for position, call in enumerate(calls):
+                for delta in _chat_call_deltas(position, call):
+                    yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
         tail = [chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])]
         if include_usage:
             tail.append(chunk([], usage))
         tail.append(_DONE_EVENT)
         return EventStream(token_events(), tail)
+
+    # ---------------------------------------------------------------- responses
+
+    def _responses(self, body: bytes) -> Reply | EventStream:
+        obj = _load_object(body)
+        self._check_model(obj)
+        if obj.get("store") is not False or obj.get("previous_response_id") is not None:
+            raise _Invalid(400, "stateless_only")  # the gate always forwards store: false
+        texts = input_texts(obj)
+        if texts is None:
+            raise _Invalid(400, "invalid_input")
+        max_tokens = _max_tokens({"max_tokens": obj.get("max_output_tokens")})
+        if _stream_flag(obj):
+            return EventStream(response_events(obj, texts, max_tokens, self.config.model, self._new_id), [])
+        return Reply(200, _dumps(response_object(obj, texts, max_tokens, self.config.model, self._new_id)))
 
     # ---------------------------------------------------------------- completions
 
