@@ -65,7 +65,7 @@ warmup_timeout = 30
 
 [services.standin-embed]
 backend = "local"
-routes = ["embeddings"]
+routes = ["embeddings", "rerank", "score"]
 command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
            "--model", "{{model}}", "--kind", "embeddings"]
 min_instances = 1

@@ -51,7 +51,8 @@ PROTOCOL: Final = "sluice/1"
 _protocol = re.escape(PROTOCOL)
 
 # route-id = %s"chat" / %s"completions" / %s"embeddings" / %s"responses"
-ROUTE_IDS: Final = ("chat", "completions", "embeddings", "responses")
+#          / %s"rerank" / %s"score"
+ROUTE_IDS: Final = ("chat", "completions", "embeddings", "responses", "rerank", "score")
 _route_id = "(?:" + "|".join(ROUTE_IDS) + ")"
 
 # name-start = ALPHA / DIGIT

@@ -4,7 +4,8 @@
 ``httpx2.Client`` that the ``openai`` client is given.  For each request:
 
 * ``POST {base}/chat/completions``, ``{base}/completions``,
-  ``{base}/embeddings`` and ``{base}/responses`` are *sealed*: the JSON body the ``openai`` client
+  ``{base}/embeddings``, ``{base}/responses``, ``{base}/rerank`` and
+  ``{base}/score`` are *sealed*: the JSON body the ``openai`` client
   built becomes the content of a Binary HTTP request (RFC 9292) for
   ``https://sluice/v1/...``, dated, padded, and encapsulated (RFC 9458, or
   chunked OHTTP when the body says ``"stream": true``) to the gate's pinned
@@ -106,6 +107,8 @@ SEALED_ROUTES: Final = {
     "/completions": b"/v1/completions",
     "/embeddings": b"/v1/embeddings",
     "/responses": b"/v1/responses",
+    "/rerank": b"/v1/rerank",
+    "/score": b"/v1/score",
 }
 # The inner request's scheme and authority: fixed, the gate ignores them.
 _INNER_SCHEME: Final = b"https"
@@ -263,7 +266,8 @@ class _Core:
             return None
         raise _refusal(
             request,
-            "only POST to chat/completions, completions, embeddings and responses under the base URL can be sealed, "
+            "only POST to chat/completions, completions, embeddings, responses, rerank and score under the base URL "
+            "can be sealed, "
             "and nothing with a body goes in the clear",
         )
 

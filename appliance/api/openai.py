@@ -1,4 +1,5 @@
-"""The OpenAI-compatible routes: ``/v1/models``, chat, completions, embeddings, responses.
+"""The OpenAI-compatible routes: ``/v1/models``, chat, completions, embeddings, responses,
+rerank, score.
 
 Each request is authenticated, its body read with a bound and checked
 against the same route policy the gate enforces (so that mistakes get a
@@ -81,6 +82,8 @@ class OpenAIApi:
             Route("/v1/completions", self._handler("completions"), methods=["POST"]),
             Route("/v1/embeddings", self._handler("embeddings"), methods=["POST"]),
             Route("/v1/responses", stateless(self._handler("responses")), methods=["POST"]),
+            Route("/v1/rerank", self._handler("rerank"), methods=["POST"]),
+            Route("/v1/score", self._handler("score"), methods=["POST"]),
             Route("/v1/sealed/keys", self.sealed_keys, methods=["GET"]),
             *(
                 Route(f"/v1/sealed{route.path.removeprefix('/v1')}", self._sealed_handler(route_id), methods=["POST"])

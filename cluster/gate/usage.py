@@ -29,16 +29,24 @@ MAX_TOKENS_REPORTED: Final = 10**9
 MAX_EVENT_SCAN: Final = 256 * 1024
 
 
-# The Responses API names the same counts input_tokens and output_tokens.
-_RESPONSES_KEYS: Final = {"prompt_tokens": "input_tokens", "completion_tokens": "output_tokens"}
+# Other names of the same counts, in the order they are tried: the Responses API says
+# input_tokens and output_tokens; rerank answers (vLLM, Cohere style) only total_tokens,
+# which is all input there.
+_OTHER_KEYS: Final = {"prompt_tokens": ("input_tokens", "total_tokens"), "completion_tokens": ("output_tokens",)}
 
 
 def _clean(raw: object) -> Usage | None:
     if not isinstance(raw, dict):
         return None
     usage: Usage = {}
-    for key in ("prompt_tokens", "completion_tokens"):
-        value = raw.get(key, raw.get(_RESPONSES_KEYS[key], 0))
+    for key, others in _OTHER_KEYS.items():
+        value = raw.get(key)
+        for other in others:
+            if value is not None:
+                break
+            value = raw.get(other)
+        if value is None:
+            value = 0
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             usage[key] = min(value, MAX_TOKENS_REPORTED)
     return usage or None

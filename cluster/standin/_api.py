@@ -24,6 +24,7 @@ from typing import Any
 
 from cluster.standin._model import count_words, embed, reply_words
 from cluster.standin._responses import input_texts, response_events, response_object
+from cluster.standin._scoring import ScoringError, rerank_reply, score_reply
 from cluster.standin._tools import ToolCall, tool_calls
 
 __all__ = [
@@ -251,6 +252,8 @@ class StandinApp:
             "/v1/completions": ("POST", "chat", self._completions),
             "/v1/responses": ("POST", "chat", self._responses),
             "/v1/embeddings": ("POST", "embeddings", self._embeddings),
+            "/v1/rerank": ("POST", "embeddings", self._rerank),
+            "/v1/score": ("POST", "embeddings", self._score),
         }
 
     # ---------------------------------------------------------------- dispatch
@@ -468,6 +471,24 @@ class StandinApp:
             if all(isinstance(item, list) and item and all(_is_int(i) for i in item) for item in prompt):
                 return [(" ".join(map(str, item)), len(item)) for item in prompt]
         raise _Invalid(400, "invalid_prompt")
+
+    # ---------------------------------------------------------------- scoring
+
+    def _rerank(self, body: bytes) -> Reply:
+        obj = _load_object(body)
+        self._check_model(obj)
+        try:
+            return Reply(200, _dumps(rerank_reply(obj, self.config.model, self._new_id("rerank"))))
+        except ScoringError as exc:
+            raise _Invalid(400, str(exc)) from None
+
+    def _score(self, body: bytes) -> Reply:
+        obj = _load_object(body)
+        self._check_model(obj)
+        try:
+            return Reply(200, _dumps(score_reply(obj, self.config.model, self._new_id("score"), int(time.time()))))
+        except ScoringError as exc:
+            raise _Invalid(400, str(exc)) from None
 
     # ---------------------------------------------------------------- embeddings
 

@@ -1,4 +1,4 @@
-"""Usage from Responses answers: the plain object and the event stream, content untouched."""
+"""Usage from the answers of the newer routes (Responses, rerank, score), content untouched."""
 
 from __future__ import annotations
 
@@ -68,3 +68,15 @@ def test_reject_usage_that_is_not_counts(usage: bytes) -> None:
     event = b'event: response.completed\ndata: {"type":"response.completed","response":{"usage":' + usage + b"}}\n\n"
     _, usage_filter = _feed(event, None)
     assert usage_filter.usage is None
+
+
+def test_usage_of_rerank_and_score() -> None:
+    from cluster.standin._scoring import rerank_reply, score_reply
+
+    rerank = json.dumps(rerank_reply({"query": "a b", "documents": ["c", "d e"]}, "m", "r1")).encode()
+    assert usage_from_json(rerank) == {"prompt_tokens": 7, "completion_tokens": 0}
+    score = json.dumps(score_reply({"text_1": "a", "text_2": ["b", "c d"]}, "m", "s1", 0)).encode()
+    assert usage_from_json(score) == {"prompt_tokens": 5, "completion_tokens": 0}
+    # Chat usage keeps its own names first.
+    chat = b'{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}'
+    assert usage_from_json(chat) == {"prompt_tokens": 3, "completion_tokens": 4}

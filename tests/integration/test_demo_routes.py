@@ -1,4 +1,4 @@
-"""The Responses API and tool calls through `sluice demo`, driven by the official openai client."""
+"""The routes beyond chat through `sluice demo` (Responses, tool calls, rerank, score), with the openai client."""
 
 from __future__ import annotations
 
@@ -126,3 +126,60 @@ def test_sealed_responses(demo: Demo) -> None:
             model="standin-chat", input="Hello there", max_output_tokens=9, stream=True)
             if e.type == "response.output_text.delta"]
         assert "".join(deltas) == plain.output_text
+
+
+def _post(demo: Demo, path: str, body: dict[str, object]) -> httpx2.Response:
+    return httpx2.post(f"{demo.url}{path}", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+
+
+def test_rerank(demo: Demo) -> None:
+    documents = ["the cat sat", "a dog ran", "stocks fell today", "cats purr"]
+    response = _post(demo, "/v1/rerank", {"model": "standin-embed", "query": "cats", "documents": documents,
+                                          "top_n": 3})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    scores = [r["relevance_score"] for r in answer["results"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert {documents[r["index"]] for r in answer["results"]} <= set(documents)
+    assert answer["usage"]["total_tokens"] == 4 * 1 + 11  # the query once per document, then the documents
+    again = _post(demo, "/v1/rerank", {"model": "standin-embed", "query": "cats", "documents": documents})
+    assert [r["relevance_score"] for r in again.json()["results"]][:3] == scores
+
+
+def test_score(demo: Demo) -> None:
+    response = _post(demo, "/v1/score", {"model": "standin-embed", "text_1": "cats", "text_2": ["a", "b c"]})
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [d["index"] for d in data] == [0, 1] and all(0 <= d["score"] <= 1 for d in data)
+    single = _post(demo, "/v1/score", {"model": "standin-embed", "text_1": ["cats"], "text_2": "b c"}).json()
+    assert single["data"][0]["score"] == data[1]["score"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/v1/rerank", {"model": "standin-embed", "query": "q", "documents": ["d"] * 1001}, 422, "too_long"),
+        ("/v1/rerank", {"model": "standin-embed", "query": "q", "documents": ["x" * 65537]}, 422, "too_long"),
+        ("/v1/rerank", {"model": "standin-embed", "query": "q", "documents": []}, 422, "too_short"),
+        ("/v1/rerank", {"model": "standin-embed", "documents": ["d"]}, 422, "missing_field"),
+        ("/v1/rerank", {"model": "standin-embed", "query": "q", "documents": [{"text": "d"}]}, 422, "wrong_type"),
+        ("/v1/rerank", {"model": "standin-chat", "query": "q", "documents": ["d"]}, 404, "route_not_served"),
+        ("/v1/score", {"model": "standin-embed", "text_1": "q", "text_2": ["d"] * 1001}, 422, "too_long"),
+        ("/v1/score", {"model": "standin-embed", "text_1": "q", "text_2": "d", "extra": 1}, 422, "unknown_field"),
+    ],
+)
+def test_reject_scoring_bodies_outside_the_policy(
+    demo: Demo, path: str, body: dict[str, object], status: int, code: str
+) -> None:
+    response = _post(demo, path, body)
+    assert response.status_code == status and response.json()["error"]["code"] == code
+
+
+def test_sealed_rerank(demo: Demo) -> None:
+    from sluice_sdk import fetch_fingerprint, sealed_openai_client
+
+    body = {"model": "standin-embed", "query": "cats", "documents": ["the cat sat", "a dog ran"]}
+    clear = _post(demo, "/v1/rerank", body).json()["results"]
+    with sealed_openai_client(f"{demo.url}/v1", KEY, fetch_fingerprint(f"{demo.url}/v1")) as client:
+        sealed = client.post("/rerank", body=body, cast_to=httpx2.Response).json()["results"]
+    assert sealed == clear
