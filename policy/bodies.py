@@ -47,6 +47,12 @@ code                              status meaning
 
 A route may name a ``dialect`` (``"responses"``, policy/_responses.py): rules
 of one API family beyond its schema, such as refusing server-side state.
+
+A route with ``body = "multipart"`` takes ``multipart/form-data`` instead of
+JSON (policy/multipart.py, with its own codes): one audio file part
+(``file_field``, at most ``max_file_bytes``) and fields checked by the same
+schema after their text is typed (policy/_forms.py).  The gate forwards a form
+it wrote itself, with its own boundary.
 """
 
 from __future__ import annotations
@@ -80,6 +86,7 @@ from ._limits import (
     _BACKEND_PATH_RE,
     _METHODS,
     _NOT_JSON,
+    _TOO_LARGE,
     _POLICY,
     _ROUTE_ID_RE,
     DEFAULT_ROUTES_PATH,
@@ -89,16 +96,19 @@ from ._limits import (
     MAX_NUMBER_CHARS,
     MAX_ROUTE_BODY_BYTES,
 )
+from ._forms import SCALAR_KINDS, form_body, form_object
 from ._responses import DIALECTS, RESPONSES, SERVER_STATE_FIELDS, forward_responses, prepare_responses
 from ._schema import _ROUTE_KEYS, _Check, _Compiler, _fail
 from ._strict_json import _ENCODER, _as_bytes, _decode, _serialize, parse_json
+from .multipart import FormSpec, boundary_of, parse_form
 
 # ---------------------------------------------------------------------------
 # Routes
 # ---------------------------------------------------------------------------
 
 # Route keys that may be left out.
-_OPTIONAL_ROUTE_KEYS = frozenset({"dialect"})
+_OPTIONAL_ROUTE_KEYS = frozenset({"dialect", "body", "file_field", "max_file_bytes"})
+_BODY_KINDS = frozenset({"json", "multipart"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +128,10 @@ class CheckedBody:
     # None when the client set none.
     max_tokens: int | None
     body: bytes = field(repr=False)
+    # The forwarded body's media type (a form's names the gate's own boundary).
+    content_type: str = "application/json"
+    # Seconds of audio in a form's file, where its container header says (else None).
+    audio_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +147,31 @@ class Route:
     _check: _Check = field(repr=False, compare=False)
     # The API family's own rules beyond the schema (policy/_responses.py), or None.
     dialect: str | None = None
+    # Form routes: what the form may hold, and the schema kind of each part name.
+    form: FormSpec | None = None
+    _kinds: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def check_form(self, data: bytes, *, content_type: str | None = None, force_usage: bool = False) -> CheckedBody:
+        """Parse a form route's body (``content_type`` names the boundary when known), type and check
+        its fields, and write the gate's own form.  With ``force_usage``, a stream asks the
+        backend for its usage (``stream_include_usage``)."""
+        if self.form is None:
+            raise BodyRejected("bad_content_type", 415)
+        data = _as_bytes(data)
+        if len(data) > self.max_body_bytes:
+            raise BodyRejected("body_too_large", _TOO_LARGE)
+        boundary = boundary_of(content_type) if content_type is not None else None
+        form = parse_form(data, self.form, boundary)
+        obj = form_object(form, self._kinds)
+        self._check(obj)
+        stream = obj.get("stream") is True
+        include_usage = obj.get("stream_include_usage") is True
+        if include_usage and not stream:
+            raise BodyRejected("stream_options_without_stream", _POLICY)
+        if force_usage and stream:
+            obj = {**obj, "stream_include_usage": True}
+        body, media = form_body(obj, form, self.form.file_field)
+        return CheckedBody(obj["model"], stream, include_usage, None, body, media, form.file.audio.seconds)
 
     def check(self, data: bytes, *, force_usage: bool = False) -> CheckedBody:
         """Parse ``data`` as strict JSON, check it against this route, re-serialize it.
@@ -143,7 +182,10 @@ class Route:
         asked for, so the gate knows whether to pass the usage chunk on.
 
         Raises :class:`~policy.errors.BodyRejected` (codes in the module doc).
+        A form route's body goes to :meth:`check_form`.
         """
+        if self.form is not None:
+            return self.check_form(data, force_usage=force_usage)
         obj = _decode(_as_bytes(data), self.max_body_bytes)
         if self.dialect == RESPONSES:
             obj = prepare_responses(obj)
@@ -286,6 +328,14 @@ def _route(compiler: _Compiler, route_id: str, spec: Any) -> Route:
         fail(f"{where}.fields.model", "must be a string that is not nullable")
     if model.max_length is None or model.max_length > MAX_MODEL_CHARS:
         fail(f"{where}.fields.model", f"max_length must be at most {MAX_MODEL_CHARS}")
+    body_kind = spec.get("body", "json")
+    if body_kind not in _BODY_KINDS:
+        fail(f"{where}.body", f"must be one of {sorted(_BODY_KINDS)}")
+    if body_kind == "multipart":
+        return _form_route(compiler, where, spec, path, method, max_body, stream, max_depth, body)
+    for key in ("file_field", "max_file_bytes"):
+        if key in spec:
+            fail(f"{where}.{key}", 'only for body = "multipart"')
     if dialect == RESPONSES:
         for key in SERVER_STATE_FIELDS:
             if key in fields:
@@ -323,4 +373,56 @@ def _route(compiler: _Compiler, route_id: str, spec: Any) -> Route:
         max_depth=max_depth,
         _check=body.check,
         dialect=dialect,
+    )
+
+
+def _form_route(
+    compiler: _Compiler, where: str, spec: dict[str, Any], path: str, method: str, max_body: int, stream: bool,
+    max_depth: int, body: Any,
+) -> Route:
+    """Validate the form keys of a ``body = "multipart"`` route."""
+    fail = compiler.fail
+    if "dialect" in spec:
+        fail(f"{where}.dialect", "not for form routes")
+    file_field = spec.get("file_field")
+    if type(file_field) is not str or not file_field.isidentifier() or not file_field.islower():
+        fail(f"{where}.file_field", "required: the file part's name (lowercase letters, digits, _)")
+    if file_field in body.children:
+        fail(f"{where}.file_field", "names a field that is also in fields")
+    max_file = spec.get("max_file_bytes")
+    if type(max_file) is not int or not 1 <= max_file <= max_body:
+        fail(f"{where}.max_file_bytes", "required: an integer from 1 to max_body_bytes")
+    kinds: dict[str, str] = {}
+    for name, node in body.children.items():
+        if node.kind == "array" and node.item is not None and node.item.kind in SCALAR_KINDS:
+            kinds[f"{name}[]"] = node.item.kind
+        elif node.kind in SCALAR_KINDS:
+            kinds[name] = node.kind
+        else:
+            fail(f"{where}.fields.{name}", "a form field is a string, number, boolean or an array of them")
+    if stream:
+        for key in ("stream", "stream_include_usage"):
+            flag = body.children.get(key)
+            if flag is None or flag.kind != "boolean":
+                fail(f"{where}.fields.{key}", "a streaming form route needs this boolean field")
+    else:
+        for key in ("stream", "stream_include_usage"):
+            if key in body.children:
+                fail(f"{where}.fields.{key}", "listed on a route with stream = false")
+    form = FormSpec(
+        fields=frozenset(k for k in kinds if not k.endswith("[]")),
+        repeated=frozenset(k for k in kinds if k.endswith("[]")),
+        file_field=file_field,
+        max_file_bytes=max_file,
+    )
+    return Route(
+        id=where.removeprefix("routes."),
+        path=path,
+        method=method,
+        max_body_bytes=max_body,
+        stream_allowed=stream,
+        max_depth=max_depth,
+        _check=body.check,
+        form=form,
+        _kinds=MappingProxyType(kinds),
     )

@@ -1,5 +1,5 @@
 """The OpenAI-compatible routes: ``/v1/models``, chat, completions, embeddings, responses,
-rerank, score.
+rerank, score, audio transcriptions and translations (multipart forms).
 
 Each request is authenticated, its body read with a bound and checked
 against the same route policy the gate enforces (so that mistakes get a
@@ -44,6 +44,7 @@ _SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # The gate's media (policy/FRAMES.md) as HTTP content types.
 _MEDIA: Final = {
     "json": "application/json",
+    "text": "text/plain; charset=utf-8",
     "sse": "text/event-stream",
     "ohttp": "message/ohttp-res",
     "ohttp-chunked": "message/ohttp-chunked-res",
@@ -84,6 +85,8 @@ class OpenAIApi:
             Route("/v1/responses", stateless(self._handler("responses")), methods=["POST"]),
             Route("/v1/rerank", self._handler("rerank"), methods=["POST"]),
             Route("/v1/score", self._handler("score"), methods=["POST"]),
+            Route("/v1/audio/transcriptions", self._handler("transcriptions"), methods=["POST"]),
+            Route("/v1/audio/translations", self._handler("translations"), methods=["POST"]),
             Route("/v1/sealed/keys", self.sealed_keys, methods=["GET"]),
             *(
                 Route(f"/v1/sealed{route.path.removeprefix('/v1')}", self._sealed_handler(route_id), methods=["POST"])
@@ -114,7 +117,11 @@ class OpenAIApi:
                 return error_response(401, "invalid_api_key")
             try:
                 body = await read_body(request, route.max_body_bytes)
-                checked = route.check(body)
+                checked = (
+                    route.check_form(body, content_type=request.headers.get("content-type", ""))
+                    if route.form is not None
+                    else route.check(body)
+                )
                 info = (await self._clusters.models()).get(checked.model)
                 if info is None or not self._access.allows(principal, checked.model):
                     return error_response(404, "model_not_found")

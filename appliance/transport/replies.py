@@ -30,7 +30,9 @@ READ_SIZE: Final = 256 * 1024
 
 _END: Final = object()
 
-_MEDIA: Final = {b"json": "json", b"sse": "sse", b"ohttp": "ohttp", b"ohttp-chunked": "ohttp-chunked"}
+_MEDIA: Final = {
+    b"json": "json", b"text": "text", b"sse": "sse", b"ohttp": "ohttp", b"ohttp-chunked": "ohttp-chunked"
+}
 
 
 def _parse_error(payload: bytes) -> SluiceError:

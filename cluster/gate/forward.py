@@ -15,8 +15,7 @@ import logging
 import time
 from typing import Final, Protocol
 
-from policy.bodies import RESPONSES
-from policy.bodies import RouteTable
+from policy.bodies import RESPONSES, CheckedBody, RouteTable
 from policy.errors import (
     BackendFailed,
     BackendTimeout,
@@ -33,7 +32,7 @@ from ..config import ClusterConfig
 from ..routing import Instance, Router
 from ..scheduler.trigger import kick_pass
 from .responses import ResponsesUsageFilter
-from .usage import SseUsageFilter, Usage, usage_from_json
+from .usage import SseUsageFilter, Usage, usage_from_json, with_audio
 
 __all__ = ["Sink", "Forwarder", "MAX_RESPONSE_BYTES"]
 
@@ -82,6 +81,14 @@ class _HeadSent:
 
     def error(self, error: SluiceError) -> None:
         self._sink.error(error)
+
+
+def _inner_content_type(headers: object) -> str:
+    """The sealed inner request's Content-Type (its form's boundary); "" when absent."""
+    for name, value in headers:  # type: ignore[attr-defined]
+        if name.lower() == b"content-type":
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return ""
 
 
 def _not_delivered(exc: BackendFailed) -> bool:
@@ -171,7 +178,10 @@ class Forwarder:
         opened = open_sealed(ring, self._replay, body, call.seal == "chunked", route.path)
         inner = opened.request.content
         try:
-            checked = route.check(inner)
+            if route.form is not None:
+                checked = route.check_form(inner, content_type=_inner_content_type(opened.request.headers))
+            else:
+                checked = route.check(inner)
         except BodyRejected as exc:
             # About the sealed content: answered sealed, so the appliance learns nothing of it.
             sink.head(200, "ohttp-chunked" if call.seal == "chunked" else "ohttp")
@@ -247,7 +257,7 @@ class Forwarder:
                     try:
                         response = await self._pool.request(
                             instance.host, instance.port, instance.token, route.method, route.path, checked.body,
-                            self._timeout,
+                            self._timeout, checked.content_type,
                         )
                         break
                     except BackendFailed as exc:
@@ -270,13 +280,13 @@ class Forwarder:
                         usage_filter = (
                             ResponsesUsageFilter() if route.dialect == RESPONSES else SseUsageFilter(checked.include_usage)
                         )
-                        await self._stream(response, sink, usage_filter)
+                        await self._stream(response, sink, usage_filter, checked)
                     else:
                         data = await response.read(MAX_RESPONSE_BYTES)
-                        sink.head(response.status, "json")
+                        sink.head(response.status, "text" if response.content_type.startswith("text/plain") else "json")
                         if data:
                             await sink.body(data)
-                        sink.end(usage_from_json(data) if response.status == 200 else None)
+                        sink.end(with_audio(usage_from_json(data), checked) if response.status == 200 else None)
                 finally:
                     response.close()
         except TimeoutError:
@@ -285,7 +295,9 @@ class Forwarder:
             if instance is not None:
                 self._router.release(instance)
 
-    async def _stream(self, response: object, sink: Sink, usage_filter: SseUsageFilter | ResponsesUsageFilter) -> None:
+    async def _stream(
+        self, response: object, sink: Sink, usage_filter: SseUsageFilter | ResponsesUsageFilter, checked: CheckedBody
+    ) -> None:
         sink.head(response.status, "sse")  # type: ignore[attr-defined]
         async for piece in response.iter_body():  # type: ignore[attr-defined]
             events = usage_filter.feed(piece)
@@ -294,4 +306,4 @@ class Forwarder:
         rest = usage_filter.flush()
         if rest:
             await sink.body(rest)
-        sink.end(usage_filter.usage)
+        sink.end(with_audio(usage_filter.usage, checked))

@@ -43,7 +43,9 @@ log = logging.getLogger("sluice.gate")
 # long its enc is remembered (RFC 9458 Section 6.5).
 REPLAY_WINDOW: Final = 300.0
 
-_MEDIA_TYPES: Final = {"json": b"application/json", "sse": b"text/event-stream"}
+_MEDIA_TYPES: Final = {
+    "json": b"application/json", "sse": b"text/event-stream", "text": b"text/plain; charset=utf-8"
+}
 
 
 class SharedReplayGuard:

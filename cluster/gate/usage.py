@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Final
 
-__all__ = ["Usage", "usage_from_json", "SseUsageFilter"]
+__all__ = ["Usage", "usage_from_json", "SseUsageFilter", "with_audio", "AUDIO_USAGE_KEY"]
 
 Usage = dict[str, int]
 
@@ -114,3 +114,16 @@ class SseUsageFilter:
         if not self._keep_usage_event and chunk.get("choices") == [] and usage is not None:
             return b""
         return framed
+
+
+# The usage key of the audio in a request (milliseconds, read from the file's
+# container header by the gate, never from the client's say-so).
+AUDIO_USAGE_KEY: Final = "audio_ms"
+
+
+def with_audio(usage: Usage | None, checked: object) -> Usage | None:
+    """``usage`` with the request's audio length in ms added, where its header gave one."""
+    seconds = getattr(checked, "audio_seconds", None)
+    if seconds is None:
+        return usage
+    return {**(usage or {}), AUDIO_USAGE_KEY: round(seconds * 1000)}

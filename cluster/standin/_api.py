@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
+from cluster.standin._audio import AudioError, transcribe
 from cluster.standin._model import count_words, embed, reply_words
 from cluster.standin._responses import input_texts, response_events, response_object
 from cluster.standin._scoring import ScoringError, rerank_reply, score_reply
@@ -252,6 +253,8 @@ class StandinApp:
             "/v1/completions": ("POST", "chat", self._completions),
             "/v1/responses": ("POST", "chat", self._responses),
             "/v1/embeddings": ("POST", "embeddings", self._embeddings),
+            "/v1/audio/transcriptions": ("POST", "chat", self._transcriptions),
+            "/v1/audio/translations": ("POST", "chat", self._translations),
             "/v1/rerank": ("POST", "embeddings", self._rerank),
             "/v1/score": ("POST", "embeddings", self._score),
         }
@@ -471,6 +474,24 @@ class StandinApp:
             if all(isinstance(item, list) and item and all(_is_int(i) for i in item) for item in prompt):
                 return [(" ".join(map(str, item)), len(item)) for item in prompt]
         raise _Invalid(400, "invalid_prompt")
+
+    # ---------------------------------------------------------------- audio
+
+    def _audio(self, path: str, body: bytes) -> Reply | EventStream:
+        try:
+            answer = transcribe(path, body, self.config.model, self._new_id)
+        except AudioError as exc:
+            code = str(exc)
+            raise _Invalid(404 if code == "model_not_found" else 400, code) from None
+        if isinstance(answer, tuple):
+            return Reply(200, answer[1], content_type=answer[0])
+        return EventStream(answer, [])
+
+    def _transcriptions(self, body: bytes) -> Reply | EventStream:
+        return self._audio("/v1/audio/transcriptions", body)
+
+    def _translations(self, body: bytes) -> Reply | EventStream:
+        return self._audio("/v1/audio/translations", body)
 
     # ---------------------------------------------------------------- scoring
 

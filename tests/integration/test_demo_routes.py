@@ -183,3 +183,84 @@ def test_sealed_rerank(demo: Demo) -> None:
     with sealed_openai_client(f"{demo.url}/v1", KEY, fetch_fingerprint(f"{demo.url}/v1")) as client:
         sealed = client.post("/rerank", body=body, cast_to=httpx2.Response).json()["results"]
     assert sealed == clear
+
+
+# --- audio -----------------------------------------------------------------------------------
+
+
+def test_transcription_of_wav_and_mp3(demo: Demo) -> None:
+    from tests.audio_files import mp3, wav
+
+    client = demo.client()
+    spoken = client.audio.transcriptions.create(model="standin-chat", file=("speech.wav", wav(2.0), "audio/wav"))
+    assert len(spoken.text.split()) == 5  # 2.5 words a second
+    again = client.audio.transcriptions.create(model="standin-chat", file=("other name.wav", wav(2.0)))
+    assert again.text == spoken.text  # a function of the audio alone, not of the file's name
+    music = client.audio.transcriptions.create(model="standin-chat", file=("clip.mp3", mp3(), "audio/mpeg"))
+    assert music.text and music.text != spoken.text
+    with pytest.deprecated_call():  # the openai client marks translations deprecated; the route is served
+        translated = client.audio.translations.create(model="standin-chat", file=("speech.wav", wav(2.0), "audio/wav"))
+    assert translated.text and translated.text != spoken.text
+
+
+@pytest.mark.parametrize("response_format", ["text", "srt", "vtt"])
+def test_transcription_text_formats(demo: Demo, response_format: str) -> None:
+    from tests.audio_files import wav
+
+    text = demo.client().audio.transcriptions.create(
+        model="standin-chat", file=("speech.wav", wav(2.0)), response_format=response_format  # type: ignore[arg-type]
+    )
+    assert isinstance(text, str) and text.strip()
+    if response_format == "vtt":
+        assert text.startswith("WEBVTT")
+    if response_format == "srt":
+        assert text.startswith("1\n00:00:00,000 --> 00:00:02,000")
+
+
+def test_transcription_verbose_json_with_words(demo: Demo) -> None:
+    from tests.audio_files import wav
+
+    answer = demo.client().audio.transcriptions.create(
+        model="standin-chat", file=("speech.wav", wav(2.0)), response_format="verbose_json",
+        timestamp_granularities=["word", "segment"], language="en", temperature=0.0, prompt="a meeting",
+    )
+    assert answer.duration == 2.0 and answer.words is not None and len(answer.words) == 5
+
+
+def test_transcription_stream(demo: Demo) -> None:
+    from tests.audio_files import wav
+
+    response = httpx2.post(
+        f"{demo.url}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"},
+        files={"file": ("speech.wav", wav(2.0), "audio/wav")}, data={"model": "standin-chat", "stream": "true"},
+        timeout=30,
+    )
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    events = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert len(chunks) == 5 and all(c["choices"] for c in chunks)  # the usage event was not asked for
+
+
+def _form(demo: Demo, content: bytes, content_type: str) -> httpx2.Response:
+    return httpx2.post(f"{demo.url}/v1/audio/transcriptions", content=content,
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": content_type}, timeout=30)
+
+
+def test_reject_bad_audio_forms_at_the_appliance(demo: Demo) -> None:
+    from tests.audio_files import wav
+
+    good = httpx2.Request("POST", demo.url, files={"file": ("a.wav", wav(0.1))}, data={"model": "standin-chat"})
+    body, content_type = good.read(), good.headers["content-type"]
+    assert _form(demo, body, content_type).status_code == 200
+    liar = content_type.replace("boundary=", "boundary=x")
+    cases = [
+        (body, liar, 400, "bad_boundary"),
+        (body[:-10], content_type, 400, "no_final_boundary"),
+        (body, "application/json", 415, "bad_content_type"),
+        (body.replace(b"RIFF", b"RIFX"), content_type, 400, "not_audio"),
+        (body.replace(b'filename="a.wav"', b'filename="../../etc/passwd"'), content_type, 400, "bad_filename"),
+    ]
+    for content, media, status, code in cases:
+        response = _form(demo, content, media)
+        assert (response.status_code, response.json()["error"]["code"]) == (status, code)
