@@ -264,3 +264,18 @@ def test_reject_bad_audio_forms_at_the_appliance(demo: Demo) -> None:
     for content, media, status, code in cases:
         response = _form(demo, content, media)
         assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+
+
+def test_sealed_transcription(demo: Demo) -> None:
+    from sluice_sdk import fetch_fingerprint, sealed_openai_client
+    from tests.audio_files import mp3, wav
+
+    clear = demo.client().audio.transcriptions.create(model="standin-chat", file=("a.wav", wav(2.0)))
+    with sealed_openai_client(f"{demo.url}/v1", KEY, fetch_fingerprint(f"{demo.url}/v1")) as client:
+        sealed = client.audio.transcriptions.create(model="standin-chat", file=("a.wav", wav(2.0)))
+        assert sealed.text == clear.text
+        vtt = client.audio.transcriptions.create(model="standin-chat", file=("b.mp3", mp3()), response_format="vtt")
+        assert isinstance(vtt, str) and vtt.startswith("WEBVTT")
+        with pytest.raises(openai.BadRequestError) as info:
+            client.audio.transcriptions.create(model="standin-chat", file=("c.wav", b"not audio at all"))
+        assert info.value.body["code"] == "not_audio"  # type: ignore[index]
