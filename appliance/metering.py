@@ -26,6 +26,7 @@ class Outcome:
     latency: float = 0.0
     first_token: float | None = None  # seconds to the first body byte of a stream
     sealed: bool = False
+    audio_ms: int = 0  # audio in the request, from the gate's usage (audio routes)
 
 
 class Ticket(Protocol):

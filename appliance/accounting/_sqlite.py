@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS usage (
     completion_tokens INTEGER NOT NULL,
     latency_ms REAL NOT NULL,
     first_token_ms REAL,
-    sealed INTEGER NOT NULL
+    sealed INTEGER NOT NULL,
+    audio_ms INTEGER NOT NULL DEFAULT 0
 );
 """
 # No secondary index: each one adds a page to every commit on the request path.  Rows are
@@ -64,8 +65,8 @@ PAGE_SIZE: Final = 1024
 # Written out (not built from COLUMNS): a fixed statement; a test holds it to COLUMNS.
 _INSERT: Final = (
     "INSERT INTO usage (time, day, request_id, user_id, key_id, model, route, status,"
-    " prompt_tokens, completion_tokens, latency_ms, first_token_ms, sealed)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " prompt_tokens, completion_tokens, latency_ms, first_token_ms, sealed, audio_ms)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 # Rows committed together at most (more wait for the next commit).

@@ -227,6 +227,7 @@ def _outcome(
         time.monotonic() - started,
         first_token,
         sealed,
+        usage.get("audio_ms", 0),
     )
 
 
