@@ -181,7 +181,7 @@ def test_sealed_rerank(demo: Demo) -> None:
     body = {"model": "standin-embed", "query": "cats", "documents": ["the cat sat", "a dog ran"]}
     clear = _post(demo, "/v1/rerank", body).json()["results"]
     with sealed_openai_client(f"{demo.url}/v1", KEY, fetch_fingerprint(f"{demo.url}/v1")) as client:
-        sealed = client.post("/rerank", body=body, cast_to=httpx2.Response).json()["results"]
+        sealed = client.post("/rerank", body=body, cast_to=object)["results"]  # type: ignore[index]
     assert sealed == clear
 
 
