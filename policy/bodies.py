@@ -212,6 +212,19 @@ class Route:
         # Serializing also refuses lone surrogates (they cannot be UTF-8).
         return CheckedBody(obj["model"], stream, include_usage, limit, _serialize(obj))
 
+    def with_model(self, data: bytes, model: str, *, content_type: str | None = None) -> bytes:
+        """``data`` (already checked) naming ``model`` instead: an alias resolved by the appliance.
+
+        A JSON body is re-serialized as :meth:`serialize` does; a form is written
+        again with a boundary of its own (the gate reads it from the first line).
+        """
+        if self.form is None:
+            return self.serialize({**_decode(_as_bytes(data), self.max_body_bytes), "model": model})
+        form = parse_form(_as_bytes(data), self.form, boundary_of(content_type) if content_type is not None else None)
+        obj = {**form_object(form, self._kinds), "model": model}
+        self._check(obj)
+        return form_body(obj, form, self.form.file_field)[0]
+
     def serialize(self, obj: Mapping[str, Any]) -> bytes:
         """The compact encoding of ``obj``, checked against this route as if it came in.
 

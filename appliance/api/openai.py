@@ -28,6 +28,7 @@ from policy.bodies import RouteTable
 from policy.errors import BodyRejected, Disallowed, SluiceError
 from policy.grammar import Call, Keys
 
+from ..auth.aliases import NO_NAMES
 from ..auth.base import AccessPolicy, Authenticator
 from ..catalog import ClusterSet
 from ..metering import Metering, Outcome, Ticket
@@ -102,8 +103,12 @@ class OpenAIApi:
             models = await self._clusters.models()
         except SluiceError as exc:
             return from_error(exc)
-        data = [
-            {"id": m, "object": "model", "created": 0, "owned_by": "sluice"} for m in self._access.visible(principal, models)
+        visible = self._access.visible(principal, models)
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "sluice"} for m in visible]
+        names = getattr(self._access, "names", NO_NAMES)
+        data += [  # aliases of the models the caller may use, naming their target
+            {"id": alias, "object": "model", "created": 0, "owned_by": "sluice", "alias_of": target}
+            for alias, target in sorted(names.aliases.items()) if target in visible
         ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
@@ -122,15 +127,21 @@ class OpenAIApi:
                     if route.form is not None
                     else route.check(body)
                 )
-                info = (await self._clusters.models()).get(checked.model)
-                if info is None or not self._access.allows(principal, checked.model):
+                names = getattr(self._access, "names", NO_NAMES)
+                model = names.resolve(checked.model)  # an alias: everything below sees the real model
+                if model != checked.model:
+                    body = route.with_model(body, model, content_type=request.headers.get("content-type"))
+                info = (await self._clusters.models()).get(model)
+                if info is None or not self._access.allows(principal, model):
                     return error_response(404, "model_not_found")
                 if route_id not in info.routes:
                     return error_response(404, "route_not_served")
-                ticket = await self._metering.admit(principal, route_id, checked.model, checked.max_tokens, False)
+                ticket = await self._metering.admit(principal, route_id, model, checked.max_tokens, False)
             except SluiceError as exc:
                 return from_error(exc)
-            return await self._forward(ticket, info.cluster, Call(route_id, checked.model, len(body)), body, started)
+            response = await self._forward(ticket, info.cluster, Call(route_id, model, len(body)), body, started)
+            response.headers.update(names.headers(model))
+            return response
 
         return handle
 
@@ -178,7 +189,9 @@ class OpenAIApi:
                 return error_response(400, "invalid_model_header")
             except SluiceError as exc:
                 return from_error(exc)
-            return await self._forward(ticket, info.cluster, call, body, started)
+            response = await self._forward(ticket, info.cluster, call, body, started)
+            response.headers.update(getattr(self._access, "names", NO_NAMES).headers(model))
+            return response
 
         return handle
 
