@@ -20,6 +20,7 @@ from policy.errors import BackendFailed, SluiceError
 from policy.grammar import Models, Ping
 
 from .transport.base import GateTransport
+from .transport.replies import produced_by
 
 __all__ = ["ModelInfo", "Catalog", "ClusterSet"]
 
@@ -36,6 +37,8 @@ class ModelInfo:
     ready: bool
     routes: frozenset[str]
     cluster: str
+    # What the gate says produced the model's answers (the END frame says it per answer).
+    produced_by: tuple[tuple[str, str], ...] = ()
 
 
 class Catalog:
@@ -63,7 +66,8 @@ class Catalog:
         try:
             listing = json.loads(data)
             models = {
-                item["id"]: ModelInfo(item["id"], bool(item["ready"]), frozenset(item["routes"]), self.name)
+                item["id"]: ModelInfo(item["id"], bool(item["ready"]), frozenset(item["routes"]), self.name,
+                                      tuple(sorted(produced_by(item).items())))
                 for item in listing["data"]
             }
         except (ValueError, KeyError, TypeError):

@@ -54,6 +54,7 @@ request_timeout = 120
 [services.standin-chat]
 backend = "local"
 routes = ["chat", "completions", "responses", "transcriptions", "translations"]
+revision = "standin-weights-1"
 command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
            "--model", "{{model}}", "--kind", "chat", "--token-delay", "{token_delay}"]
 min_instances = 1

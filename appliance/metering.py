@@ -27,6 +27,8 @@ class Outcome:
     first_token: float | None = None  # seconds to the first body byte of a stream
     sealed: bool = False
     audio_ms: int = 0  # audio in the request, from the gate's usage (audio routes)
+    model_revision: str | None = None  # what produced the answer (the gate's END frame)
+    backend_version: str | None = None
 
 
 class Ticket(Protocol):

@@ -86,6 +86,7 @@ class StaticBackend:
     port: int
     routes: tuple[str, ...]
     token: str | None = field(default=None, repr=False)
+    revision: str | None = None  # the operator's name for the weights (a revision or hash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +163,7 @@ class Service:
     hold_timeout: float = 300.0
     schedule: tuple[SchedulePeriod, ...] = ()
     priority: int = 0
+    revision: str | None = None  # the operator's name for the weights (a revision or hash)
 
     @property
     def job_key(self) -> str:
@@ -224,6 +226,12 @@ class ClusterConfig:
             routes[service.model] = service.routes
         return routes
 
+    def model_revisions(self) -> dict[str, str]:
+        """The configured revision of each model that has one."""
+        revisions = {b.model: b.revision for b in self.static if b.revision is not None}
+        revisions.update((s.model, s.revision) for s in self.services if s.revision is not None)
+        return revisions
+
     def services_of(self, backend: str) -> tuple[Service, ...]:
         return tuple(s for s in self.services if s.backend == backend)
 
@@ -258,6 +266,17 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
 
 
+# A revision as operators write them: a git hash, a Hugging Face revision, "v2@sha256:..."
+_REVISION_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,127}", re.ASCII)
+
+
+def _revision(table: dict[str, Any], where: str) -> str | None:
+    value = _get(table, "revision", str, where, None)
+    if value is not None and _REVISION_RE.fullmatch(value) is None:
+        raise ConfigError(f"{where}.revision must be 1 to 128 of letters, digits and ._:/@+- (a revision or hash)")
+    return value
+
+
 def _model(name: Any, where: str) -> str:
     if not isinstance(name, str):
         raise ConfigError(f"{where}.model must be a string")
@@ -276,7 +295,7 @@ def _routes(table: dict[str, Any], where: str) -> tuple[str, ...]:
 
 
 def _static(table: dict[str, Any], where: str, base: Path) -> StaticBackend:
-    _check_keys(table, {"model", "url", "routes", "token_file"}, where)
+    _check_keys(table, {"model", "url", "routes", "token_file", "revision"}, where)
     url = urlsplit(_get(table, "url", str, where))
     if url.scheme != "http" or not url.hostname or url.path not in ("", "/") or url.query or url.username:
         raise ConfigError(f"{where}.url must be http://HOST:PORT (no path, query or credentials)")
@@ -286,7 +305,8 @@ def _static(table: dict[str, Any], where: str, base: Path) -> StaticBackend:
         token = (base / token_file).read_text(encoding="ascii").strip()
         if not token or not token.isprintable() or " " in token:
             raise ConfigError(f"{where}.token_file must hold one printable token")
-    return StaticBackend(_model(table.get("model"), where), url.hostname, url.port or 80, _routes(table, where), token)
+    return StaticBackend(_model(table.get("model"), where), url.hostname, url.port or 80, _routes(table, where), token,
+                         _revision(table, where))
 
 
 def _time_limit(value: Any, where: str) -> int | None:
@@ -417,7 +437,7 @@ def _service(name: str, table: dict[str, Any], where: str, base: Path, request_t
     if backend not in ("local", "slurm"):
         raise ConfigError(f"{where}.backend must be 'local' or 'slurm'")
     own = {"command"} if backend == "local" else _SLURM_KEYS
-    _check_keys(table, {"routes", "backend"} | own | _POLICY_KEYS, where)
+    _check_keys(table, {"routes", "backend", "revision"} | own | _POLICY_KEYS, where)
     model = _model(name, where)
     command: tuple[str, ...] = ()
     template, template_name, variables = "", "", ()
@@ -482,6 +502,7 @@ def _service(name: str, table: dict[str, Any], where: str, base: Path, request_t
         hold_timeout=_number(table, "hold_timeout", where, min(300.0, request_timeout), 0, MAX_REQUEST_TIMEOUT),
         schedule=_schedule(_get(table, "schedule", list, where, []), where, low, high),
         priority=priority,
+        revision=_revision(table, where),
     )
 
 

@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS usage (
     latency_ms DOUBLE PRECISION NOT NULL,
     first_token_ms DOUBLE PRECISION,
     sealed INTEGER NOT NULL,
-    audio_ms BIGINT NOT NULL DEFAULT 0
+    audio_ms BIGINT NOT NULL DEFAULT 0,
+    model_revision TEXT,
+    backend_version TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_by_day ON usage (day, user_id, model);
 """
@@ -38,8 +40,8 @@ CREATE INDEX IF NOT EXISTS usage_by_day ON usage (day, user_id, model);
 # Written out (not built from COLUMNS): a fixed statement; a test holds it to COLUMNS.
 _INSERT: Final = (
     "INSERT INTO usage (time, day, request_id, user_id, key_id, model, route, status,"
-    " prompt_tokens, completion_tokens, latency_ms, first_token_ms, sealed, audio_ms)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    " prompt_tokens, completion_tokens, latency_ms, first_token_ms, sealed, audio_ms, model_revision, backend_version)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 )
 
 # Connections per appliance replica.

@@ -52,7 +52,9 @@ CREATE TABLE IF NOT EXISTS usage (
     latency_ms REAL NOT NULL,
     first_token_ms REAL,
     sealed INTEGER NOT NULL,
-    audio_ms INTEGER NOT NULL DEFAULT 0
+    audio_ms INTEGER NOT NULL DEFAULT 0,
+    model_revision TEXT,
+    backend_version TEXT
 );
 """
 # No secondary index: each one adds a page to every commit on the request path.  Rows are
@@ -65,8 +67,8 @@ PAGE_SIZE: Final = 1024
 # Written out (not built from COLUMNS): a fixed statement; a test holds it to COLUMNS.
 _INSERT: Final = (
     "INSERT INTO usage (time, day, request_id, user_id, key_id, model, route, status,"
-    " prompt_tokens, completion_tokens, latency_ms, first_token_ms, sealed, audio_ms)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " prompt_tokens, completion_tokens, latency_ms, first_token_ms, sealed, audio_ms, model_revision, backend_version)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 # Rows committed together at most (more wait for the next commit).

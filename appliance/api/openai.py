@@ -34,7 +34,7 @@ from ..catalog import ClusterSet
 from ..metering import Metering, Outcome, Ticket
 from ..transport.replies import GateReply
 from .errors import error_body, error_response, from_error
-from .stateless import stateless
+from .stateless import produced_by_headers, stateless
 
 __all__ = ["OpenAIApi"]
 
@@ -139,7 +139,8 @@ class OpenAIApi:
                 ticket = await self._metering.admit(principal, route_id, model, checked.max_tokens, False)
             except SluiceError as exc:
                 return from_error(exc)
-            response = await self._forward(ticket, info.cluster, Call(route_id, model, len(body)), body, started)
+            response = await self._forward(ticket, info.cluster, Call(route_id, model, len(body)), body, started,
+                                           info.produced_by)
             response.headers.update(names.headers(model))
             return response
 
@@ -189,14 +190,20 @@ class OpenAIApi:
                 return error_response(400, "invalid_model_header")
             except SluiceError as exc:
                 return from_error(exc)
-            response = await self._forward(ticket, info.cluster, call, body, started)
+            response = await self._forward(ticket, info.cluster, call, body, started, info.produced_by)
             response.headers.update(getattr(self._access, "names", NO_NAMES).headers(model))
             return response
 
         return handle
 
-    async def _forward(self, ticket: Ticket, cluster: str, call: Call, body: bytes, started: float) -> Response:
-        """Send ``call`` to its cluster; settle ``ticket`` exactly once, whatever happens."""
+    async def _forward(
+        self, ticket: Ticket, cluster: str, call: Call, body: bytes, started: float,
+        produced: tuple[tuple[str, str], ...] = (),
+    ) -> Response:
+        """Send ``call`` to its cluster; settle ``ticket`` exactly once, whatever happens.
+
+        ``produced`` is what the model listing says produced the model's answers: the
+        headers of a stream (a plain answer names its own, from the gate's END frame)."""
         reply: GateReply | None = None
         try:
             async with asyncio.timeout(self._timeout):
@@ -206,7 +213,7 @@ class OpenAIApi:
                         _relay(reply, ticket, started),
                         status_code=reply.status,
                         media_type=_MEDIA[reply.media],
-                        headers={**_SSE_HEADERS, **ticket.headers},
+                        headers={**_SSE_HEADERS, **ticket.headers, **produced_by_headers(dict(produced))},
                     )
                     reply = None  # _relay settles from here on
                     return response
@@ -226,7 +233,8 @@ class OpenAIApi:
             await asyncio.shield(ticket.settle(Outcome(499, latency=time.monotonic() - started)))
             raise
         await ticket.settle(_outcome(reply, started, sealed=call.seal is not None))
-        return Response(data, status_code=reply.status, media_type=_MEDIA[reply.media], headers=ticket.headers)
+        headers = {**ticket.headers, **produced_by_headers(reply.produced_by or dict(produced))}
+        return Response(data, status_code=reply.status, media_type=_MEDIA[reply.media], headers=headers)
 
 
 def _outcome(
@@ -241,6 +249,8 @@ def _outcome(
         first_token,
         sealed,
         usage.get("audio_ms", 0),
+        reply.produced_by.get("revision"),
+        reply.produced_by.get("backend_version"),
     )
 
 

@@ -31,6 +31,7 @@ from ..backend_client import BackendPool
 from ..config import ClusterConfig
 from ..routing import Instance, Router
 from ..scheduler.trigger import kick_pass
+from .provenance import Provenance
 from .responses import ResponsesUsageFilter
 from .usage import SseUsageFilter, Usage, usage_from_json, with_audio
 
@@ -118,6 +119,7 @@ class Forwarder:
         self._ring_stamp: object = None
         self._ring_checked = float("-inf")
         self._replay: object | None = None
+        self._provenance = Provenance(config.model_revisions(), pool)
 
     async def aclose(self) -> None:
         await self._pool.aclose()
@@ -202,7 +204,8 @@ class Forwarder:
         return {
             "object": "list",
             "data": [
-                {"id": model, "ready": ready[model], "routes": list(self._router.routes[model])}
+                {"id": model, "ready": ready[model], "routes": list(self._router.routes[model]),
+                 **self._provenance.listing(model)}
                 for model in sorted(ready)
             ],
         }
@@ -273,6 +276,7 @@ class Forwarder:
                 try:
                     if response.status not in _PASSED_STATUSES:
                         raise BackendFailed()
+                    produced_by = await self._provenance.of(call.model, instance)
                     if headed and not response.content_type.startswith("text/event-stream"):
                         # the HEAD already said 200 sse: the backend's refusal can only be an error
                         raise PeerError("backend_rejected", response.status) if response.status != 200 else BackendFailed()
@@ -280,13 +284,14 @@ class Forwarder:
                         usage_filter = (
                             ResponsesUsageFilter() if route.dialect == RESPONSES else SseUsageFilter(checked.include_usage)
                         )
-                        await self._stream(response, sink, usage_filter, checked)
+                        await self._stream(response, sink, usage_filter, checked, produced_by)
                     else:
                         data = await response.read(MAX_RESPONSE_BYTES)
                         sink.head(response.status, "text" if response.content_type.startswith("text/plain") else "json")
                         if data:
                             await sink.body(data)
-                        sink.end(with_audio(usage_from_json(data), checked) if response.status == 200 else None)
+                        usage = with_audio(usage_from_json(data), checked) if response.status == 200 else None
+                        sink.end({**usage, **produced_by} if usage is not None else None)  # type: ignore[dict-item]
                 finally:
                     response.close()
         except TimeoutError:
@@ -296,7 +301,8 @@ class Forwarder:
                 self._router.release(instance)
 
     async def _stream(
-        self, response: object, sink: Sink, usage_filter: SseUsageFilter | ResponsesUsageFilter, checked: CheckedBody
+        self, response: object, sink: Sink, usage_filter: SseUsageFilter | ResponsesUsageFilter, checked: CheckedBody,
+        produced_by: dict[str, str],
     ) -> None:
         sink.head(response.status, "sse")  # type: ignore[attr-defined]
         async for piece in response.iter_body():  # type: ignore[attr-defined]
@@ -306,4 +312,5 @@ class Forwarder:
         rest = usage_filter.flush()
         if rest:
             await sink.body(rest)
-        sink.end(with_audio(usage_filter.usage, checked))
+        usage = with_audio(usage_filter.usage, checked)
+        sink.end({**usage, **produced_by} if usage is not None else None)  # type: ignore[dict-item]

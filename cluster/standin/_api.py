@@ -42,6 +42,9 @@ __all__ = [
 
 KINDS = ("chat", "embeddings")
 
+STANDIN_VERSION = "sluice-standin-1"
+"""What ``GET /version`` says (vLLM answers its own version there)."""
+
 DEFAULT_MAX_TOKENS = 16
 """Tokens generated when a request names no max_tokens (vLLM's default is
 the context; a small default keeps careless demo requests quick)."""
@@ -249,6 +252,7 @@ class StandinApp:
             "/health": ("GET", None, self._health),
             "/stats": ("GET", None, self._stats_reply),
             "/v1/models": ("GET", None, self._models),
+            "/version": ("GET", None, self._version),
             "/v1/chat/completions": ("POST", "chat", self._chat),
             "/v1/completions": ("POST", "chat", self._completions),
             "/v1/responses": ("POST", "chat", self._responses),
@@ -303,6 +307,9 @@ class StandinApp:
 
     def _health(self, body: bytes) -> Reply:
         return Reply(200, b"", content_type="text/plain")
+
+    def _version(self, body: bytes) -> Reply:
+        return Reply(200, _dumps({"version": STANDIN_VERSION}))
 
     def _stats_reply(self, body: bytes) -> Reply:
         return Reply(200, _dumps(self._stats()))

@@ -28,6 +28,7 @@ POLICY = {
 class _Reply:
     def __init__(self, data: bytes) -> None:
         self.media, self.status, self.usage, self._data = "json", 200, {"prompt_tokens": 1}, data
+        self.produced_by = {"revision": "abc123", "backend_version": "0.11.0"}
 
     async def read(self) -> bytes:
         return self._data
@@ -48,7 +49,7 @@ class _Transport:
 
     async def request(self, command: object, body: bytes) -> _Reply:
         if isinstance(command, Models):
-            listing = [{"id": m, "ready": True, "routes": r} for m, r in
+            listing = [{"id": m, "ready": True, "routes": r, "revision": "abc123"} for m, r in
                        (("llama", ["chat", "responses"]), ("whisper", ["transcriptions"]), ("hidden", ["chat"]))]
             return _Reply(json.dumps({"data": listing}).encode())
         assert isinstance(command, Call)
@@ -94,6 +95,8 @@ def test_alias_resolves_to_the_real_model_everywhere() -> None:
     assert call.model == "llama" and json.loads(body)["model"] == "llama" and metering.admitted == ["llama"]
     assert answer.headers["deprecation"] == "@1796083200"
     assert answer.headers["sunset"] == "Mon, 01 Mar 2027 00:00:00 GMT"
+    assert answer.headers["sluice-model-revision"] == "abc123"
+    assert answer.headers["sluice-backend-version"] == "0.11.0"
 
 
 def test_alias_of_a_form_route() -> None:

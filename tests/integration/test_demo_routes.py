@@ -279,3 +279,22 @@ def test_sealed_transcription(demo: Demo) -> None:
         with pytest.raises(openai.BadRequestError) as info:
             client.audio.transcriptions.create(model="standin-chat", file=("c.wav", b"not audio at all"))
         assert info.value.body["code"] == "not_audio"  # type: ignore[index]
+
+
+# --- what produced an answer -----------------------------------------------------------------
+
+
+def test_answers_name_revision_and_backend_version(demo: Demo) -> None:
+    body = {"model": "standin-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    plain = httpx2.post(f"{demo.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert plain.headers["sluice-model-revision"] == "standin-weights-1"
+    assert plain.headers["sluice-backend-version"] == "sluice-standin-1"
+    with httpx2.stream("POST", f"{demo.url}/v1/chat/completions", json={**body, "stream": True}, headers=headers,
+                       timeout=30) as streamed:
+        assert streamed.headers["sluice-model-revision"] == "standin-weights-1"
+        "".join(streamed.iter_text())
+    embedded = httpx2.post(f"{demo.url}/v1/embeddings", json={"model": "standin-embed", "input": "x"},
+                           headers=headers, timeout=30)
+    assert "sluice-model-revision" not in embedded.headers  # none configured
+    assert embedded.headers["sluice-backend-version"] == "sluice-standin-1"

@@ -144,3 +144,17 @@ def test_logs_are_json_lines_with_request_ids(served: Served) -> None:
     assert [line["event"] for line in mine] == ["request"]
     assert mine[0]["user"] == "ada" and mine[0]["model"] == "standin-chat" and mine[0]["status"] == 200
     assert mine[0]["completion_tokens"] == 2 and "latency_ms" in mine[0]
+
+
+def test_usage_row_names_what_produced_the_answer(served: Served) -> None:
+    answer = _chat(served.url, KEY, 2)
+    assert answer.status_code == 200 and answer.headers["sluice-backend-version"] == "sluice-standin-1"
+    request_id = answer.headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    row = None
+    while row is None and time.monotonic() < deadline:
+        with sqlite3.connect(served.directory / "usage.db") as db:
+            row = db.execute("SELECT model_revision, backend_version, audio_ms FROM usage WHERE request_id = ?",
+                             (request_id,)).fetchone()
+        time.sleep(0.1)
+    assert row == (None, "sluice-standin-1", 0)
