@@ -39,6 +39,30 @@ class ModelInfo:
     cluster: str
     # What the gate says produced the model's answers (the END frame says it per answer).
     produced_by: tuple[tuple[str, str], ...] = ()
+    # For clients: "ready", "starting", "scaled_to_zero" or "unavailable" (cluster/scheduler/
+    # availability.py), the ready instances, and the estimated wait in seconds when not ready.
+    status: str = "ready"
+    ready_instances: int = 0
+    estimated_wait: int | None = None
+
+
+_STATUSES: Final = frozenset({"ready", "starting", "scaled_to_zero", "unavailable"})
+# The longest wait passed on to clients (a day): a gate's estimate beyond it is not news.
+MAX_WAIT: Final = 86400
+
+
+def _status(item: dict[str, object]) -> tuple[str, int, int | None]:
+    """(status, ready instances, estimated wait) of a listing entry; older gates say only "ready"."""
+    status = item.get("status")
+    if status not in _STATUSES:
+        status = "ready" if item["ready"] else "unavailable"
+    count = item.get("ready_instances")
+    wait = item.get("estimated_wait")
+    return (
+        str(status),
+        count if type(count) is int and 0 <= count <= MAX_WAIT else int(bool(item["ready"])),
+        wait if type(wait) is int and 0 <= wait <= MAX_WAIT else None,
+    )
 
 
 class Catalog:
@@ -67,7 +91,7 @@ class Catalog:
             listing = json.loads(data)
             models = {
                 item["id"]: ModelInfo(item["id"], bool(item["ready"]), frozenset(item["routes"]), self.name,
-                                      tuple(sorted(produced_by(item).items())))
+                                      tuple(sorted(produced_by(item).items())), *_status(item))
                 for item in listing["data"]
             }
         except (ValueError, KeyError, TypeError):

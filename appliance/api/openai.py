@@ -30,7 +30,7 @@ from policy.grammar import Call, Keys
 
 from ..auth.aliases import NO_NAMES
 from ..auth.base import AccessPolicy, Authenticator
-from ..catalog import ClusterSet
+from ..catalog import ClusterSet, ModelInfo
 from ..metering import Metering, Outcome, Ticket
 from ..transport.replies import GateReply
 from .errors import error_body, error_response, from_error
@@ -104,10 +104,11 @@ class OpenAIApi:
         except SluiceError as exc:
             return from_error(exc)
         visible = self._access.visible(principal, models)
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "sluice"} for m in visible]
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "sluice", **_state(models[m])} for m in visible]
         names = getattr(self._access, "names", NO_NAMES)
         data += [  # aliases of the models the caller may use, naming their target
-            {"id": alias, "object": "model", "created": 0, "owned_by": "sluice", "alias_of": target}
+            {"id": alias, "object": "model", "created": 0, "owned_by": "sluice", "alias_of": target,
+             **_state(models[target])}
             for alias, target in sorted(names.aliases.items()) if target in visible
         ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
@@ -141,6 +142,8 @@ class OpenAIApi:
                 return from_error(exc)
             response = await self._forward(ticket, info.cluster, Call(route_id, model, len(body)), body, started,
                                            info.produced_by)
+            if response.status_code == 503 and info.estimated_wait is not None:
+                response.headers["Retry-After"] = str(max(1, info.estimated_wait))  # the model is starting
             response.headers.update(names.headers(model))
             return response
 
@@ -235,6 +238,14 @@ class OpenAIApi:
         await ticket.settle(_outcome(reply, started, sealed=call.seal is not None))
         headers = {**ticket.headers, **produced_by_headers(reply.produced_by or dict(produced))}
         return Response(data, status_code=reply.status, media_type=_MEDIA[reply.media], headers=headers)
+
+
+def _state(info: ModelInfo) -> dict[str, object]:
+    """A model's state for clients: status, ready instances, and the estimated wait when not ready."""
+    state: dict[str, object] = {"status": info.status, "ready_instances": info.ready_instances}
+    if info.estimated_wait is not None and info.status != "ready":
+        state["estimated_wait"] = info.estimated_wait
+    return state
 
 
 def _outcome(

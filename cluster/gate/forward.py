@@ -30,6 +30,7 @@ from policy.grammar import Call, Keys, Models, Ping, StreamCommand
 from ..backend_client import BackendPool
 from ..config import ClusterConfig
 from ..routing import Instance, Router
+from ..scheduler.availability import model_statuses
 from ..scheduler.trigger import kick_pass
 from .provenance import Provenance
 from .responses import ResponsesUsageFilter
@@ -53,8 +54,10 @@ _PASSED_STATUSES: Final = frozenset({200, 400, 413, 422})
 RING_RELOAD_INTERVAL: Final = 1.0
 
 # While a request waits for an instance to start, a stream gets an SSE comment
-# this often (seconds), so that proxies on the way do not time it out, and
-# the scheduler is kicked again (it runs a pass only when one is due).
+# this often (seconds) with the model's state and estimated wait
+# (": status=starting estimated_wait=42"), so that proxies on the way do not
+# time it out and the client sees progress, and the scheduler is kicked again
+# (it runs a pass only when one is due).
 HOLD_KEEPALIVE: Final = 5.0
 KEEPALIVE_EVENT: Final = b": keepalive\n\n"
 
@@ -201,11 +204,13 @@ class Forwarder:
 
     def _models(self) -> dict[str, object]:
         ready = self._router.ready()
+        counts = {model: len(self._router.instances(model)) for model in ready}
+        statuses = model_statuses(self._config, counts)
         return {
             "object": "list",
             "data": [
                 {"id": model, "ready": ready[model], "routes": list(self._router.routes[model]),
-                 **self._provenance.listing(model)}
+                 **self._provenance.listing(model), **statuses[model].to_json()}
                 for model in sorted(ready)
             ],
         }
@@ -226,7 +231,9 @@ class Forwarder:
         if stream and not isinstance(sink, _HeadSent):
             sink.head(200, "sse")
             sink = _HeadSent(sink)
-        ticker = asyncio.create_task(self._while_held(sink if stream else None))
+        if stream:
+            await sink.body(self._progress(model))  # at once: the client learns the state and the wait
+        ticker = asyncio.create_task(self._while_held(model, sink if stream else None))
         try:
             instance = await self._router.wait_acquire(model)
         finally:
@@ -234,12 +241,23 @@ class Forwarder:
             await asyncio.gather(ticker, return_exceptions=True)
         return instance, sink
 
-    async def _while_held(self, sink: Sink | None) -> None:
+    def _progress(self, model: str) -> bytes:
+        """An SSE comment with the held model's state and estimated wait (no client data in it)."""
+        try:
+            status = model_statuses(self._config, {model: len(self._router.instances(model))}).get(model)
+        except (OSError, ValueError):
+            status = None
+        if status is None:
+            return KEEPALIVE_EVENT
+        wait = "" if status.estimated_wait is None else f" estimated_wait={status.estimated_wait}"
+        return f": status={status.status}{wait}\n\n".encode("ascii")
+
+    async def _while_held(self, model: str, sink: Sink | None) -> None:
         while True:
             await asyncio.sleep(HOLD_KEEPALIVE)
             kick_pass(self._config)
             if sink is not None:
-                await sink.body(KEEPALIVE_EVENT)
+                await sink.body(self._progress(model))
 
     async def _call(self, call: Call, body: bytes, sink: Sink) -> None:
         route = self._routes.get(call.route)

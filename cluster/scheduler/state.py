@@ -54,6 +54,7 @@ class JobRecord:
     observed: float = 0.0
     probe_failures: int = 0
     ended: float | None = None
+    expected_start: float | None = None  # a pending Slurm job: Slurm's estimate of its start
 
     @property
     def instance_id(self) -> str:
@@ -73,6 +74,10 @@ class JobRecord:
         return record
 
 
+# Start-up times kept per model: enough for a stable median, few enough to follow a change.
+MAX_STARTUPS = 16
+
+
 @dataclass(slots=True)
 class SchedulerState:
     jobs: dict[str, JobRecord] = field(default_factory=dict)
@@ -88,6 +93,8 @@ class SchedulerState:
     observe_error: str = ""
     # what the last pass saw, for status: per model load and target
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    # per model: seconds from submission to ready of recent instances (the model status's estimates)
+    startups: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +108,7 @@ class SchedulerState:
             "observe_failures": self.observe_failures,
             "observe_error": self.observe_error,
             "summary": self.summary,
+            "startups": self.startups,
         }
 
     @classmethod
@@ -126,6 +134,7 @@ class SchedulerState:
             observe_failures=int(document.get("observe_failures", 0)),
             observe_error=str(document.get("observe_error", "")),
             summary=document.get("summary", {}),
+            startups={k: [float(x) for x in v][-MAX_STARTUPS:] for k, v in document.get("startups", {}).items()},
         )
 
 

@@ -298,3 +298,10 @@ def test_answers_name_revision_and_backend_version(demo: Demo) -> None:
                            headers=headers, timeout=30)
     assert "sluice-model-revision" not in embedded.headers  # none configured
     assert embedded.headers["sluice-backend-version"] == "sluice-standin-1"
+
+
+def test_models_carry_their_status(demo: Demo) -> None:
+    listing = httpx2.get(f"{demo.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
+    for model in listing["data"]:
+        assert model["status"] == "ready" and model["ready_instances"] >= 1 and "estimated_wait" not in model
+    assert {m.id for m in demo.client().models.list()} == {"standin-chat", "standin-embed"}
