@@ -344,39 +344,42 @@ def _route(compiler: _Compiler, route_id: str, spec: Any) -> Route:
     body_kind = spec.get("body", "json")
     if body_kind not in _BODY_KINDS:
         fail(f"{where}.body", f"must be one of {sorted(_BODY_KINDS)}")
+    form: FormSpec | None = None
+    kinds: Mapping[str, str] = MappingProxyType({})
     if body_kind == "multipart":
-        return _form_route(compiler, where, spec, path, method, max_body, stream, max_depth, body)
-    for key in ("file_field", "max_file_bytes"):
-        if key in spec:
-            fail(f"{where}.{key}", 'only for body = "multipart"')
-    if dialect == RESPONSES:
-        for key in SERVER_STATE_FIELDS:
-            if key in fields:
-                fail(f"{where}.fields.{key}", "a server-state field: the responses dialect refuses it")
-    if stream and dialect == RESPONSES:
-        flag = fields.get("stream")
-        if flag is None or flag.kind != "boolean":
-            fail(f"{where}.fields.stream", "a streaming route needs a boolean 'stream' field")
-        if "stream_options" in fields:
-            fail(f"{where}.fields.stream_options", "responses report usage in the stream themselves")
-    elif stream:
-        flag, options = fields.get("stream"), fields.get("stream_options")
-        if flag is None or flag.kind != "boolean":
-            fail(f"{where}.fields.stream", "a streaming route needs a boolean 'stream' field")
-        usage = options.children.get("include_usage") if options is not None else None
-        if options is None or options.kind != "object" or usage is None or usage.kind != "boolean":
-            fail(
-                f"{where}.fields.stream_options",
-                "a streaming route needs an object with a boolean 'include_usage'",
-            )
+        form, kinds = _form_spec(compiler, where, spec, max_body, stream, body)
     else:
-        for key in ("stream", "stream_options"):
-            if key in fields:
-                fail(f"{where}.fields.{key}", "listed on a route with stream = false")
-    for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        limit = fields.get(key)
-        if limit is not None and limit.kind != "integer":
-            fail(f"{where}.fields.{key}", "must be an integer")
+        for key in ("file_field", "max_file_bytes"):
+            if key in spec:
+                fail(f"{where}.{key}", 'only for body = "multipart"')
+        if dialect == RESPONSES:
+            for key in SERVER_STATE_FIELDS:
+                if key in fields:
+                    fail(f"{where}.fields.{key}", "a server-state field: the responses dialect refuses it")
+        if stream and dialect == RESPONSES:
+            flag = fields.get("stream")
+            if flag is None or flag.kind != "boolean":
+                fail(f"{where}.fields.stream", "a streaming route needs a boolean 'stream' field")
+            if "stream_options" in fields:
+                fail(f"{where}.fields.stream_options", "responses report usage in the stream themselves")
+        elif stream:
+            flag, options = fields.get("stream"), fields.get("stream_options")
+            if flag is None or flag.kind != "boolean":
+                fail(f"{where}.fields.stream", "a streaming route needs a boolean 'stream' field")
+            usage = options.children.get("include_usage") if options is not None else None
+            if options is None or options.kind != "object" or usage is None or usage.kind != "boolean":
+                fail(
+                    f"{where}.fields.stream_options",
+                    "a streaming route needs an object with a boolean 'include_usage'",
+                )
+        else:
+            for key in ("stream", "stream_options"):
+                if key in fields:
+                    fail(f"{where}.fields.{key}", "listed on a route with stream = false")
+        for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+            limit = fields.get(key)
+            if limit is not None and limit.kind != "integer":
+                fail(f"{where}.fields.{key}", "must be an integer")
     return Route(
         id=route_id,
         path=path,
@@ -386,14 +389,15 @@ def _route(compiler: _Compiler, route_id: str, spec: Any) -> Route:
         max_depth=max_depth,
         _check=body.check,
         dialect=dialect,
+        form=form,
+        _kinds=kinds,
     )
 
 
-def _form_route(
-    compiler: _Compiler, where: str, spec: dict[str, Any], path: str, method: str, max_body: int, stream: bool,
-    max_depth: int, body: Any,
-) -> Route:
-    """Validate the form keys of a ``body = "multipart"`` route."""
+def _form_spec(
+    compiler: _Compiler, where: str, spec: dict[str, Any], max_body: int, stream: bool, body: Any
+) -> tuple[FormSpec, Mapping[str, str]]:
+    """Validate the form keys of a ``body = "multipart"`` route: its form, and each part's schema kind."""
     fail = compiler.fail
     if "dialect" in spec:
         fail(f"{where}.dialect", "not for form routes")
@@ -428,14 +432,4 @@ def _form_route(
         file_field=file_field,
         max_file_bytes=max_file,
     )
-    return Route(
-        id=where.removeprefix("routes."),
-        path=path,
-        method=method,
-        max_body_bytes=max_body,
-        stream_allowed=stream,
-        max_depth=max_depth,
-        _check=body.check,
-        form=form,
-        _kinds=MappingProxyType(kinds),
-    )
+    return form, MappingProxyType(kinds)

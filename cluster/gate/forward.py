@@ -319,7 +319,7 @@ class Forwarder:
                 self._router.release(instance)
 
     async def _stream(
-        self, response: object, sink: Sink, usage_filter: SseUsageFilter | ResponsesUsageFilter, checked: CheckedBody,
+        self, response: object, sink: Sink, usage_filter: SseUsageFilter, checked: CheckedBody,
         produced_by: dict[str, str],
     ) -> None:
         sink.head(response.status, "sse")  # type: ignore[attr-defined]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import httpx2
 import openai
 import pytest
 
-from tests.integration.test_demo import KEY, Demo, start_demo, stop_demo
+from tests.integration.test_demo import KEY, Demo, demo  # noqa: F401 (the module-scoped demo, mux and exec)
 
 pytestmark = pytest.mark.integration
 
@@ -18,16 +17,6 @@ CHAT_TOOLS = [
     {"type": "function", "function": {"name": "time", "parameters": {"type": "object", "properties": {}}}},
 ]
 RESPONSE_TOOLS = [{"type": "function", **tool["function"]} for tool in CHAT_TOOLS]  # type: ignore[dict-item]
-
-
-@pytest.fixture(scope="module", params=["mux", "exec"])
-def demo(request: pytest.FixtureRequest) -> Iterator[Demo]:
-    running = start_demo(request.param)
-    try:
-        yield running
-    finally:
-        if running.process.poll() is None:
-            stop_demo(running)
 
 
 def test_responses_plain(demo: Demo) -> None:

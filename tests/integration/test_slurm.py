@@ -437,15 +437,20 @@ exec {python} -m cluster.standin --host 127.0.0.1 --port {port} --model {model} 
 """
 
 
-def test_scale_from_zero_holds_requests_until_ready(slurm: Slurm, tmp_path: Path) -> None:
+def slow_from_zero(slurm: Slurm, tmp_path: Path, prefix: str, **changes: Any) -> Path:
+    """The config of one slow-starting stand-in at zero instances (a large model's cold start)."""
     (tmp_path / "slow.sbatch").write_text(SLOW_START_TEMPLATE)
     service = standin_service(
         min_instances=0, max_instances=1, hold_queue=2, hold_timeout=60, load_window=2, scale_down_delay=2,
-        vars={"startup_delay": "6"},
+        vars={"startup_delay": "6"}, **changes,
     )  # fmt: skip
     del service["template"]
     service["template_file"] = "slow.sbatch"
-    config = write_config(tmp_path, slurm, "t4", {"slurm-chat": service})
+    return write_config(tmp_path, slurm, prefix, {"slurm-chat": service})
+
+
+def test_scale_from_zero_holds_requests_until_ready(slurm: Slurm, tmp_path: Path) -> None:
+    config = slow_from_zero(slurm, tmp_path, "t4")
 
     async def scenario() -> None:
         async with Gate(config) as gate:
@@ -600,14 +605,7 @@ def test_time_limits_renewal_leaves_no_gap_and_timeouts_are_replaced(slurm: Slur
 def test_model_status_from_zero_to_ready(slurm: Slurm, tmp_path: Path) -> None:
     """scaled_to_zero, then starting with an estimate once a request arrives, then ready; the held
     stream shows its progress as SSE comments, then the answer."""
-    (tmp_path / "slow.sbatch").write_text(SLOW_START_TEMPLATE)
-    service = standin_service(
-        min_instances=0, max_instances=1, hold_queue=2, hold_timeout=60, load_window=2, scale_down_delay=30,
-        vars={"startup_delay": "6"}, warmup_timeout=120,
-    )  # fmt: skip
-    del service["template"]
-    service["template_file"] = "slow.sbatch"
-    config = write_config(tmp_path, slurm, "t9", {"slurm-chat": service})
+    config = slow_from_zero(slurm, tmp_path, "t9", warmup_timeout=120)
 
     async def scenario() -> None:
         async with Gate(config) as gate:
