@@ -14,6 +14,7 @@ from policy.bodies import load_routes
 from policy.errors import NoBackend
 from policy.grammar import Models
 from tests.appliance.test_aliases import _Auth, _Metering, _Reply
+from tests.appliance.test_aliases import _Transport as _AliasTransport
 
 LISTING = [
     {"id": "warm", "ready": True, "routes": ["chat"], "status": "ready", "ready_instances": 2},
@@ -27,18 +28,11 @@ LISTING = [
 ]
 
 
-class _Transport:
-    async def start(self) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-    def stats(self) -> dict[str, int]:
-        return {}
-
+class _Transport(_AliasTransport):
     async def request(self, command: object, body: bytes) -> _Reply:
         if isinstance(command, Models):
             return _Reply(json.dumps({"data": LISTING}).encode())
-        raise NoBackend()
+        raise NoBackend()  # the gate could not hold it: the model is starting
 
 
 def _client() -> TestClient:
