@@ -14,18 +14,23 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route, Router
 
 from policy.bodies import RouteTable, load_routes
 from policy.errors import SluiceError
 
 from .api.errors import error_response
+from .api.no_store import NoStoreMiddleware
 from .api.openai import OpenAIApi
-from .auth.base import AccessPolicy, AllowAll, Authenticator
+from .auth.base import AccessPolicy, Authenticator, DenyAll, IdentityUnavailable
 from .catalog import ClusterSet
 from .logs import RequestLogMiddleware
 from .metering import Metering, NoMetering
 from .metrics import Metrics, metrics_route
+from .middleware import ApiGuardMiddleware, BodyDeadlineMiddleware
+from .middleware.body_deadline import DEFAULT_BODY_TIMEOUT
+from .api.sealed_keys import KEYS_TTL
+from .quotas.reservation import OutputCeilings
 
 __all__ = ["Appliance", "Extension", "create_app"]
 
@@ -49,12 +54,18 @@ class Appliance:
 
     clusters: ClusterSet
     auth: Authenticator
-    access: AccessPolicy = field(default_factory=AllowAll)
+    access: AccessPolicy = field(default_factory=DenyAll)
     metering: Metering = field(default_factory=NoMetering)
     routes: RouteTable = field(default_factory=load_routes)
     keepalive_interval: float = 5.0
     request_timeout: float = 300.0
     extensions: Sequence[Extension] = ()
+    # --- request checks (appliance/middleware) ---
+    public_url: str | None = None  # the origin browsers use; None: the Host a request was sent to
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    output_ceilings: OutputCeilings = field(default_factory=OutputCeilings)
+    sealed_keys_ttl: float = KEYS_TTL
+    # --- end request checks ---
     # --- metrics and request logs (appliance/metrics.py, appliance/logs.py) ---
     metrics: Metrics | None = None  # None: no /metrics route at all
     metrics_token: str | None = field(default=None, repr=False)  # None: /metrics answers 403 here
@@ -78,7 +89,8 @@ class Appliance:
 
 def create_app(appliance: Appliance) -> Starlette:
     api = OpenAIApi(
-        appliance.clusters, appliance.auth, appliance.access, appliance.metering, appliance.routes, appliance.request_timeout
+        appliance.clusters, appliance.auth, appliance.access, appliance.metering, appliance.routes, appliance.request_timeout,
+        appliance.output_ceilings, appliance.sealed_keys_ttl,
     )
 
     async def healthz(_: Request) -> Response:
@@ -88,14 +100,15 @@ def create_app(appliance: Appliance) -> Starlette:
         fresh = time.monotonic() - appliance.last_pong < appliance.keepalive_interval + READY_GRACE
         if not fresh:
             fresh = await appliance.ping()
-        ready_models: list[str] = []
+        # Counts only: which models exist is for callers who may use them (/v1/models).
+        ready = 0
         if fresh:
             with contextlib.suppress(SluiceError):
-                ready_models = sorted(m.id for m in (await appliance.clusters.models()).values() if m.ready)
-        if fresh and ready_models:
-            return JSONResponse({"status": "ready", "models": ready_models})
+                ready = sum(1 for m in (await appliance.clusters.models()).values() if m.ready)
+        if fresh and ready:
+            return JSONResponse({"status": "ready", "ready_models": ready})
         return JSONResponse(
-            {"status": "not_ready", "cluster": "reachable" if fresh else "unreachable", "models": ready_models},
+            {"status": "not_ready", "cluster": "reachable" if fresh else "unreachable", "ready_models": ready},
             status_code=503,
             headers={"Retry-After": "5"},
         )
@@ -105,6 +118,11 @@ def create_app(appliance: Appliance) -> Starlette:
 
     async def not_allowed(_: Request, __: Exception) -> Response:
         return error_response(405, "method_not_allowed")
+
+    async def identity_unavailable(_: Request, __: Exception) -> Response:
+        # The identity store (PostgreSQL) cannot be reached: fail closed, and say it is ours.
+        log.error('{"event":"identity_unavailable"}')
+        return error_response(503, "identity_unavailable", {"Retry-After": "5"})
 
     async def internal(_: Request, __: Exception) -> Response:
         log.error('{"event":"internal_error"}')
@@ -128,9 +146,28 @@ def create_app(appliance: Appliance) -> Starlette:
         routes += extension.routes(appliance)
     if appliance.metrics is not None:
         routes.append(metrics_route(appliance.metrics, appliance.clusters, appliance.metrics_token))
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLogMiddleware, metrics=appliance.metrics, access_log=appliance.access_log)],
+        middleware=[
+            Middleware(RequestLogMiddleware, metrics=appliance.metrics, access_log=appliance.access_log),
+            Middleware(BodyDeadlineMiddleware, timeout=appliance.body_timeout),
+            Middleware(ApiGuardMiddleware, public_url=appliance.public_url,
+                       form_paths=[r.path for r in appliance.routes.routes.values() if r.form is not None]),
+            Middleware(NoStoreMiddleware),
+        ],
         lifespan=lifespan,
-        exception_handlers={404: not_found, 405: not_allowed, 500: internal},
+        exception_handlers={404: not_found, 405: not_allowed, 500: internal, IdentityUnavailable: identity_unavailable},
     )
+    _no_slash_redirects(app.router)
+    return app
+
+
+def _no_slash_redirects(router: Router) -> None:
+    """A path with (or without) a trailing slash that is not a route is 404, not a redirect.
+
+    Starlette would answer 307 to the same path on whatever host the client
+    named in its Host header; mounted routers get the same treatment."""
+    router.redirect_slashes = False
+    for route in router.routes:
+        if isinstance(route, Mount) and isinstance(route.app, Router):
+            _no_slash_redirects(route.app)

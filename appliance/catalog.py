@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from policy.errors import BackendFailed, SluiceError
-from policy.grammar import Models, Ping
+from policy.grammar import Models
 
 from .transport.base import GateTransport
 from .transport.replies import produced_by
 
-__all__ = ["ModelInfo", "Catalog", "ClusterSet"]
+__all__ = ["MODEL_STATES", "ModelInfo", "Catalog", "ClusterSet", "model_info"]
 
 log = logging.getLogger("sluice.catalog")
 
@@ -31,37 +31,57 @@ log = logging.getLogger("sluice.catalog")
 CATALOG_TTL: Final = 2.0
 
 
+# What a caller of a model can expect now (the gate's listing says; ``cluster/routing.py``).
+MODEL_STATES: Final = frozenset({"ready", "starting", "scaled_to_zero", "unavailable"})
+
+
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
     id: str
     ready: bool
     routes: frozenset[str]
     cluster: str
+    # From gates that report it; an older gate's listing gives ready or unavailable and zero counts.
+    status: str = "unavailable"
+    instances_ready: int = 0
+    instances_starting: int = 0
+    held: int = 0  # requests waiting in the gates' hold queue for an instance
+    gate_in_flight: int = 0
     # What the gate says produced the model's answers (the END frame says it per answer).
     produced_by: tuple[tuple[str, str], ...] = ()
-    # For clients: "ready", "starting", "scaled_to_zero" or "unavailable" (cluster/scheduler/
-    # availability.py), the ready instances, and the estimated wait in seconds when not ready.
-    status: str = "ready"
-    ready_instances: int = 0
+    # Seconds until the model is likely ready, when it is not (cluster/scheduler/availability.py).
     estimated_wait: int | None = None
 
 
-_STATUSES: Final = frozenset({"ready", "starting", "scaled_to_zero", "unavailable"})
+# A count in a listing above this is not believed (it would be a broken gate, not a busy one).
+MAX_COUNT: Final = 1_000_000
+
 # The longest wait passed on to clients (a day): a gate's estimate beyond it is not news.
 MAX_WAIT: Final = 86400
 
 
-def _status(item: dict[str, object]) -> tuple[str, int, int | None]:
-    """(status, ready instances, estimated wait) of a listing entry; older gates say only "ready"."""
-    status = item.get("status")
-    if status not in _STATUSES:
-        status = "ready" if item["ready"] else "unavailable"
-    count = item.get("ready_instances")
-    wait = item.get("estimated_wait")
-    return (
-        str(status),
-        count if type(count) is int and 0 <= count <= MAX_WAIT else int(bool(item["ready"])),
-        wait if type(wait) is int and 0 <= wait <= MAX_WAIT else None,
+def _count(item: Mapping[str, object], *path: str, most: int = MAX_COUNT) -> int | None:
+    """A non-negative integer up to ``most`` at ``path`` in ``item``, or None (absent, or not plausible)."""
+    value: object = item
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        return None
+    return value
+
+
+def model_info(item: Mapping[str, object], cluster: str) -> ModelInfo:
+    """One entry of a gate's ``models`` listing; KeyError, TypeError or ValueError when it is not one."""
+    ready = bool(item["ready"])
+    status = item.get("status", "ready" if ready else "unavailable")
+    if status not in MODEL_STATES:
+        raise ValueError("model state")
+    return ModelInfo(
+        str(item["id"]), ready, frozenset(item["routes"]), cluster, str(status),  # type: ignore[arg-type]
+        _count(item, "instances", "ready") or 0, _count(item, "instances", "starting") or 0,
+        _count(item, "held") or 0, _count(item, "in_flight") or 0,
+        produced_by=tuple(sorted(produced_by(dict(item)).items())),
+        estimated_wait=_count(item, "estimated_wait", most=MAX_WAIT),
     )
 
 
@@ -89,11 +109,7 @@ class Catalog:
         data = await reply.read()
         try:
             listing = json.loads(data)
-            models = {
-                item["id"]: ModelInfo(item["id"], bool(item["ready"]), frozenset(item["routes"]), self.name,
-                                      tuple(sorted(produced_by(item).items())), *_status(item))
-                for item in listing["data"]
-            }
+            models = {item["id"]: model_info(item, self.name) for item in listing["data"]}
         except (ValueError, KeyError, TypeError):
             raise BackendFailed("bad_model_listing") from None
         self._models = models
@@ -146,22 +162,15 @@ class ClusterSet:
     async def ping(self, timeout: float) -> dict[str, bool]:
         """Ping every cluster's gate; True where it answered within ``timeout``."""
 
-        async def one(transport: GateTransport) -> bool:
-            try:
-                async with asyncio.timeout(timeout):
-                    reply = await transport.request(Ping(), b"")
-                    await reply.read()
-            except (SluiceError, TimeoutError):
-                return False
-            return True
-
         names = list(self.catalogs)
-        results = await asyncio.gather(*(one(self.catalogs[n].transport) for n in names))
+        results = await asyncio.gather(*(self.catalogs[n].transport.ping(timeout) for n in names))
         return dict(zip(names, results, strict=True))
 
     def stats(self) -> dict[str, int]:
+        """Open sessions and streams over every cluster (the metrics show each transport's other numbers)."""
         total = {"sessions": 0, "streams": 0}
         for catalog in self.catalogs.values():
-            for key, value in catalog.transport.stats().items():
-                total[key] = total.get(key, 0) + value
+            stats = catalog.transport.stats()
+            for key in total:
+                total[key] += stats.get(key, 0)
         return total

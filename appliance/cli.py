@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the appliance, the gate and stand-in models on this machine")
     demo.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="address to bind (default 127.0.0.1; the chat's one-click sign-in exists on loopback only)")
     demo.add_argument("--api-key", help="the demo API key (default: a new random one)")
     demo.add_argument("--mode", choices=("mux", "exec"), default="mux", help="gate protocol mode (default mux)")
     demo.add_argument("--sessions", type=int, default=1, help="mux sessions (gate processes) to spread requests over")
@@ -41,7 +43,32 @@ def main(argv: list[str] | None = None) -> int:
 
     add_usage_arguments(commands.add_parser("usage", help="requests and tokens per day, user and model"))
     # --- end usage ---
+    # --- schema of the stores (appliance/db_cli.py) ---
+    from .db_cli import add_arguments as add_db_arguments
+
+    add_db_arguments(commands.add_parser("db", help="upgrade or show the schema of the identity and accounting stores"))
+    # --- end schema ---
+    # --- audit trail and status (appliance/audit/cli.py, appliance/status.py) ---
+    from .audit.cli import add_arguments as add_audit_arguments
+
+    add_audit_arguments(commands.add_parser("audit", help="list the audit trail (sluice audit verify: check its chain)"))
+    from .status import add_arguments as add_status_arguments
+
+    add_status_arguments(commands.add_parser("status", help="clusters, sessions, models, queue and quota refusals"))
+    # --- end audit ---
     args = parser.parse_args(argv)
+    if args.command == "db":
+        from .db_cli import run as run_db
+
+        return run_db(args)
+    if args.command == "status":
+        from .status import run as run_status
+
+        return run_status(args)
+    if args.command == "audit":
+        from .audit.cli import run as run_audit
+
+        return run_audit(args)
     if args.command == "usage":
         from .accounting.report import run as run_usage
 
@@ -59,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         except SettingsError as exc:
             print(f"sluice: {exc}", file=sys.stderr)
             return 2
-        return _run(run_server(settings))
+        from pathlib import Path
+
+        return _run(run_server(settings, Path(args.config)))
     if args.command == "demo":
         from .demo import new_demo_key, run_demo
 
@@ -68,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--api-key must be 16 to 256 characters long")
         if not 0 < args.port < 65536 or not 1 <= args.sessions <= 64 or not 0 <= args.token_delay <= 10:
             parser.error("--port, --sessions or --token-delay out of range")
-        return _run(run_demo(args.port, key, args.mode, args.sessions, args.token_delay, args.log_level))
+        return _run(run_demo(args.port, key, args.mode, args.sessions, args.token_delay, args.log_level, args.host))
     return 2
 
 

@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Final
 
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from .app import Appliance, create_app
-from .auth.api_keys import ApiKeyAuthenticator, ApiKeyStore
+from .audit import AuditTrail, audit_event, install, open_store
+from .auth.api_keys import ApiKeyStore
+from .server import hypercorn_config
+from .settings import ServerSettings
 from .catalog import ClusterSet
+from .demo_identity import demo_identity, demo_url, is_loopback
 from .transport.local import LocalPipeTransport
+from .web_chat import ChatPage
 
 # --- quotas, accounting, metrics, logging (appliance/quotas, appliance/metrics.py, appliance/logs.py) ---
 from .logs import configure_logging
@@ -56,7 +60,9 @@ backend = "local"
 routes = ["chat", "completions", "responses", "transcriptions", "translations"]
 revision = "standin-weights-1"
 command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
-           "--model", "{{model}}", "--kind", "chat", "--token-delay", "{token_delay}"]
+           "--model", "{{model}}", "--kind", "chat", "--token-delay", "{token_delay}",
+           "--ssl-keyfile", "{{tls_keyfile}}", "--ssl-certfile", "{{tls_certfile}}", "--ssl-ca-certs", "{{tls_ca}}",
+           "--ssl-cert-reqs", "2"]
 min_instances = 1
 max_instances = 2
 requests_per_instance = 32
@@ -68,7 +74,9 @@ warmup_timeout = 30
 backend = "local"
 routes = ["embeddings", "rerank", "score"]
 command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
-           "--model", "{{model}}", "--kind", "embeddings"]
+           "--model", "{{model}}", "--kind", "embeddings",
+           "--ssl-keyfile", "{{tls_keyfile}}", "--ssl-certfile", "{{tls_certfile}}", "--ssl-ca-certs", "{{tls_ca}}",
+           "--ssl-cert-reqs", "2"]
 min_instances = 1
 max_instances = 1
 warmup_timeout = 30
@@ -82,7 +90,7 @@ def write_cluster_config(directory: Path, token_delay: float) -> Path:
 
 
 def gate_argv(config: Path) -> list[str]:
-    return [sys.executable, "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
+    return [sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
 
 
 async def _wait_ready(appliance: Appliance, stop: asyncio.Event) -> bool:
@@ -99,7 +107,7 @@ async def _wait_ready(appliance: Appliance, stop: asyncio.Event) -> bool:
 
 
 async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_delay: float,
-                   log_level: str = "warning") -> int:
+                   log_level: str = "warning", host: str = "127.0.0.1") -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -117,38 +125,50 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
         raise
     metrics_token = secrets.token_urlsafe(24)
     # --- end quotas ---
+    # --- audit trail beside the demo's accounting (appliance/audit) ---
+    trail = AuditTrail(open_store("sqlite", path=runtime / "usage.db"))
+    install(trail)
+    audit_event("config_loaded", "sluice demo", str(runtime / "cluster.toml")[:256], mode=mode, sessions=sessions)
+    # --- end audit ---
     # The gate's key for sealed requests, made by the cluster side's own command:
     # the appliance never holds (or imports the code that uses) that private key.
     keys = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cluster.cli", "keys", "create", "--config", str(config_path),
+        sys.executable, "-I", "-m", "cluster.cli", "keys", "create", "--config", str(config_path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
     )
     if await keys.wait() != 0:
         print("sluice demo: could not create the gate's key for sealed requests", file=sys.stderr)
     scheduler = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cluster.cli", "scheduler", "--config", str(config_path), stdin=asyncio.subprocess.DEVNULL
+        sys.executable, "-I", "-m", "cluster.cli", "scheduler", "--config", str(config_path), stdin=asyncio.subprocess.DEVNULL
     )
     keys = ApiKeyStore()
     keys.add(api_key, user="demo", key_id="demo")
     transport = LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions)
-    appliance = Appliance(ClusterSet.single(transport), ApiKeyAuthenticator(keys), metering=meter, metrics=metrics,
-                          metrics_token=metrics_token)
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 3.0
+    # --- the web chat and its sign-in (appliance/web_chat.py, appliance/demo_identity.py) ---
+    url = demo_url(host, port)
+    if not is_loopback(host):
+        print(f"sluice demo: {host} is not a loopback address: the chat's one-click sign-in is off, and the API key "
+              "and answers travel as plain http", file=sys.stderr, flush=True)
+    identity = demo_identity(runtime, url, host, keys)
+    server_settings = ServerSettings(host=host, port=port)
+    appliance = Appliance(ClusterSet.single(transport), identity.authenticator, identity.access, metering=meter,
+                          metrics=metrics, metrics_token=metrics_token, extensions=[ChatPage(), identity],
+                          body_timeout=server_settings.body_timeout, public_url=url)
+    # --- end web chat ---
+    config = hypercorn_config(server_settings, url.removeprefix("http://"), graceful_timeout=3.0)
     server = asyncio.create_task(serve(create_app(appliance), config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     status = 0
     try:
         if await _wait_ready(appliance, stop):
-            print(f"Sluice demo ready at http://127.0.0.1:{port}", flush=True)
-            print(f"  base URL: http://127.0.0.1:{port}/v1", flush=True)
+            print(f"Sluice demo ready at {url}", flush=True)
+            print(f"  web chat: {url}/", flush=True)
+            print(f"  base URL: {url}/v1", flush=True)
             print(f"  API key:  {api_key}", flush=True)
             print(f"  models:   {', '.join(DEMO_MODELS)} (gate in {mode} mode)", flush=True)
-            print(f"  metrics:  curl -H 'Authorization: Bearer {metrics_token}' http://127.0.0.1:{port}/metrics",
+            print(f"  metrics:  curl -H 'Authorization: Bearer {metrics_token}' {url}/metrics",
                   flush=True)
             print(f"  usage:    sluice usage --database {runtime / 'usage.db'}", flush=True)
+            print(f"  audit:    sluice audit --database {runtime / 'usage.db'}", flush=True)
             print("Press Ctrl-C to stop.", flush=True)
         elif not stop.is_set():
             print("sluice demo: the models did not become ready; see the messages above", file=sys.stderr)
@@ -163,6 +183,8 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server, 10)
         await meter.aclose()
+        install(None)
+        trail.close()
         if scheduler.returncode is None:
             scheduler.terminate()
         with contextlib.suppress(TimeoutError):

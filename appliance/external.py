@@ -11,10 +11,15 @@ the body is read with the route's bound and checked against the same route
 policy the gate enforces (``policy/routes.toml``), and re-serialized; the
 model must be one of an upstream's, served on this route, and the caller
 must be in one of its ``groups`` (and within its key's scope) -- otherwise
-404, like an unknown model; ``max_tokens`` may not exceed the upstream's
-ceiling (and is set to it when absent); then the upstream's strict limits
+404, like an unknown model; the request's worst-case output (the larger of
+``max_tokens`` and ``max_completion_tokens``, times ``n`` and the prompts) may
+not exceed the upstream's ceiling (``max_tokens`` is set to it when neither is
+named); then the upstream's strict limits
 (requests per minute per user, requests in flight) and the quota engine
-(:class:`~appliance.metering.Metering`) admit it.  The upstream gets the
+(:class:`~appliance.metering.Metering`) admit it.  The upstream's limits run
+on the quota engine's own machinery (``limits``; Redis when ``[quotas]``
+stores there), so they hold across appliance replicas, and fail closed
+(503) when the store cannot be reached, as the quotas do.  The upstream gets the
 checked body and the appliance's key, nothing of the client's headers;
 the client gets the upstream's answer body, or a short error code.
 
@@ -26,9 +31,9 @@ api_key_file = "/etc/sluice/openai.key"
 models = ["gpt-4o-mini"]
 groups = ["staff"]
 routes = ["chat"]              # of chat, completions, embeddings
-requests_per_minute = 10       # per user
-max_concurrent = 4             # across all users
-max_tokens = 1024              # ceiling on max_tokens / max_completion_tokens
+requests_per_minute = 10       # per user (across replicas with Redis quotas)
+max_concurrent = 4             # across all users (and replicas)
+max_tokens = 1024              # ceiling on a request's output: max(max_tokens, max_completion_tokens) x n x prompts
 timeout = 120                  # seconds for the whole answer
 ```
 """
@@ -39,8 +44,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -59,20 +63,20 @@ from .auth.base import Principal
 from .auth.config import ConfigError, Table, check_url
 from .auth.secret import Secret, read_secret_file
 from .metering import Outcome, Ticket
+from .quotas import Limit, MemoryBackend, Plan, QuotaExceeded, QuotaPolicy, Quotas
+from .quotas.policy import subject
+from .quotas.reservation import OutputCeilings, reserve
 
 if TYPE_CHECKING:
     from .app import Appliance
 
-__all__ = ["ExternalProxy", "ExternalUpstream", "RateLimiter", "parse_external"]
+__all__ = ["ExternalProxy", "ExternalUpstream", "parse_external"]
 
 log = logging.getLogger("sluice.external")
 
 ROUTE_PATHS: Final = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 # An upstream answer larger than this (non-streamed) is refused: no completion is that big.
 MAX_ANSWER_BYTES: Final = 32 * 1024 * 1024
-# Per-user windows kept in memory; past this, idle ones are dropped.
-MAX_TRACKED_USERS: Final = 10_000
-_RATE_WINDOW: Final = 60.0
 _MAX_SSE_EVENT: Final = 1024 * 1024
 
 
@@ -126,35 +130,18 @@ def parse_external(data: Any, base: Path) -> tuple[ExternalUpstream, ...]:
     return tuple(upstreams)
 
 
-class RateLimiter:
-    """At most ``limit`` hits per ``window`` seconds per key (a sliding window, in this process)."""
-
-    def __init__(self, limit: int, window: float = _RATE_WINDOW, clock: Callable[[], float] = time.monotonic) -> None:
-        self._limit = limit
-        self._window = window
-        self._clock = clock
-        self._hits: dict[str, deque[float]] = {}
-
-    def hit(self, key: str) -> float | None:
-        """Count a hit; None if admitted, else seconds until one would be."""
-        now = self._clock()
-        if len(self._hits) > MAX_TRACKED_USERS:
-            self._hits = {k: q for k, q in self._hits.items() if q and now - q[-1] < self._window}
-        hits = self._hits.setdefault(key, deque())
-        while hits and now - hits[0] >= self._window:
-            hits.popleft()
-        if len(hits) >= self._limit:
-            return self._window - (now - hits[0])
-        hits.append(now)
-        return None
-
-
 class _Upstream:
-    def __init__(self, settings: ExternalUpstream, key: Secret, clock: Callable[[], float]) -> None:
+    def __init__(self, settings: ExternalUpstream, key: Secret) -> None:
         self.settings = settings
         self.key = key
-        self.limiter = RateLimiter(settings.requests_per_minute, clock=clock)
-        self.in_flight = 0
+        # Storage identities are hashed, like the quotas' ("x." for external upstreams).
+        self._slots = (Limit("concurrent_requests", "upstream", subject("x", settings.name), settings.max_concurrent, 0),)
+
+    def plan(self, user: str) -> Plan:
+        """This upstream's limits for ``user``: requests per minute, and requests in flight overall."""
+        per_user = Limit("requests_per_minute", "user", subject("x", f"{self.settings.name}\0{user}"),
+                         self.settings.requests_per_minute, 60)
+        return Plan((per_user,), (), self._slots)
 
 
 class ExternalProxy:
@@ -164,15 +151,18 @@ class ExternalProxy:
         self,
         upstreams: Iterable[ExternalUpstream],
         transport: httpx2.AsyncBaseTransport | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        limits: Quotas | None = None,
     ) -> None:
+        # The quota engine's store (Redis across replicas); in memory, for this process, without one.
+        self._limits = limits if limits is not None else Quotas(QuotaPolicy(), MemoryBackend())
+        self._own_limits = limits is None
         self._upstreams: dict[str, _Upstream] = {}
         for settings in upstreams:
             try:
                 key = read_secret_file(settings.api_key_file, f"external {settings.name} api_key_file")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-            upstream = _Upstream(settings, key, clock)
+            upstream = _Upstream(settings, key)
             for model in settings.models:
                 self._upstreams[model] = upstream
         self._client = httpx2.AsyncClient(transport=transport, follow_redirects=False, trust_env=False,
@@ -190,8 +180,14 @@ class ExternalProxy:
     def visible(self, principal: Principal) -> list[str]:
         return sorted(m for m in self._upstreams if self.allowed(principal, m))
 
+    def use_limits(self, limits: Quotas) -> None:
+        """Count on the quota engine's store (called before the first request)."""
+        self._limits, self._own_limits = limits, False
+
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._own_limits:
+            await self._limits.aclose()
 
     def routes(self, appliance: Appliance) -> list[BaseRoute]:
         async def list_models(request: Request) -> Response:
@@ -221,23 +217,26 @@ class ExternalProxy:
                     return error_response(404, "model_not_found")
                 upstream = self._upstreams[checked.model]
                 limits = upstream.settings
-                body, max_tokens = checked.body, checked.max_tokens
-                if route_id != "embeddings":
-                    if max_tokens is not None and max_tokens > limits.max_tokens:
-                        raise BodyRejected("out_of_range", 422)
-                    if max_tokens is None:
-                        max_tokens = limits.max_tokens
-                        body = route.serialize({**json.loads(body), "max_tokens": max_tokens})
-                wait = upstream.limiter.hit(principal.user)
-                if wait is not None:
-                    return error_response(429, "rate_limited", {"Retry-After": str(max(1, int(wait + 0.999)))})
-                if upstream.in_flight >= limits.max_concurrent:
-                    return error_response(429, "rate_limited", {"Retry-After": "1"})
-                ticket = await appliance.metering.admit(principal, route_id, checked.model, max_tokens, False)
+                # The ceiling bounds everything one request can make the upstream produce: every field
+                # that sets output length (max_tokens, max_completion_tokens), times n and the prompts.
+                reservation = reserve(route, checked, checked.body, OutputCeilings(limits.max_tokens))
+                body, max_tokens = reservation.body, reservation.tokens
+                if max_tokens is not None and max_tokens > limits.max_tokens:
+                    raise BodyRejected("out_of_range", 422)
+                try:
+                    grant = await self._limits.admit_plan(upstream.plan(principal.user))
+                except QuotaExceeded as exc:
+                    return error_response(429, "rate_limited", {"Retry-After": str(max(1, int(exc.retry_after + 0.999)))})
+                try:
+                    ticket = await appliance.metering.admit(principal, route_id, checked.model, max_tokens, False)
+                except BaseException:
+                    await asyncio.shield(self._limits.settle(grant, Outcome(429)))
+                    raise
             except SluiceError as exc:
                 return from_error(exc)
             log.info('{"event":"external_request","upstream":"%s","route":"%s"}', limits.name, route_id)
-            return await self._forward(upstream, route_id, body, checked.stream, checked.include_usage, ticket, started)
+            return await self._forward(upstream, route_id, body, checked.stream, checked.include_usage,
+                                       _Settle(ticket, self._limits, grant), started)
 
         return handle
 
@@ -252,7 +251,6 @@ class ExternalProxy:
             headers={"Authorization": f"Bearer {upstream.key.reveal()}", "Content-Type": "application/json",
                      "Accept": "text/event-stream" if stream else "application/json"},
         )
-        upstream.in_flight += 1
         response: httpx2.Response | None = None
         handed_over = False
         try:
@@ -289,7 +287,6 @@ class ExternalProxy:
             raise
         finally:
             if not handed_over:
-                upstream.in_flight -= 1
                 if response is not None:
                     await response.aclose()
         usage = _usage(bytes(data))
@@ -328,12 +325,30 @@ class ExternalProxy:
             status = 499
             raise
         finally:
-            upstream.in_flight -= 1
             await asyncio.shield(response.aclose())
             await asyncio.shield(ticket.settle(Outcome(
                 status, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
                 time.monotonic() - started, first,
             )))
+
+
+class _Settle:
+    """The metering ticket, and the upstream's limits released when it is settled (exactly once)."""
+
+    __slots__ = ("_grant", "_limits", "_ticket")
+
+    def __init__(self, ticket: Ticket, limits: Quotas, grant: Any) -> None:
+        self._ticket, self._limits, self._grant = ticket, limits, grant
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self._ticket.headers
+
+    async def settle(self, outcome: Outcome) -> None:
+        grant, self._grant = self._grant, None
+        if grant is not None:
+            await self._limits.settle(grant, outcome)
+        await self._ticket.settle(outcome)
 
 
 def _map_status(status: int) -> tuple[int, str]:

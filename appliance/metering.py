@@ -24,7 +24,7 @@ class Outcome:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency: float = 0.0
-    first_token: float | None = None  # seconds to the first body byte of a stream
+    first_token: float | None = None  # seconds to a stream's first content (SSE comments are not content)
     sealed: bool = False
     audio_ms: int = 0  # audio in the request, from the gate's usage (audio routes)
     model_revision: str | None = None  # what produced the answer (the gate's END frame)

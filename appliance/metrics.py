@@ -39,6 +39,8 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 # Time to the first token of a stream: queueing and prefill.
 FIRST_TOKEN_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+# Generation speed of one answer: a slow CPU model to a fast GPU one.
+TOKEN_RATE_BUCKETS: Final = (1.0, 2.0, 5.0, 10.0, 20.0, 35.0, 50.0, 75.0, 100.0, 150.0, 250.0, 500.0, 1000.0)
 
 # A scrape waits this long for the clusters' listings before it reports them as down.
 SCRAPE_TIMEOUT: Final = 2.0
@@ -174,8 +176,13 @@ class Metrics(Registry):
             "sluice_request_duration_seconds", "End-to-end time of admitted requests, to the last byte.",
             ("route", "model"), LATENCY_BUCKETS))
         self.first_token = add(Histogram(
-            "sluice_time_to_first_token_seconds", "Time to the first streamed byte of a streamed answer.",
+            "sluice_time_to_first_token_seconds",
+            "Time to the first content of a clear streamed answer (keepalives of a held stream do not count).",
             ("route", "model"), FIRST_TOKEN_BUCKETS))
+        self.token_rate = add(Histogram(
+            "sluice_output_tokens_per_second",
+            "Completion tokens per second of generation (after the first token for streams), by route and model.",
+            ("route", "model"), TOKEN_RATE_BUCKETS))
         self.tokens = add(Counter(
             "sluice_tokens_total", "Tokens the gates reported, by route, model and type (prompt, completion).",
             ("route", "model", "type")))
@@ -191,20 +198,30 @@ class Metrics(Registry):
             ("outcome",)))
         self.accounting_errors = add(Counter(
             "sluice_accounting_errors_total", "Usage rows that could not be written."))
+        self.accounting_backlog = add(Gauge(
+            "sluice_accounting_backlog", "Usage rows handed to the store and not yet committed."))
+        self.accounting_backlog.set((), 0)
 
     async def cluster_metrics(self, clusters: ClusterSet) -> list[_Metric]:
-        """Gauges read at scrape time: each cluster's gate pool and each model's availability."""
+        """Read at scrape time: each cluster's gate pool, and each model's state as its gate lists it."""
         up = Gauge("sluice_cluster_up", "1 if the cluster's gate answered its latest model listing.", ("cluster",))
         ready = Gauge("sluice_model_ready", "1 if the model has a ready instance, by cluster.", ("cluster", "model"))
-        pool: dict[str, Gauge] = {}
+        instances = Gauge("sluice_model_instances", "Instances of the model by state (ready, starting), by cluster.",
+                          ("cluster", "model", "state"))
+        held = Gauge("sluice_gate_held_requests",
+                     "Requests waiting in the gates' hold queue for an instance of the model to start.",
+                     ("cluster", "model"))
+        gate_in_flight = Gauge("sluice_gate_requests_in_flight",
+                               "Requests the gates are answering for the model, over all gate processes.",
+                               ("cluster", "model"))
+        pool: dict[str, Counter] = {}
         for name, catalog in clusters.catalogs.items():
             for key, value in catalog.transport.stats().items():
                 if key.isidentifier() and key.isascii():
-                    gauge = pool.get(key)
-                    if gauge is None:
-                        gauge = pool[key] = Gauge(f"sluice_gate_{key.lower()}",
-                                                  f"The transport to the gate: open {key}.", ("cluster",))
-                    gauge.set((name,), value)
+                    metric = pool.get(key)
+                    if metric is None:
+                        metric = pool[key] = _pool_metric(key)
+                    metric.values[(name,)] = float(value)
             try:
                 async with asyncio.timeout(SCRAPE_TIMEOUT):
                     listing = await catalog.models()
@@ -214,7 +231,21 @@ class Metrics(Registry):
             up.set((name,), 1)
             for model in listing.values():
                 ready.set((name, model.id), 1 if model.ready else 0)
-        return [up, ready, *pool.values()]
+                instances.set((name, model.id, "ready"), model.instances_ready)
+                instances.set((name, model.id, "starting"), model.instances_starting)
+                held.set((name, model.id), model.held)
+                gate_in_flight.set((name, model.id), model.gate_in_flight)
+        return [up, ready, instances, held, gate_in_flight, *pool.values()]
+
+
+def _pool_metric(key: str) -> Counter:
+    """A transport statistic as a metric: ``..._total`` keys are counters, the rest gauges."""
+    name = f"sluice_gate_{key.lower()}"
+    if key.endswith("_total"):
+        return Counter(name, f"The transport to the gate: {key[:-6].replace('_', ' ')} so far.", ("cluster",))
+    if key == "slots":
+        return Gauge(name, "The transport to the gate: connections configured (sessions of them usable).", ("cluster",))
+    return Gauge(name, f"The transport to the gate: open {key}.", ("cluster",))
 
 
 def _token_digest(token: str) -> bytes:

@@ -7,19 +7,21 @@ import logging
 import signal
 import sqlite3
 import sys
+from pathlib import Path
 from typing import Final
 
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
 from .app import Appliance, Extension, create_app
 from .auth.api_keys import ApiKeyStore
 from .auth.build import build_identity
 from .external import ExternalProxy
+from .server import hypercorn_config
 from .catalog import ClusterSet
 from .settings import LocalCluster, Settings, SshCluster
 from .transport.base import GateTransport
 from .transport.local import LocalPipeTransport
+from .web_chat import ChatPage
 
 # --- quotas, accounting, metrics, logging (appliance/quotas, appliance/metrics.py, appliance/logs.py) ---
 from .logs import configure_logging
@@ -27,11 +29,9 @@ from .metrics import Metrics, metrics_app
 from .quotas.meter import Meter, build_meter
 
 # --- end quotas ---
+from .audit.startup import close_trail, open_trail, record_start
 
 __all__ = ["build_appliance", "run_server"]
-
-# Seconds Hypercorn gives open requests to finish on shutdown.
-GRACEFUL_TIMEOUT: Final = 5.0
 
 
 def _transport(cluster: LocalCluster | SshCluster) -> GateTransport:
@@ -42,14 +42,24 @@ def _transport(cluster: LocalCluster | SshCluster) -> GateTransport:
     return LocalPipeTransport(cluster.gate_command, mode=cluster.mode, sessions=cluster.sessions)
 
 
+def _form_origins(settings: Settings) -> list[str]:
+    """Where the chat's sign-out form may lead: the provider's logout, or the proxy's."""
+    identity = settings.identity
+    urls = [identity.oidc.issuer] if identity.oidc is not None else []
+    header = identity.auth.trusted_header
+    if header is not None and header.logout_url and not header.logout_url.startswith("/"):
+        urls.append(header.logout_url)
+    return urls
+
+
 def build_appliance(settings: Settings) -> Appliance:
     keys = ApiKeyStore()
     for entry in settings.api_keys:
-        keys.add_digest(entry.sha256, entry.user, entry.key_id)
+        keys.add_digest(entry.sha256, entry.user, entry.key_id, entry.groups)
     clusters = ClusterSet({c.name: _transport(c) for c in settings.clusters})
     # --- identity (appliance/auth) and external models (appliance/external.py) ---
     identity = build_identity(settings.identity, keys)
-    extensions: list[Extension] = [identity]
+    extensions: list[Extension] = [ChatPage(_form_origins(settings)), identity]  # the chat first: it serves "/"
     if settings.external:
         external = ExternalProxy(settings.external)
         identity.extra_models = external.visible
@@ -58,6 +68,8 @@ def build_appliance(settings: Settings) -> Appliance:
     # --- quotas, accounting, metrics ---
     metrics = Metrics()
     meter = build_meter(settings.metering, metrics)
+    if settings.external and meter.quotas is not None:
+        external.use_limits(meter.quotas)  # the external upstreams' limits on the quotas' store (Redis)
     token_file = settings.metering.metrics.token_file
     metrics_token = None
     if token_file is not None:
@@ -73,41 +85,60 @@ def build_appliance(settings: Settings) -> Appliance:
         keepalive_interval=settings.server.keepalive_interval,
         request_timeout=settings.server.request_timeout,
         extensions=extensions,
+        public_url=settings.identity.auth.public_url,
+        body_timeout=settings.server.body_timeout,
+        output_ceilings=settings.server.output_ceilings,
+        sealed_keys_ttl=settings.server.sealed_keys_ttl,
         metrics=metrics,
         metrics_token=metrics_token,
         access_log=settings.metering.logging.requests,
     )
 
 
-async def run_server(settings: Settings) -> int:
+async def run_server(settings: Settings, config_path: Path | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     configure_logging(settings.metering.logging.level)
-    config = Config()
-    config.bind = [f"{settings.server.host}:{settings.server.port}"]
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = GRACEFUL_TIMEOUT
+    config = hypercorn_config(settings.server, f"{settings.server.host}:{settings.server.port}")
     appliance = build_appliance(settings)
+    # --- the shared stores (PostgreSQL): connected, and their schema checked, before the first request ---
+    from .auth.build import IdentityServices
+    from .migrations import SchemaError
+
+    for extension in appliance.extensions:
+        if isinstance(extension, IdentityServices):
+            try:
+                await extension.start()
+            except (OSError, RuntimeError, SchemaError) as exc:
+                print(f"sluice: cannot open the identity database: {exc}", file=sys.stderr)
+                return 2
+    # --- end stores ---
     # --- quotas, accounting, metrics: started before the first request, closed after the last ---
     meter = appliance.metering
     if isinstance(meter, Meter):
         try:
             await meter.start()
-        except (OSError, sqlite3.Error, RuntimeError) as exc:  # the accounting store cannot be opened
+        except (OSError, sqlite3.Error, RuntimeError) as exc:  # the accounting store cannot be opened (or its schema)
             logging.getLogger("sluice.metering").error(
                 '{"event":"metering_start_failed","error":"%s"}', type(exc).__name__)
             print(f"sluice: cannot start accounting: {exc}", file=sys.stderr)
             return 2
+    # --- audit trail (appliance/audit): beside the accounting; the configuration and unsafe modes first ---
+    try:
+        trail = open_trail(settings.metering.accounting)
+    except (OSError, sqlite3.Error, RuntimeError, ValueError) as exc:
+        print(f"sluice: cannot open the audit trail: {exc}", file=sys.stderr)
+        if isinstance(meter, Meter):
+            await meter.aclose()
+        return 2
+    record_start(settings, config_path)
+    # --- end audit ---
     servers = [serve(create_app(appliance), config, shutdown_trigger=stop.wait)]  # type: ignore[arg-type]
     admin = settings.metering.metrics.admin_bind
     if admin is not None and appliance.metrics is not None:
-        admin_config = Config()
-        admin_config.bind = [f"{admin[0]}:{admin[1]}"]
-        admin_config.accesslog = None
-        admin_config.errorlog = config.errorlog
+        admin_config = hypercorn_config(settings.server, f"{admin[0]}:{admin[1]}")
         admin_app = metrics_app(appliance.metrics, appliance.clusters, appliance.metrics_token)
         servers.append(serve(admin_app, admin_config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     try:
@@ -115,5 +146,6 @@ async def run_server(settings: Settings) -> int:
     finally:
         if isinstance(meter, Meter):
             await meter.aclose()
+        close_trail(trail)
     # --- end quotas ---
     return 0

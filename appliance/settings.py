@@ -8,6 +8,12 @@ client key) are referred to by path; the file itself holds none.
 host = "0.0.0.0"
 port = 8080
 request_timeout = 300        # seconds, per request, to the first byte of the answer
+header_timeout = 10          # seconds a connection may take to send a request head, or stay idle
+body_timeout = 60            # seconds a request may take to send its whole body
+max_connections = 1024       # open client connections at once; more get 503
+max_output_tokens = 4096     # ceiling set as max_tokens on a request that names none (and reserved for it)
+model_max_output_tokens = { "llama-3.1-70b-instruct" = 8192 }   # per model, overriding the above
+sealed_keys_ttl = 60         # seconds the gates' sealed key configuration is cached (well below the rotation overlap)
 
 [[clusters]]
 name = "hpc"
@@ -20,11 +26,13 @@ client_key = "/etc/sluice/id_ed25519"
 known_hosts = "/etc/sluice/known_hosts"   # pinned host keys; there is no way to skip this
 connections = 2
 keepalive_interval = 5
+ping_timeout = 15            # a session that does not answer a ping this fast is wedged: closed and replaced
 
 [[api_keys]]                 # operator-provisioned keys, as SHA-256 hex digests
 user = "alice"
 key_id = "alice-laptop"
 sha256 = "..."
+groups = ["staff"]           # for the [access] policy (default deny: a key in no allowed group may use nothing)
 ```
 
 Sign-in, groups and API keys (``[auth]``, ``[auth.trusted_header]``, ``[oidc]``,
@@ -38,7 +46,8 @@ Quotas, accounting, metrics and logs (``[quotas]``, ``[accounting]``,
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -50,6 +59,7 @@ if TYPE_CHECKING:
 # --- end identity ---
 # --- quotas, accounting, metrics, logging (appliance/quotas/config.py) ---
 from .quotas.config import SECTIONS as _METERING_SECTIONS
+from .quotas.reservation import DEFAULT_MAX_OUTPUT_TOKENS, OutputCeilings
 from .quotas.config import MeteringConfigError, MeteringSettings, parse_metering
 
 # --- end quotas ---
@@ -57,6 +67,9 @@ from .quotas.config import MeteringConfigError, MeteringSettings, parse_metering
 __all__ = ["SettingsError", "ServerSettings", "LocalCluster", "SshCluster", "ApiKeyEntry", "Settings", "load_settings"]
 
 MAX_CONNECTIONS: Final = 32
+
+# The largest output ceiling a setting may name: policy/routes.toml's bound on max_tokens.
+MAX_OUTPUT_CEILING: Final = 2**20
 
 
 class SettingsError(ValueError):
@@ -69,6 +82,21 @@ class ServerSettings:
     port: int = 8080
     request_timeout: float = 300.0
     keepalive_interval: float = 5.0
+    # Seconds a connection may take to send a whole request head, and may stay idle between requests.
+    header_timeout: float = 10.0
+    # Seconds a request may take to send its whole body (a 4 MiB body at 70 KiB/s).
+    body_timeout: float = 60.0
+    # Client connections open at once; each costs buffers and a task, so a flood must not grow without bound.
+    max_connections: int = 1024
+    # Output tokens per choice for a request that names no limit (set on the forwarded body), and per model.
+    max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+    model_max_output_tokens: Mapping[str, int] = field(default_factory=dict)
+    # Seconds GET /v1/sealed/keys answers from its cache (keep it well below the gates' key rotation overlap).
+    sealed_keys_ttl: float = 60.0
+
+    @property
+    def output_ceilings(self) -> OutputCeilings:
+        return OutputCeilings(self.max_output_tokens, dict(self.model_max_output_tokens))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +119,8 @@ class SshCluster:
     connections: int = 2
     keepalive_interval: float = 5.0
     connect_timeout: float = 10.0
+    # Seconds a session may take to answer a ping before it counts as wedged and is replaced.
+    ping_timeout: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +128,7 @@ class ApiKeyEntry:
     user: str
     key_id: str
     sha256: bytes
+    groups: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,12 +174,24 @@ class _Table:
 
 
 def _server(data: Any) -> ServerSettings:
-    table = _Table(data, "server", {"host", "port", "request_timeout", "keepalive_interval"})
+    table = _Table(data, "server", {"host", "port", "request_timeout", "keepalive_interval", "header_timeout",
+                                    "body_timeout", "max_connections", "max_output_tokens", "model_max_output_tokens",
+                                    "sealed_keys_ttl"})
+    models = table.get("model_max_output_tokens", dict, {})
+    for model, ceiling in models.items():
+        if type(ceiling) is not int or not 1 <= ceiling <= MAX_OUTPUT_CEILING:
+            raise SettingsError(f"server.model_max_output_tokens.{model} must be a whole number from 1 to {MAX_OUTPUT_CEILING}")
     return ServerSettings(
         table.get("host", str, "127.0.0.1"),
         table.number("port", int, 1, 65535, 8080),
         table.number("request_timeout", float, 1, 3600, 300.0),
         table.number("keepalive_interval", float, 1, 60, 5.0),
+        table.number("header_timeout", float, 1, 300, 10.0),
+        table.number("body_timeout", float, 1, 3600, 60.0),
+        table.number("max_connections", int, 16, 100_000, 1024),
+        table.number("max_output_tokens", int, 1, MAX_OUTPUT_CEILING, DEFAULT_MAX_OUTPUT_TOKENS),
+        models,
+        table.number("sealed_keys_ttl", float, 0.5, 3600, 60.0),
     )
 
 
@@ -164,7 +207,8 @@ def _cluster(data: Any, where: str, base: Path) -> LocalCluster | SshCluster:
     if kind == "ssh":
         table = _Table(
             data, where,
-            common | {"host", "port", "user", "client_key", "known_hosts", "connections", "keepalive_interval", "connect_timeout"},
+            common | {"host", "port", "user", "client_key", "known_hosts", "connections", "keepalive_interval",
+                      "connect_timeout", "ping_timeout"},
         )
         known_hosts = base / table.get("known_hosts", str)
         client_key = base / table.get("client_key", str)
@@ -177,6 +221,7 @@ def _cluster(data: Any, where: str, base: Path) -> LocalCluster | SshCluster:
             table.number("connections", int, 1, MAX_CONNECTIONS, 2),
             table.number("keepalive_interval", float, 1, 60, 5.0),
             table.number("connect_timeout", float, 1, 120, 10.0),
+            table.number("ping_timeout", float, 1, 300, 15.0),
         )
     raise SettingsError(f"{where}.transport must be 'ssh' or 'local'")
 
@@ -196,7 +241,10 @@ def _mode(table: _Table) -> str:
 
 
 def _api_key(data: Any, where: str) -> ApiKeyEntry:
-    table = _Table(data, where, {"user", "key_id", "sha256"})
+    table = _Table(data, where, {"user", "key_id", "sha256", "groups"})
+    groups = table.get("groups", list, [])
+    if not all(isinstance(g, str) and g and g.isprintable() for g in groups):
+        raise SettingsError(f"{where}.groups must be a list of group names")
     digest = table.get("sha256", str)
     try:
         raw = bytes.fromhex(digest)
@@ -204,7 +252,7 @@ def _api_key(data: Any, where: str) -> ApiKeyEntry:
         raw = b""
     if len(raw) != 32:
         raise SettingsError(f"{where}.sha256 must be 64 hex digits (sha256 of the key)")
-    return ApiKeyEntry(table.get("user", str), table.get("key_id", str), raw)
+    return ApiKeyEntry(table.get("user", str), table.get("key_id", str), raw, frozenset(groups))
 
 
 def parse_settings(data: dict[str, Any], base: Path) -> Settings:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BODY = '{"model":"standin-chat","messages":[{"role":"user","content":"Say hello to the benchmark"}],"max_tokens":8}'
 LUA = """wrk.method = "POST"
@@ -21,14 +24,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_demo(key: str, *options: str) -> tuple[subprocess.Popen[str], str]:
+    """``sluice demo`` on a free port with ``options``; the process and its base URL, once ready."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli", "demo", "--port", str(port), "--api-key", key, *options],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("Sluice demo ready"):
+            return process, f"http://127.0.0.1:{port}"
+    raise SystemExit("the demo did not start")
+
+
 def _ms(text: str) -> float:
     value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(url: str, key: str, connections: int, seconds: int, workdir: Path) -> dict[str, float]:
-    script = workdir / f"post-{connections}.lua"
-    script.write_text(LUA % (key, BODY))
+def wrk(url: str, key: str, connections: int, seconds: int, workdir: Path, body: str = BODY) -> dict[str, float]:
+    script = workdir / f"post-{connections}-{abs(hash((key, body)))}.lua"
+    script.write_text(LUA % (key, body))
     threads = 1 if connections == 1 else 2
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],

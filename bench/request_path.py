@@ -26,22 +26,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import free_port, print_table, wrk  # noqa: E402
+from _load import start_demo as start_demo_on_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_demo(mode: str, key: str) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "demo", "--port", str(port), "--api-key", key, "--mode", mode,
-         "--token-delay", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if line.startswith("Sluice demo ready"):
-            return process, f"http://127.0.0.1:{port}/v1/chat/completions"
-    raise SystemExit("the demo did not start")
+    process, url = start_demo_on_port(key, "--mode", mode, "--token-delay", "0")
+    return process, f"{url}/v1/chat/completions"
 
 
 def stop(process: subprocess.Popen[str]) -> None:
@@ -73,7 +65,8 @@ def main() -> int:
             rows.append(("stand-in directly", connections, wrk(direct, token, connections, args.seconds, workdir)))
         modes = ["mux"] if args.skip_exec else ["mux", "exec"]
         for mode in modes:
-            demo, url = start_demo(mode, key)
+            demo, base = start_demo(mode, key)
+            url = f"{base}/v1/chat/completions"
             try:
                 # Exec mode starts a gate process per request: 32 at once on two
                 # cores only measures the scheduler's queue, so it gets 8.

@@ -14,7 +14,11 @@ import shlex
 from pathlib import Path
 from typing import Final
 
-__all__ = ["authorized_key_line", "KeyLineError"]
+__all__ = ["authorized_key_line", "default_gate_command", "KeyLineError", "ISOLATED"]
+
+# Python's isolated mode, for every process of the cluster side that sshd,
+# the gate or an operator's crontab starts (see :func:`default_gate_command`).
+ISOLATED: Final = ("-I",)
 
 # OpenSSH public key line: type, base64 body, optional comment.
 _PUBKEY: Final = re.compile(r"(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) ([A-Za-z0-9+/]+={0,3})(?: [^\n]*)?")
@@ -44,5 +48,11 @@ def authorized_key_line(pubkey: str, gate_command: str, sources: list[str] | Non
 
 
 def default_gate_command(python: str, config: Path) -> str:
-    """The forced command for a venv's Python and a cluster config path."""
-    return shlex.join([python, "-m", "cluster.cli", "gate", "--config", str(config)])
+    """The forced command for a venv's Python and a cluster config path.
+
+    ``-I`` (isolated mode) keeps the working directory (sshd starts the gate in
+    the account's home) and the script's directory off ``sys.path`` and ignores
+    ``PYTHON*`` variables and the user's site-packages: a ``cluster.py`` or
+    ``sitecustomize.py`` planted in the home is never imported by the gate.
+    """
+    return shlex.join([python, *ISOLATED, "-m", "cluster.cli", "gate", "--config", str(config)])

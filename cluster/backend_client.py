@@ -39,7 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+import logging
+import ssl
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
 from cluster._http1 import (
@@ -53,9 +55,12 @@ from cluster._http1 import (
     parse_response_head,
     response_body_decoder,
 )
+from cluster.tls import check_pin
 from policy.errors import BackendFailed, BackendTimeout, PeerError
 
 __all__ = ["BackendPool", "BackendResponse"]
+
+log = logging.getLogger("sluice.gate")
 
 READ_HIGH_WATER = 256 * 1024
 """Pause reading a backend when this many decoded body bytes wait unread: a
@@ -71,6 +76,11 @@ syscall, one packet for a typical JSON request); larger ones are written
 separately to avoid copying them."""
 
 _CONNECTING, _IDLE, _ACTIVE, _CLOSED = range(4)
+
+# A pooled connection's identity: host, port and the pin of the backend's
+# certificate (None: plain HTTP).  A new job on a reused port never gets an
+# old job's connection.
+_Key = tuple[str, int, str | None]
 _TIMED_OUT = object()
 
 
@@ -82,7 +92,7 @@ def _expire(waiter: asyncio.Future[object]) -> None:
 class _Connection(asyncio.Protocol):
     """One TCP connection to one backend, carrying one exchange at a time."""
 
-    def __init__(self, pool: BackendPool, key: tuple[str, int], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: BackendPool, key: _Key, loop: asyncio.AbstractEventLoop) -> None:
         self._pool = pool
         self.key = key
         self._loop = loop
@@ -261,10 +271,11 @@ class _Connection(asyncio.Protocol):
                         if self.transport is not None and self.state == _ACTIVE:
                             self.transport.resume_reading()
                     return piece
+                if self._error is not None:
+                    # also after the body's end: bytes beyond it (a lying length, garbage) fail the response
+                    raise self._error()
                 if self.body_done:
                     return None
-                if self._error is not None:
-                    raise self._error()
                 await self._wait(self._loop.time() + idle_timeout)
         except BaseException:
             self.abort()
@@ -365,14 +376,29 @@ class _Stale(Exception):
 
 
 class BackendPool:
-    """Keep-alive HTTP/1.1 connections to backends, per (host, port)."""
+    """Keep-alive HTTP/1.1 connections to backends, per (host, port, pin).
 
-    def __init__(self, max_idle_per_backend: int = 32, connect_timeout: float = 5.0) -> None:
+    ``tls`` is the client context of :func:`cluster.tls.client_context` (the
+    gate's certificate, or a job's own for the scheduler's probes).  A request
+    with a ``pin`` goes over TLS and only to a server whose certificate has
+    that pin (:func:`cluster.tls.check_pin`, checked before the request is
+    sent); one without goes over plain HTTP (a static backend the operator
+    configured as ``http://``).  ``tls`` may be a function that returns the
+    context (or None while there is none yet), asked at each new TLS connection.
+    """
+
+    def __init__(
+        self,
+        max_idle_per_backend: int = 32,
+        connect_timeout: float = 5.0,
+        tls: ssl.SSLContext | Callable[[], ssl.SSLContext | None] | None = None,
+    ) -> None:
         if max_idle_per_backend < 0 or connect_timeout <= 0:
             raise ValueError("max_idle_per_backend >= 0 and connect_timeout > 0 are required")
         self._max_idle = max_idle_per_backend
         self._connect_timeout = connect_timeout
-        self._idle: dict[tuple[str, int], collections.deque[_Connection]] = {}
+        self._tls = tls
+        self._idle: dict[_Key, collections.deque[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._closed = False
         self._connects = 0
@@ -391,14 +417,16 @@ class BackendPool:
         body: bytes,
         timeout: float,
         content_type: str = "application/json",
+        pin: str | None = None,
     ) -> BackendResponse:
         """Send one request and return once its response head has arrived.
 
         ``body`` is JSON (sent with Content-Type application/json) or of
         ``content_type`` (a form the gate wrote); an empty
         body on GET/HEAD/DELETE is sent without body fields.  ``timeout``
-        covers connect, send and head; it is also the default idle timeout of
-        the body reads.
+        covers connect (and the TLS handshake), send and head; it is also the
+        default idle timeout of the body reads.  ``pin``: the SHA-256 of the
+        backend's certificate; None for a plain-HTTP backend.
         """
         if self._closed:
             raise BackendFailed()
@@ -415,7 +443,7 @@ class BackendPool:
             payload = [head + body]
         else:
             payload = [head, body]
-        key = (host, port)
+        key = (host, port, pin)
         conn = self._take_idle(key)
         if conn is not None:
             try:
@@ -454,19 +482,32 @@ class BackendPool:
 
     # ---------------------------------------------------------------- internals
 
-    async def _connect(
-        self, loop: asyncio.AbstractEventLoop, key: tuple[str, int], deadline: float
-    ) -> _Connection:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, key: _Key, deadline: float) -> _Connection:
         budget = min(self._connect_timeout, deadline - loop.time())
         if budget <= 0:
             raise BackendTimeout()
+        host, port, pin = key
+        tls = None
+        if pin is not None:
+            tls = self._tls() if callable(self._tls) else self._tls
+            if tls is None:  # a TLS backend, and no identity to show it
+                raise BackendFailed()
         try:
             async with asyncio.timeout(budget):
-                _, conn = await loop.create_connection(lambda: _Connection(self, key, loop), key[0], key[1])
+                if tls is None:
+                    _, conn = await loop.create_connection(lambda: _Connection(self, key, loop), host, port)
+                else:
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(self, key, loop), host, port, ssl=tls, server_hostname=""
+                    )
         except TimeoutError:
             raise BackendTimeout() from None
-        except OSError as exc:
+        except (OSError, ssl.SSLError) as exc:
             raise BackendFailed() from exc
+        if pin is not None and (conn.transport is None or not check_pin(conn.transport.get_extra_info("ssl_object"), pin)):
+            log.warning('{"event":"backend_pin_mismatch","port":%d}', port)
+            conn.abort()
+            raise BackendFailed()
         self._connects += 1
         if self._closed:
             conn.abort()
@@ -492,7 +533,7 @@ class BackendPool:
             raise
         return BackendResponse(self, conn, head, idle_timeout)
 
-    def _take_idle(self, key: tuple[str, int]) -> _Connection | None:
+    def _take_idle(self, key: _Key) -> _Connection | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()  # most recently used first: least likely to be stale

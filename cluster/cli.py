@@ -3,7 +3,8 @@
 ``gate`` is the forced command of the appliance's SSH key; ``scheduler`` runs
 the scheduler loop, or one Slurm pass with ``--once`` (what the gate's pings
 start); ``status`` shows services, jobs and the routing table;
-``authorized-key`` prints the key line.  Arguments come from the operator
+``authorized-key`` prints the key line; ``tls init`` makes the gate's TLS
+client key and certificate (see :mod:`cluster.tls`).  Arguments come from the operator
 (authorized_keys, service files), never from a request.
 """
 
@@ -14,6 +15,7 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 from .config import ConfigError, load_config
 
@@ -52,22 +54,35 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _audited(directory: Path, kind: str, subject: str, **details: str | int) -> None:
+    """Append the key event to the cluster side's audit trail; a failure is loud (exit 1), the key stays."""
+    from .audit import append_event
 
+    try:
+        append_event(directory, kind, subject, **details)
+    except OSError as exc:
+        print(f"sluice-cluster: done, but its audit record could not be written: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _keys(args: argparse.Namespace) -> int:
     from sluice_sdk.errors import KeyConfigError
 
     from . import sealed_keys
 
     config = Path(args.config)
     load_config(config)
+    audit_dir = sealed_keys.keys_dir(config)
     try:
         if args.action == "create":
             key = sealed_keys.create(config)
+            _audited(audit_dir, "sealed_keys_created", f"key:{key.key_id}", fingerprint=key.config.fingerprint())
             print(f"created key {key.key_id}, fingerprint {key.config.fingerprint()}")
         elif args.action == "rotate":
             overlap = sealed_keys.DEFAULT_OVERLAP if args.overlap is None else args.overlap
             key = sealed_keys.rotate(config, overlap)
+            _audited(audit_dir, "sealed_keys_rotated", f"key:{key.key_id}", fingerprint=key.config.fingerprint(),
+                         overlap_s=int(overlap))
             print(f"key {key.key_id} is current, fingerprint {key.config.fingerprint()}")
         else:
             for row in sealed_keys.describe(config):
@@ -75,6 +90,22 @@ def _keys(args: argparse.Namespace) -> int:
     except (KeyConfigError, OSError) as exc:
         print(f"sluice-cluster: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _tls(args: argparse.Namespace) -> int:
+    from .tls import TlsError, init_gate_identity
+
+    config = load_config(args.config)
+    try:
+        identity, made = init_gate_identity(config.gate.tls)
+    except (TlsError, OSError) as exc:
+        print(f"sluice-cluster: {exc}", file=sys.stderr)
+        return 2
+    print(f"{'created' if made else 'kept'} the gate's TLS key {identity.key} and certificate {identity.cert}")
+    if not config.split_accounts:
+        print("warning: single-account mode: jobs run as this account and can read this key "
+              "(see docs/operator-slurm.md, Two accounts)", file=sys.stderr)
     return 0
 
 
@@ -117,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_argument("action", choices=("create", "rotate", "list"))
     keys.add_argument("--config", required=True)
     keys.add_argument("--overlap", type=float, default=None, help="seconds the old key stays accepted (rotate)")
+    tls = commands.add_parser("tls", help="the gate's TLS client key and certificate (jobs accept only it)")
+    tls.add_argument("action", choices=("init",))
+    tls.add_argument("--config", required=True)
     args = parser.parse_args(argv)
     # the scheduler's lines go to its log file: give them a time
     timed = "%(asctime)s %(message)s" if args.command == "scheduler" else "%(message)s"
@@ -130,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return _authorized_key(args)
         if args.command == "keys":
             return _keys(args)
+        if args.command == "tls":
+            return _tls(args)
     except ConfigError as exc:
         print(f"sluice-cluster: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,9 @@ See ``docs/operator-slurm.md`` for a complete, commented example.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +55,13 @@ TEMPLATES_DIR: Final = Path(__file__).resolve().parent / "templates"
 
 # Placeholders the scheduler itself fills in a job template; operator
 # variables (``vars``) may not shadow them.
-BUILTIN_PLACEHOLDERS: Final = frozenset({"port", "token", "model", "job_name", "python"})
+BUILTIN_PLACEHOLDERS: Final = frozenset(
+    {"port", "token", "model", "job_name", "python", "tls_keyfile", "tls_certfile", "tls_ca"}
+)
+
+# The job's TLS files (see cluster/tls.py): a template or local command must
+# pass all three to its server, unless the service says unsafe_plain_http.
+TLS_PLACEHOLDERS: Final = ("tls_keyfile", "tls_certfile", "tls_ca")
 
 # ``{name}`` not preceded by ``$`` (so a shell's ``${name}`` stays as it is).
 PLACEHOLDER: Final = re.compile(r"(?<!\$)\{([a-z_][a-z0-9_]{0,31})\}")
@@ -86,6 +94,7 @@ class StaticBackend:
     port: int
     routes: tuple[str, ...]
     token: str | None = field(default=None, repr=False)
+    pin: str | None = None  # https: SHA-256 of the server's certificate (its server_cert file)
     revision: str | None = None  # the operator's name for the weights (a revision or hash)
 
 
@@ -163,6 +172,9 @@ class Service:
     hold_timeout: float = 300.0
     schedule: tuple[SchedulePeriod, ...] = ()
     priority: int = 0
+    # **Unsafe**: the job serves plain HTTP, so every path but vLLM's /v1 is
+    # open to anyone on the cluster network.  Logged on every submission.
+    unsafe_plain_http: bool = False
     revision: str | None = None  # the operator's name for the weights (a revision or hash)
 
     @property
@@ -177,10 +189,25 @@ class GateSettings:
     request_timeout: float = 300.0
     connect_timeout: float = 5.0
     state_dir: Path | None = None  # None: "state" next to the routing table
+    # The gate's TLS client key and certificate (``sluice-cluster tls init``).
+    tls_dir: Path | None = None  # the loader's default: "gate-tls" next to the configuration file
+    # Two accounts (see docs/operator-slurm.md, "Two accounts"): the directory
+    # the gate and the scheduler's account share (load files, kicks, the
+    # routing table).  None: one account runs both (weaker, logged).
+    spool_dir: Path | None = None
 
     @property
     def state(self) -> Path:
         return self.state_dir if self.state_dir is not None else self.routing_table.parent / "state"
+
+    @property
+    def shared(self) -> Path:
+        """Where the gate leaves what the scheduler reads: its load files and kicks."""
+        return self.spool_dir if self.spool_dir is not None else self.state
+
+    @property
+    def tls(self) -> Path:
+        return self.tls_dir if self.tls_dir is not None else self.routing_table.parent / "gate-tls"
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +233,7 @@ class SlurmSettings:
     slurm_conf: Path | None = None
     node_host: str = "{node}"
     log_dir: Path | None = None  # None: "logs" in the state directory
+    job_dir: Path | None = None  # None: "jobs" in the state directory (the jobs' TLS files)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +266,16 @@ class ClusterConfig:
     @property
     def log_dir(self) -> Path:
         return self.slurm.log_dir if self.slurm.log_dir is not None else self.gate.state / "logs"
+
+    @property
+    def job_dir(self) -> Path:
+        """Each job's private directory (its TLS key) lives here; the nodes must read it."""
+        return self.slurm.job_dir if self.slurm.job_dir is not None else self.gate.state / "jobs"
+
+    @property
+    def split_accounts(self) -> bool:
+        """Whether the gate and the jobs run as two accounts (``gate.spool_dir`` set)."""
+        return self.gate.spool_dir is not None
 
 
 def _get(table: dict[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
@@ -294,18 +332,38 @@ def _routes(table: dict[str, Any], where: str) -> tuple[str, ...]:
     return tuple(routes)
 
 
+def _server_pin(table: dict[str, Any], where: str, base: Path, https: bool) -> str | None:
+    """The pin of a static backend's certificate (``server_cert``, PEM): https only."""
+    cert_file = _get(table, "server_cert", str, where, None)
+    if not https:
+        if cert_file is not None:
+            raise ConfigError(f"{where}.server_cert needs an https:// url")
+        return None
+    if cert_file is None:
+        raise ConfigError(f"{where}: an https:// backend needs server_cert (its certificate, PEM: the gate pins it)")
+    try:
+        pem = (base / cert_file).read_text(encoding="ascii")
+        der = ssl.PEM_cert_to_DER_cert(pem.strip() + "\n")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{where}.server_cert: cannot read a PEM certificate ({exc})") from None
+    return hashlib.sha256(der).hexdigest()
+
+
 def _static(table: dict[str, Any], where: str, base: Path) -> StaticBackend:
-    _check_keys(table, {"model", "url", "routes", "token_file", "revision"}, where)
+    _check_keys(table, {"model", "url", "routes", "token_file", "server_cert", "revision"}, where)
     url = urlsplit(_get(table, "url", str, where))
-    if url.scheme != "http" or not url.hostname or url.path not in ("", "/") or url.query or url.username:
-        raise ConfigError(f"{where}.url must be http://HOST:PORT (no path, query or credentials)")
+    if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query or url.username:
+        raise ConfigError(f"{where}.url must be https://HOST:PORT or http://HOST:PORT (no path, query or credentials)")
+    https = url.scheme == "https"
+    pin = _server_pin(table, where, base, https)
     token = None
     token_file = _get(table, "token_file", str, where, None)
     if token_file is not None:
         token = (base / token_file).read_text(encoding="ascii").strip()
         if not token or not token.isprintable() or " " in token:
             raise ConfigError(f"{where}.token_file must hold one printable token")
-    return StaticBackend(_model(table.get("model"), where), url.hostname, url.port or 80, _routes(table, where), token,
+    port = url.port or (443 if https else 80)
+    return StaticBackend(_model(table.get("model"), where), url.hostname, port, _routes(table, where), token, pin,
                          _revision(table, where))
 
 
@@ -385,7 +443,9 @@ def template_placeholders(text: str) -> set[str]:
     return set(PLACEHOLDER.findall(text))
 
 
-def _template(table: dict[str, Any], where: str, base: Path) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+def _template(
+    table: dict[str, Any], where: str, base: Path, plain: bool
+) -> tuple[str, str, tuple[tuple[str, str], ...]]:
     name = _get(table, "template", str, where, None)
     path_value = _get(table, "template_file", str, where, None)
     if name is not None and path_value is not None:
@@ -415,9 +475,10 @@ def _template(table: dict[str, Any], where: str, base: Path) -> tuple[str, str, 
             raise ConfigError(f"{where}.vars.{key} must be one line of text")
     merged = {**{k: v.strip() for k, v in defaults.items()}, **variables}
     used = template_placeholders(text)
-    for required in ("port", "token"):
+    for required in ("port", "token", *(() if plain else TLS_PLACEHOLDERS)):
         if required not in used:
-            raise ConfigError(f"{where}: job template {label} must use {{{required}}}")
+            hint = "" if required in ("port", "token") else " (the job's TLS files), or set unsafe_plain_http = true"
+            raise ConfigError(f"{where}: job template {label} must use {{{required}}}{hint}")
     missing = sorted(used - BUILTIN_PLACEHOLDERS - set(merged))
     if missing:
         raise ConfigError(f"{where}: job template {label} uses {{{missing[0]}}}: set it in {where}.vars")
@@ -437,7 +498,8 @@ def _service(name: str, table: dict[str, Any], where: str, base: Path, request_t
     if backend not in ("local", "slurm"):
         raise ConfigError(f"{where}.backend must be 'local' or 'slurm'")
     own = {"command"} if backend == "local" else _SLURM_KEYS
-    _check_keys(table, {"routes", "backend", "revision"} | own | _POLICY_KEYS, where)
+    _check_keys(table, {"routes", "backend", "revision", "unsafe_plain_http"} | own | _POLICY_KEYS, where)
+    plain = _get(table, "unsafe_plain_http", bool, where, False)
     model = _model(name, where)
     command: tuple[str, ...] = ()
     template, template_name, variables = "", "", ()
@@ -447,8 +509,15 @@ def _service(name: str, table: dict[str, Any], where: str, base: Path, request_t
         if not argv or not all(isinstance(a, str) for a in argv):
             raise ConfigError(f"{where}.command must be a non-empty list of strings")
         command = tuple(argv)
+        used = set().union(*(template_placeholders(a) for a in argv))
+        missing = [name for name in TLS_PLACEHOLDERS if name not in used]
+        if missing and not plain:
+            raise ConfigError(
+                f"{where}.command must pass {{{missing[0]}}} (the job's TLS files) to the server, "
+                "or set unsafe_plain_http = true"
+            )
     else:
-        template, template_name, variables = _template(table, where, base)
+        template, template_name, variables = _template(table, where, base, plain)
         resources = _resources(_get(table, "resources", dict, where, {}), f"{where}.resources")
         time_limit = _time_limit(table.get("time_limit"), where)
     low = _get(table, "min_instances", int, where, 1)
@@ -502,6 +571,7 @@ def _service(name: str, table: dict[str, Any], where: str, base: Path, request_t
         hold_timeout=_number(table, "hold_timeout", where, min(300.0, request_timeout), 0, MAX_REQUEST_TIMEOUT),
         schedule=_schedule(_get(table, "schedule", list, where, []), where, low, high),
         priority=priority,
+        unsafe_plain_http=plain,
         revision=_revision(table, where),
     )
 
@@ -536,7 +606,9 @@ def _scheduler(table: dict[str, Any]) -> SchedulerSettings:
 
 def _slurm(table: dict[str, Any], base: Path) -> SlurmSettings:
     where = "slurm"
-    _check_keys(table, {"sbatch", "squeue", "scancel", "command_timeout", "slurm_conf", "node_host", "log_dir"}, where)
+    _check_keys(
+        table, {"sbatch", "squeue", "scancel", "command_timeout", "slurm_conf", "node_host", "log_dir", "job_dir"}, where
+    )
     commands = {}
     for key in ("sbatch", "squeue", "scancel"):
         value = _get(table, key, str, where, key)
@@ -548,7 +620,9 @@ def _slurm(table: dict[str, Any], base: Path) -> SlurmSettings:
         raise ConfigError("slurm.node_host must be a host name, optionally with {node} (e.g. '{node}.ib.cluster')")
     conf = _get(table, "slurm_conf", str, where, None)
     log_dir = _get(table, "log_dir", str, where, None)
+    job_dir = _get(table, "job_dir", str, where, None)
     return SlurmSettings(
+        job_dir=None if job_dir is None else base / job_dir,
         command_timeout=_number(table, "command_timeout", where, 30.0, 1, 600),
         slurm_conf=None if conf is None else base / conf,
         node_host=node_host,
@@ -568,15 +642,22 @@ def load_config(path: str | Path) -> ClusterConfig:
     _check_keys(data, {"gate", "backends", "services", "scheduler", "slurm"}, "config")
     base = path.parent
     gate_table = _get(data, "gate", dict, "config")
-    _check_keys(gate_table, {"routing_table", "request_timeout", "connect_timeout", "state_dir"}, "gate")
+    _check_keys(
+        gate_table, {"routing_table", "request_timeout", "connect_timeout", "state_dir", "tls_dir", "spool_dir"}, "gate"
+    )
     timeout = _get(gate_table, "request_timeout", float, "gate", 300.0)
     connect = _get(gate_table, "connect_timeout", float, "gate", 5.0)
     if not 0 < timeout <= MAX_REQUEST_TIMEOUT or not 0 < connect <= 60:
         raise ConfigError("gate.request_timeout must be in (0, 3600] and gate.connect_timeout in (0, 60]")
-    state_dir = _get(gate_table, "state_dir", str, "gate", None)
-    gate = GateSettings(
-        base / _get(gate_table, "routing_table", str, "gate"), timeout, connect, None if state_dir is None else base / state_dir
-    )
+    paths = {key: _get(gate_table, key, str, "gate", None) for key in ("state_dir", "tls_dir", "spool_dir")}
+    state_dir, tls_dir, spool_dir = (None if value is None else base / value for value in paths.values())
+    tls_dir = tls_dir or base / "gate-tls"  # beside sealed-keys/: the gate's, not in the spool
+    gate = GateSettings(base / _get(gate_table, "routing_table", str, "gate"), timeout, connect, state_dir, tls_dir, spool_dir)
+    if spool_dir is not None:
+        if gate.routing_table.parent != spool_dir:
+            raise ConfigError("gate.routing_table must be in gate.spool_dir (the scheduler's account writes it there)")
+        if gate.state == spool_dir or gate.state.is_relative_to(spool_dir):
+            raise ConfigError("gate.state_dir must not be in gate.spool_dir: it is private to the scheduler's account")
     static = tuple(_static(entry, f"backends[{i}]", base) for i, entry in enumerate(_get(data, "backends", list, "config", [])))
     services = tuple(
         _service(name, table, f"services.{name}", base, timeout)

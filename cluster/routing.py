@@ -8,7 +8,8 @@ their models in under a lock (:func:`update_table`).
 
 :class:`Router` is the gate's view: static backends from the configuration
 plus the table, reloaded when it changes, and least-outstanding-requests
-selection among the ready instances of a model.  A request for a scheduled
+selection among the ready instances of a model, counted over every gate
+process on the host (:mod:`.inflight`).  A request for a scheduled
 model with no ready instance is held (:meth:`Router.wait_acquire`): a bounded
 number per model, for a bounded time, while the scheduler starts one.  The
 router also counts what it serves and holds, per model and per instance, for
@@ -32,8 +33,10 @@ from typing import Any, Final
 from policy.errors import NoBackend
 
 from .config import ClusterConfig, Service
+from .inflight import SharedInFlight
 from .scheduler.load import LoadMeter
 from .scheduler.plan import effective_limits
+from .tls import valid_pin
 
 __all__ = ["Instance", "TableError", "read_table", "write_table", "update_table", "Router"]
 
@@ -61,30 +64,39 @@ class TableError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Instance:
-    """One ready server of a model.  The token is the backend's bearer token."""
+    """One ready server of a model.  The token is the backend's bearer token; the pin,
+    the SHA-256 of its TLS certificate (None: plain HTTP, see :mod:`cluster.tls`)."""
 
     id: str
     host: str
     port: int
     token: str | None = field(default=None, repr=False)
+    pin: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "host": self.host, "port": self.port, "token": self.token}
+        return {"id": self.id, "host": self.host, "port": self.port, "token": self.token, "pin": self.pin}
 
     @classmethod
     def from_json(cls, item: Any) -> Instance:
-        if not isinstance(item, dict) or set(item) != {"id", "host", "port", "token"}:
+        # "pin" may be missing: a table written before TLS (plain HTTP)
+        if not isinstance(item, dict) or not _REQUIRED <= set(item) <= _REQUIRED | {"pin"}:
             raise TableError("instance entry")
-        ident, host, port, token = item["id"], item["host"], item["port"], item["token"]
+        ident, host, port, token, pin = item["id"], item["host"], item["port"], item["token"], item.get("pin")
         if not (isinstance(ident, str) and isinstance(host, str) and host and isinstance(port, int)):
             raise TableError("instance fields")
         if not 0 < port < 65536 or not (token is None or isinstance(token, str)):
             raise TableError("instance fields")
-        return cls(ident, host, port, token)
+        if pin is not None and not valid_pin(pin):
+            raise TableError("instance pin")
+        return cls(ident, host, port, token, pin)
 
 
-def write_table(path: Path, models: Mapping[str, Iterable[Instance]]) -> None:
-    """Replace the table at ``path`` atomically; readable by its owner only."""
+_REQUIRED: Final = frozenset({"id", "host", "port", "token"})
+
+
+def write_table(path: Path, models: Mapping[str, Iterable[Instance]], mode: int = 0o600) -> None:
+    """Replace the table at ``path`` atomically; readable by its owner only, or also by
+    its group with ``mode`` 0o640 (two accounts: the gate reads what the scheduler writes)."""
     document = {
         "version": TABLE_VERSION,
         "models": {name: [i.to_json() for i in instances] for name, instances in sorted(models.items())},
@@ -93,6 +105,7 @@ def write_table(path: Path, models: Mapping[str, Iterable[Instance]]) -> None:
     fd, temp = tempfile.mkstemp(prefix=".routing-", dir=path.parent)  # mode 0600
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -113,7 +126,7 @@ def _table_lock(path: Path) -> Iterator[None]:
 
 
 def update_table(
-    path: Path, models: Mapping[str, Iterable[Instance]], known: set[str], lock: Path
+    path: Path, models: Mapping[str, Iterable[Instance]], known: set[str], lock: Path, mode: int = 0o600
 ) -> bool:
     """Set the entries of ``models``, drop models not in ``known``, keep the others.
 
@@ -131,7 +144,7 @@ def update_table(
         merged.update(wanted)
         if merged == current and path.exists():
             return False
-        write_table(path, merged)
+        write_table(path, merged, mode)
         return True
 
 
@@ -164,12 +177,12 @@ def read_table(path: Path) -> dict[str, tuple[Instance, ...]]:
 class Router:
     """Picks an instance for a model: least outstanding requests first."""
 
-    def __init__(self, config: ClusterConfig, clock: Any = time.monotonic) -> None:
+    def __init__(self, config: ClusterConfig, clock: Any = time.monotonic, shared: bool = True) -> None:
         self._path = config.gate.routing_table
         self._clock = clock
         self._static: dict[str, tuple[Instance, ...]] = {}
         for backend in config.static:
-            instance = Instance(f"static:{backend.model}", backend.host, backend.port, backend.token)
+            instance = Instance(f"static:{backend.model}", backend.host, backend.port, backend.token, backend.pin)
             self._static[backend.model] = (instance,)
         self.routes = config.model_routes()
         self._services: dict[str, Service] = {s.model: s for s in config.services}
@@ -181,8 +194,13 @@ class Router:
         self._held: dict[str, int] = {}
         self._quarantined: dict[str, float] = {}
         self._meter: LoadMeter | None = None
+        # Counts of every gate process on this host, so that they balance together.
+        # (Scheduled models only: a static backend is one instance, with nothing to choose.)
+        self._shared: SharedInFlight | None = None
+        if shared and self._services:
+            self._shared = SharedInFlight(config.gate.state)
         if self._services:
-            self._meter = LoadMeter(config.gate.state / "load")
+            self._meter = LoadMeter(config.gate.shared / "load", shared=config.split_accounts)
         self.reload()
 
     def reload(self) -> None:
@@ -225,7 +243,11 @@ class Router:
         if not candidates:
             return None
         outstanding = self._outstanding
-        best = min(candidates, key=lambda i: outstanding.get(i.id, 0))
+        if self._shared is not None and self.scheduled(model):
+            chosen = self._shared.acquire([i.id for i in candidates], outstanding)
+            best = next(i for i in candidates if i.id == chosen)
+        else:
+            best = min(candidates, key=lambda i: outstanding.get(i.id, 0))
         outstanding[best.id] = outstanding.get(best.id, 0) + 1
         if self._meter is not None and model in self._services:
             self._model_of[best.id] = model
@@ -290,6 +312,8 @@ class Router:
         self._quarantined[instance.id] = self._clock() + QUARANTINE
 
     def release(self, instance: Instance) -> None:
+        if self._shared is not None and not instance.id.startswith("static:"):
+            self._shared.release(instance.id)
         left = self._outstanding.get(instance.id, 0) - 1
         if left > 0:
             self._outstanding[instance.id] = left

@@ -6,7 +6,9 @@ which says which key is current and until when each retired key is still
 accepted.  Rotation makes a new key current and keeps the old one accepted
 for an overlap window, so that clients holding the old configuration keep
 working while they fetch the new one; after the window its file is deleted
-(forward secrecy for what was sealed to it).
+(forward secrecy for what was sealed to it): by the next rotation, and by
+every gate that loads the ring (:func:`purge_expired`; a long-lived gate
+reloads the ring when a retired key's window ends).
 
     sluice-cluster keys create  --config cluster.toml
     sluice-cluster keys rotate  --config cluster.toml [--overlap 86400]
@@ -16,6 +18,8 @@ working while they fetch the new one; after the window its file is deleted
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import tempfile
 import time
@@ -25,13 +29,15 @@ from typing import Final
 from sluice_sdk.errors import KeyConfigError
 from sluice_sdk.keys import GatewayKey, KeyRing, generate_key, load_private_key, save_private_key
 
-__all__ = ["keys_dir", "create", "rotate", "load_ring", "ring_stamp", "describe", "DEFAULT_OVERLAP"]
+__all__ = ["keys_dir", "create", "rotate", "load_ring", "purge_expired", "ring_stamp", "describe", "DEFAULT_OVERLAP"]
 
 # Clients refetch the key configuration at least daily; a day of overlap lets
 # every client move to a new key without a failed request.
 DEFAULT_OVERLAP: Final = 24 * 3600.0
 
 _RING: Final = "ring.json"
+
+log = logging.getLogger("sluice.gate")
 
 
 def keys_dir(config_path: Path) -> Path:
@@ -85,13 +91,37 @@ def ring_stamp(config_path: Path) -> tuple[int, int] | None:
     return (stat.st_mtime_ns, stat.st_ino)
 
 
+def _delete_expired(directory: Path, retired: dict[int, float], now: float) -> float:
+    """Delete the files of retired keys whose window ended; the next window's end (inf: none)."""
+    for key_id, until in retired.items():
+        if until <= now:
+            try:
+                _key_file(directory, key_id).unlink(missing_ok=True)
+            except OSError as exc:
+                log.error('{"event":"expired_key_not_deleted","key_id":%d,"error":"%s"}', key_id, type(exc).__name__)
+    return min((until for until in retired.values() if until > now), default=math.inf)
+
+
+def purge_expired(config_path: Path, clock: object = time.time) -> float:
+    """Delete the private key files of retired keys past their window (the ring
+    keeps naming them as expired); returns when the next retired key expires."""
+    directory = keys_dir(config_path)
+    if not (directory / _RING).exists():
+        return math.inf
+    _, retired = _read_ring(directory)
+    return _delete_expired(directory, retired, clock())  # type: ignore[operator]
+
+
 def load_ring(config_path: Path, clock: object = time.time) -> KeyRing | None:
-    """The key ring, or None where no keys were created (sealed requests are then refused)."""
+    """The key ring, or None where no keys were created (sealed requests are then refused).
+
+    Retired keys past their window are not loaded, and their files are deleted."""
     directory = keys_dir(config_path)
     if not (directory / _RING).exists():
         return None
     current, retired = _read_ring(directory)
     now = clock()  # type: ignore[operator]
+    _delete_expired(directory, retired, now)
     live = [(load_private_key(_key_file(directory, k)), until) for k, until in retired.items() if until > now]
     return KeyRing(load_private_key(_key_file(directory, current)), retired=live, clock=clock)  # type: ignore[arg-type]
 
@@ -104,14 +134,13 @@ def rotate(config_path: Path, overlap: float = DEFAULT_OVERLAP) -> GatewayKey:
         raise KeyConfigError("no keys yet: run 'sluice-cluster keys create'")
     _, retired = _read_ring(directory)
     now = time.time()
+    # Before the new key is written: its id may be an expired key's (the lowest free id).
+    _delete_expired(directory, retired, now)
     new = generate_key(ring.next_key_id())
     save_private_key(new, _key_file(directory, new.key_id))
     kept = {k: until for k, until in retired.items() if until > now}
     kept[ring.current.key_id] = now + overlap
     _write_ring(directory, new.key_id, kept)
-    for key_id, until in retired.items():
-        if until <= now:
-            _key_file(directory, key_id).unlink(missing_ok=True)
     return new
 
 

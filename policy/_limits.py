@@ -30,6 +30,14 @@ MAX_NUMBER_CHARS: Final = 64
 # which bounds the declared length of every body.
 MAX_ROUTE_BODY_BYTES: Final = 8 * 1024 * 1024
 
+# Bytes a sealed request may add to its route's limit: the RFC 9458 header
+# and HPKE enc (about 40 bytes), the AEAD tag (16), the Binary HTTP framing of
+# the inner request's method, path and headers (bounded by the client's few
+# fields), and for chunked OHTTP a length and a tag per chunk (about 20 bytes
+# per 16 KiB chunk, under 6 KiB for the largest route).  64 KiB covers all of
+# it with room; the inner body is then checked against the route's own limit.
+SEALING_OVERHEAD: Final = 64 * 1024
+
 # The longest model name: request.abnf's `model-name` is 1 to 128 characters,
 # and the body's model must be comparable with the one in the `call` line.
 MAX_MODEL_CHARS: Final = 128

@@ -63,7 +63,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from .errors import BodyRejected, Disallowed
 
@@ -73,6 +73,7 @@ __all__ = [
     "MAX_NUMBER_CHARS",
     "MAX_ROUTE_BODY_BYTES",
     "MAX_MODEL_CHARS",
+    "SEALING_OVERHEAD",
     "DEFAULT_ROUTES_PATH",
     "RESPONSES",
     "CheckedBody",
@@ -95,9 +96,11 @@ from ._limits import (
     MAX_MODEL_CHARS,
     MAX_NUMBER_CHARS,
     MAX_ROUTE_BODY_BYTES,
+    SEALING_OVERHEAD,
 )
 from ._forms import SCALAR_KINDS, form_body, form_object
 from ._responses import DIALECTS, RESPONSES, SERVER_STATE_FIELDS, forward_responses, prepare_responses
+from .grammar import MAX_BODY_BYTES
 from ._schema import _ROUTE_KEYS, _Check, _Compiler, _fail
 from ._strict_json import _ENCODER, _as_bytes, _decode, _serialize, parse_json
 from .multipart import FormSpec, boundary_of, parse_form
@@ -109,6 +112,9 @@ from .multipart import FormSpec, boundary_of, parse_form
 # Route keys that may be left out.
 _OPTIONAL_ROUTE_KEYS = frozenset({"dialect", "body", "file_field", "max_file_bytes"})
 _BODY_KINDS = frozenset({"json", "multipart"})
+# What the gate asks of every streamed request: the final usage, and usage so
+# far on each chunk, so that a stream cut short is metered with what it delivered.
+_FORCED_USAGE: Final = {"include_usage": True, "continuous_usage_stats": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +134,9 @@ class CheckedBody:
     # None when the client set none.
     max_tokens: int | None
     body: bytes = field(repr=False)
+    # Whether the client asked for usage so far on every chunk
+    # (stream_options.continuous_usage_stats); the forwarded body may force it on.
+    continuous_usage: bool = False
     # The forwarded body's media type (a form's names the gate's own boundary).
     content_type: str = "application/json"
     # Seconds of audio in a form's file, where its container header says (else None).
@@ -171,15 +180,26 @@ class Route:
         if force_usage and stream:
             obj = {**obj, "stream_include_usage": True}
         body, media = form_body(obj, form, self.form.file_field)
-        return CheckedBody(obj["model"], stream, include_usage, None, body, media, form.file.audio.seconds)
+        return CheckedBody(obj["model"], stream, include_usage, None, body, content_type=media,
+                           audio_seconds=form.file.audio.seconds)
+
+    def max_request_bytes(self, sealed: bool) -> int:
+        """The most bytes a request to this route may declare: the one limit that
+        the appliance (reading the client's body) and the gate (reading the
+        ``call`` or ``sealed`` line) both apply.  A sealed request may add
+        :data:`SEALING_OVERHEAD`, within the grammar's ``MAX_BODY_BYTES``."""
+        if not sealed:
+            return self.max_body_bytes
+        return min(self.max_body_bytes + SEALING_OVERHEAD, MAX_BODY_BYTES)
 
     def check(self, data: bytes, *, force_usage: bool = False) -> CheckedBody:
         """Parse ``data`` as strict JSON, check it against this route, re-serialize it.
 
         With ``force_usage``, a streamed request's forwarded body has
-        ``stream_options.include_usage`` set to true (the gate meters every
-        stream); :attr:`CheckedBody.include_usage` still says what the client
-        asked for, so the gate knows whether to pass the usage chunk on.
+        ``stream_options.include_usage`` and ``continuous_usage_stats`` set to
+        true (the gate meters every stream, also one cut short);
+        :attr:`CheckedBody.include_usage` and ``continuous_usage`` still say
+        what the client asked for, so the gate knows what to pass on.
 
         Raises :class:`~policy.errors.BodyRejected` (codes in the module doc).
         A form route's body goes to :meth:`check_form`.
@@ -199,6 +219,7 @@ class Route:
         if options is not None and not stream:
             raise BodyRejected("stream_options_without_stream", _POLICY)
         include_usage = options is not None and options.get("include_usage") is True
+        continuous = options is not None and options.get("continuous_usage_stats") is True
         limit = obj.get("max_completion_tokens")
         if limit is None:
             limit = obj.get("max_tokens")
@@ -207,10 +228,10 @@ class Route:
         if self.dialect == RESPONSES:
             # Usage always comes in the stream's response.completed event.
             return CheckedBody(obj["model"], stream, stream, limit, _serialize(forward_responses(obj)))
-        if force_usage and stream and not include_usage:
-            obj = {**obj, "stream_options": {**(options or {}), "include_usage": True}}
+        if force_usage and stream and not (include_usage and continuous):
+            obj = {**obj, "stream_options": {**(options or {}), **_FORCED_USAGE}}
         # Serializing also refuses lone surrogates (they cannot be UTF-8).
-        return CheckedBody(obj["model"], stream, include_usage, limit, _serialize(obj))
+        return CheckedBody(obj["model"], stream, include_usage, limit, _serialize(obj), continuous)
 
     def with_model(self, data: bytes, model: str, *, content_type: str | None = None) -> bytes:
         """``data`` (already checked) naming ``model`` instead: an alias resolved by the appliance.

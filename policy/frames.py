@@ -20,6 +20,7 @@ __all__ = [
     "HEADER",
     "MAX_PAYLOAD",
     "MAX_STREAM_ID",
+    "MAX_STREAMS",
     "Kind",
     "Frame",
     "FrameDecoder",
@@ -37,6 +38,12 @@ MAX_PAYLOAD: Final = 64 * 1024
 # Stream ids are 31-bit and nonzero; 0 names the session itself (GOAWAY).
 MAX_STREAM_ID: Final = 2**31 - 1
 
+# Concurrent streams in one session, enforced by the gate: far above what one
+# appliance session needs (the appliance caps its own streams per session below
+# this and spreads the rest), low enough to bound the gate's memory.  A stream
+# past it is refused on its own (ERROR ``503 too_many_streams``), the session lives on.
+MAX_STREAMS: Final = 256
+
 # The longest error or status payload the gate sends: short codes only.
 MAX_CODE: Final = 64
 
@@ -52,13 +59,14 @@ class Kind(IntEnum):
     # gate -> appliance
     HEAD = 0x81  # payload: "<3-digit status> <media>", media in MEDIA_TYPES
     BODY = 0x82  # payload: response body bytes (1..MAX_PAYLOAD)
-    END = 0x83  # payload: usage JSON object, or empty
+    END = 0x83  # payload: usage JSON object, or empty; also the answer to a CANCEL
     ERROR = 0x84  # payload: a short error code; ends the stream
     GOAWAY = 0x85  # stream 0, payload: a short error code; ends the session
+    USAGE = 0x86  # payload: usage JSON object (usage so far), just before an ERROR
 
 
 CLIENT_KINDS: Final = frozenset({Kind.OPEN, Kind.DATA, Kind.CANCEL})
-GATE_KINDS: Final = frozenset({Kind.HEAD, Kind.BODY, Kind.END, Kind.ERROR, Kind.GOAWAY})
+GATE_KINDS: Final = frozenset({Kind.HEAD, Kind.BODY, Kind.END, Kind.ERROR, Kind.GOAWAY, Kind.USAGE})
 
 # The largest payload each kind may carry, and the smallest.
 _PAYLOAD_BOUNDS: Final = {
@@ -70,6 +78,7 @@ _PAYLOAD_BOUNDS: Final = {
     Kind.END: (0, MAX_USAGE),
     Kind.ERROR: (1, MAX_CODE),
     Kind.GOAWAY: (1, MAX_CODE),
+    Kind.USAGE: (2, MAX_USAGE),
 }
 
 

@@ -9,9 +9,12 @@ authenticated:
    that it is within ``window_seconds`` of its own clock, either way (RFC 9458
    Section 6.5.1).  A request outside the window is refused outright.
 2. :meth:`ReplayGuard.check`: the request's ``enc`` (its encapsulated HPKE key,
-   fresh and high-entropy for every request) is remembered for the window; the
-   same ``enc`` again within it is a replay.  After the window, forgetting it is
-   safe because step 1 then refuses the request.
+   fresh and high-entropy for every request) is remembered; the same ``enc``
+   again is a replay.  A request is accepted until its date plus the window,
+   and its date may lie up to the window ahead of the clock, so an ``enc`` is
+   remembered for twice the window (:func:`retention`): forgetting it earlier
+   would let a request dated ahead be replayed once the entry expired.  After
+   that, forgetting it is safe because step 1 then refuses the request.
 
 The gate must run the checks only *after* decapsulation succeeded, so that
 unauthenticated garbage cannot fill the memory, and in this order.  Memory is
@@ -34,7 +37,7 @@ from collections.abc import Callable
 
 from .errors import SealError
 
-__all__ = ["ReplayGuard", "http_date", "DEFAULT_MAX_ENTRIES"]
+__all__ = ["ReplayGuard", "http_date", "retention", "DEFAULT_MAX_ENTRIES"]
 
 _log = logging.getLogger(__name__)
 
@@ -50,6 +53,12 @@ _IMF_FIXDATE = re.compile(
 )
 _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
 _DAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
+
+
+def retention(window_seconds: float) -> float:
+    """How long an ``enc`` must be remembered: a request dated up to the window
+    ahead stays acceptable until its date plus the window."""
+    return 2.0 * window_seconds
 
 
 def http_date(now: float | None = None) -> bytes:
@@ -73,7 +82,7 @@ def _parse_imf_fixdate(value: bytes) -> float:
 
 
 class ReplayGuard:
-    """Remembers the ``enc`` of each accepted request for ``window_seconds``.
+    """Remembers the ``enc`` of each accepted request for :func:`retention` of ``window_seconds``.
 
     ``clock`` returns wall-clock seconds (``time.time`` by default) and is
     injectable for tests.  Thread-safe.
@@ -123,7 +132,7 @@ class ReplayGuard:
             if len(self._seen) >= self._max:
                 _log.warning("replay guard full (%d live entries): refusing sealed requests", self._max)
                 raise SealError from None
-            self._seen[digest] = now + self._window
+            self._seen[digest] = now + retention(self._window)
             self._seen.move_to_end(digest)
 
     def check_date(self, date: bytes | str) -> None:

@@ -81,7 +81,7 @@ class Cluster:
     embed: Standin
 
     def gate_argv(self) -> list[str]:
-        return [sys.executable, "-m", "cluster.cli", "gate", "--config", str(self.config), "--local-pipe"]
+        return [sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(self.config), "--local-pipe"]
 
 
 def write_static_config(directory: Path, backends: list[tuple[str, str, int, str | None, list[str]]]) -> Path:

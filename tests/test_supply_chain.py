@@ -22,8 +22,8 @@ REQUIREMENTS = ROOT / "requirements"
 LOCKS = ("build.lock", "cluster.lock", "appliance.lock", "test.lock")
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", re.M)
 # Which pyproject extras each lock is compiled from (scripts/lock).
-LOCK_EXTRAS = {"cluster.lock": ("cluster",), "appliance.lock": ("appliance",),
-               "test.lock": ("appliance", "cluster", "test")}
+LOCK_EXTRAS = {"cluster.lock": ("cluster",), "appliance.lock": ("appliance", "postgres"),
+               "test.lock": ("appliance", "postgres", "cluster", "test")}
 
 
 def _pins(text: str) -> dict[str, str]:

@@ -135,6 +135,7 @@ class Case:
     eof_after_write: bool = False  # frames: close stdin right after writing (truncation)
     no_marker: str = ""  # why this input cannot carry the marker
     ssh_expect: str = ""  # what the ssh(1) client turns this case into, if different
+    status_class: str = "4"  # error: the first digit of the status hint (4: the peer's fault)
 
     @property
     def exit_status(self) -> int:
@@ -170,6 +171,7 @@ def _case(file: str, defaults: Mapping[str, Any], raw: Mapping[str, Any], accept
     common: dict[str, Any] = {
         "file": file, "id": entry["id"], "attacks": entry["attacks"], "expect": expect, "answer": answer,
         "carrier": carrier, "no_marker": entry.get("no_marker", ""), "ssh_expect": entry.get("ssh_expect", ""),
+        "status_class": entry.get("status_class", "4"),
     }
     if carrier == "exec":
         command = None if entry["input"] is None else decode_value(entry["input"])
@@ -367,7 +369,13 @@ def run_case(target: LocalGate | SshGate, case: Case) -> Result:
     """One case in its own gate process (exec, an OPEN payload, or raw frames)."""
     if case.carrier in ("exec", "body"):
         return converse(target, case.command, case.stdin)
-    return converse(target, case.command, case.stdin, eof_after_write=case.eof_after_write, done=_goaway)
+    done = _goaway if case.answer == "goaway" else _refused
+    return converse(target, case.command, case.stdin, eof_after_write=case.eof_after_write, done=done)
+
+
+def _refused(frames: list[Frame]) -> bool:
+    """A stream refused on its own (ERROR), or the session ended (GOAWAY, then a wrong answer)."""
+    return any(frame.kind in (Kind.ERROR, Kind.GOAWAY) for frame in frames)
 
 
 def run_body_session(target: LocalGate | SshGate, cases: Sequence[Case]) -> tuple[Result, dict[str, list[Frame]]]:
@@ -410,8 +418,8 @@ def check_answer(case: Case, frames: list[Frame], expect: str | None = None) -> 
         problems = []
         if code != expect.encode():
             problems.append(f"expected code {expect}, got {code!r}")
-        if not (len(status) == 3 and status.startswith(b"4")):
-            problems.append(f"expected a 4xx status hint, got {status!r}")
+        if not (len(status) == 3 and status.startswith(case.status_class.encode())):
+            problems.append(f"expected a {case.status_class}xx status hint, got {status!r}")
         return problems
     if frames[0].kind is not Kind.HEAD or not frames[0].payload.startswith(b"200 ") or last.kind is not Kind.END:
         return [f"expected 200 ... END, got {[(f.kind.name, f.payload[:32]) for f in frames[:2]]} ... {last.kind.name}"]

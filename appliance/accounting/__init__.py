@@ -9,10 +9,13 @@ interface has no field a prompt or an answer could go into.
 answer's row is on disk before the answer's last byte is sent: a crash right
 after an answer cannot lose its row.  SQLite is the default
 (:class:`SqliteAccounting`); PostgreSQL (:class:`PostgresAccounting`,
-optional ``asyncpg``) serves several replicas.
+optional ``asyncpg``) serves several replicas, with a local journal for
+the moments the database is away (see :mod:`._postgres`).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from ._rows import Accounting, UsageRow
 from ._sqlite import SqliteAccounting
@@ -29,7 +32,7 @@ def __getattr__(name: str) -> object:
 
 
 def open_accounting(backend: str, path: str | None = None, dsn: str | None = None,
-                    synchronous: str = "normal") -> Accounting:
+                    synchronous: str = "normal", journal: str | None = None) -> Accounting:
     """The configured accounting store (not yet started)."""
     if backend == "sqlite":
         if path is None:
@@ -40,5 +43,5 @@ def open_accounting(backend: str, path: str | None = None, dsn: str | None = Non
             raise ValueError("accounting.dsn_file is required for the postgresql backend")
         from ._postgres import PostgresAccounting
 
-        return PostgresAccounting(dsn)
+        return PostgresAccounting(dsn, None if journal is None else Path(journal))
     raise ValueError(f"unknown accounting backend {backend!r}")

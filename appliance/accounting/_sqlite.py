@@ -32,31 +32,12 @@ import threading
 from pathlib import Path
 from typing import Final
 
+from ..migrations import ACCOUNTING, sqlite_upgrade
 from ._rows import REPORT_SQL, ReportRow, UsageRow
 
 __all__ = ["SCHEMA", "SqliteAccounting"]
 
-SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS usage (
-    id INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    day TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    key_id TEXT,
-    model TEXT NOT NULL,
-    route TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    latency_ms REAL NOT NULL,
-    first_token_ms REAL,
-    sealed INTEGER NOT NULL,
-    audio_ms INTEGER NOT NULL DEFAULT 0,
-    model_revision TEXT,
-    backend_version TEXT
-);
-"""
+SCHEMA: Final = ACCOUNTING[0].sqlite  # the first schema step; later steps in appliance.migrations
 # No secondary index: each one adds a page to every commit on the request path.  Rows are
 # appended in time order, and `sluice usage` scans them; a large installation can add
 # `CREATE INDEX usage_by_day ON usage (day)` by hand, and the report query will use it.
@@ -103,7 +84,11 @@ def connect(path: str | Path, synchronous: str = "normal", busy_timeout_ms: int 
         raise sqlite3.OperationalError("the accounting database cannot use WAL mode")
     connection.execute(f"PRAGMA synchronous = {SYNCHRONOUS[synchronous]}")
     connection.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
-    connection.executescript(SCHEMA)
+    try:
+        sqlite_upgrade(connection, "accounting", str(path))
+    except BaseException:
+        connection.close()
+        raise
     return connection
 
 

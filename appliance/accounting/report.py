@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", help="only this user")
     parser.add_argument("--model", help="only this model")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default table)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also draw requests and tokens per day and model into this PNG (extra 'plot')")
 
 
 def render(rows: Sequence[ReportRow], kind: str, out: IO[str]) -> None:
@@ -96,6 +98,18 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     if args.since > args.until:
         print("sluice usage: --since is after --until", file=sys.stderr)
         return 2
+    plot = getattr(args, "plot", None)
+    if plot is not None:
+        from .plot import MISSING_EXTRA
+
+        if not plot.lower().endswith(".png"):
+            print("sluice usage: --plot writes a .png file", file=sys.stderr)
+            return 2
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(f"sluice usage: {MISSING_EXTRA}", file=sys.stderr)
+            return 2
     try:
         if args.database is not None:
             rows = sqlite_report(Path(args.database), args.since, args.until, args.user, args.model)
@@ -124,6 +138,15 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         print(f"sluice usage: cannot read the accounting database: {type(exc).__name__}", file=sys.stderr)
         return 1
     render(rows, args.format, out)
+    if plot is not None:
+        from .plot import PlotUnavailable, plot_usage
+
+        try:
+            plot_usage(rows, Path(plot), f"Sluice usage {args.since} to {args.until}")
+        except (OSError, PlotUnavailable) as exc:
+            print(f"sluice usage: cannot write {plot}: {exc}", file=sys.stderr)
+            return 1
+        print(f"sluice usage: wrote {plot}", file=sys.stderr)
     return 0
 
 

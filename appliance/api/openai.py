@@ -12,8 +12,6 @@ The ticket is settled with the gate's usage numbers when the answer is over.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,14 +24,16 @@ from starlette.routing import Route
 
 from policy.bodies import RouteTable
 from policy.errors import BodyRejected, Disallowed, SluiceError
-from policy.grammar import Call, Keys
+from policy.grammar import Call
 
 from ..auth.aliases import NO_NAMES
 from ..auth.base import AccessPolicy, Authenticator
 from ..catalog import ClusterSet, ModelInfo
 from ..metering import Metering, Outcome, Ticket
+from ..quotas.reservation import OutputCeilings, reserve
 from ..transport.replies import GateReply
 from .errors import error_body, error_response, from_error
+from .sealed_keys import KEYS_TTL, AddressLimiter, KeyConfigCache, fetch_configs
 from .stateless import produced_by_headers, stateless
 
 __all__ = ["OpenAIApi"]
@@ -55,7 +55,6 @@ _STREAMED: Final = frozenset({"sse", "ohttp-chunked"})
 # Sealed requests: RFC 9458 and chunked-OHTTP request media types -> seal kinds.
 _SEAL_KINDS: Final = {"message/ohttp-req": "ohttp", "message/ohttp-chunked-req": "chunked"}
 _OHTTP_KEYS: Final = "application/ohttp-keys"
-_SEAL_OVERHEAD: Final = 64 * 1024
 
 
 class OpenAIApi:
@@ -69,6 +68,8 @@ class OpenAIApi:
         metering: Metering,
         routes: RouteTable,
         request_timeout: float,
+        ceilings: OutputCeilings | None = None,
+        sealed_keys_ttl: float = KEYS_TTL,
     ) -> None:
         self._clusters = clusters
         self._auth = auth
@@ -76,6 +77,9 @@ class OpenAIApi:
         self._metering = metering
         self._routes = routes
         self._timeout = request_timeout
+        self._ceilings = ceilings or OutputCeilings()
+        self._keys = KeyConfigCache(lambda: fetch_configs(clusters), sealed_keys_ttl)
+        self._key_limiter = AddressLimiter()
 
     def routes(self) -> list[Route]:
         return [
@@ -104,11 +108,10 @@ class OpenAIApi:
         except SluiceError as exc:
             return from_error(exc)
         visible = self._access.visible(principal, models)
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "sluice", **_state(models[m])} for m in visible]
+        data = [model_entry(models[m]) for m in visible]
         names = getattr(self._access, "names", NO_NAMES)
         data += [  # aliases of the models the caller may use, naming their target
-            {"id": alias, "object": "model", "created": 0, "owned_by": "sluice", "alias_of": target,
-             **_state(models[target])}
+            {**model_entry(models[target]), "id": alias, "alias_of": target}
             for alias, target in sorted(names.aliases.items()) if target in visible
         ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
@@ -122,22 +125,24 @@ class OpenAIApi:
             if principal is None:
                 return error_response(401, "invalid_api_key")
             try:
-                body = await read_body(request, route.max_body_bytes)
+                body = await read_body(request, route.max_request_bytes(sealed=False))
+                content_type = request.headers.get("content-type", "")
                 checked = (
-                    route.check_form(body, content_type=request.headers.get("content-type", ""))
-                    if route.form is not None
-                    else route.check(body)
+                    route.check_form(body, content_type=content_type) if route.form is not None else route.check(body)
                 )
                 names = getattr(self._access, "names", NO_NAMES)
                 model = names.resolve(checked.model)  # an alias: everything below sees the real model
                 if model != checked.model:
-                    body = route.with_model(body, model, content_type=request.headers.get("content-type"))
+                    body = route.with_model(body, model, content_type=content_type)
+                    checked = route.check(body)  # the body the gate will see (a form names its own boundary)
                 info = (await self._clusters.models()).get(model)
                 if info is None or not self._access.allows(principal, model):
                     return error_response(404, "model_not_found")
                 if route_id not in info.routes:
                     return error_response(404, "route_not_served")
-                ticket = await self._metering.admit(principal, route_id, model, checked.max_tokens, False)
+                reservation = reserve(route, checked, body, self._ceilings)
+                body = reservation.body
+                ticket = await self._metering.admit(principal, route_id, model, reservation.tokens, False)
             except SluiceError as exc:
                 return from_error(exc)
             response = await self._forward(ticket, info.cluster, Call(route_id, model, len(body)), body, started,
@@ -152,23 +157,20 @@ class OpenAIApi:
     async def sealed_keys(self, request: Request) -> Response:
         """The gates' key configurations for sealed requests (``application/ohttp-keys``).
 
-        Public, like any OHTTP key configuration: clients pin it by fingerprint."""
-        configs = b""
-        for name in self._clusters.catalogs:
-            try:
-                reply = await self._clusters.transport(name).request(Keys(), b"")
-                document = orjson.loads(await reply.read())
-                configs += base64.b64decode(document["keys"], validate=True)
-            except (SluiceError, ValueError, KeyError, TypeError, binascii.Error):
-                continue
+        Public, like any OHTTP key configuration: clients pin it by fingerprint.  Served from a
+        cache (:mod:`.sealed_keys`), and limited per client address."""
+        wait = self._key_limiter.hit(request.client.host if request.client else "")
+        if wait is not None:
+            return error_response(429, "rate_limited", {"Retry-After": str(max(1, int(wait + 0.999)))})
+        configs = await self._keys.get()
         if not configs:
             return error_response(503, "sealed_unavailable", {"Retry-After": "30"})
-        return Response(configs, media_type=_OHTTP_KEYS, headers={"Cache-Control": "max-age=300"})
+        return Response(configs, media_type=_OHTTP_KEYS, headers={"Cache-Control": f"max-age={int(self._keys.ttl)}"})
 
     def _sealed_handler(self, route_id: str):  # type: ignore[no-untyped-def]
         route = self._routes.get(route_id)
-        # Encapsulation adds a few dozen bytes, chunking a few per 16 KiB chunk.
-        limit = route.max_body_bytes + _SEAL_OVERHEAD
+        # The same limit the gate applies to the sealed line (policy/bodies.py).
+        limit = route.max_request_bytes(sealed=True)
 
         async def handle(request: Request) -> Response:
             started = time.monotonic()
@@ -225,6 +227,8 @@ class OpenAIApi:
                 finally:
                     reply.cancel()
         except SluiceError as exc:
+            if exc.code == "sealed_invalid":
+                self._keys.stale()  # the client's key may be one the gate has rotated away
             await ticket.settle(Outcome(exc.status, latency=time.monotonic() - started))
             return from_error(exc, ticket.headers)
         except TimeoutError:
@@ -240,12 +244,17 @@ class OpenAIApi:
         return Response(data, status_code=reply.status, media_type=_MEDIA[reply.media], headers=headers)
 
 
-def _state(info: ModelInfo) -> dict[str, object]:
-    """A model's state for clients: status, ready instances, and the estimated wait when not ready."""
-    state: dict[str, object] = {"status": info.status, "ready_instances": info.ready_instances}
+def model_entry(info: ModelInfo) -> dict[str, object]:
+    """One ``/v1/models`` entry: OpenAI's shape plus the model's state (extra fields are allowed),
+    with the estimated wait in seconds while it is not ready."""
+    entry: dict[str, object] = {
+        "id": info.id, "object": "model", "created": 0, "owned_by": "sluice", "status": info.status,
+        "routes": sorted(info.routes), "ready_instances": info.instances_ready,
+        "starting_instances": info.instances_starting,
+    }
     if info.estimated_wait is not None and info.status != "ready":
-        state["estimated_wait"] = info.estimated_wait
-    return state
+        entry["estimated_wait"] = info.estimated_wait
+    return entry
 
 
 def _outcome(
@@ -280,17 +289,23 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def sse_has_content(piece: bytes) -> bool:
+    """Whether ``piece`` of an SSE stream holds more than comments (a held stream's keepalives)."""
+    return any(line and not line.startswith(b":") for line in piece.replace(b"\r", b"\n").split(b"\n"))
+
+
 async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncIterator[bytes]:
     """The gate's SSE bytes as they arrive; an error mid-stream becomes an error event.
 
     The ticket is settled when the stream ends, fails, or the client goes away
-    (then with status 499 and whatever usage the gate had reported).
+    (then with status 499 and the usage so far that the gate reports in its
+    answer to the CANCEL; a timeout's ERROR comes with it too).
     """
     first: float | None = None
     status = reply.status
     try:
         async for piece in reply:
-            if first is None:
+            if first is None and (reply.media != "sse" or sse_has_content(piece)):
                 first = time.monotonic() - started
             yield piece
     except SluiceError as exc:
@@ -303,4 +318,10 @@ async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncItera
         raise
     finally:
         reply.cancel()
-        await asyncio.shield(ticket.settle(_outcome(reply, started, first, status, reply.media != "sse")))
+        await asyncio.shield(_settle_cut(reply, ticket, started, first, status))
+
+
+async def _settle_cut(reply: GateReply, ticket: Ticket, started: float, first: float | None, status: int) -> None:
+    """Settle a stream once the gate has said how much it delivered (bounded wait after a CANCEL)."""
+    await reply.wait_last()
+    await ticket.settle(_outcome(reply, started, first, status, reply.media != "sse"))

@@ -1,7 +1,8 @@
 """``sluice keys create|list|revoke``: operators manage API keys in the identity database.
 
-The database is the one named by ``[auth].database`` in the appliance's
-configuration (``--config``), or given directly (``--database``).  A key made
+The database is the one named by ``[auth].database`` (SQLite) or
+``[auth].database_dsn_file`` (PostgreSQL) in the appliance's configuration
+(``--config``), or a SQLite file given directly (``--database``).  A key made
 here is printed once.  ``--groups`` records the owner's groups as an
 operator's assignment (for service accounts that never sign in); without it
 the key acts with whatever groups the owner last signed in with.
@@ -10,14 +11,18 @@ the key acts with whatever groups the owner last signed in with.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
 from pathlib import Path
 
-from ._db import open_database
+from ._db import Database, PostgresDatabase, open_database
+from .base import IdentityUnavailable
 from .identity import clean_groups
 from .keystore import KeyRequestError, KeyStore
+from .secret import read_secret_file
+from .sessions import SessionStore
 from .users import UserDirectory
 
 __all__ = ["add_keys_arguments", "run_keys"]
@@ -44,18 +49,24 @@ def add_keys_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--user", help="revoke every key of this user")
 
 
-def _database(args: argparse.Namespace) -> Path:
+async def _database(args: argparse.Namespace) -> Database:
+    """The identity store named by ``--database`` (a SQLite file) or ``--config``, started."""
     if args.database:
-        return Path(args.database)
+        return open_database(Path(args.database))
     from ..settings import SettingsError, load_settings
 
     try:
         settings = load_settings(args.config)
     except SettingsError as exc:
         raise SystemExit(f"sluice: {exc}") from None
-    if settings.identity.auth.database is None:
+    auth = settings.identity.auth
+    if auth.database_dsn_file is not None:
+        db = PostgresDatabase(read_secret_file(auth.database_dsn_file, "auth.database_dsn_file").reveal())
+        await db.start()
+        return db
+    if auth.database is None:
         raise SystemExit(f"sluice: {args.config} has no [auth].database")
-    return settings.identity.auth.database
+    return open_database(auth.database)
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -64,11 +75,33 @@ def _names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
+def _audit_trail(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """With ``--config``, key actions go to the audit trail beside the accounting (with ``--database``, only to the log)."""
+    if not args.config:
+        return None
+    from ..audit.startup import open_trail
+    from ..settings import load_settings
+
+    return open_trail(load_settings(args.config).metering.accounting)
+
+
 def run_keys(args: argparse.Namespace) -> int:
+    return asyncio.run(_run_keys(args))
+
+
+async def _run_keys(args: argparse.Namespace) -> int:
+    from ..audit.startup import close_trail
+
     try:
-        db = open_database(_database(args))
-    except (OSError, ValueError) as exc:
+        db = await _database(args)
+    except (OSError, ValueError, RuntimeError) as exc:
         print(f"sluice: cannot open the identity database: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trail = _audit_trail(args)
+    except (OSError, ValueError, RuntimeError) as exc:
+        await db.aclose()
+        print(f"sluice: cannot open the audit trail: {exc}", file=sys.stderr)
         return 2
     try:
         users = UserDirectory(db, groups_max_age=float("inf"))
@@ -80,8 +113,8 @@ def run_keys(args: argparse.Namespace) -> int:
             expires = None if args.expires_days is None else time.time() + args.expires_days * 86400
             try:
                 if args.groups is not None:
-                    users.set_groups(args.user, clean_groups(_names(args.groups) or []))
-                key, info = keys.create(args.user, args.name, _names(args.models), expires, created_by="cli")
+                    await users.set_groups(args.user, clean_groups(_names(args.groups) or []))
+                key, info = await keys.create(args.user, args.name, _names(args.models), expires, created_by="cli")
             except (KeyRequestError, ValueError) as exc:
                 print(f"sluice: {exc}", file=sys.stderr)
                 return 2
@@ -92,7 +125,7 @@ def run_keys(args: argparse.Namespace) -> int:
             return 0
         if args.keys_command == "list":
             now = time.time()
-            for info in keys.list_keys(args.user):
+            for info in await keys.list_keys(args.user):
                 row = {"id": info.id, "owner": info.owner, "name": info.name,
                        "models": list(info.scope) if info.scope else None, "created": int(info.created),
                        "expires": None if info.expires is None else int(info.expires), "state": info.state(now),
@@ -104,15 +137,19 @@ def run_keys(args: argparse.Namespace) -> int:
             return 0
         if args.keys_command == "revoke":
             if args.user is not None:
-                count = keys.revoke_user(args.user)
-                db.execute("DELETE FROM sessions WHERE user = ?", (args.user,))
+                count = await keys.revoke_user(args.user)
+                await SessionStore(db, lifetime=0).delete_user(args.user)
                 print(f"revoked {count} key(s) of {args.user}; ended their web sessions", file=sys.stderr)
                 return 0
-            if keys.revoke(args.key_id):
+            if await keys.revoke(args.key_id):
                 print(f"revoked {args.key_id}", file=sys.stderr)
                 return 0
             print(f"sluice: no active key {args.key_id}", file=sys.stderr)
             return 1
         return 2
+    except IdentityUnavailable:
+        print("sluice: the identity database cannot be reached", file=sys.stderr)
+        return 2
     finally:
-        db.close()
+        await db.aclose()
+        close_trail(trail)

@@ -39,11 +39,11 @@ class ApiKeyStore:
             raise ValueError("an API key must be 16 to 256 characters long")
         self.add_digest(self._digest(key), user, key_id)
 
-    def add_digest(self, digest: bytes, user: str, key_id: str) -> None:
-        """Add a key known only by its SHA-256 digest (as operators provision them)."""
+    def add_digest(self, digest: bytes, user: str, key_id: str, groups: frozenset[str] = frozenset()) -> None:
+        """Add a key known only by its SHA-256 digest (as operators provision them), in ``groups``."""
         if len(digest) != hashlib.sha256().digest_size:
             raise ValueError("a key digest is 32 bytes")
-        self._keys.setdefault(digest[:_LOOKUP_BYTES], []).append((digest, Principal(user, key_id)))
+        self._keys.setdefault(digest[:_LOOKUP_BYTES], []).append((digest, Principal(user, key_id, groups)))
 
     def verify(self, key: str) -> Principal | None:
         """The principal of ``key``, or None."""

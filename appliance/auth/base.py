@@ -13,7 +13,9 @@ from typing import Protocol
 
 from starlette.requests import HTTPConnection
 
-__all__ = ["Principal", "Authenticator", "AccessPolicy", "AllowAll"]
+from policy.errors import LocalError
+
+__all__ = ["Principal", "Authenticator", "AccessPolicy", "DenyAll", "UnsafeAllowAll", "IdentityUnavailable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +43,31 @@ class AccessPolicy(Protocol):
     def visible(self, principal: Principal, models: Iterable[str]) -> list[str]: ...
 
 
-class AllowAll:
-    """Every authenticated principal may use every model (the demo's policy), within its key's scope."""
+class DenyAll:
+    """No principal may use any model: the policy when none is configured."""
+
+    def allows(self, principal: Principal, model: str) -> bool:
+        return False
+
+    def visible(self, principal: Principal, models: Iterable[str]) -> list[str]:
+        return []
+
+
+class UnsafeAllowAll:
+    """**Unsafe**: every authenticated principal may use every model, within its key's scope.
+
+    Only by explicit choice (``[access] unsafe_allow_all = true``, or the demo);
+    whoever builds it logs ``unsafe_allow_all`` at every start."""
 
     def allows(self, principal: Principal, model: str) -> bool:
         return principal.scope is None or model in principal.scope
 
     def visible(self, principal: Principal, models: Iterable[str]) -> list[str]:
         return sorted(m for m in models if self.allows(principal, m))
+
+
+class IdentityUnavailable(LocalError):
+    """The identity store cannot be reached: the request is refused (503), never let through."""
+
+    code = "identity_unavailable"
+    status = 503

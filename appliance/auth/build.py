@@ -3,11 +3,11 @@
 Which access policy applies:
 
 * ``[access].policy`` set: that group policy file.
-* otherwise, when users sign in (``[oidc]`` or ``[auth.trusted_header]``)
-  or keys live in ``[auth].database``: the packaged ``policy/access.toml``,
-  which lists no group, so nothing is allowed until the operator says so.
-* otherwise (only operator-provisioned ``[[api_keys]]``, as before identity
-  existed): every key may use every model, and a warning says so at start.
+* ``[access].unsafe_allow_all = true``: every caller may use every model;
+  named unsafe and logged (``unsafe_allow_all``) at every start.
+* otherwise: the packaged ``policy/access.toml``, which lists no group, so
+  nothing is allowed until the operator says so (default deny, also with
+  only operator-provisioned ``[[api_keys]]``, which carry their ``groups``).
 """
 
 from __future__ import annotations
@@ -23,16 +23,18 @@ from starlette.routing import BaseRoute
 
 from policy.errors import SluiceError
 
-from ._db import open_database
+from ._db import Database, PostgresDatabase, open_database
 from .access import AccessPolicyError, load_access_policy
 from .api_keys import ApiKeyStore
-from .base import AccessPolicy, AllowAll, Authenticator, Principal
+from .base import AccessPolicy, Authenticator, Principal, UnsafeAllowAll
+from .browser import BrowserSessionAuthenticator
 from .chain import ChainAuthenticator, JwtAuthenticator
 from .config import DEFAULT_ACCESS_POLICY, ConfigError, IdentitySettings
 from .keystore import KeyStore
 from .oidc import OidcClient
 from .provider import PROVIDER_TIMEOUT, Provider
 from .secret import read_secret_file
+from .session_cookie import SessionCookieReader
 from .sessions import SessionStore
 from .tokens import TokenVerifier
 from .trusted_header import TrustedHeaderAuthenticator
@@ -59,7 +61,7 @@ class IdentityServices:
     # Models beside the clusters' that a principal may use (the external proxy's), for the account page.
     extra_models: Callable[[Principal], list[str]] | None = None
     _http: httpx2.AsyncClient | None = None
-    _db: sqlite3.Connection | None = field(default=None, repr=False)
+    _db: Database | None = field(default=None, repr=False)
 
     def routes(self, appliance: Appliance) -> list[BaseRoute]:
         if self.pages is None:
@@ -75,11 +77,16 @@ class IdentityServices:
 
         return self.pages(models).routes()  # type: ignore[arg-type]
 
+    async def start(self) -> None:
+        """Connect to the identity store (PostgreSQL) and check its schema; raises SchemaError, OSError."""
+        if self._db is not None:
+            await self._db.start()
+
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
         if self._db is not None:
-            self._db.close()
+            await self._db.aclose()
 
 
 def build_identity(
@@ -89,27 +96,33 @@ def build_identity(
 ) -> IdentityServices:
     """Everything identity needs, from validated settings; raises ConfigError."""
     auth = settings.auth
-    db = users = keys = None
-    if auth.database is not None:
+    db: Database | None = None
+    users = keys = None
+    if auth.database_dsn_file is not None:
+        try:
+            dsn = read_secret_file(auth.database_dsn_file, "auth.database_dsn_file")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        db = PostgresDatabase(dsn.reveal())
+    elif auth.database is not None:
         try:
             db = open_database(auth.database)
-        except (sqlite3.Error, OSError, ValueError) as exc:
+        except (sqlite3.Error, OSError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"auth.database: cannot open {auth.database}: {exc}") from None
+    if db is not None:
         users = UserDirectory(db, auth.groups_max_age)
         keys = KeyStore(db, users)
 
     access: AccessPolicy
-    policy_path = settings.access_policy
-    if policy_path is None and (settings.users_sign_in or db is not None):
-        policy_path = DEFAULT_ACCESS_POLICY
-    if policy_path is not None:
+    if settings.unsafe_allow_all:
+        log.warning('{"event":"unsafe_allow_all","reason":"[access] unsafe_allow_all = true: every caller may use '
+                    'every model"}')
+        access = UnsafeAllowAll()
+    else:
         try:
-            access = load_access_policy(policy_path)
+            access = load_access_policy(settings.access_policy or DEFAULT_ACCESS_POLICY)
         except AccessPolicyError as exc:
             raise ConfigError(f"access.policy: {exc}") from None
-    else:
-        log.warning('{"event":"access_policy_allow_all","reason":"no [access], sign-in or key database configured"}')
-        access = AllowAll()
 
     http = None
     jwt = oidc = None
@@ -150,6 +163,9 @@ def build_identity(
         public_url = auth.public_url
         if users is None or keys is None:
             raise ConfigError("auth.database is required when users sign in")
+        # The web chat calls /v1 with the session cookie plus its CSRF header (appliance/auth/browser.py).
+        cookie = SessionCookieReader(session_secret, secure=auth.cookie_secure, max_age=int(sessions.lifetime))
+        services.authenticator = BrowserSessionAuthenticator(services.authenticator, cookie, sessions, users, public_url)
 
         def pages(models: Callable[[Principal], object]) -> AccountPages:
             return AccountPages(

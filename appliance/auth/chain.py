@@ -10,7 +10,9 @@ Order, for each request to ``/v1`` (and the external-model route):
 4. Any other bearer token: the operator-provisioned keys of ``[[api_keys]]``
    (and the demo's key).
 
-A credential that fails its check is not tried against the next kind.
+A credential that fails its check is not tried against the next kind.  When
+the identity store cannot be reached, the check raises
+:class:`~.base.IdentityUnavailable` (503): it never lets the request through.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class JwtAuthenticator:
                            peer=connection.client.host if connection.client else None)
             return None
         if self._users is not None:
-            self._users.seen(identity, "jwt")
+            await self._users.seen(identity, "jwt")
         return Principal(identity.user, groups=identity.groups)
 
     async def authenticate(self, connection: HTTPConnection) -> Principal | None:
@@ -85,7 +87,7 @@ class ChainAuthenticator:
     async def authenticate(self, connection: HTTPConnection) -> Principal | None:
         if self._header is not None:
             try:
-                principal = self._header.principal(connection)
+                principal = await self._header.principal(connection)
             except HeaderSpoofed:
                 return None
             if principal is not None:
@@ -94,7 +96,7 @@ class ChainAuthenticator:
         if token is None:
             return None
         if token.startswith(KEY_PREFIX) and self._keys is not None:
-            return self._keys.verify(token)
+            return await self._keys.verify(token)
         if self._jwt is not None and looks_like_jwt(token):
             return await self._jwt.principal(connection, token)
         return self._operator_keys.verify(token)

@@ -6,6 +6,8 @@ Validated once, at start; every error names the key and the fix.  Secrets
 ```toml
 [auth]
 database = "/var/lib/sluice/auth.sqlite3"       # API keys, users' groups, web sessions
+# database_dsn_file = "/etc/sluice/db.dsn"      # or: PostgreSQL, shared by several replicas (a libpq DSN
+#                                               # with its password, in a file); instead of `database`
 public_url = "https://llm.example.org"          # this appliance as browsers reach it (origin only)
 session_secret_file = "/etc/sluice/session.key" # at least 32 random characters; signs the cookie
 cookie_secure = true          # false is accepted only for a loopback http public_url (local testing)
@@ -38,6 +40,7 @@ api_scope = "sluice"             # optional: and with this scope
 
 [access]
 policy = "/etc/sluice/access.toml"   # which groups may use which models (default: deny all)
+# unsafe_allow_all = true            # UNSAFE: every caller may use every model (logged at every start)
 ```
 """
 
@@ -99,6 +102,12 @@ class AuthSettings:
     groups_max_age: float = 30 * 86400.0
     key_max_days: int = 365
     trusted_header: TrustedHeaderSettings | None = None
+    # PostgreSQL instead of the SQLite file (several replicas): a file holding the DSN.
+    database_dsn_file: Path | None = None
+
+    @property
+    def has_database(self) -> bool:
+        return self.database is not None or self.database_dsn_file is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +130,8 @@ class IdentitySettings:
     oidc: OidcSettings | None = None
     # None: no [access] section (see appliance.auth.build for what that means).
     access_policy: Path | None = None
+    # [access] unsafe_allow_all = true: every caller may use every model (named unsafe, logged at start).
+    unsafe_allow_all: bool = False
 
     @property
     def users_sign_in(self) -> bool:
@@ -240,10 +251,19 @@ def _trusted_header(data: Any, where: str) -> TrustedHeaderSettings:
 
 def _auth(data: Any, base: Path) -> AuthSettings:
     table = Table(data, "auth", {"database", "public_url", "session_secret_file", "cookie_secure", "cookie_samesite",
-                                 "session_lifetime", "groups_max_age", "key_max_days", "trusted_header"})
+                                 "session_lifetime", "groups_max_age", "key_max_days", "trusted_header",
+                                 "database_dsn_file"})
     database = table.path("database", base, None, must_exist=False)
     if database is not None and not database.parent.is_dir():
         raise ConfigError(f"auth.database: the folder {database.parent} does not exist")
+    dsn_file = table.path("database_dsn_file", base, None)
+    if dsn_file is not None and database is not None:
+        raise ConfigError("auth.database and auth.database_dsn_file are alternatives: set one")
+    if dsn_file is not None:
+        try:
+            read_secret_file(dsn_file, "auth.database_dsn_file", 1)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     public_url = table.text("public_url", None)
     if public_url is not None:
         public_url = check_url(public_url, "auth.public_url", origin_only=True)
@@ -260,6 +280,7 @@ def _auth(data: Any, base: Path) -> AuthSettings:
         table.number("groups_max_age", float, 60, 366 * 86400, 30 * 86400.0),
         table.number("key_max_days", int, 1, 3650, 365),
         None if trusted is None else _trusted_header(trusted, "auth.trusted_header"),
+        dsn_file,
     )
 
 
@@ -296,12 +317,19 @@ def parse_identity(data: dict[str, Any], base: Path) -> IdentitySettings:
     auth = _auth(data.get("auth", {}), base)
     oidc = None if "oidc" not in data else _oidc(data["oidc"], base)
     access = None
+    unsafe_allow_all = False
     if "access" in data:
-        table = Table(data["access"], "access", {"policy"})
-        access = table.path("policy", base)
-    settings = IdentitySettings(auth, oidc, access)
+        table = Table(data["access"], "access", {"policy", "unsafe_allow_all"})
+        access = table.path("policy", base, None)
+        unsafe_allow_all = table.get("unsafe_allow_all", bool, False)
+        if access is not None and unsafe_allow_all:
+            raise ConfigError("access: set either policy or unsafe_allow_all, not both")
+    settings = IdentitySettings(auth, oidc, access, unsafe_allow_all)
     if settings.users_sign_in:
-        for key in ("database", "public_url", "session_secret_file"):
+        if not auth.has_database:
+            raise ConfigError("auth.database (or auth.database_dsn_file) is required when users sign in "
+                              "([oidc] or [auth.trusted_header])")
+        for key in ("public_url", "session_secret_file"):
             if getattr(auth, key) is None:
                 raise ConfigError(f"auth.{key} is required when users sign in ([oidc] or [auth.trusted_header])")
     # Read what start-up will read, so that a bad file is reported here, by its key.

@@ -17,12 +17,13 @@ import hmac
 import json
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from ..audit import audit_event, names
+from ._db import Database
 from .base import Principal
 from .users import UserDirectory
 
@@ -36,6 +37,9 @@ _KEY_RE: Final = re.compile(r"sk-sluice-([a-z2-7]{12})-[A-Za-z0-9_-]{43}", re.AS
 _KEY_NAME_MAX: Final = 64
 # A user may hold this many live keys; more is a script gone wrong.
 MAX_KEYS_PER_USER: Final = 50
+# Expired keys remembered as already recorded in the audit trail (then forgotten all at once).
+MAX_NOTICED: Final = 10_000
+
 # A key may be scoped to at most this many model names.
 MAX_SCOPE_MODELS: Final = 64
 _MODEL_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_.:/]{0,127}", re.ASCII)
@@ -83,12 +87,13 @@ def check_scope(models: Iterable[str] | None) -> tuple[str, ...] | None:
 
 
 class KeyStore:
-    def __init__(self, db: sqlite3.Connection, users: UserDirectory, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, users: UserDirectory, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self.users = users
         self._clock = clock
+        self._expired_noticed: set[str] = set()
 
-    def create(
+    async def create(
         self,
         owner: str,
         name: str,
@@ -106,68 +111,90 @@ class KeyStore:
         now = self._clock()
         if expires is not None and expires <= now:
             raise KeyRequestError("the expiry must be in the future")
-        live = self._db.execute(
+        row = await self._db.fetchone(
             "SELECT COUNT(*) FROM api_keys WHERE owner = ? AND revoked IS NULL AND (expires IS NULL OR expires > ?)",
-            (owner, now),
-        ).fetchone()[0]
+            owner, now,
+        )
+        live = row[0] if row is not None else 0
         if live >= MAX_KEYS_PER_USER:
             raise KeyRequestError(f"at most {MAX_KEYS_PER_USER} active keys per user; revoke some first")
         for _ in range(5):
             key_id = "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_CHARS))
             key = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(_SECRET_BYTES)}"
-            try:
-                self._db.execute(
-                    "INSERT INTO api_keys (id, digest, owner, name, scope, created, expires, revoked, created_by) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
-                    (key_id, _digest(key), owner, name, None if checked_scope is None else json.dumps(checked_scope),
-                     now, expires, created_by),
-                )
-            except sqlite3.IntegrityError:
+            added = await self._db.execute(
+                "INSERT INTO api_keys (id, digest, owner, name, scope, created, expires, revoked, created_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (id) DO NOTHING",
+                key_id, _digest(key), owner, name, None if checked_scope is None else json.dumps(checked_scope),
+                now, None if expires is None else float(expires), created_by,
+            )
+            if added != 1:
                 continue
+            audit_event("key_created", created_by, key_id, owner=owner[:256], expires=None if expires is None else int(expires))
+            if checked_scope is not None:
+                audit_event("key_scoped", created_by, key_id, owner=owner[:256], models=names(checked_scope))
             return key, KeyInfo(key_id, owner, name, checked_scope, now, expires, None, created_by)
         raise KeyRequestError("could not allocate a key id")  # pragma: no cover
 
-    def list_keys(self, owner: str | None = None) -> list[KeyInfo]:
+    async def list_keys(self, owner: str | None = None) -> list[KeyInfo]:
         query = "SELECT id, owner, name, scope, created, expires, revoked, created_by FROM api_keys"
-        rows = (self._db.execute(query + " WHERE owner = ? ORDER BY created", (owner,)) if owner is not None
-                else self._db.execute(query + " ORDER BY owner, created"))
+        rows = (await self._db.fetchall(query + " WHERE owner = ? ORDER BY created", owner) if owner is not None
+                else await self._db.fetchall(query + " ORDER BY owner, created"))
         return [
             KeyInfo(r[0], r[1], r[2], None if r[3] is None else tuple(json.loads(r[3])), r[4], r[5], r[6], r[7])
             for r in rows
         ]
 
-    def revoke(self, key_id: str, owner: str | None = None) -> bool:
+    async def revoke(self, key_id: str, owner: str | None = None) -> bool:
         """Revoke one key (only ``owner``'s, when given); False if there was no such live key."""
         query = "UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL"
         args: tuple[object, ...] = (self._clock(), key_id)
         if owner is not None:
             query += " AND owner = ?"
             args += (owner,)
-        return self._db.execute(query, args).rowcount == 1
+        revoked = await self._db.execute(query, *args) == 1
+        if revoked:
+            audit_event("key_revoked", owner or "operator", key_id)
+        return revoked
 
-    def revoke_user(self, owner: str) -> int:
+    async def revoke_user(self, owner: str) -> int:
         """Revoke every key of ``owner``; the number revoked."""
-        return self._db.execute(
-            "UPDATE api_keys SET revoked = ? WHERE owner = ? AND revoked IS NULL", (self._clock(), owner)
-        ).rowcount
+        count = await self._db.execute(
+            "UPDATE api_keys SET revoked = ? WHERE owner = ? AND revoked IS NULL", self._clock(), owner
+        )
+        audit_event("key_revoked", "operator", f"user:{owner[:200]}", count=count)
+        return count
 
-    def verify(self, key: str) -> Principal | None:
+    def _notice_expired(self, key_id: str, owner: str) -> None:
+        """An expired key was presented (with its right secret): recorded once per key and process."""
+        if key_id in self._expired_noticed:
+            return
+        if len(self._expired_noticed) >= MAX_NOTICED:
+            self._expired_noticed.clear()
+        self._expired_noticed.add(key_id)
+        audit_event("key_expired", owner[:256], key_id)
+
+    async def verify(self, key: str) -> Principal | None:
         """The principal a presented key acts as, or None (unknown, wrong, revoked, expired)."""
         match = _KEY_RE.fullmatch(key)
         if match is None:
             return None
-        row = self._db.execute(
-            "SELECT digest, owner, scope, expires, revoked FROM api_keys WHERE id = ?", (match.group(1),)
-        ).fetchone()
-        stored = row[0] if row is not None else _DUMMY_DIGEST
+        # One round trip: the key and its owner's groups (a shared database is across the network).
+        row = await self._db.fetchone(
+            'SELECT k.digest, k.owner, k.scope, k.expires, k.revoked, u."groups", u.source, u.refreshed '
+            'FROM api_keys k LEFT JOIN users u ON u."user" = k.owner WHERE k.id = ?', match.group(1)
+        )
+        stored = bytes(row[0]) if row is not None else _DUMMY_DIGEST
         if not hmac.compare_digest(stored, _digest(key)) or row is None:
             return None
-        _, owner, scope, expires, revoked = row
+        _, owner, scope, expires, revoked, groups, source, refreshed = row
         if revoked is not None or (expires is not None and expires <= self._clock()):
+            if revoked is None:
+                self._notice_expired(match.group(1), owner)
             return None
         return Principal(
             owner,
             key_id=match.group(1),
-            groups=self.users.current_groups(owner),
+            groups=frozenset() if groups is None else self.users.groups_now(frozenset(json.loads(groups)), source,
+                                                                           refreshed),
             scope=None if scope is None else frozenset(json.loads(scope)),
         )

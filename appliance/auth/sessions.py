@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from ._db import Database
 
 __all__ = ["SessionStore", "WebSession"]
 
@@ -28,35 +29,35 @@ def _digest(session_id: str) -> bytes:
 
 
 class SessionStore:
-    def __init__(self, db: sqlite3.Connection, lifetime: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, lifetime: float, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self.lifetime = lifetime
         self._clock = clock
 
-    def create(self, user: str, id_token: str | None) -> str:
+    async def create(self, user: str, id_token: str | None) -> str:
         """A new session for ``user``; returns the id for the cookie."""
         now = self._clock()
         session_id = secrets.token_urlsafe(32)
-        self._db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
-        self._db.execute(
-            "INSERT INTO sessions (digest, user, created, expires, id_token) VALUES (?, ?, ?, ?, ?)",
-            (_digest(session_id), user, now, now + self.lifetime, id_token),
+        await self._db.execute("DELETE FROM sessions WHERE expires <= ?", now)
+        await self._db.execute(
+            'INSERT INTO sessions (digest, "user", created, expires, id_token) VALUES (?, ?, ?, ?, ?)',
+            _digest(session_id), user, now, now + self.lifetime, id_token,
         )
         return session_id
 
-    def get(self, session_id: object) -> WebSession | None:
+    async def get(self, session_id: object) -> WebSession | None:
         if not isinstance(session_id, str) or len(session_id) > 128:
             return None
-        row = self._db.execute(
-            "SELECT user, expires, id_token FROM sessions WHERE digest = ?", (_digest(session_id),)
-        ).fetchone()
+        row = await self._db.fetchone(
+            'SELECT "user", expires, id_token FROM sessions WHERE digest = ?', _digest(session_id)
+        )
         if row is None or row[1] <= self._clock():
             return None
         return WebSession(row[0], row[1], row[2])
 
-    def delete(self, session_id: object) -> None:
+    async def delete(self, session_id: object) -> None:
         if isinstance(session_id, str):
-            self._db.execute("DELETE FROM sessions WHERE digest = ?", (_digest(session_id),))
+            await self._db.execute("DELETE FROM sessions WHERE digest = ?", _digest(session_id))
 
-    def delete_user(self, user: str) -> int:
-        return self._db.execute("DELETE FROM sessions WHERE user = ?", (user,)).rowcount
+    async def delete_user(self, user: str) -> int:
+        return await self._db.execute('DELETE FROM sessions WHERE "user" = ?', user)

@@ -94,18 +94,18 @@ class TrustedHeaderAuthenticator:
         name = headers.get(settings.name_header) if settings.name_header else None
         return Identity(user, _short(email), _short(name), groups)
 
-    def principal(self, connection: HTTPConnection) -> Principal | None:
+    async def principal(self, connection: HTTPConnection) -> Principal | None:
         """As :meth:`identity`, recorded for the user's keys and made a principal; raises HeaderSpoofed."""
         identity = self.identity(connection)
         if identity is None:
             return None
         if self._users is not None:
-            self._users.seen(identity, "header")
+            await self._users.seen(identity, "header")
         return Principal(identity.user, groups=identity.groups)
 
     async def authenticate(self, connection: HTTPConnection) -> Principal | None:
         try:
-            return self.principal(connection)
+            return await self.principal(connection)
         except HeaderSpoofed:
             return None
 

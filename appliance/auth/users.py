@@ -18,12 +18,13 @@ proxy.  The rule for keys of users who lost access:
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from ..audit import audit_event, names
+from ._db import Database
 from .identity import Identity
 
 __all__ = ["UserDirectory", "UserRecord"]
@@ -45,54 +46,69 @@ class UserRecord:
 
 
 class UserDirectory:
-    def __init__(self, db: sqlite3.Connection, groups_max_age: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, groups_max_age: float, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._max_age = groups_max_age
         self._clock = clock
         self._memo: dict[str, tuple[Identity, float]] = {}
 
-    def record(self, identity: Identity, source: str) -> None:
+    async def record(self, identity: Identity, source: str) -> None:
         """Store ``identity``'s profile and groups as asserted now."""
         now = self._clock()
-        self._db.execute(
-            "INSERT INTO users (user, email, name, groups, source, refreshed) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(user) DO UPDATE SET email = excluded.email, name = excluded.name, groups = excluded.groups, "
-            "source = excluded.source, refreshed = excluded.refreshed",
-            (identity.user, identity.email, identity.name, json.dumps(sorted(identity.groups)), source, now),
+        await self._audit_groups(identity.user, identity.groups, source)
+        await self._db.execute(
+            'INSERT INTO users ("user", email, name, "groups", source, refreshed) VALUES (?, ?, ?, ?, ?, ?) '
+            'ON CONFLICT ("user") DO UPDATE SET email = excluded.email, name = excluded.name, '
+            '"groups" = excluded."groups", source = excluded.source, refreshed = excluded.refreshed',
+            identity.user, identity.email, identity.name, json.dumps(sorted(identity.groups)), source, now,
         )
         if len(self._memo) > MAX_MEMO:
             self._memo.clear()
         self._memo[identity.user] = (identity, now)
 
-    def seen(self, identity: Identity, source: str) -> None:
+    async def seen(self, identity: Identity, source: str) -> None:
         """Like :meth:`record`, but skips the write when nothing changed recently (per-request use)."""
         memo = self._memo.get(identity.user)
         if memo is not None and memo[0] == identity and self._clock() - memo[1] < SEEN_WRITE_INTERVAL:
             return
-        self.record(identity, source)
+        await self.record(identity, source)
 
-    def set_groups(self, user: str, groups: frozenset[str]) -> None:
+    async def _audit_groups(self, user: str, groups: frozenset[str], source: str) -> None:
+        """Record in the audit trail groups that differ from the ones stored for ``user``."""
+        row = await self._db.fetchone('SELECT "groups" FROM users WHERE "user" = ?', user)
+        before = frozenset(json.loads(row[0])) if row is not None else frozenset()
+        if row is not None and before != groups or row is None and groups:
+            audit_event("groups_changed", source, user[:256], added=names(groups - before),
+                        removed=names(before - groups))
+
+    async def set_groups(self, user: str, groups: frozenset[str]) -> None:
         """An operator's assignment (service accounts): does not age, until the user signs in."""
         self._memo.pop(user, None)
-        self._db.execute(
-            "INSERT INTO users (user, email, name, groups, source, refreshed) VALUES (?, NULL, NULL, ?, 'admin', ?) "
-            "ON CONFLICT(user) DO UPDATE SET groups = excluded.groups, source = 'admin', refreshed = excluded.refreshed",
-            (user, json.dumps(sorted(groups)), self._clock()),
+        await self._audit_groups(user, groups, "admin")
+        await self._db.execute(
+            'INSERT INTO users ("user", email, name, "groups", source, refreshed) VALUES (?, NULL, NULL, ?, \'admin\', ?) '
+            'ON CONFLICT ("user") DO UPDATE SET "groups" = excluded."groups", source = \'admin\', '
+            "refreshed = excluded.refreshed",
+            user, json.dumps(sorted(groups)), self._clock(),
         )
 
-    def get(self, user: str) -> UserRecord | None:
-        row = self._db.execute(
-            "SELECT user, email, name, groups, source, refreshed FROM users WHERE user = ?", (user,)
-        ).fetchone()
+    async def get(self, user: str) -> UserRecord | None:
+        row = await self._db.fetchone(
+            'SELECT "user", email, name, "groups", source, refreshed FROM users WHERE "user" = ?', user
+        )
         if row is None:
             return None
         return UserRecord(row[0], row[1], row[2], frozenset(json.loads(row[3])), row[4], row[5])
 
-    def current_groups(self, user: str) -> frozenset[str]:
+    async def current_groups(self, user: str) -> frozenset[str]:
         """The groups ``user`` acts with now: none when unknown or stale (see the module doc)."""
-        record = self.get(user)
+        record = await self.get(user)
         if record is None:
             return frozenset()
-        if record.source != "admin" and self._clock() - record.refreshed > self._max_age:
+        return self.groups_now(record.groups, record.source, record.refreshed)
+
+    def groups_now(self, groups: frozenset[str], source: str, refreshed: float) -> frozenset[str]:
+        """``groups`` as asserted by ``source`` at ``refreshed``, if they still count (see the module doc)."""
+        if source != "admin" and self._clock() - refreshed > self._max_age:
             return frozenset()
-        return record.groups
+        return groups

@@ -24,11 +24,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from ..audit import audit_event
 from .base import AccessPolicy, Principal
+from .browser import same_origin
 from .events import security_event
+from .identity import Identity
 from .keystore import KeyRequestError, KeyStore
 from .oidc import LoginFailed, OidcClient, PendingLogin
 from .provider import ProviderError
@@ -93,6 +96,7 @@ class AccountPages:
         oidc: OidcClient | None = None,
         header: TrustedHeaderAuthenticator | None = None,
         header_logout_url: str | None = None,
+        demo_user: Identity | None = None,
     ) -> None:
         self.public_url = public_url
         self._secret = session_secret
@@ -107,6 +111,7 @@ class AccountPages:
         self._oidc = oidc
         self._header = header
         self._header_logout_url = header_logout_url
+        self._demo_user = demo_user  # `sluice demo` on a loopback address only (appliance/demo_identity.py)
         origins = {"'self'"}
         for url in (oidc.settings.issuer if oidc else None, header_logout_url):
             if url and not url.startswith("/"):
@@ -130,7 +135,10 @@ class AccountPages:
             Route("/signed-out", self.signed_out, methods=["GET"]),
             Route("/keys", self.create_key, methods=["POST"]),
             Route("/keys/{key_id}/revoke", self.revoke_key, methods=["POST"]),
+            Route("/session", self.session_info, methods=["GET"]),
         ]
+        if self._demo_user is not None:
+            routes.append(Route("/demo-sign-in", self.demo_sign_in, methods=["POST"]))
         middleware = Middleware(
             SessionCookieMiddleware, secret=self._secret, secure=self._secure, samesite=self._samesite,
             max_age=int(self._sessions.lifetime),
@@ -150,16 +158,16 @@ class AccountPages:
 
     # -- who is this ------------------------------------------------------------------
 
-    def _principal(self, request: Request) -> Principal | None:
+    async def _principal(self, request: Request) -> Principal | None:
         """The signed-in user (trusted proxy header, else web session); raises HeaderSpoofed."""
         if self._header is not None:
-            principal = self._header.principal(request)
+            principal = await self._header.principal(request)
             if principal is not None:
                 return principal
-        session = self._sessions.get(request.session.get("sid"))
+        session = await self._sessions.get(request.session.get("sid"))
         if session is None:
             return None
-        record = self._users.get(session.user)
+        record = await self._users.get(session.user)
         return Principal(session.user, groups=record.groups if record else frozenset())
 
     def _csrf(self, request: Request) -> str:
@@ -171,8 +179,7 @@ class AccountPages:
 
     async def _form(self, request: Request) -> list[tuple[str, str]] | None:
         """The urlencoded form of a POST whose CSRF token and origin check out; None otherwise."""
-        origin = request.headers.get("origin")
-        if origin is not None and origin != self.public_url:
+        if not same_origin(request, self.public_url):
             security_event("csrf_rejected", reason="origin", path=request.url.path)
             return None
         if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
@@ -202,16 +209,16 @@ class AccountPages:
 
     async def account(self, request: Request) -> Response:
         try:
-            principal = self._principal(request)
+            principal = await self._principal(request)
         except HeaderSpoofed:
             return self._message(401, "Refused", "This request carried an identity header it may not carry.")
         if principal is None:
             return self._unauthenticated(request)
-        record = self._users.get(principal.user)
+        record = await self._users.get(principal.user)
         models = await self._models(principal)
         now = time.time()
         rows = []
-        for key in self._keys.list_keys(principal.user):
+        for key in await self._keys.list_keys(principal.user):
             state = key.state(now)
             revoke = ""
             if state == "active":
@@ -241,6 +248,43 @@ class AccountPages:
             key_max_days=self._key_max_days, key_default_days=min(DEFAULT_KEY_DAYS, self._key_max_days),
         ))
 
+    # -- the web chat's view of the session (JSON) -------------------------------------
+
+    async def session_info(self, request: Request) -> Response:
+        """Who is signed in, and the CSRF token the chat sends with its API calls.
+
+        Same-origin only in effect: no CORS is granted, so another site cannot read it."""
+        try:
+            principal = await self._principal(request)
+        except HeaderSpoofed:
+            return JSONResponse({"signed_in": False, "error": "identity_header_refused"}, 401, headers=self._headers)
+        if principal is None:
+            return JSONResponse({
+                "signed_in": False,
+                "sign_in": "/account/login" if self._oidc is not None else None,
+                "demo_sign_in": "/account/demo-sign-in" if self._demo_user is not None else None,
+            }, headers=self._headers)
+        record = await self._users.get(principal.user)
+        return JSONResponse({
+            "signed_in": True, "user": principal.user,
+            "display": ((record.name or record.email) if record else None) or principal.user,
+            "csrf": self._csrf(request), "sign_out": "/account/logout", "account": "/account/",
+        }, headers=self._headers)
+
+    async def demo_sign_in(self, request: Request) -> Response:
+        """`sluice demo` on loopback: sign in as the demo user with one click (a same-origin POST)."""
+        if self._demo_user is None:  # the route exists only with a demo user; belt and braces
+            return self._message(404, "Not here", "There is no demo sign-in here.")
+        if not same_origin(request, self.public_url, required=True):
+            security_event("csrf_rejected", reason="origin", path=request.url.path)
+            return self._message(403, "Refused", "The demo sign-in works from the demo's own page only.")
+        await self._users.record(self._demo_user, "admin")
+        await self._sessions.delete(request.session.get("sid"))
+        request.session.clear()
+        request.session["sid"] = await self._sessions.create(self._demo_user.user, None)
+        request.session["csrf"] = secrets.token_urlsafe(32)
+        return self._redirect("/")
+
     async def login(self, request: Request) -> Response:
         if self._oidc is None:
             return self._message(404, "Not here", "Sign-in goes through your institution's portal.")
@@ -269,20 +313,31 @@ class AccountPages:
         except ProviderError:
             return self._message(503, "Sign-in unavailable", "The identity provider cannot be reached; try again shortly.")
         identity = sign_in.identity
-        self._users.record(identity, "oidc")
-        self._sessions.delete(request.session.get("sid"))
+        await self._users.record(identity, "oidc")
+        await self._sessions.delete(request.session.get("sid"))
         request.session.clear()  # a fresh session: nothing from before the sign-in survives (fixation)
-        request.session["sid"] = self._sessions.create(identity.user, sign_in.id_token)
+        request.session["sid"] = await self._sessions.create(identity.user, sign_in.id_token)
         request.session["csrf"] = secrets.token_urlsafe(32)
         log.info('{"event":"signed_in","user":%s}', _json_str(identity.user))
+        audit_event("sign_in", identity.user[:256], identity.user[:256], source="oidc")
         return self._redirect("/account/")
 
     async def logout(self, request: Request) -> Response:
+        # Who it is before any body is read: without a session nobody is signed in, and a
+        # stranger's upload is never read (or waited for).
+        try:
+            principal = await self._principal(request)
+        except HeaderSpoofed:
+            principal = None
+        if principal is None:
+            return self._message(401, "Not signed in", "You are not signed in.", "/account/login", "Sign in")
         if await self._form(request) is None:
             return self._message(403, "Refused", "The form was stale or not ours; reload the page and try again.")
-        session = self._sessions.get(request.session.get("sid"))
-        self._sessions.delete(request.session.get("sid"))
+        session = await self._sessions.get(request.session.get("sid"))
+        await self._sessions.delete(request.session.get("sid"))
         request.session.clear()
+        if session is not None:
+            audit_event("sign_out", session.user[:256], session.user[:256])
         target = "/account/signed-out"
         if self._oidc is not None and session is not None:
             target = await self._oidc.logout_url(session.id_token, self.public_url + "/account/signed-out") or target
@@ -296,7 +351,7 @@ class AccountPages:
 
     async def create_key(self, request: Request) -> Response:
         try:
-            principal = self._principal(request)
+            principal = await self._principal(request)
         except HeaderSpoofed:
             return self._message(401, "Refused", "This request carried an identity header it may not carry.")
         if principal is None:
@@ -315,7 +370,7 @@ class AccountPages:
         if not all(self._access.allows(Principal(principal.user, groups=principal.groups), m) for m in scope):
             return self._message(400, "Not created", "A key can only be limited to models you may use.")
         try:
-            key, info = self._keys.create(principal.user, str(values.get("name", "")), scope or None,
+            key, info = await self._keys.create(principal.user, str(values.get("name", "")), scope or None,
                                           time.time() + days * 86400, created_by="web")
         except KeyRequestError as exc:
             return self._message(400, "Not created", str(exc))
@@ -327,7 +382,7 @@ class AccountPages:
 
     async def revoke_key(self, request: Request) -> Response:
         try:
-            principal = self._principal(request)
+            principal = await self._principal(request)
         except HeaderSpoofed:
             return self._message(401, "Refused", "This request carried an identity header it may not carry.")
         if principal is None:
@@ -335,7 +390,7 @@ class AccountPages:
         if await self._form(request) is None:
             return self._message(403, "Refused", "The form was stale or not ours; reload the page and try again.")
         key_id = request.path_params["key_id"]
-        if self._keys.revoke(key_id, owner=principal.user):
+        if await self._keys.revoke(key_id, owner=principal.user):
             log.info('{"event":"api_key_revoked","user":%s,"key_id":%s}', _json_str(principal.user), _json_str(key_id))
             return self._redirect("/account/")
         return self._message(404, "No such key", "You have no active key with that id.")

@@ -15,6 +15,9 @@ backend = "sqlite"                  # or "postgresql"
 path = "/var/lib/sluice/usage.db"   # sqlite
 synchronous = "normal"              # sqlite: "normal" survives an appliance crash, "full" a power loss too
 dsn_file = "/etc/sluice/usage.dsn"  # postgresql: a libpq DSN (with its password) in a file
+journal = "/var/lib/sluice/usage.journal"  # postgresql: this replica's own file for rows written
+                                    # while the database is away (replayed when it returns)
+audit_key_file = "/etc/sluice/audit.key"  # optional: HMAC-SHA256 key signing the audit trail (sluice audit verify)
 
 [metrics]                           # absent: /metrics is closed
 token_file = "/etc/sluice/metrics.token"   # /metrics needs Authorization: Bearer <token>
@@ -73,6 +76,8 @@ class AccountingSettings:
     path: Path | None = None
     synchronous: str = "normal"
     dsn_file: Path | None = None
+    journal: Path | None = None  # postgresql: rows waiting for the database, on this replica's disk
+    audit_key_file: Path | None = None  # HMAC key signing the audit trail's records (optional)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,23 +171,32 @@ def _quotas(data: Any, base: Path) -> QuotaSettings:
 
 
 def _accounting(data: Any, base: Path) -> AccountingSettings:
-    table = _Table(data, "accounting", {"backend", "path", "synchronous", "dsn_file"})
+    table = _Table(data, "accounting", {"backend", "path", "synchronous", "dsn_file", "journal", "audit_key_file"})
     backend = table.choice("backend", ("sqlite", "postgresql"), "sqlite")
+    audit_key_file = table.path("audit_key_file", base, must_exist=True)
     if backend == "sqlite":
         path = table.path("path", base)
         if path is None:
             raise MeteringConfigError("accounting.path is required with the sqlite backend")
         if not path.parent.is_dir():
             raise MeteringConfigError(f"accounting.path: the directory {path.parent} does not exist")
-        if "dsn_file" in table.data:
-            raise MeteringConfigError("accounting.dsn_file is for the postgresql backend")
-        return AccountingSettings("sqlite", path, table.choice("synchronous", ("normal", "full"), "normal"))
+        if "dsn_file" in table.data or "journal" in table.data:
+            raise MeteringConfigError("accounting.dsn_file and accounting.journal are for the postgresql backend")
+        return AccountingSettings("sqlite", path, table.choice("synchronous", ("normal", "full"), "normal"),
+                                  audit_key_file=audit_key_file)
     dsn_file = table.path("dsn_file", base, must_exist=True)
     if dsn_file is None:
         raise MeteringConfigError("accounting.dsn_file is required with the postgresql backend")
     if "path" in table.data or "synchronous" in table.data:
         raise MeteringConfigError("accounting.path and accounting.synchronous are for the sqlite backend")
-    return AccountingSettings("postgresql", dsn_file=dsn_file)
+    journal = table.path("journal", base)
+    if journal is None:
+        raise MeteringConfigError(
+            "accounting.journal is required with the postgresql backend: a file on this replica's own disk "
+            "where usage rows wait while the database is away")
+    if not journal.parent.is_dir():
+        raise MeteringConfigError(f"accounting.journal: the directory {journal.parent} does not exist")
+    return AccountingSettings("postgresql", dsn_file=dsn_file, journal=journal, audit_key_file=audit_key_file)
 
 
 def _bind(value: str) -> tuple[str, int]:

@@ -33,7 +33,7 @@ from .errors import QuotaExceeded, QuotaUnavailable
 from .policy import load_policy
 from .quotas import Grant, Quotas
 
-__all__ = ["Meter", "build_meter"]
+__all__ = ["Meter", "build_meter", "token_rate"]
 
 log = logging.getLogger("sluice.metering")
 
@@ -74,8 +74,12 @@ class _Ticket:
             labels = (self._route, self._model)
             metrics.requests.inc((self._route, self._model, str(outcome.status)))
             metrics.latency.observe(labels, outcome.latency)
-            if outcome.first_token is not None:
+            if outcome.first_token is not None and not sealed:
+                # a sealed stream's first chunk may be a sealed keepalive: only clear streams are timed
                 metrics.first_token.observe(labels, outcome.first_token)
+            rate = token_rate(outcome)
+            if rate is not None:
+                metrics.token_rate.observe(labels, rate)
             if outcome.prompt_tokens:
                 metrics.tokens.inc((self._route, self._model, "prompt"), outcome.prompt_tokens)
             if outcome.completion_tokens:
@@ -94,12 +98,28 @@ class _Ticket:
                 None if outcome.first_token is None else round(outcome.first_token * 1000, 3), sealed,
                 outcome.audio_ms, outcome.model_revision, outcome.backend_version,
             )
+            if metrics is not None:
+                metrics.accounting_backlog.inc()
             try:
                 await meter.accounting.record(row, meter.in_flight > 0)
             except Exception as exc:  # noqa: BLE001 (any store's failure: the answer stands, the operator is told)
                 log.error('{"event":"accounting_failed","error":"%s"}', type(exc).__name__)
                 if metrics is not None:
                     metrics.accounting_errors.inc()
+            finally:
+                if metrics is not None:
+                    metrics.accounting_backlog.inc(amount=-1)
+
+
+def token_rate(outcome: Outcome) -> float | None:
+    """Completion tokens per second of generation: after the first token for a stream, else
+    over the whole answer; None when there is nothing to measure."""
+    if outcome.status != 200 or outcome.completion_tokens <= 0:
+        return None
+    span = outcome.latency - (outcome.first_token or 0.0)
+    if span <= 0:
+        return None
+    return outcome.completion_tokens / span
 
 
 class Meter:
@@ -188,7 +208,8 @@ def build_meter(settings: MeteringSettings, metrics: Metrics | None = None) -> M
     if a.backend == "sqlite":
         accounting = open_accounting("sqlite", path=str(a.path), synchronous=a.synchronous)
     elif a.backend == "postgresql" and a.dsn_file is not None:
-        accounting = open_accounting("postgresql", dsn=_read_secret(a.dsn_file, "accounting.dsn_file"))
+        accounting = open_accounting("postgresql", dsn=_read_secret(a.dsn_file, "accounting.dsn_file"),
+                                     journal=None if a.journal is None else str(a.journal))
     else:
         log.warning('{"event":"accounting_disabled","hint":"add an [accounting] table to record usage"}')
     return Meter(quotas, accounting, metrics)

@@ -29,6 +29,7 @@ __all__ = [
     "default_policy_path",
     "load_policy",
     "parse_policy",
+    "subject",
 ]
 
 # The four limits, and the window each counts in (seconds; 0: not a window).
@@ -136,20 +137,20 @@ class QuotaPolicy:
             per_user = Limits.most_generous(member_of).over(per_user)
         if principal.user in self.users:
             per_user = self.users[principal.user].over(per_user)
-        subjects: list[tuple[str, str, Limits]] = [("user", _subject("u", principal.user), per_user)]
+        subjects: list[tuple[str, str, Limits]] = [("user", subject("u", principal.user), per_user)]
         if principal.key_id is not None:
             per_key = self.key
             if principal.key_id in self.keys:
                 per_key = self.keys[principal.key_id].over(per_key)
-            subjects.append(("key", _subject("k", principal.key_id), per_key))
+            subjects.append(("key", subject("k", principal.key_id), per_key))
         for group in sorted(principal.groups):
             if group in self.group_total:
-                subjects.append(("group", _subject("g", group), self.group_total[group]))
+                subjects.append(("group", subject("g", group), self.group_total[group]))
         found: dict[str, list[Limit]] = {name: [] for name in LIMIT_NAMES}
-        for scope, subject, limits in subjects:
+        for scope, who, limits in subjects:
             for name, value in zip(LIMIT_NAMES, limits.values, strict=True):
                 if value is not None and value >= 0:
-                    found[name].append(Limit(name, scope, subject, value, WINDOWS[name]))
+                    found[name].append(Limit(name, scope, who, value, WINDOWS[name]))
         return Plan(
             tuple(found["requests_per_minute"]),
             tuple(found["tokens_per_minute"] + found["tokens_per_day"]),
@@ -157,7 +158,7 @@ class QuotaPolicy:
         )
 
 
-def _subject(kind: str, name: str) -> str:
+def subject(kind: str, name: str) -> str:
     """An opaque, fixed-length storage identity for a user, key or group name."""
     digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=12, person=b"sluice-quota").hexdigest()
     return f"{kind}.{digest}"

@@ -134,6 +134,10 @@ class Quotas:
         """Admit one request or raise :class:`QuotaExceeded` (429) / :class:`QuotaUnavailable` (503)."""
         plan = self.policy.plan(principal)
         reserve = self.policy.reserve_tokens if max_tokens is None or sealed else max(0, max_tokens)
+        return await self.admit_plan(plan, reserve)
+
+    async def admit_plan(self, plan: Plan, reserve: int = 0) -> Grant:
+        """As :meth:`admit`, for limits the caller built (an external upstream's, say)."""
         grant = Grant(plan, reserve, time.time())
         if plan.empty:
             return grant

@@ -22,6 +22,10 @@ class GateTransport(Protocol):
         """The reply once its head (or error) arrived; raises SluiceError otherwise."""
         ...
 
+    async def ping(self, timeout: float) -> bool:
+        """Ping every session (each must stay alive and answer); True when one answered within ``timeout``."""
+        ...
+
     def stats(self) -> dict[str, int]:
         """Open sessions and streams, for readiness and leak checks."""
         ...

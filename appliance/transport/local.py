@@ -2,9 +2,10 @@
 
 The child gets the same command line as over SSH, in ``SSH_ORIGINAL_COMMAND``,
 and the same bytes on its pipes.  Mux mode keeps ``sessions`` long-lived
-children and spreads requests over them; a child that dies is replaced on
-the next request.  Exec mode starts one child per request, as the published
-system did over SSH.
+children and spreads requests over them (:mod:`.spread`: the least busy,
+never past the gate's stream cap); a child that dies, or does not answer its
+ping in time, is replaced on the next request.  Exec mode starts one child
+per request, as the published system did over SSH.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Final
 from policy.errors import TransportError
 from policy.grammar import Call, Mux, StreamCommand, command_line
 
-from .replies import FrameReceiver, GateReply, MuxClient
+from .replies import FrameReceiver, GateReply, MuxClient, ping_once
+from .spread import PING_DEADLINE, StreamSpreader, ping_sessions
 
 __all__ = ["LocalPipeTransport"]
 
@@ -64,16 +66,21 @@ def _pipes(process: asyncio.subprocess.Process) -> tuple[asyncio.StreamWriter, a
 class LocalPipeTransport:
     """Runs ``gate_argv`` (which must include ``--local-pipe``) as the gate."""
 
-    def __init__(self, gate_argv: Sequence[str], mode: str = "mux", sessions: int = 1) -> None:
+    def __init__(self, gate_argv: Sequence[str], mode: str = "mux", sessions: int = 1,
+                 spreader: StreamSpreader | None = None, ping_deadline: float = PING_DEADLINE) -> None:
         if mode not in ("mux", "exec"):
             raise ValueError("mode must be 'mux' or 'exec'")
         self._argv = tuple(gate_argv)
         self._mode = mode
         self._children: list[_Child | None] = [None] * max(1, sessions)
         self._locks = [asyncio.Lock() for _ in self._children]
-        self._next = 0
+        self._spreader = spreader or StreamSpreader()
+        self._ping_deadline = ping_deadline
+        self._pings: set[asyncio.Task[bool]] = set()
+        self._reaping: set[asyncio.Task[None]] = set()
         self._exec_running: set[asyncio.subprocess.Process] = set()
         self._closed = False
+        self._respawns = 0  # mux gates started again after one ended (the pipe's "reconnects")
 
     async def _spawn(self, command: str) -> asyncio.subprocess.Process:
         env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
@@ -105,10 +112,13 @@ class LocalPipeTransport:
             if self._closed:
                 raise TransportError("closing")
             if child is not None:
-                asyncio.create_task(child.aclose())
+                self._respawns += 1
+                reaping = asyncio.create_task(child.aclose())
+                self._reaping.add(reaping)
+                reaping.add_done_callback(self._reaping.discard)
             process = await self._spawn(command_line(Mux()))
             stdin, stdout = _pipes(process)
-            child = _Child(process, MuxClient(stdout, stdin))
+            child = _Child(process, MuxClient(stdout, stdin, self._spreader.released))
             self._children[index] = child
             return child
 
@@ -117,10 +127,22 @@ class LocalPipeTransport:
             raise TransportError("closing")
         if self._mode == "exec":
             return await self._exec(command, body)
-        index = self._next
-        self._next = (index + 1) % len(self._children)
-        child = await self._child(index)
-        return await child.client.request(command, body)
+        client = await self._spreader.choose(self._sessions)
+        return await client.request(command, body)
+
+    async def _sessions(self) -> list[MuxClient]:
+        """Every session, (re)started where needed."""
+        return [(await self._child(index)).client for index in range(len(self._children))]
+
+    async def ping(self, timeout: float) -> bool:
+        """Ping every session (exec mode: one gate process); True when one answered within ``timeout``."""
+        if self._mode == "exec":
+            return await ping_once(self, timeout)
+        try:
+            sessions = await self._sessions()
+        except TransportError:
+            return False
+        return await ping_sessions(sessions, timeout, self._ping_deadline, self._pings)
 
     async def _exec(self, command: StreamCommand, body: bytes) -> GateReply:
         process = await self._spawn(command_line(command))
@@ -144,7 +166,11 @@ class LocalPipeTransport:
             asyncio.create_task(_reap(process))
 
         task.add_done_callback(done)
-        await reply.wait_head()
+        try:
+            await reply.wait_head()
+        except BaseException:
+            reply.cancel()  # timed out or abandoned before its head: the gate process is ended too
+            raise
         return reply
 
     def stats(self) -> dict[str, int]:
@@ -152,13 +178,17 @@ class LocalPipeTransport:
         return {
             "sessions": len(live),
             "streams": sum(c.client.open_streams for c in live) + len(self._exec_running),
+            "slots": len(self._children) if self._mode == "mux" else 0,
+            "reconnects_total": self._respawns,
         }
 
     async def aclose(self) -> None:
         self._closed = True
+        for task in list(self._pings):
+            task.cancel()
         children = [c for c in self._children if c is not None]
         self._children = [None] * len(self._children)
-        await asyncio.gather(*(c.aclose() for c in children), return_exceptions=True)
+        await asyncio.gather(*(c.aclose() for c in children), *self._reaping, *self._pings, return_exceptions=True)
         for process in list(self._exec_running):
             with contextlib.suppress(ProcessLookupError):
                 process.kill()

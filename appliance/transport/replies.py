@@ -13,14 +13,14 @@ import collections
 import json
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Final
+from typing import Final, Protocol
 
 from policy.errors import BackendFailed, SluiceError, TransportError
-from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, FrameDecoder, Kind, encode
-from policy.grammar import Call, StreamCommand, stream_line
+from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, MAX_STREAMS, FrameDecoder, Kind, encode
+from policy.grammar import Call, Ping, StreamCommand, stream_line
 from policy.errors import Disallowed
 
-__all__ = ["GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED"]
+__all__ = ["GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED", "LAST_WORD_WAIT", "ping_once"]
 
 # Response bytes held for one request whose client reads slower than the
 # model writes.  Past this the request is cancelled: a stalled client must
@@ -28,6 +28,11 @@ __all__ = ["GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED"]
 MAX_BUFFERED: Final = 16 * 1024 * 1024
 
 READ_SIZE: Final = 256 * 1024
+
+# How long a cancelled stream waits for the gate's END that answers the CANCEL
+# (it carries the usage so far, which is what the stream is charged).  The gate
+# answers at once; this only bounds a session that is slow or breaking.
+LAST_WORD_WAIT: Final = 2.0
 
 _END: Final = object()
 
@@ -66,7 +71,8 @@ def _parse_error(payload: bytes) -> SluiceError:
 class GateReply:
     """The gate's answer to one request: a head, body pieces, then usage or an error."""
 
-    __slots__ = ("stream", "status", "media", "usage", "produced_by", "_head", "_pieces", "_buffered", "_wake", "_finished", "_cancel")
+    __slots__ = ("stream", "status", "media", "usage", "produced_by", "_head", "_pieces", "_buffered", "_wake",
+                 "_finished", "_cancel", "_last", "awaiting_last")
 
     def __init__(self, stream: int, cancel: Callable[[int], None]) -> None:
         self.stream = stream
@@ -80,6 +86,9 @@ class GateReply:
         self._wake: asyncio.Future[None] | None = None
         self._finished = False
         self._cancel = cancel
+        # Resolved by the gate's last frame on this stream (END or ERROR), or when the way breaks.
+        self._last: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.awaiting_last = False  # a CANCEL went out and its END is still to come
 
     @property
     def finished(self) -> bool:
@@ -113,9 +122,8 @@ class GateReply:
             return
         self._push(payload)
 
-    def on_end(self, payload: bytes) -> None:
-        if not self._head.done():
-            raise Disallowed("end_before_head")
+    def on_usage(self, payload: bytes) -> None:
+        """Usage (so far, in a USAGE frame or an END): what this stream is charged."""
         if payload:
             try:
                 usage = json.loads(payload)
@@ -123,11 +131,33 @@ class GateReply:
                 usage = None
             if isinstance(usage, dict):
                 self.usage = {k: v for k, v in usage.items() if isinstance(k, str) and type(v) is int}
-                self.produced_by = produced_by(usage)
+                self.produced_by = produced_by(usage) or self.produced_by
+
+    def on_end(self, payload: bytes) -> None:
+        if not self._head.done():
+            raise Disallowed("end_before_head")
+        self.on_usage(payload)
         self._finished = True
+        self.concluded()
         self._push(_END)
 
+    def concluded(self) -> None:
+        """The gate said its last word on this stream (or the way to it broke)."""
+        self.awaiting_last = False
+        if not self._last.done():
+            self._last.set_result(None)
+
+    async def wait_last(self, timeout: float = LAST_WORD_WAIT) -> None:
+        """After a CANCEL: wait (bounded) for the gate's END and its usage so far."""
+        if not self.awaiting_last:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._last), timeout)
+        except TimeoutError:
+            pass
+
     def fail(self, error: SluiceError) -> None:
+        self.concluded()
         if self._finished:
             return
         self._finished = True
@@ -171,10 +201,14 @@ class GateReply:
 class FrameReceiver:
     """Reads gate frames from ``reader`` and feeds the replies they belong to."""
 
-    def __init__(self, reader: asyncio.StreamReader) -> None:
+    def __init__(self, reader: asyncio.StreamReader, on_release: Callable[[], None] | None = None) -> None:
         self._reader = reader
         self.replies: dict[int, GateReply] = {}
+        # Streams we cancelled, until the gate's END (or ERROR) for them arrives.
+        self.cancelled: dict[int, GateReply] = {}
         self.closed: SluiceError | None = None
+        # Called whenever streams end, so that a request waiting for room on a session can look again.
+        self.on_release = on_release or (lambda: None)
 
     async def run(self) -> None:
         decoder = FrameDecoder(GATE_KINDS)
@@ -190,17 +224,22 @@ class FrameReceiver:
                         raise TransportError("gate_" + "".join(c for c in code if c.isalnum() or c == "_")[:40])
                     reply = replies.get(stream)
                     if reply is None:
-                        continue  # a stream we cancelled; the gate may still have been answering
-                    if kind is Kind.BODY:
+                        self._after_cancel(kind, stream, payload)
+                        continue
+                    if kind is Kind.USAGE:
+                        reply.on_usage(payload)
+                    elif kind is Kind.BODY:
                         reply.on_body(payload)
                     elif kind is Kind.HEAD:
                         reply.on_head(payload)
                     elif kind is Kind.END:
                         del replies[stream]
                         reply.on_end(payload)
+                        self.on_release()
                     else:
                         del replies[stream]
                         reply.fail(_parse_error(payload))
+                        self.on_release()
         except SluiceError as exc:
             self.close(exc if not isinstance(exc, Disallowed) else TransportError("gate_protocol"))
         except asyncio.CancelledError:
@@ -209,21 +248,39 @@ class FrameReceiver:
         except Exception:  # the pipe or the SSH channel broke, in whatever way its library says it
             self.close(TransportError("gate_closed"))
 
+    def _after_cancel(self, kind: Kind, stream: int, payload: bytes) -> None:
+        """A frame of a stream we cancelled: the gate may still have been answering;
+        its END (or a USAGE before an ERROR) carries the usage so far."""
+        reply = self.cancelled.get(stream)
+        if reply is None:
+            return
+        if kind in (Kind.END, Kind.USAGE):
+            reply.on_usage(payload)
+        if kind in (Kind.END, Kind.ERROR):
+            del self.cancelled[stream]
+            reply.concluded()
+            self.on_release()  # the gate let go of the stream only now
+
     def close(self, error: SluiceError) -> None:
         """Fail every reply still waiting: nothing hangs when the way to the gate breaks."""
         if self.closed is None:
             self.closed = error
         replies, self.replies = self.replies, {}
+        cancelled, self.cancelled = self.cancelled, {}
         for reply in replies.values():
             reply.fail(error)
+        for reply in cancelled.values():
+            reply.concluded()
+        self.on_release()
 
 
 class MuxClient:
     """The appliance side of one mux session over ``reader``/``writer``."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 on_release: Callable[[], None] | None = None) -> None:
         self._writer = writer
-        self._receiver = FrameReceiver(reader)
+        self._receiver = FrameReceiver(reader, on_release)
         self._next_id = 1
         self._task = asyncio.create_task(self._receiver.run())
 
@@ -233,7 +290,8 @@ class MuxClient:
 
     @property
     def open_streams(self) -> int:
-        return len(self._receiver.replies)
+        # A cancelled stream holds its place at the gate until the gate's END for it arrives.
+        return len(self._receiver.replies) + len(self._receiver.cancelled)
 
     async def request(self, command: StreamCommand, body: bytes) -> GateReply:
         if not self.alive:
@@ -250,16 +308,33 @@ class MuxClient:
             for start in range(0, len(body), MAX_PAYLOAD):
                 write(encode(Kind.DATA, stream, body[start : start + MAX_PAYLOAD]))
         try:
-            await self._writer.drain()
-        except (OSError, ConnectionError):
-            self._receiver.close(TransportError("gate_closed"))
-        await reply.wait_head()
+            try:
+                await self._writer.drain()
+            except (OSError, ConnectionError):
+                self._receiver.close(TransportError("gate_closed"))
+            await reply.wait_head()
+        except BaseException:
+            # Timed out or abandoned before its head: the gate must stop serving it too
+            # (otherwise it would run on, holding a stream and a backend, until its own timeout).
+            reply.cancel()
+            raise
         return reply
 
+    async def ping(self, deadline: float) -> bool:
+        """Whether the gate answers a ping on this session within ``deadline`` seconds."""
+        return await ping_once(self, deadline)
+
     def _send_cancel(self, stream: int) -> None:
-        self._receiver.replies.pop(stream, None)
+        reply = self._receiver.replies.pop(stream, None)
         if self.alive:
+            if reply is not None:
+                reply.awaiting_last = True  # the gate answers the CANCEL with END and the usage so far
+                cancelled = self._receiver.cancelled
+                cancelled[stream] = reply
+                if len(cancelled) > MAX_STREAMS:  # a gate that never answers must not grow this
+                    cancelled.pop(next(iter(cancelled))).concluded()
             self._writer.write(encode(Kind.CANCEL, stream))
+        self._receiver.on_release()
 
     async def wait_closed(self) -> None:
         """Returns when the session ended (the gate went away or broke the protocol)."""
@@ -273,3 +348,18 @@ class MuxClient:
         except (OSError, RuntimeError):
             pass
         await asyncio.gather(self._task, return_exceptions=True)
+
+
+class _Requester(Protocol):
+    async def request(self, command: StreamCommand, body: bytes) -> GateReply: ...
+
+
+async def ping_once(target: _Requester, deadline: float) -> bool:
+    """Whether ``target`` (a session or a transport) answers a ping within ``deadline`` seconds."""
+    try:
+        async with asyncio.timeout(deadline):
+            reply = await target.request(Ping(), b"")
+            await reply.read()
+    except (SluiceError, TimeoutError):
+        return False
+    return True

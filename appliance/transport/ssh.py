@@ -9,7 +9,16 @@ Each of ``connections`` slots keeps one connection alive, reconnecting with
 exponential backoff and jitter.  In mux mode each connection carries one
 long-lived ``sluice/1 mux`` channel; in exec mode each request opens a
 channel of its own (what the published system did).  While no slot is
-connected, requests fail at once with 503 instead of piling up.
+connected, requests fail at once with 503 instead of piling up.  New streams
+go to the least busy session, never past the gate's stream cap
+(:mod:`.spread`).
+
+The gate's stderr is discarded as it arrives (never read into memory, never
+logged): unread, it would fill the channel's flow-control window, which it
+shares with stdout, and stall every stream of the session while the slot
+still looked connected.  Every session is pinged each keepalive round; one
+that does not answer within ``ping_timeout`` is wedged, and is closed and
+replaced.
 """
 
 from __future__ import annotations
@@ -26,7 +35,8 @@ from policy.errors import TransportError
 from policy.grammar import Call, Mux, StreamCommand, command_line
 
 from ..settings import SshCluster
-from .replies import FrameReceiver, GateReply, MuxClient
+from .replies import FrameReceiver, GateReply, MuxClient, ping_once
+from .spread import StreamSpreader, ping_sessions
 
 __all__ = ["SshTransport", "connect_options"]
 
@@ -40,6 +50,9 @@ BACKOFF_MAX: Final = 30.0
 
 # asyncssh's own keepalive: a connection that misses this many in a row is dead.
 KEEPALIVE_COUNT_MAX: Final = 3
+
+# Where the gate's stderr goes: discarded as it arrives (asyncssh keeps the window open).
+GATE_STDERR: Final = asyncssh.DEVNULL
 
 
 def connect_options(cluster: SshCluster) -> dict[str, object]:
@@ -75,14 +88,17 @@ def _describe(exc: BaseException) -> str:
 class _Slot:
     """One connection (and, in mux mode, its one mux channel), kept alive."""
 
-    def __init__(self, index: int, cluster: SshCluster) -> None:
+    def __init__(self, index: int, cluster: SshCluster, spreader: StreamSpreader) -> None:
         self.index = index
         self._cluster = cluster
+        self._spreader = spreader
         self.connection: asyncssh.SSHClientConnection | None = None
         self.client: MuxClient | None = None
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.last_error: str | None = None
+        self.connects = 0  # connections made; each after the first is a reconnect
+        self.failures = 0  # connection attempts that failed, and connections lost with an error
 
     @property
     def usable(self) -> bool:
@@ -100,11 +116,14 @@ class _Slot:
             try:
                 async with asyncssh.connect(cluster.host, **connect_options(cluster)) as connection:  # type: ignore[arg-type]
                     if cluster.mode == "mux":
-                        process = await connection.create_process(command_line(Mux()), encoding=None)
-                        self.client = MuxClient(process.stdout, process.stdin)  # type: ignore[arg-type]
+                        process = await connection.create_process(command_line(Mux()), encoding=None,
+                                                                  stderr=GATE_STDERR)
+                        self.client = MuxClient(process.stdout, process.stdin,  # type: ignore[arg-type]
+                                                self._spreader.released)
                     self.connection = connection
                     self.last_error = None
                     backoff = BACKOFF_START
+                    self.connects += 1
                     self.connected.set()
                     log.info('{"event":"ssh_connected","cluster":"%s","slot":%d}', cluster.name, self.index)
                     if self.client is not None:
@@ -115,6 +134,7 @@ class _Slot:
                 raise
             except (OSError, asyncssh.Error, TransportError) as exc:
                 self.last_error = _describe(exc)
+                self.failures += 1
                 log.warning('{"event":"ssh_failed","cluster":"%s","slot":%d,"reason":"%s"}',
                             cluster.name, self.index, self.last_error.replace('"', "'"))
             finally:
@@ -143,9 +163,11 @@ class SshTransport:
 
     def __init__(self, cluster: SshCluster) -> None:
         self._cluster = cluster
-        self._slots = [_Slot(i, cluster) for i in range(cluster.connections)]
+        self._spreader = StreamSpreader()
+        self._slots = [_Slot(i, cluster, self._spreader) for i in range(cluster.connections)]
         self._next = 0
         self._exec_open = 0
+        self._pings: set[asyncio.Task[bool]] = set()
 
     async def start(self) -> None:
         """Start connecting; wait a little for a first connection, but never fail start-up on it."""
@@ -168,19 +190,26 @@ class SshTransport:
         raise TransportError()  # 503 cluster_unavailable, at once
 
     async def request(self, command: StreamCommand, body: bytes) -> GateReply:
-        slot = self._pick()
         if self._cluster.mode == "mux":
-            if slot.client is None:
-                raise TransportError()
-            return await slot.client.request(command, body)
-        return await self._exec(slot, command, body)
+            client = await self._spreader.choose(self._sessions)
+            return await client.request(command, body)
+        return await self._exec(self._pick(), command, body)
+
+    async def _sessions(self) -> list[MuxClient]:
+        return [s.client for s in self._slots if s.usable and s.client is not None]
+
+    async def ping(self, timeout: float) -> bool:
+        """Ping every session (exec mode: one channel); True when one answered within ``timeout``."""
+        if self._cluster.mode == "exec":
+            return await ping_once(self, timeout)
+        return await ping_sessions(await self._sessions(), timeout, self._cluster.ping_timeout, self._pings)
 
     async def _exec(self, slot: _Slot, command: StreamCommand, body: bytes) -> GateReply:
         connection = slot.connection
         if connection is None:
             raise TransportError()
         try:
-            process = await connection.create_process(command_line(command), encoding=None)
+            process = await connection.create_process(command_line(command), encoding=None, stderr=GATE_STDERR)
         except (OSError, asyncssh.Error):
             raise TransportError("gate_start_failed") from None
         self._exec_open += 1
@@ -197,17 +226,30 @@ class SshTransport:
             process.close()
 
         task.add_done_callback(done)
-        await reply.wait_head()
+        try:
+            await reply.wait_head()
+        except BaseException:
+            reply.cancel()  # timed out or abandoned before its head: the channel is closed, the gate stops
+            raise
         return reply
 
     def stats(self) -> dict[str, int]:
         usable = [s for s in self._slots if s.usable]
         streams = sum(s.client.open_streams for s in usable if s.client is not None) + self._exec_open
-        return {"sessions": len(usable), "streams": streams}
+        return {
+            "sessions": len(usable),
+            "streams": streams,
+            "slots": len(self._slots),
+            # counters (``_total``): the metrics publish them as such
+            "reconnects_total": sum(max(0, s.connects - 1) for s in self._slots),
+            "connect_failures_total": sum(s.failures for s in self._slots),
+        }
 
     def status(self) -> list[dict[str, object]]:
         """Per connection: connected or not, and the last failure in words."""
         return [{"slot": s.index, "connected": s.usable, "error": s.last_error} for s in self._slots]
 
     async def aclose(self) -> None:
+        for task in list(self._pings):
+            task.cancel()
         await asyncio.gather(*(slot.aclose() for slot in self._slots), return_exceptions=True)

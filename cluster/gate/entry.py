@@ -26,6 +26,7 @@ from policy.grammar import MAX_BODY_BYTES, Call, Mux, SessionCommand, parse_comm
 from ..backend_client import BackendPool
 from ..config import ClusterConfig, ConfigError, load_config
 from ..routing import Router
+from ..tls import GateContext
 from .forward import Forwarder
 from .session import BODY_IDLE_TIMEOUT, FrameSink, MuxSession
 
@@ -114,7 +115,8 @@ async def _read_exec_body(reader: asyncio.StreamReader, length: int) -> bytes:
 
 async def _serve(config: ClusterConfig, command: SessionCommand) -> int:
     reader, writer = await _stdio()
-    forwarder = Forwarder(config, load_routes(), Router(config), BackendPool(connect_timeout=config.gate.connect_timeout))
+    pool = BackendPool(connect_timeout=config.gate.connect_timeout, tls=GateContext(config.gate.tls))
+    forwarder = Forwarder(config, load_routes(), Router(config), pool)
     try:
         if isinstance(command, Mux):
             return await MuxSession(forwarder, reader, writer).run()

@@ -30,8 +30,10 @@ from policy.grammar import Call, Keys, Models, Ping, StreamCommand
 from ..backend_client import BackendPool
 from ..config import ClusterConfig
 from ..routing import Instance, Router
-from ..scheduler.availability import model_statuses
+from ..scheduler.availability import ModelStatus, model_statuses
+from ..scheduler.census import CENSUS_TTL, ModelCensus, model_census
 from ..scheduler.trigger import kick_pass
+from .bounds import MAX_RESPONSE_BYTES, HeldBytes, Holder, ResponseTooLarge
 from .provenance import Provenance
 from .responses import ResponsesUsageFilter
 from .usage import SseUsageFilter, Usage, usage_from_json, with_audio
@@ -39,10 +41,6 @@ from .usage import SseUsageFilter, Usage, usage_from_json, with_audio
 __all__ = ["Sink", "Forwarder", "MAX_RESPONSE_BYTES"]
 
 log = logging.getLogger("sluice.gate")
-
-# A whole (non-streamed) response held in memory: embeddings of a large batch
-# are the largest legitimate ones.
-MAX_RESPONSE_BYTES: Final = 64 * 1024 * 1024
 
 # Backend statuses passed to the client as they are: the request was served,
 # or the backend refused the (already checked) request for a reason the client
@@ -80,6 +78,9 @@ class _HeadSent:
     async def body(self, data: bytes) -> None:
         await self._sink.body(data)
 
+    def progress(self, usage: Usage) -> None:
+        self._sink.progress(usage)
+
     def end(self, usage: Usage | None) -> None:
         self._sink.end(usage)
 
@@ -105,6 +106,8 @@ class Sink(Protocol):
 
     def head(self, status: int, media: str) -> None: ...
     async def body(self, data: bytes) -> None: ...
+    def progress(self, usage: Usage) -> None:
+        """The usage so far of a stream still running (reported if it is cut short)."""
     def end(self, usage: Usage | None) -> None: ...
     def error(self, error: SluiceError) -> None: ...
 
@@ -121,15 +124,19 @@ class Forwarder:
         self._ring: object | None = None
         self._ring_stamp: object = None
         self._ring_checked = float("-inf")
+        self._ring_expiry = float("inf")  # when a retired key's window ends (wall clock)
         self._replay: object | None = None
         self._provenance = Provenance(config.model_revisions(), pool)
+        self._census_cache: tuple[dict[str, ModelCensus], dict[str, ModelStatus]] | None = None
+        self._census_at = float("-inf")
+        self._held = HeldBytes()  # whole responses held by all streams of this process
 
     async def aclose(self) -> None:
         await self._pool.aclose()
 
     def max_body(self, call: Call) -> int:
-        """The most body bytes ``call``'s route accepts."""
-        return self._routes.get(call.route).max_body_bytes
+        """The most body bytes ``call``'s route accepts (sealed: with the sealing overhead)."""
+        return self._routes.get(call.route).max_request_bytes(sealed=call.seal is not None)
 
     async def serve(self, command: StreamCommand, body: bytes, sink: Sink) -> None:
         """Answer ``command``; every failure becomes an ERROR on this stream only."""
@@ -155,8 +162,9 @@ class Forwarder:
     def _sealed_keys(self):  # type: ignore[no-untyped-def]
         """The key ring for sealed requests: loaded on first use (exec-mode gates that
         serve clear requests never import the crypto code), and again after a
-        rotation (``ring.json`` changed; looked at no more than once a second)."""
-        from ..sealed_keys import keys_dir, load_ring, ring_stamp
+        rotation (``ring.json`` changed; looked at no more than once a second) and
+        when a retired key's window ended (its file is then deleted)."""
+        from ..sealed_keys import keys_dir, load_ring, purge_expired, ring_stamp
         from .sealed import SharedReplayGuard
 
         if self._config.path is None:
@@ -165,9 +173,10 @@ class Forwarder:
         if self._ring is None or now - self._ring_checked >= RING_RELOAD_INTERVAL:
             self._ring_checked = now
             stamp = ring_stamp(self._config.path)
-            if stamp != self._ring_stamp:
+            if stamp != self._ring_stamp or time.time() >= self._ring_expiry:
                 self._ring = load_ring(self._config.path)
                 self._ring_stamp = stamp
+                self._ring_expiry = purge_expired(self._config.path)
             if self._replay is None:
                 self._replay = SharedReplayGuard(keys_dir(self._config.path) / "replay.sqlite")
         if self._ring is None:
@@ -195,7 +204,11 @@ class Forwarder:
             return
         if checked.model != call.model:
             raise BodyRejected("model_mismatch", 400)
-        await self._call(Call(call.route, call.model, len(inner)), inner, SealingSink(sink, opened.sealer))  # type: ignore[arg-type]
+        holder = Holder(self._held)  # an answer sealed whole is held until it is complete
+        try:
+            await self._call(Call(call.route, call.model, len(inner)), inner, SealingSink(sink, opened.sealer, holder))  # type: ignore[arg-type]
+        finally:
+            holder.release()
 
     async def _json(self, sink: Sink, document: object) -> None:
         sink.head(200, "json")
@@ -203,17 +216,31 @@ class Forwarder:
         sink.end(None)
 
     def _models(self) -> dict[str, object]:
+        """Every configured model, its readiness and routes, and the counts a dashboard shows
+        (instances ready and starting, requests held and in flight over all gates): numbers only."""
         ready = self._router.ready()
-        counts = {model: len(self._router.instances(model)) for model in ready}
-        statuses = model_statuses(self._config, counts)
-        return {
-            "object": "list",
-            "data": [
-                {"id": model, "ready": ready[model], "routes": list(self._router.routes[model]),
-                 **self._provenance.listing(model), **statuses[model].to_json()}
-                for model in sorted(ready)
-            ],
-        }
+        census, statuses = self._census(sorted(ready))
+        data = []
+        for model in sorted(ready):
+            entry: dict[str, object] = {"id": model, "ready": ready[model], "routes": list(self._router.routes[model]),
+                                        **census[model].to_json(), **statuses[model].to_json(),
+                                        **self._provenance.listing(model)}
+            # Ready instances are the ones this gate routes to (static backends too, not only scheduled jobs).
+            entry["instances"] = {**census[model].to_json()["instances"],  # type: ignore[dict-item]
+                                  "ready": len(self._router.instances(model))}
+            data.append(entry)
+        return {"object": "list", "data": data}
+
+    def _census(self, models: list[str]) -> tuple[dict[str, ModelCensus], dict[str, ModelStatus]]:
+        """The counts and statuses of ``models``, read from the scheduler's files at most every CENSUS_TTL."""
+        now = time.monotonic()
+        if self._census_cache is None or now - self._census_at >= CENSUS_TTL or set(self._census_cache[0]) != set(models):
+            counts = {model: len(self._router.instances(model)) for model in models}
+            statuses = model_statuses(self._config, counts)
+            unknown = ModelStatus("unavailable", 0, None)  # configured, yet neither static nor scheduled
+            self._census_cache = (model_census(self._config, models), {m: statuses.get(m, unknown) for m in models})
+            self._census_at = now
+        return self._census_cache
 
     def _ping(self) -> dict[str, object]:
         kick_pass(self._config)  # starts a scheduler pass if one is due; returns at once
@@ -278,7 +305,7 @@ class Forwarder:
                     try:
                         response = await self._pool.request(
                             instance.host, instance.port, instance.token, route.method, route.path, checked.body,
-                            self._timeout, checked.content_type,
+                            self._timeout, checked.content_type, pin=instance.pin,
                         )
                         break
                     except BackendFailed as exc:
@@ -300,16 +327,21 @@ class Forwarder:
                         raise PeerError("backend_rejected", response.status) if response.status != 200 else BackendFailed()
                     if response.content_type.startswith("text/event-stream"):
                         usage_filter = (
-                            ResponsesUsageFilter() if route.dialect == RESPONSES else SseUsageFilter(checked.include_usage)
+                            ResponsesUsageFilter() if route.dialect == RESPONSES
+                            else SseUsageFilter(checked.include_usage, checked.continuous_usage)
                         )
                         await self._stream(response, sink, usage_filter, checked, produced_by)
                     else:
-                        data = await response.read(MAX_RESPONSE_BYTES)
-                        sink.head(response.status, "text" if response.content_type.startswith("text/plain") else "json")
-                        if data:
-                            await sink.body(data)
-                        usage = with_audio(usage_from_json(data), checked) if response.status == 200 else None
-                        sink.end({**usage, **produced_by} if usage is not None else None)  # type: ignore[dict-item]
+                        holder = Holder(self._held)
+                        try:
+                            data = await _read_whole(response, holder)
+                            sink.head(response.status, "text" if response.content_type.startswith("text/plain") else "json")
+                            if data:
+                                await sink.body(data)
+                            usage = with_audio(usage_from_json(data), checked) if response.status == 200 else None
+                            sink.end({**usage, **produced_by} if usage is not None else None)  # type: ignore[dict-item]
+                        finally:
+                            holder.release()
                 finally:
                     response.close()
         except TimeoutError:
@@ -325,6 +357,8 @@ class Forwarder:
         sink.head(response.status, "sse")  # type: ignore[attr-defined]
         async for piece in response.iter_body():  # type: ignore[attr-defined]
             events = usage_filter.feed(piece)
+            if usage_filter.usage is not None:
+                sink.progress(usage_filter.usage)
             if events:
                 await sink.body(events)
         rest = usage_filter.flush()
@@ -332,3 +366,15 @@ class Forwarder:
             await sink.body(rest)
         usage = with_audio(usage_filter.usage, checked)
         sink.end({**usage, **produced_by} if usage is not None else None)  # type: ignore[dict-item]
+
+async def _read_whole(response: object, holder: Holder) -> bytes:
+    """A whole response body, counted in ``holder``: :class:`ResponseTooLarge` past
+    MAX_RESPONSE_BYTES, :class:`~policy.errors.Overloaded` past the process's bound."""
+    declared = response.head.content_length  # type: ignore[attr-defined]
+    if declared is not None and declared > MAX_RESPONSE_BYTES:
+        raise ResponseTooLarge()
+    pieces: list[bytes] = []
+    async for piece in response.iter_body():  # type: ignore[attr-defined]
+        holder.take(len(piece))
+        pieces.append(piece)
+    return b"".join(pieces)

@@ -40,7 +40,7 @@ class Provenance:
     def __init__(self, revisions: dict[str, str], pool: BackendPool) -> None:
         self._revisions = dict(revisions)
         self._pool = pool
-        self._versions: dict[tuple[str, int], tuple[float, str | None]] = {}
+        self._versions: dict[tuple[str, int, str | None], tuple[float, str | None]] = {}
         self._latest: dict[str, str] = {}  # model -> the last version seen
 
     def listing(self, model: str) -> dict[str, str]:
@@ -64,7 +64,7 @@ class Provenance:
         return out
 
     async def _version(self, instance: Instance) -> str | None:
-        key = (instance.host, instance.port)
+        key = (instance.host, instance.port, instance.pin)
         now = time.monotonic()
         cached = self._versions.get(key)
         if cached is not None and now - cached[0] < VERSION_TTL:
@@ -73,7 +73,8 @@ class Provenance:
         try:
             async with asyncio.timeout(VERSION_TIMEOUT):
                 response = await self._pool.request(
-                    instance.host, instance.port, instance.token, "GET", "/version", b"", VERSION_TIMEOUT
+                    instance.host, instance.port, instance.token, "GET", "/version", b"", VERSION_TIMEOUT,
+                    pin=instance.pin,
                 )
                 try:
                     data = await response.read(4096) if response.status == 200 else b""

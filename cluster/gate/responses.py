@@ -17,8 +17,6 @@ from .usage import SseUsageFilter, usage_from_json
 
 __all__ = ["ResponsesUsageFilter", "FINAL_EVENTS"]
 
-_EVENT_END: Final = b"\n\n"
-
 # The event types that end a response and carry its usage, and how they show in an
 # event: its `event:` line or the compact `type` member of its data (neither can
 # stand inside a JSON string, whose quotes are escaped).
@@ -47,4 +45,4 @@ class ResponsesUsageFilter(SseUsageFilter):
                     usage = usage_from_json(line[5:])
                     if usage is not None:
                         self.usage = usage
-        return event + _EVENT_END
+        return event  # framed as it came (the filter hands over whole events)

@@ -11,8 +11,11 @@ by :class:`SealingSink`.  The appliance learns the route, the model, sizes,
 timing and the token counts (END metadata) -- nothing of the content.
 
 Replays are refused across all gate processes of the cluster: the ``enc`` of
-every opened request is recorded for the replay window in a small SQLite file
-next to the keys (no path or name in it comes from the request).
+every opened request is recorded for twice the replay window (a request dated
+up to the window ahead stays acceptable until its date plus the window) in a
+small SQLite file next to the keys (no path or name in it comes from the
+request).  Expired rows are pruned through an index on their expiry, at most
+every ``REPLAY_PRUNE_INTERVAL`` seconds and ``REPLAY_PRUNE_BATCH`` rows at a time.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -30,18 +34,31 @@ from sluice_sdk.bhttp import BhttpError, Response, ResponseStreamEncoder, encode
 from sluice_sdk.errors import SealError
 from sluice_sdk.gateway import OpenedRequest, open_request
 from sluice_sdk.ohttp import ChunkedResponseSealer, ResponseSealer
-from sluice_sdk.replay import ReplayGuard
+from sluice_sdk.replay import ReplayGuard, retention
 
+from .bounds import Holder
 from .session import FrameSink
 from .usage import Usage
 
-__all__ = ["REPLAY_WINDOW", "SharedReplayGuard", "SealingSink", "open_sealed", "sealed_error"]
+__all__ = ["REPLAY_WINDOW", "REPLAY_PRUNE_INTERVAL", "REPLAY_PRUNE_BATCH", "PRUNE_SQL", "SharedReplayGuard", "SealingSink", "open_sealed", "sealed_error"]
 
 log = logging.getLogger("sluice.gate")
 
 # How far a sealed request's date may be from the gate's clock, and so how
 # long its enc is remembered (RFC 9458 Section 6.5).
 REPLAY_WINDOW: Final = 300.0
+
+# Expired replay rows are deleted at most this often (seconds) by one process,
+# and at most this many per request: pruning never scans the table, and no
+# request pays for more than one small batch.
+REPLAY_PRUNE_INTERVAL: Final = 10.0
+REPLAY_PRUNE_BATCH: Final = 1000
+
+_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS seen (digest BLOB PRIMARY KEY, expires REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS seen_expires ON seen (expires)",
+)
+PRUNE_SQL: Final = "DELETE FROM seen WHERE rowid IN (SELECT rowid FROM seen WHERE expires <= ? ORDER BY expires LIMIT ?)"
 
 _MEDIA_TYPES: Final = {
     "json": b"application/json", "sse": b"text/event-stream", "text": b"text/plain; charset=utf-8"
@@ -51,11 +68,13 @@ _MEDIA_TYPES: Final = {
 class SharedReplayGuard:
     """Dates checked in process; ``enc`` digests recorded in SQLite, shared by every gate process."""
 
-    def __init__(self, path: Path, window: float = REPLAY_WINDOW) -> None:
-        self._dates = ReplayGuard(window)
-        self._window = window
+    def __init__(self, path: Path, window: float = REPLAY_WINDOW, clock: Callable[[], float] = time.time) -> None:
+        self._dates = ReplayGuard(window, clock=clock)
+        self._retention = retention(window)
+        self._clock = clock
         self._path = path
         self._local = threading.local()
+        self._pruned = float("-inf")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -63,7 +82,8 @@ class SharedReplayGuard:
             db = sqlite3.connect(self._path, timeout=5.0, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("CREATE TABLE IF NOT EXISTS seen (digest BLOB PRIMARY KEY, expires REAL NOT NULL)")
+            for statement in _SCHEMA:
+                db.execute(statement)
             self._local.db = db
         return db
 
@@ -72,11 +92,15 @@ class SharedReplayGuard:
 
     def check(self, enc: bytes) -> None:
         digest = hashlib.sha256(enc).digest()
-        now = time.time()
+        now = self._clock()
         db = self._db()
         try:
-            db.execute("DELETE FROM seen WHERE expires <= ?", (now,))
-            db.execute("INSERT INTO seen (digest, expires) VALUES (?, ?)", (digest, now + self._window))
+            if now - self._pruned >= REPLAY_PRUNE_INTERVAL:
+                self._pruned = now
+                # A row expired but not yet pruned still refuses its enc: that
+                # request's date is out of the window anyway.
+                db.execute(PRUNE_SQL, (now, REPLAY_PRUNE_BATCH))
+            db.execute("INSERT INTO seen (digest, expires) VALUES (?, ?)", (digest, now + self._retention))
         except sqlite3.IntegrityError:
             raise SealError from None
         except sqlite3.Error:
@@ -109,8 +133,9 @@ def sealed_error(sealer: ResponseSealer | ChunkedResponseSealer, error: SluiceEr
 class SealingSink:
     """Wraps the stream's :class:`~cluster.gate.session.FrameSink`: what goes in clear comes out sealed.
 
-    Whole mode (RFC 9458): the inner answer is collected, then sealed as one
-    Binary HTTP response (``200 ohttp``).  Chunked mode: the head and each
+    Whole mode (RFC 9458): the inner answer is collected (at most
+    ``bounds.MAX_RESPONSE_BYTES``, counted in the process's held bytes, an
+    inner stream included), then sealed as one Binary HTTP response (``200 ohttp``).  Chunked mode: the head and each
     body piece are sealed as they come (``200 ohttp-chunked``), the end as the
     final chunk.  Errors before the head go out in the clear (they concern
     only metadata: unknown model, no instance, timeouts); after the head in
@@ -118,9 +143,10 @@ class SealingSink:
     client detects as truncation.  Usage always goes out in the clear.
     """
 
-    def __init__(self, sink: FrameSink, sealer: ResponseSealer | ChunkedResponseSealer) -> None:
+    def __init__(self, sink: FrameSink, sealer: ResponseSealer | ChunkedResponseSealer, holder: Holder) -> None:
         self._sink = sink
         self._sealer = sealer
+        self._holder = holder
         self._encoder = ResponseStreamEncoder()
         self._status = 0
         self._media = b"application/json"
@@ -135,6 +161,7 @@ class SealingSink:
 
     async def body(self, data: bytes) -> None:
         if not isinstance(self._sealer, ChunkedResponseSealer):
+            self._holder.take(len(data))  # bounded: ResponseTooLarge, or Overloaded for the process
             self._parts.append(data)
             return
         sealed = b"".join(self._parts) + self._sealer.write(self._encoder.data(data))
@@ -152,5 +179,9 @@ class SealingSink:
         self._sink.body_nowait(final)
         self._sink.end(usage)
 
+    def progress(self, usage: Usage) -> None:
+        self._sink.progress(usage)
+
     def error(self, error: SluiceError) -> None:
+        self._parts.clear()
         self._sink.error(error)

@@ -3,7 +3,8 @@
 :class:`StreamTable` is the sans-IO bookkeeping of a mux session (which ids
 are open, receiving a body, or done) and enforces every frame-level bound;
 :class:`MuxSession` drives it from a pipe and runs one task per stream.
-Any violation ends the whole session with GOAWAY and the violation's code.
+A violation of the frame layout ends the whole session with GOAWAY and the
+violation's code; a problem of one stream gets an ERROR on that stream only.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
-from policy.errors import Disallowed, SluiceError
-from policy.frames import CLIENT_KINDS, MAX_PAYLOAD, FrameDecoder, Kind, encode
-from policy.grammar import Call, StreamCommand, parse_stream_command
+from policy.errors import BodyRejected, Disallowed, Overloaded, PeerError, SluiceError
+from policy.frames import CLIENT_KINDS, MAX_PAYLOAD, MAX_STREAMS, FrameDecoder, Kind, encode
+from policy.grammar import MAX_BODY_BYTES, Call, StreamCommand, parse_stream_command
 
 from .usage import Usage
 
@@ -36,10 +37,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("sluice.gate")
-
-# Concurrent streams in one session: far above what one appliance connection
-# needs (it spreads load over several sessions), low enough to bound memory.
-MAX_STREAMS: Final = 256
 
 # Body bytes that may wait, in all streams of a session together, before
 # their bodies are complete.  Bounds memory against a flood of half-sent bodies.
@@ -62,9 +59,16 @@ READ_SIZE: Final = 256 * 1024
 
 @dataclass(slots=True)
 class _Receiving:
-    command: Call
+    """A stream whose body is still arriving.  ``command`` is None for a refused
+    stream: its DATA are counted (the declared length still holds) and dropped.
+    ``exact`` is False where the length is only a bound (the line did not parse)."""
+
+    command: Call | None
+    length: int
     deadline: float
+    exact: bool = True
     body: bytearray = field(default_factory=bytearray)
+    received: int = 0
 
 
 class StreamTable:
@@ -72,12 +76,24 @@ class StreamTable:
 
     :meth:`on_frame` returns ``(stream, command, body)`` when a stream's
     request is complete, ``None`` otherwise, and raises :class:`Disallowed`
-    for any violation.  Cancellation is reported through ``cancel``.
+    for a violation of the frame layout, which ends the session.  A problem of
+    one stream (its command line, its declared size, one stream too many) is
+    not a violation: the stream is refused through ``refuse`` (an ERROR on
+    that stream), its DATA are dropped, and the session goes on.
+    Cancellation is reported through ``cancel``.
     """
 
-    def __init__(self, max_body: Callable[[Call], int], cancel: Callable[[int], None], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        max_body: Callable[[Call], int],
+        cancel: Callable[[int], None],
+        clock: Callable[[], float],
+        *,
+        refuse: Callable[[int, SluiceError], None],
+    ) -> None:
         self._max_body = max_body
         self._cancel = cancel
+        self._refuse = refuse
         self._clock = clock
         self._receiving: dict[int, _Receiving] = {}
         self.running: set[int] = set()
@@ -85,10 +101,12 @@ class StreamTable:
         self._pending = 0
         self._opened = 0
         self._idle_frames = 0
+        self._refused_pending = 0
 
     @property
     def open_streams(self) -> int:
-        return len(self._receiving) + len(self.running)
+        """Streams receiving a body or being served (refused ones do not count)."""
+        return sum(1 for state in self._receiving.values() if state.command is not None) + len(self.running)
 
     def on_frame(self, kind: Kind, stream: int, payload: bytes) -> tuple[int, StreamCommand, bytes] | None:
         if kind is Kind.OPEN:
@@ -105,33 +123,54 @@ class StreamTable:
             # Ids are consecutive: every id up to the last one was opened, so a
             # CANCEL can always be told from one for a stream that never was.
             raise Disallowed("stream_gap")
-        if self.open_streams >= MAX_STREAMS:
-            raise Disallowed("too_many_streams")
-        command = parse_stream_command(payload)
         self._last_id = stream
         self._opened += 1
-        if not isinstance(command, Call):
+        try:
+            command = parse_stream_command(payload)
+        except Disallowed as exc:
+            # The line is this stream's content: refused alone.  Its length is
+            # unknown, so DATA that may follow are dropped up to the grammar's bound.
+            self._refused(stream, None, MAX_BODY_BYTES, PeerError(exc.code, 400))
+            return None
+        length = command.length if isinstance(command, Call) else 0
+        if self.open_streams >= MAX_STREAMS:
+            self._refused(stream, command, length, Overloaded("too_many_streams"))
+            return None
+        if isinstance(command, Call) and command.length > self._max_body(command):
+            self._refused(stream, command, length, BodyRejected("body_too_large", 413))
+            return None
+        if length == 0:
             self.running.add(stream)
             return stream, command, b""
-        if command.length > self._max_body(command):
-            raise Disallowed("body_length")
-        if command.length == 0:
-            self.running.add(stream)
-            return stream, command, b""
-        self._receiving[stream] = _Receiving(command, self._clock() + BODY_IDLE_TIMEOUT)
+        self._receiving[stream] = _Receiving(command, length, self._clock() + BODY_IDLE_TIMEOUT)  # type: ignore[arg-type]
         return None
+
+    def _refused(self, stream: int, command: StreamCommand | None, length: int, error: SluiceError) -> None:
+        self._refuse(stream, error)
+        if length:
+            self._refused_pending += 1
+            if self._refused_pending > MAX_STREAMS:
+                # refused streams whose DATA are still awaited: more than a session can have open is a flood
+                raise Disallowed("refused_flood")
+            self._receiving[stream] = _Receiving(None, length, self._clock() + BODY_IDLE_TIMEOUT, command is not None)
 
     def _data(self, stream: int, payload: bytes) -> tuple[int, StreamCommand, bytes] | None:
         state = self._receiving.get(stream)
         if state is None:
             raise Disallowed("data_without_stream")
+        state.received += len(payload)
+        if state.received > state.length:
+            raise Disallowed("body_overrun")
+        if state.command is None:
+            if state.exact and state.received == state.length:
+                del self._receiving[stream]  # a refused stream's body, all dropped
+                self._refused_pending -= 1
+            return None
         state.body += payload
         self._pending += len(payload)
-        if len(state.body) > state.command.length:
-            raise Disallowed("body_overrun")
         if self._pending > MAX_PENDING_BODY:
             raise Disallowed("pending_bodies")
-        if len(state.body) < state.command.length:
+        if state.received < state.length:
             return None
         del self._receiving[stream]
         self._pending -= len(state.body)
@@ -143,7 +182,10 @@ class StreamTable:
             raise Disallowed("cancel_unknown")
         state = self._receiving.pop(stream, None)
         if state is not None:
-            self._pending -= len(state.body)
+            if state.command is not None:
+                self._pending -= len(state.body)
+            else:
+                self._refused_pending -= 1
         elif stream in self.running:
             self._cancel(stream)
         else:
@@ -155,17 +197,29 @@ class StreamTable:
         self.running.discard(stream)
 
     def check_deadlines(self) -> None:
-        """Raise if a body has been incomplete for too long."""
+        """Raise if a body has been incomplete for too long.
+
+        A refused stream whose length was unknown (its line did not parse) is
+        just forgotten at its deadline: nothing says how much was to come."""
         now = self._clock()
-        for state in self._receiving.values():
+        for stream, state in list(self._receiving.items()):
             if now > state.deadline:
+                if not state.exact:
+                    del self._receiving[stream]
+                    self._refused_pending -= 1
+                    continue
                 raise Disallowed("body_timeout")
 
 
 class FrameSink:
-    """A :class:`~cluster.gate.forward.Sink` that writes one stream's frames."""
+    """A :class:`~cluster.gate.forward.Sink` that writes one stream's frames.
 
-    __slots__ = ("_write", "_drain", "_stream", "_done", "_headed")
+    It keeps the usage so far (:meth:`progress`): an ERROR after tokens were
+    delivered is preceded by a USAGE frame, and the answer to a CANCEL
+    (:meth:`cancelled`) is an END carrying it, so the appliance meters what
+    the stream delivered."""
+
+    __slots__ = ("_write", "_drain", "_stream", "_done", "_headed", "usage_so_far")
 
     def __init__(self, write: Callable[[bytes], None], drain: Callable[[], object], stream: int) -> None:
         self._write = write
@@ -173,6 +227,7 @@ class FrameSink:
         self._stream = stream
         self._done = False
         self._headed = False
+        self.usage_so_far: Usage | None = None
 
     @property
     def done(self) -> bool:
@@ -192,16 +247,29 @@ class FrameSink:
         for start in range(0, len(data), MAX_PAYLOAD):
             self._write(encode(Kind.BODY, stream, data[start : start + MAX_PAYLOAD]))
 
+    def progress(self, usage: Usage) -> None:
+        self.usage_so_far = usage
+
     def end(self, usage: Usage | None) -> None:
-        payload = json.dumps(usage, separators=(",", ":")).encode() if usage else b""
-        self._write(encode(Kind.END, self._stream, payload))
+        self._write(encode(Kind.END, self._stream, _usage_payload(usage)))
         self._done = True
 
     def error(self, error: SluiceError) -> None:
         if self._done:
             return
+        if self.usage_so_far:
+            self._write(encode(Kind.USAGE, self._stream, _usage_payload(self.usage_so_far)))
         self._write(encode(Kind.ERROR, self._stream, f"{error.status:03d} {error.code}".encode()))
         self._done = True
+
+    def cancelled(self) -> None:
+        """Answer the appliance's CANCEL: END with the usage so far (or empty)."""
+        if not self._done:
+            self.end(self.usage_so_far)
+
+
+def _usage_payload(usage: Usage | None) -> bytes:
+    return json.dumps(usage, separators=(",", ":")).encode() if usage else b""
 
 
 class MuxSession:
@@ -218,11 +286,17 @@ class MuxSession:
         self._reader = reader
         self._writer = writer
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._table = StreamTable(forwarder.max_body, self._cancel, clock)
+        self._cancelling: set[int] = set()
+        self._table = StreamTable(forwarder.max_body, self._cancel, clock, refuse=self._refuse)
+
+    def _refuse(self, stream: int, error: SluiceError) -> None:
+        log.info('{"event":"stream_refused","code":"%s"}', error.code)
+        FrameSink(self._writer.write, self._writer.drain, stream).error(error)
 
     def _cancel(self, stream: int) -> None:
         task = self._tasks.get(stream)
         if task is not None:
+            self._cancelling.add(stream)
             task.cancel()
 
     async def run(self) -> int:
@@ -279,7 +353,9 @@ class MuxSession:
         try:
             await self._forwarder.serve(command, body, sink)
         except asyncio.CancelledError:
-            pass  # the appliance cancelled: it expects nothing more on this stream
+            if stream in self._cancelling:
+                sink.cancelled()  # the appliance's CANCEL: its last word is END with the usage so far
         finally:
+            self._cancelling.discard(stream)
             self._tasks.pop(stream, None)
             self._table.finished(stream)

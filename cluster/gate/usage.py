@@ -3,23 +3,32 @@
 Usage travels back to the appliance as metadata (the END frame), so quotas and
 accounting never need the body.  For a JSON response the gate decodes only
 the top-level ``"usage"`` object; for a stream it looks only at the events
-that carry usage, and drops the usage-only event when the client did not ask
-for it (the gate asks the backend for it on every stream).
+that carry usage.  The gate asks the backend for usage on every stream, and
+for usage so far on every chunk (vLLM's ``continuous_usage_stats``), so that a
+stream cut short (a CANCEL, a timeout) is still metered with what was
+delivered; what the client did not ask for is taken out on the way: the
+per-chunk usage becomes ``null`` and the final usage-only event is dropped.
+
+The event stream is split the way the SSE specification frames it: an event
+ends at a blank line, and a line ends at CRLF, LF or a lone CR.  Each byte is
+scanned once (no rescanning of what waits for its event's end), and an event
+longer than :data:`MAX_EVENT_BYTES` ends the stream (a backend that never
+frames its events must not make the gate buffer without bound).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Final
 
-__all__ = ["Usage", "usage_from_json", "SseUsageFilter", "with_audio", "AUDIO_USAGE_KEY"]
+from policy.errors import BackendFailed
+
+__all__ = ["Usage", "usage_from_json", "SseUsageFilter", "MAX_EVENT_BYTES", "MAX_EVENT_SCAN", "with_audio", "AUDIO_USAGE_KEY"]
 
 Usage = dict[str, int]
 
 _USAGE_KEY: Final = b'"usage":'
-_EVENT_END: Final = b"\n\n"
-# OpenAI-style streams put "usage": null on every chunk but the last.
-_NO_USAGE: Final = b'"usage":null'
 _decoder = json.JSONDecoder()
 
 # Token counts beyond this are not real; clamp rather than trust a backend.
@@ -27,6 +36,22 @@ MAX_TOKENS_REPORTED: Final = 10**9
 
 # An SSE event larger than this is forwarded without looking for usage in it.
 MAX_EVENT_SCAN: Final = 256 * 1024
+
+# The longest SSE event the gate holds while waiting for its blank line.  A
+# chunk of a real stream is under a few KiB (one token, or a tool call's
+# arguments piece, with logprobs at most tens of KiB); 1 MiB is far above
+# that and bounds what one stream can make the gate hold.
+MAX_EVENT_BYTES: Final = 1024 * 1024
+
+# A blank line in any framing SSE allows: two line ends in a row, a line end
+# being CRLF, LF, or a CR not followed by LF.
+_BLANK_LINE: Final = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+
+# The longest blank line (CRLF CRLF) less one byte: how far back a scan resumes.
+_RESCAN: Final = 3
+
+# The final usage-only chunk of an OpenAI-style stream has no choices.
+_NO_CHOICES: Final = (b'"choices":[]', b'"choices": []')
 
 
 # Other names of the same counts, in the order they are tried: the Responses API says
@@ -70,50 +95,77 @@ def usage_from_json(body: bytes) -> Usage | None:
 
 
 class SseUsageFilter:
-    """Passes a server-sent event stream through, event by event, noting usage."""
+    """Passes a server-sent event stream through, event by event, noting usage.
 
-    __slots__ = ("_pending", "_keep_usage_event", "usage")
+    ``usage`` is the latest usage seen: the final report, or the usage so far
+    while the stream runs (with continuous usage stats).
+    """
 
-    def __init__(self, client_asked_for_usage: bool) -> None:
-        self._pending = b""
+    __slots__ = ("_buffer", "_scan", "_keep_usage_event", "_keep_usage_so_far", "usage")
+
+    def __init__(self, client_asked_for_usage: bool, client_asked_for_usage_so_far: bool = False) -> None:
+        self._buffer = bytearray()
+        self._scan = 0
         self._keep_usage_event = client_asked_for_usage
+        self._keep_usage_so_far = client_asked_for_usage_so_far
         self.usage: Usage | None = None
 
     def feed(self, piece: bytes) -> bytes:
-        """The complete events in ``pending + piece``; the rest waits for more."""
-        data = self._pending + piece if self._pending else piece
-        cut = data.rfind(_EVENT_END)
-        if cut < 0:
-            self._pending = data
-            return b""
-        ready, self._pending = data[: cut + 2], data[cut + 2 :]
-        if _USAGE_KEY not in ready:
-            return ready
-        return b"".join(self._inspect(event) for event in ready.split(_EVENT_END)[:-1])
+        """The complete events of what arrived so far; the rest waits for more.
+
+        Raises :class:`~policy.errors.BackendFailed` when an event grows past
+        :data:`MAX_EVENT_BYTES`."""
+        buffer = self._buffer
+        buffer += piece
+        out: list[bytes] = []
+        start = 0
+        pos = self._scan
+        size = len(buffer)
+        while True:
+            match = _BLANK_LINE.search(buffer, pos)
+            if match is None:
+                break
+            end = match.end()
+            if end == size and buffer[-1] == 0x0D:
+                break  # a CR at the very end may be the first half of a CRLF: wait
+            out.append(self._inspect(bytes(buffer[start:end])))
+            start = pos = end
+        if start:
+            del buffer[:start]
+        if len(buffer) > MAX_EVENT_BYTES:
+            raise BackendFailed("bad_event_stream")
+        self._scan = max(len(buffer) - _RESCAN, 0)
+        return b"".join(out)
 
     def flush(self) -> bytes:
         """Whatever is left at the end of the stream (an unterminated event)."""
-        rest, self._pending = self._pending, b""
-        return rest
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        self._scan = 0
+        return self._inspect(rest) if rest else b""
 
     def _inspect(self, event: bytes) -> bytes:
-        framed = event + _EVENT_END
-        if _USAGE_KEY not in event or _NO_USAGE in event or len(event) > MAX_EVENT_SCAN:
-            return framed
-        if not event.startswith(b"data: "):
-            return framed
+        at = event.rfind(_USAGE_KEY)
+        if at < 0 or len(event) > MAX_EVENT_SCAN:
+            return event
+        value_at = at + len(_USAGE_KEY)
+        # latin-1 maps each byte to one character: offsets in the text are offsets in the event
+        text = event[value_at:].decode("latin-1")
+        skip = len(text) - len(text.lstrip(" \t"))
         try:
-            chunk = json.loads(event[6:])
-        except (ValueError, RecursionError):
-            return framed
-        if not isinstance(chunk, dict):
-            return framed
-        usage = _clean(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
-        if not self._keep_usage_event and chunk.get("choices") == [] and usage is not None:
-            return b""
-        return framed
+            raw, length = _decoder.raw_decode(text, skip)
+        except (ValueError, RecursionError):  # a backend's garbage, however deep, is not usage
+            return event
+        usage = _clean(raw)
+        if usage is None:
+            return event  # "usage": null, or nothing we count
+        self.usage = usage
+        if _NO_CHOICES[0] in event or _NO_CHOICES[1] in event:
+            return event if self._keep_usage_event else b""
+        if self._keep_usage_so_far:
+            return event
+        # usage so far on a content chunk: asked for by the gate, not by the client
+        return event[: value_at + skip] + b"null" + event[value_at + length :]
 
 
 # The usage key of the audio in a request (milliseconds, read from the file's

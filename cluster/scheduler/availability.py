@@ -1,5 +1,12 @@
 """Model status for clients: ready, starting, scaled to zero or unavailable, and how long to wait.
 
+The one place that says a model's status (the gate's ``models`` listing and
+its progress comments while a request is held): ``ready`` when an instance
+serves; ``starting`` when a job is on its way, or the scheduler keeps one
+(``min_instances``) and will submit it; ``scaled_to_zero`` when none is kept
+and a request is held while one starts; ``unavailable`` when nothing will
+start (outside its schedule, or no request may wait: ``hold_queue = 0``).
+
 A pure function of what the scheduler's last pass saved (the state files) and
 the routing table: no Slurm command runs here, and nothing changes.  The wait
 of a model that is not ready is an estimate, in whole seconds:
@@ -27,7 +34,7 @@ from typing import Final
 from ..config import ClusterConfig, Service
 from .engine import Phase, phase_of, state_path
 from .plan import effective_limits
-from .state import JobRecord, load_state
+from .state import JobRecord, read_state
 
 __all__ = ["STATUSES", "MIN_WAIT", "ModelStatus", "model_statuses", "status_of"]
 
@@ -44,7 +51,8 @@ class ModelStatus:
     estimated_wait: int | None  # seconds; None when ready (or unknown)
 
     def to_json(self) -> dict[str, object]:
-        document: dict[str, object] = {"status": self.status, "ready_instances": self.ready_instances}
+        """The listing's fields (its ready instances are the census's ``instances.ready``)."""
+        document: dict[str, object] = {"status": self.status}
         if self.estimated_wait is not None:
             document["estimated_wait"] = self.estimated_wait
         return document
@@ -72,8 +80,13 @@ def status_of(
             waits.append(typical - (now - since))
     if waits:
         return ModelStatus("starting", 0, max(MIN_WAIT, round(min(waits))))
-    if effective_limits(service, now).max_instances == 0:
+    limits = effective_limits(service, now)
+    if limits.max_instances == 0:
         return ModelStatus("unavailable", 0, None)  # outside its schedule: nothing will start
+    if limits.min_instances > 0:
+        return ModelStatus("starting", 0, max(MIN_WAIT, round(typical)))  # kept: the next pass submits one
+    if service.hold_queue == 0 or service.hold_timeout <= 0:
+        return ModelStatus("unavailable", 0, None)  # no request waits for an instance to start
     return ModelStatus("scaled_to_zero", 0, max(MIN_WAIT, round(typical)))
 
 
@@ -89,8 +102,7 @@ def model_statuses(config: ClusterConfig, ready: dict[str, int], now: float | No
         services = config.services_of(backend)
         if not services:
             continue
-        path = state_path(config, backend)
-        state = load_state(path) if path.exists() else None
+        state = read_state(state_path(config, backend))
         for service in services:
             records = [r for r in state.jobs.values() if r.service == service.model] if state else []
             startups = state.startups.get(service.model, []) if state else []

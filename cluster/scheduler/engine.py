@@ -42,6 +42,16 @@ from .plan import (
     effective_limits,
 )
 from .slurm import RUNNING_STATES, TERMINAL_STATES, SlurmError
+from ..tls import (
+    CLIENT_CERT,
+    JobIdentity,
+    TlsError,
+    client_context,
+    init_gate_identity,
+    job_identity,
+    make_job_identity,
+    remove_job_identity,
+)
 from .state import MAX_STARTUPS, JobRecord, SchedulerState, ensure_private_dir, load_state, save_state
 
 __all__ = ["Backend", "Engine", "PassReport", "ObserveError", "ENDED_STATES", "state_path", "lock_path", "load_dir"]
@@ -69,7 +79,9 @@ class Backend(Protocol):
         """Update ``jobs`` in place; return ids of our instances that no record knows."""
         ...
 
-    async def submit(self, service: Service, port: int, token: str, now: float) -> JobRecord: ...
+    async def submit(self, service: Service, port: int, token: str, now: float, tls: JobIdentity | None) -> JobRecord:
+        """Start one instance; ``tls``: its key and certificates (None: plain HTTP, unsafe)."""
+        ...
 
     async def cancel(self, job_ids: list[str]) -> None: ...
 
@@ -85,7 +97,18 @@ def lock_path(config: ClusterConfig, backend: str) -> Path:
 
 
 def load_dir(config: ClusterConfig) -> Path:
-    return config.gate.state / "load"
+    return config.gate.shared / "load"
+
+
+def table_mode(config: ClusterConfig) -> int:
+    """The routing table's mode: the gate's account reads it through the group with two accounts."""
+    return 0o640 if config.split_accounts else 0o600
+
+
+def forget(record: JobRecord) -> None:
+    """Delete what a job left on disk for itself (its TLS directory): it has ended."""
+    if record.tls_dir:
+        remove_job_identity(Path(record.tls_dir))
 
 
 def node_host(template: str, node: str) -> str | None:
@@ -177,7 +200,7 @@ class Engine:
         for record in list(state.jobs.values()):
             ended = phase_of(record) is Phase.ENDED
             if ended and (record.cancelled is not None or record.service not in configured):
-                del state.jobs[record.id]
+                forget(state.jobs.pop(record.id))
             elif record.cancelled is None and record.service not in configured:
                 record.cancelled, record.cancel_reason = now, "unconfigured"
                 to_cancel.append(record.id)
@@ -223,17 +246,27 @@ class Engine:
                 )  # fmt: skip
 
     async def healthy(self, record: JobRecord) -> bool:
-        """``GET /health`` answers 200 within the probe timeout (no token is sent)."""
+        """``GET /health`` answers 200 within the probe timeout (no token is sent).
+
+        A TLS job is probed with its own key (its client-certificate file lists
+        it beside the gate's), so the scheduler never needs the gate's key.
+        """
         if record.host is None:
             return False
         timeout = self._config.scheduler.probe_timeout
-        pool = self._pool
-        own = pool is None
-        if pool is None:
-            pool = BackendPool(max_idle_per_backend=0, connect_timeout=timeout)
+        try:
+            tls = client_context(job_identity(Path(record.tls_dir), record.pin)) if record.pin else None
+        except TlsError as exc:
+            log.warning('{"event":"probe_failed","job":"%s","error":%s}', record.id, _json_text(str(exc)))
+            return False
+        pool, own = self._pool, False
+        if pool is None or tls is not None:  # a TLS probe shows the job's own key: a pool of its own
+            pool, own = BackendPool(max_idle_per_backend=0, connect_timeout=timeout, tls=tls), True
         try:
             async with asyncio.timeout(timeout):
-                response = await pool.request(record.host, record.port, None, "GET", "/health", b"", timeout)
+                response = await pool.request(
+                    record.host, record.port, None, "GET", "/health", b"", timeout, pin=record.pin or None
+                )
                 try:
                     await response.read(4096)
                     return response.status == 200
@@ -277,7 +310,9 @@ class Engine:
             self._config.scheduler.max_submit_per_pass,
         )
         for job_id in decision.forget:
-            state.jobs.pop(job_id, None)
+            record = state.jobs.pop(job_id, None)
+            if record is not None:
+                forget(record)
         for job_id in decision.drain:
             state.jobs[job_id].drain = now
             log.info('{"event":"drain","model":"%s","job":"%s"}', service.model, job_id)
@@ -325,11 +360,17 @@ class Engine:
         budget = self._config.scheduler.max_submit_per_pass
         for service, count in submissions:
             for _ in range(min(count, budget)):
-                port = self._free_port(state)
-                token = secrets.token_urlsafe(32)
+                tls = None
                 try:
-                    record = await self._backend.submit(service, port, token, now)
-                except (SlurmError, OSError) as exc:
+                    port = self._free_port(state)
+                    token = secrets.token_urlsafe(32)
+                    tls = self._job_identity(service)
+                    record = await self._backend.submit(service, port, token, now, tls)
+                    if tls is not None:
+                        record.pin, record.tls_dir = tls.pin, str(tls.directory)
+                except (SlurmError, OSError, TlsError) as exc:
+                    if tls is not None:
+                        remove_job_identity(tls.directory)
                     previous = state.services.get(service.model, ServiceState())
                     failures = previous.failures + 1
                     state.services[service.model] = ServiceState(
@@ -345,6 +386,19 @@ class Engine:
                 log.info('{"event":"submitted","model":"%s","job":"%s"}', service.model, record.id)
             if budget <= 0:
                 break
+
+    def _job_identity(self, service: Service) -> JobIdentity | None:
+        """A new job's TLS key and certificates in its own directory (None: plain HTTP, logged)."""
+        if service.unsafe_plain_http:
+            log.warning('{"event":"unsafe_plain_http","model":"%s"}', service.model)
+            return None
+        config = self._config
+        gate_cert = config.gate.tls / CLIENT_CERT
+        if not config.split_accounts and not gate_cert.exists():
+            init_gate_identity(config.gate.tls)  # one account: the gate's identity is ours to make
+        ensure_private_dir(config.job_dir)
+        directory = config.job_dir / f"{service.job_key}-{secrets.token_hex(8)}"
+        return make_job_identity(directory, gate_cert, f"sluice-job {service.job_key}")
 
     def _free_port(self, state: SchedulerState) -> int:
         """A random port that no job of ours and no routing-table entry uses."""
@@ -366,9 +420,11 @@ class Engine:
         table: dict[str, list[Instance]] = {s.model: [] for s in self._services}
         for record in sorted(state.jobs.values(), key=lambda r: r.submitted):
             if record.service in table and routable(record) and record.host is not None:
-                table[record.service].append(Instance(record.instance_id, record.host, record.port, record.token))
+                instance = Instance(record.instance_id, record.host, record.port, record.token, record.pin or None)
+                table[record.service].append(instance)
         known = set(self._config.model_routes())
-        update_table(self._config.gate.routing_table, table, known, self._config.gate.state / "table.lock")
+        config = self._config
+        update_table(config.gate.routing_table, table, known, config.gate.state / "table.lock", table_mode(config))
 
 
 def _json_text(text: str) -> str:

@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import errno
 import json
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +45,11 @@ PUBLISH_INTERVAL: Final = 1.0
 # it is at most this old (seconds).  Gates of one cluster normally all run on
 # the one login node the appliance's SSH connections reach.
 FOREIGN_FRESH: Final = 600.0
+
+# Two accounts: load/ in the spool is the gates' and the scheduler's (group
+# write: the scheduler removes the files of gates that ended; setgid: files
+# keep the spool's group).
+SHARED_DIR_MODE: Final = 0o2770
 
 # A dead gate's file is removed once it is this old (seconds), so that every
 # pass that might need its last numbers has seen it.
@@ -85,8 +92,11 @@ class _ModelCount:
 class LoadMeter:
     """The gate side: counts, integrates, publishes.  One per gate process."""
 
-    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, directory: Path, clock: Callable[[], float] = time.time, shared: bool = False) -> None:
+        """``shared``: two accounts; the directory is in the spool and the scheduler's
+        account reads (and removes) the files through the group."""
         self._dir = directory
+        self._shared = shared
         self._clock = clock
         self._host = socket.gethostname().split(".")[0]
         self._pid = os.getpid()
@@ -171,12 +181,19 @@ class LoadMeter:
         try:
             if not self._dir.is_dir():
                 # the state directory and its load/ (never deeper: a config
-                # directory that is gone stays gone)
-                with contextlib.suppress(FileExistsError):
-                    self._dir.parent.mkdir(mode=0o700)
+                # directory that is gone stays gone); the spool is the admin's
+                if not self._shared:
+                    with contextlib.suppress(FileExistsError):
+                        self._dir.parent.mkdir(mode=0o700)
                 with contextlib.suppress(FileExistsError):
                     self._dir.mkdir(mode=0o700)
-            atomic_write(self._path, json.dumps(self.document(), separators=(",", ":")).encode(), durable=False)
+                    if self._shared:
+                        self._dir.chmod(SHARED_DIR_MODE)
+            if self._shared and not stat.S_ISDIR(os.lstat(self._dir).st_mode):
+                # the jobs account owns the spool: a symlink there must not lead the gate's writes elsewhere
+                raise OSError(errno.ENOTDIR, "the spool's load directory is not a directory")
+            data = json.dumps(self.document(), separators=(",", ":")).encode()
+            atomic_write(self._path, data, durable=False, mode=0o640 if self._shared else 0o600)
         except OSError as exc:
             # the gate keeps serving; the scheduler then sees no load from it
             if self._ok:

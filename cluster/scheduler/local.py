@@ -25,10 +25,12 @@ import time
 from typing import Final
 
 from ..backend_client import BackendPool
-from ..config import ClusterConfig, Service
+from ..config import PLACEHOLDER, ClusterConfig, Service
+from ..tls import JobIdentity
 from .engine import Engine, lock_path, state_path
 from .lock import PassLock
 from .state import JobRecord, ensure_private_dir, load_state, save_state
+from .template import tls_values
 
 __all__ = ["LocalBackend", "LocalScheduler", "LocalSchedulerBusy"]
 
@@ -73,11 +75,9 @@ class LocalBackend:
                 record.ended = now
         return [job_id for job_id in self._processes if job_id not in jobs]
 
-    async def submit(self, service: Service, port: int, token: str, now: float) -> JobRecord:
-        argv = [
-            arg.replace("{port}", str(port)).replace("{model}", service.model).replace("{python}", sys.executable)
-            for arg in service.command
-        ]
+    async def submit(self, service: Service, port: int, token: str, now: float, tls: JobIdentity | None) -> JobRecord:
+        values = {"port": str(port), "model": service.model, "python": sys.executable, **tls_values(tls)}
+        argv = [PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), arg) for arg in service.command]
         env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
         env["SLUICE_BACKEND_TOKEN"] = token
         process = await asyncio.create_subprocess_exec(

@@ -28,7 +28,7 @@ from .local import LocalScheduler
 from .lock import PassLock
 from .slurm_backend import SlurmBackend
 from .state import ensure_private_dir
-from .trigger import KICK_FILE, touch
+from .trigger import KICK_POLL, kick_path, kicked_since, touch
 
 __all__ = ["slurm_pass", "run_once", "run_loop"]
 
@@ -48,7 +48,8 @@ async def slurm_pass(config: ClusterConfig) -> PassReport | None:
     if not lock.acquire(blocking=True, timeout=LOCK_WAIT):
         return None
     try:
-        touch(config.gate.state / KICK_FILE)
+        if not config.split_accounts:  # with two accounts the kick file is the gates', not ours
+            touch(kick_path(config))
         async with asyncio.timeout(config.scheduler.pass_timeout):
             return await Engine(config, SlurmBackend(config), time.time).run_pass()
     except TimeoutError:
@@ -69,7 +70,17 @@ def run_once(config: ClusterConfig) -> int:
     return 0
 
 
+def warn_single_account(config: ClusterConfig) -> None:
+    """One account runs the gate and the jobs: a job can read the gate's keys.  Said on every start."""
+    if not config.split_accounts and (config.services or config.static):
+        log.warning(
+            '{"event":"single_account_mode","detail":"jobs run as the gate\'s account and can read its keys; '
+            'see docs/operator-slurm.md, Two accounts"}'
+        )
+
+
 async def run_loop(config: ClusterConfig, stop: asyncio.Event) -> None:
+    warn_single_account(config)
     tasks = []
     if config.services_of("local"):
         tasks.append(asyncio.create_task(LocalScheduler(config).run(stop)))
@@ -91,11 +102,15 @@ async def run_loop(config: ClusterConfig, stop: asyncio.Event) -> None:
 
 async def _slurm_loop(config: ClusterConfig, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        started = time.monotonic()
+        started, began = time.monotonic(), time.time()
         try:
             await slurm_pass(config)
         except Exception:
             log.exception("slurm pass failed")
-        wait = max(0.0, config.scheduler.pass_interval - (time.monotonic() - started))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), wait)
+        deadline = started + config.scheduler.pass_interval
+        # two accounts: a gate's kick (a held request, a ping) starts the next pass early
+        while not stop.is_set() and time.monotonic() < deadline:
+            if config.split_accounts and kicked_since(config, began):
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(KICK_POLL, max(0.0, deadline - time.monotonic())))

@@ -15,6 +15,7 @@ from ..config import ClusterConfig, Service
 from .engine import ENDED_STATES, node_host
 from .slurm import RUNNING_STATES, SlurmCli
 from .state import JobRecord, ensure_private_dir
+from ..tls import JobIdentity
 from .template import render_job_script
 
 __all__ = ["SlurmBackend", "job_name", "sbatch_options"]
@@ -68,10 +69,10 @@ class SlurmBackend:
                 record.ended = now
         return [job_id for job_id, job in listed.items() if job_id not in jobs and job.state not in ENDED_STATES]
 
-    async def submit(self, service: Service, port: int, token: str, now: float) -> JobRecord:
+    async def submit(self, service: Service, port: int, token: str, now: float, tls: JobIdentity | None) -> JobRecord:
         ensure_private_dir(self._config.log_dir)
         name = job_name(self._config, service)
-        script = render_job_script(service, port=port, token=token, job_name=name, python=sys.executable)
+        script = render_job_script(service, port=port, token=token, job_name=name, python=sys.executable, tls=tls)
         job_id = await self._cli.sbatch(sbatch_options(self._config, service), script.encode())
         return JobRecord(job_id, service.model, port, token, submitted=now, observed=now)
 

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from .plan import ServiceState
 
-__all__ = ["JobRecord", "SchedulerState", "load_state", "save_state", "atomic_write", "ensure_private_dir"]
+__all__ = ["JobRecord", "SchedulerState", "load_state", "read_state", "save_state", "atomic_write", "ensure_private_dir"]
 
 log = logging.getLogger("sluice.scheduler")
 
@@ -55,6 +55,8 @@ class JobRecord:
     probe_failures: int = 0
     ended: float | None = None
     expected_start: float | None = None  # a pending Slurm job: Slurm's estimate of its start
+    pin: str = ""  # SHA-256 of the job's TLS certificate; "" for a plain-HTTP job
+    tls_dir: str = ""  # the job's private directory with its TLS key ("" for none)
 
     @property
     def instance_id(self) -> str:
@@ -146,15 +148,18 @@ def ensure_private_dir(path: Path) -> None:
         raise PermissionError(f"{path} is writable by others; it must be private to the scheduler's account")
 
 
-def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, durable: bool = True, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data``: a reader sees the old file or the new one, never a part.
 
     ``durable`` also waits for the disk (fsync): for state that must survive a
     crash of the machine, not for the gates' load files, rewritten every second.
+    ``mode``: 0o600, or 0o640 for what the other account reads through the group.
     """
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
     try:
         with os.fdopen(fd, "wb") as handle:
+            if mode != 0o600:
+                os.fchmod(handle.fileno(), mode)
             handle.write(data)
             handle.flush()
             if durable:
@@ -182,6 +187,19 @@ def load_state(path: Path) -> SchedulerState:
             os.replace(path, aside)
         log.error('{"event":"state_garbled","moved_to":"%s","problem":"%s"}', aside.name, type(exc).__name__)
         return SchedulerState()
+
+
+def read_state(path: Path) -> SchedulerState | None:
+    """The state at ``path``, read only, for the gates' listings: None if it is missing or garbled
+    (a garbled file is the scheduler's to move aside, :func:`load_state`)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_STATE_BYTES + 1)
+        if len(data) > MAX_STATE_BYTES:
+            return None
+        return SchedulerState.from_json(json.loads(data))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def save_state(path: Path, state: SchedulerState) -> None:

@@ -83,7 +83,13 @@ def status_document(config: ClusterConfig) -> dict[str, Any]:
         }
     except (TableError, OSError) as exc:
         routing = {"error": str(exc)}
-    return {"backends": backends, "services": services, "jobs": jobs, "routing_table": routing}
+    accounts = "two" if config.split_accounts else "single"
+    plain = sorted(s.model for s in config.services if s.unsafe_plain_http)
+    plain += sorted(b.model for b in config.static if b.pin is None)
+    return {
+        "backends": backends, "services": services, "jobs": jobs, "routing_table": routing,
+        "accounts": accounts, "unsafe_plain_http": plain,
+    }  # fmt: skip
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -96,6 +102,11 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def format_status(document: dict[str, Any]) -> str:
     parts = []
+    if document.get("accounts") == "single":
+        parts.append("WARNING single-account mode: jobs run as the gate's account and can read its keys "
+                     "(docs/operator-slurm.md, Two accounts)")
+    if document.get("unsafe_plain_http"):
+        parts.append(f"WARNING plain HTTP (every path open on the cluster network): {', '.join(document['unsafe_plain_http'])}")
     for name, info in document["backends"].items():
         holder = info["lock_holder"]
         line = f"{name}: last pass {info['last_pass_age']}s ago" if info["last_pass_age"] is not None else f"{name}: no pass yet"

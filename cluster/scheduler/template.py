@@ -13,8 +13,16 @@ from __future__ import annotations
 import re
 
 from ..config import PLACEHOLDER, Service
+from ..tls import JobIdentity
 
-__all__ = ["render_job_script"]
+__all__ = ["render_job_script", "tls_values"]
+
+
+def tls_values(tls: JobIdentity | None) -> dict[str, str]:
+    """The ``{tls_*}`` placeholders: the job's key, certificate and accepted client certificates."""
+    if tls is None:
+        return {"tls_keyfile": "", "tls_certfile": "", "tls_ca": ""}
+    return {"tls_keyfile": str(tls.key), "tls_certfile": str(tls.cert), "tls_ca": str(tls.clients)}
 
 
 def _fill(text: str, values: dict[str, str]) -> str:
@@ -24,8 +32,11 @@ def _fill(text: str, values: dict[str, str]) -> str:
     return PLACEHOLDER.sub(one, text)
 
 
-def render_job_script(service: Service, *, port: int, token: str, job_name: str, python: str) -> str:
+def render_job_script(
+    service: Service, *, port: int, token: str, job_name: str, python: str, tls: JobIdentity | None = None
+) -> str:
     builtins = {"port": str(port), "token": token, "model": service.model, "job_name": job_name, "python": python}
+    builtins.update(tls_values(tls))
     values = {name: _fill(value, builtins) for name, value in service.variables}
     values.update(builtins)
     return _fill(service.template, values)

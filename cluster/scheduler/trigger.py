@@ -13,6 +13,12 @@ Nothing of the request or the SSH session reaches the pass: its argv is the
 configuration path the gate was started with, and its environment is the
 gate's own without ``SSH_*`` variables.  ``-I`` keeps Python from importing
 anything from the working directory or ``PYTHON*`` variables.
+
+**Two accounts** (``gate.spool_dir`` set): the gate may not start a pass (it
+would submit jobs as the gate's account, and a job would then run where it
+can read the gate's keys).  It only touches the kick file in the shared spool
+directory; the scheduler's loop, run by the jobs account (its crontab), sees
+the new mtime within :data:`KICK_POLL` seconds and runs a pass at once.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from ..config import ClusterConfig
 from .engine import lock_path
 from .lock import is_locked
 
-__all__ = ["kick_pass", "KICK_FILE"]
+__all__ = ["kick_pass", "kick_path", "kicked_since", "KICK_FILE", "KICK_POLL", "SHARED_FILE_MODE"]
 
 log = logging.getLogger("sluice.scheduler")
 
@@ -38,6 +44,14 @@ KICK_FILE: Final = "slurm.kick"
 
 # The scheduler log is started afresh (the old one kept as .1) past this size.
 MAX_LOG_BYTES: Final = 16 * 1024 * 1024
+
+# Two accounts: how often the scheduler's loop looks at the kick file's mtime
+# (one stat; a held request waits at most this long for its pass to start).
+KICK_POLL: Final = 0.25
+
+# Files the gate leaves in the shared spool directory (kicks, load files): its
+# group (the directory's, setgid) reads them; nobody else.
+SHARED_FILE_MODE: Final = 0o640
 
 # Kicks inside one process closer together than this are dropped without
 # looking at any file (a burst of held requests).
@@ -57,11 +71,19 @@ def _reap() -> None:
             _children.discard(pid)
 
 
-def touch(path: Path) -> None:
+def touch(path: Path, mode: int = 0o600) -> None:
     with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
         os.close(fd)
         os.utime(path)
+
+
+def kicked_since(config: ClusterConfig, since: float) -> bool:
+    """Whether a gate touched the kick file after ``since`` (wall clock)."""
+    try:
+        return kick_path(config).stat().st_mtime > since
+    except OSError:
+        return False
 
 
 def _log_path(state: Path) -> Path:
@@ -76,6 +98,24 @@ def pass_argv(config_path: Path) -> list[str]:
     return [sys.executable, "-I", "-m", "cluster.cli", "scheduler", "--config", str(config_path), "--once"]
 
 
+def kick_path(config: ClusterConfig) -> Path:
+    return config.gate.shared / KICK_FILE
+
+
+def _kick_spool(config: ClusterConfig) -> bool:
+    """Two accounts: ask the scheduler's loop for a pass through the kick file's mtime."""
+    kick = kick_path(config)
+    try:
+        if time.time() - kick.stat().st_mtime < config.scheduler.pass_interval:
+            return False
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    touch(kick, SHARED_FILE_MODE)
+    return True
+
+
 def kick_pass(config: ClusterConfig) -> bool:
     """Start a Slurm pass in the background if one is due; never raises, never waits."""
     global _last_kick
@@ -85,6 +125,8 @@ def kick_pass(config: ClusterConfig) -> bool:
     if now - _last_kick < _LOCAL_SPACING:
         return False
     _last_kick = now
+    if config.split_accounts:
+        return _kick_spool(config)
     try:
         _reap()
         if _children:

@@ -2,13 +2,16 @@
 
 Run it as ``python -m cluster.standin --host 127.0.0.1 --port 0 --model NAME
 --kind chat|embeddings [--token-delay SECONDS] [--dimensions N]``; once it
-listens it prints exactly one line, ``READY <port>``, to stdout.  A bearer
+listens it prints exactly one line, ``READY <port>``, to stdout.  With vLLM's
+TLS flags (``--ssl-keyfile --ssl-certfile --ssl-ca-certs --ssl-cert-reqs 2``)
+it serves TLS and answers nothing, on any path, to a client whose certificate
+is not in the CA file (see :mod:`cluster.tls`).  A bearer
 token, when wanted, comes from the environment variable
 ``SLUICE_BACKEND_TOKEN`` (never the command line, where ``ps`` shows it).
 
 It speaks the OpenAI shapes that vLLM speaks (``/v1/models``,
 ``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``, SSE
-streaming with ``stream_options.include_usage``) plus ``/health`` and a
+streaming with ``stream_options.include_usage`` and ``continuous_usage_stats``) plus ``/health`` and a
 ``/stats`` counter endpoint for leak tests.  Replies are deterministic: words
 drawn from a hash of the prompt, one word per token.  It never logs a prompt
 or a completion.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import re
 import secrets
 import struct
 import time
@@ -176,16 +177,19 @@ def _max_tokens(obj: dict[str, Any]) -> int:
     return min(value, MAX_TOKENS_CAP)
 
 
-def _include_usage(obj: dict[str, Any], stream: bool) -> bool:
+def _include_usage(obj: dict[str, Any], stream: bool) -> tuple[bool, bool]:
+    """``stream_options``: (include_usage, continuous_usage_stats), as vLLM reads them:
+    usage so far on every chunk only together with the final usage."""
     options = obj.get("stream_options")
     if options is None:
-        return False
+        return False, False
     if not stream or not isinstance(options, dict):
         raise _Invalid(400, "invalid_stream_options")
     include = options.get("include_usage", False)
-    if not isinstance(include, bool):
+    continuous = options.get("continuous_usage_stats", False)
+    if not isinstance(include, bool) or not isinstance(continuous, bool):
         raise _Invalid(400, "invalid_stream_options")
-    return include
+    return include, include and continuous
 
 
 def _stream_flag(obj: dict[str, Any]) -> bool:
@@ -193,6 +197,14 @@ def _stream_flag(obj: dict[str, Any]) -> bool:
     if not isinstance(stream, bool):
         raise _Invalid(400, "invalid_stream")
     return stream
+
+
+def _is_image_part(part: object) -> bool:
+    """An inline image (``{"type": "image_url", "image_url": {"url": "data:image/..."}}``), as vision models take."""
+    if not isinstance(part, dict) or part.get("type") != "image_url" or not isinstance(part.get("image_url"), dict):
+        return False
+    url = part["image_url"].get("url")
+    return isinstance(url, str) and url.startswith("data:image/")
 
 
 def _message_text(content: object) -> str:
@@ -203,6 +215,8 @@ def _message_text(content: object) -> str:
     if isinstance(content, list):
         texts = []
         for part in content:
+            if _is_image_part(part):
+                continue  # the stand-in does not look at images; their text parts decide the reply
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise _Invalid(400, "invalid_content")
             texts.append(part["text"])
@@ -236,6 +250,19 @@ def _token_texts(words: list[str]) -> Iterator[str]:
         yield words[0]
         for word in words[1:]:
             yield " " + word
+
+
+ECHO_PREFIX = "/echo "
+"""A last message that starts with this is answered with the rest of it, verbatim, one
+whitespace-led word per token: the test-only way to make the stand-in emit given text
+(the web chat's tests feed it hostile markup this way).  A real model has no such rule."""
+
+
+def _echo_tokens(text: str, max_tokens: int) -> tuple[list[str], str] | None:
+    if not text.startswith(ECHO_PREFIX):
+        return None
+    tokens = re.findall(r"\s*\S+\s*?", text[len(ECHO_PREFIX):]) or [""]
+    return tokens[:max_tokens], ("length" if len(tokens) > max_tokens else "stop")
 
 
 class StandinApp:
@@ -340,16 +367,23 @@ class StandinApp:
             texts.append(_message_text(message.get("content")))
         max_tokens = _max_tokens(obj)
         stream = _stream_flag(obj)
-        include_usage = _include_usage(obj, stream)
+        include_usage, continuous = _include_usage(obj, stream)
         prompt_tokens = sum(count_words(text) for text in texts)
         calls = tool_calls(obj, "\n".join(texts))
-        words, finish = ([], "tool_calls") if calls else reply_words("\n".join(texts), max_tokens)
-        usage = _usage(prompt_tokens, len(words) + sum(len(call.pieces) for call in calls))
+        echoed = _echo_tokens(texts[-1], max_tokens)
+        if calls:
+            pieces, finish = [], "tool_calls"
+        elif echoed is None:
+            words, finish = reply_words("\n".join(texts), max_tokens)
+            pieces = list(_token_texts(words))
+        else:
+            pieces, finish = echoed
+        usage = _usage(prompt_tokens, len(pieces) + sum(len(call.pieces) for call in calls))
         ident = self._new_id("chatcmpl")
         created = int(time.time())
         model = self.config.model
         if not stream:
-            message: dict[str, Any] = {"role": "assistant", "content": " ".join(words)}
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces)}
             if calls:
                 message = {"role": "assistant", "content": None, "tool_calls": [_chat_call(c) for c in calls]}
             choice = {
@@ -381,14 +415,16 @@ class StandinApp:
             return _event(obj)
 
         def token_events() -> Iterator[bytes]:
-            for index, text in enumerate(_token_texts(words)):
+            for index, text in enumerate(pieces):
                 delta = {"role": "assistant", "content": text} if index == 0 else {"content": text}
-                yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+                so_far = _usage(prompt_tokens, index + 1) if continuous else None
+                yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}], so_far)
             for position, call in enumerate(calls):
                 for delta in _chat_call_deltas(position, call):
                     yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
-        tail = [chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])]
+        tail = [chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}],
+                      usage if continuous else None)]
         if include_usage:
             tail.append(chunk([], usage))
         tail.append(_DONE_EVENT)
@@ -417,7 +453,7 @@ class StandinApp:
         prompts = self._prompts(obj.get("prompt"))
         max_tokens = _max_tokens(obj)
         stream = _stream_flag(obj)
-        include_usage = _include_usage(obj, stream)
+        include_usage, continuous = _include_usage(obj, stream)
         results = []
         prompt_tokens = 0
         for text, tokens in prompts:
@@ -455,12 +491,16 @@ class StandinApp:
             return _event(obj)
 
         def token_events() -> Iterator[bytes]:
+            delivered = 0
             for index, (words, _) in enumerate(results):
                 for text in _token_texts(words):
-                    yield chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}])
+                    delivered += 1
+                    so_far = _usage(prompt_tokens, delivered) if continuous else None
+                    yield chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}], so_far)
 
         tail = [
-            chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": finish}])
+            chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": finish}],
+                  usage if continuous else None)
             for index, (_, finish) in enumerate(results)
         ]
         if include_usage:

@@ -47,7 +47,10 @@ class StandinProcess:
         dimensions: int = 32,
         token: str | None = None,
         ready_timeout: float = READY_TIMEOUT,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
+        """``tls``: (key, certificate, accepted client certificates): serve TLS and
+        require a client certificate on every path, as the job templates do."""
         self.host = host
         self.port = port
         self._argv = [
@@ -67,6 +70,10 @@ class StandinProcess:
             "--dimensions",
             str(dimensions),
         ]
+        if tls is not None:
+            key, cert, clients = tls
+            self._argv += ["--ssl-keyfile", str(key), "--ssl-certfile", str(cert), "--ssl-ca-certs", str(clients),
+                           "--ssl-cert-reqs", "2"]
         self._token = token
         self._ready_timeout = ready_timeout
         self._proc: subprocess.Popen[bytes] | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 
 from cluster._http1 import (
@@ -311,11 +312,16 @@ class StandinServer:
         self._active = 0
         self._served = 0
 
-    async def start(self, host: str, port: int) -> int:
-        """Listen on ``host``:``port`` (0: any free port); returns the port."""
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen on ``host``:``port`` (0: any free port); returns the port.
+
+        With ``tls`` (:func:`cluster.tls.server_context`, as vLLM's ``--ssl-*``
+        flags) every connection is TLS: a client without an accepted
+        certificate fails the handshake and gets no byte of HTTP, on any path.
+        """
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _HttpConnection(self), host, port, reuse_address=True, backlog=1024
+            lambda: _HttpConnection(self), host, port, reuse_address=True, backlog=1024, ssl=tls
         )
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -341,11 +347,13 @@ class StandinServer:
         await asyncio.sleep(0)  # let the transports run connection_lost
 
 
-async def serve(config: StandinConfig, host: str, port: int, on_ready: Callable[[int], None]) -> None:
+async def serve(
+    config: StandinConfig, host: str, port: int, on_ready: Callable[[int], None], tls: ssl.SSLContext | None = None
+) -> None:
     """Serve until SIGTERM or SIGINT; ``on_ready(port)`` once listening."""
     loop = asyncio.get_running_loop()
     server = StandinServer(config)
-    bound = await server.start(host, port)
+    bound = await server.start(host, port, tls)
     stop = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
     for signum in signals:
@@ -359,7 +367,9 @@ async def serve(config: StandinConfig, host: str, port: int, on_ready: Callable[
         await server.aclose()
 
 
-def run(config: StandinConfig, host: str, port: int, on_ready: Callable[[int], None]) -> None:
+def run(
+    config: StandinConfig, host: str, port: int, on_ready: Callable[[int], None], tls: ssl.SSLContext | None = None
+) -> None:
     """Run :func:`serve` on a fresh event loop (uvloop's when importable)."""
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
@@ -369,4 +379,4 @@ def run(config: StandinConfig, host: str, port: int, on_ready: Callable[[int], N
     else:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(config, host, port, on_ready))
+        runner.run(serve(config, host, port, on_ready, tls))

@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
-from appliance.external import RateLimiter, _event_usage, _map_status
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from appliance.auth.secret import Secret
+from appliance.external import ExternalUpstream, _event_usage, _map_status, _Upstream
+from appliance.metering import Outcome
+from appliance.quotas import MemoryBackend, QuotaExceeded, QuotaPolicy, Quotas
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
+def test_rate_limit_is_per_user_and_in_flight_per_upstream_on_the_quota_engine() -> None:
+    upstream = _Upstream(ExternalUpstream("partner", "https://x.example", Path("k"), ("m",), frozenset({"g"}),
+                                          requests_per_minute=3, max_concurrent=4), Secret("k"))
 
-    def __call__(self) -> float:
-        return self.now
+    async def scenario() -> None:
+        limits = Quotas(QuotaPolicy(), MemoryBackend())
+        grants = [await limits.admit_plan(upstream.plan("alice")) for _ in range(3)]
+        with pytest.raises(QuotaExceeded) as refused:
+            await limits.admit_plan(upstream.plan("alice"))
+        assert refused.value.code == "requests_per_minute_exceeded" and 1 <= refused.value.retry_after <= 60
+        grants.append(await limits.admit_plan(upstream.plan("bob")))  # another user's own minute
+        # Four in flight (alice's three and bob's one): the fifth caller waits for one to finish.
+        with pytest.raises(QuotaExceeded) as busy:
+            await limits.admit_plan(upstream.plan("carol"))
+        assert busy.value.code == "concurrent_requests_exceeded"
+        await limits.settle(grants[0], Outcome(200))
+        await limits.admit_plan(upstream.plan("carol"))
 
-
-def test_rate_limit_is_per_user_and_slides() -> None:
-    clock = Clock()
-    limiter = RateLimiter(3, window=60, clock=clock)
-    assert [limiter.hit("alice") for _ in range(3)] == [None, None, None]
-    wait = limiter.hit("alice")
-    assert wait is not None and 59 < wait <= 60
-    assert limiter.hit("bob") is None
-    clock.now += 30
-    assert limiter.hit("alice") is not None  # refusals are not counted, and the window has not slid yet
-    clock.now += 30.1
-    assert limiter.hit("alice") is None
+    asyncio.run(scenario())
 
 
 def test_upstream_errors_become_short_codes() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import inspect
 import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +27,24 @@ from appliance.auth.users import UserDirectory
 from appliance.cli import main
 
 
+class Sync:
+    """The async stores, called from plain tests: each call runs to completion (SQLite needs no loop of its own)."""
+
+    def __init__(self, target: object) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if not inspect.ismethod(value):
+            return value if isinstance(value, (int, float, str, bytes, type(None))) else Sync(value)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = value(*args, **kwargs)
+            return asyncio.run(result) if inspect.iscoroutine(result) else result
+
+        return call
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
@@ -33,15 +54,15 @@ class Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> tuple[KeyStore, Clock]:
+def store(tmp_path: Path) -> tuple[Any, Clock]:
     clock = Clock()
     db = open_database(tmp_path / "auth.sqlite3")
     users = UserDirectory(db, groups_max_age=30 * 86400, clock=clock)
-    users.record(Identity("iss#alice", "a@example.org", "Alice", frozenset({"staff"})), "oidc")
-    return KeyStore(db, users, clock=clock), clock
+    Sync(users).record(Identity("iss#alice", "a@example.org", "Alice", frozenset({"staff"})), "oidc")
+    return Sync(KeyStore(db, users, clock=clock)), clock
 
 
-def test_key_format_and_storage(store: tuple[KeyStore, Clock], tmp_path: Path) -> None:
+def test_key_format_and_storage(store: tuple[Any, Clock], tmp_path: Path) -> None:
     keys, _ = store
     key, info = keys.create("iss#alice", "laptop", ["standin-chat"])
     assert key.startswith(KEY_PREFIX + info.id + "-") and len(key) == len(KEY_PREFIX) + 12 + 1 + 43
@@ -51,12 +72,12 @@ def test_key_format_and_storage(store: tuple[KeyStore, Clock], tmp_path: Path) -
     # Only the digest is stored; the file is private.
     raw = (tmp_path / "auth.sqlite3").read_bytes()
     assert key.encode() not in raw and key.split("-")[-1].encode() not in raw
-    digest = keys._db.execute("SELECT digest FROM api_keys").fetchone()[0]
+    digest = keys._db.connection._target.execute("SELECT digest FROM api_keys").fetchone()[0]
     assert digest == hashlib.sha256(key.encode()).digest()
     assert stat.S_IMODE(os.stat(tmp_path / "auth.sqlite3").st_mode) == 0o600
 
 
-def test_reject_wrong_unknown_and_malformed_keys(store: tuple[KeyStore, Clock]) -> None:
+def test_reject_wrong_unknown_and_malformed_keys(store: tuple[Any, Clock]) -> None:
     keys, _ = store
     key, _ = keys.create("iss#alice", "k")
     assert keys.verify(key[:-1] + ("A" if key[-1] != "A" else "B")) is None
@@ -65,7 +86,7 @@ def test_reject_wrong_unknown_and_malformed_keys(store: tuple[KeyStore, Clock]) 
         assert keys.verify(bad) is None
 
 
-def test_revoke_and_expiry(store: tuple[KeyStore, Clock]) -> None:
+def test_revoke_and_expiry(store: tuple[Any, Clock]) -> None:
     keys, clock = store
     key, _ = keys.create("iss#alice", "k", expires=clock.now + 60)
     other, other_info = keys.create("iss#alice", "other")
@@ -79,14 +100,14 @@ def test_revoke_and_expiry(store: tuple[KeyStore, Clock]) -> None:
         keys.create("iss#alice", "k", expires=clock.now - 1)
 
 
-def test_revoke_user(store: tuple[KeyStore, Clock]) -> None:
+def test_revoke_user(store: tuple[Any, Clock]) -> None:
     keys, _ = store
     made = [keys.create("iss#alice", f"k{i}")[0] for i in range(3)]
     assert keys.revoke_user("iss#alice") == 3
     assert all(keys.verify(k) is None for k in made)
 
 
-def test_limits_on_names_scopes_and_counts(store: tuple[KeyStore, Clock]) -> None:
+def test_limits_on_names_scopes_and_counts(store: tuple[Any, Clock]) -> None:
     keys, _ = store
     for name in ("", " ", "x" * 65, "tab\there"):
         with pytest.raises(KeyRequestError):
@@ -100,7 +121,7 @@ def test_limits_on_names_scopes_and_counts(store: tuple[KeyStore, Clock]) -> Non
         keys.create("iss#bob", "one too many")
 
 
-def test_keys_act_with_current_groups(store: tuple[KeyStore, Clock]) -> None:
+def test_keys_act_with_current_groups(store: tuple[Any, Clock]) -> None:
     keys, clock = store
     key, _ = keys.create("iss#alice", "k")
     keys.users.record(Identity("iss#alice", None, None, frozenset({"guests"})), "oidc")
@@ -120,7 +141,7 @@ def test_keys_act_with_current_groups(store: tuple[KeyStore, Clock]) -> None:
 
 def test_sessions(tmp_path: Path) -> None:
     clock = Clock()
-    sessions = SessionStore(open_database(tmp_path / "s.sqlite3"), lifetime=60, clock=clock)
+    sessions = Sync(SessionStore(open_database(tmp_path / "s.sqlite3"), lifetime=60, clock=clock))
     sid = sessions.create("iss#alice", "id.token.x")
     assert sessions.get(sid).user == "iss#alice"  # type: ignore[union-attr]
     assert sessions.get(sid + "x") is None and sessions.get(None) is None and sessions.get("x" * 500) is None
@@ -155,9 +176,9 @@ def test_admin_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert row["owner"] == "svc" and row["models"] == ["a", "b"] and row["state"] == "active" and key not in str(row)
     connection = open_database(db)
     users = UserDirectory(connection, 1.0)
-    principal = KeyStore(connection, users).verify(key)
+    principal = Sync(KeyStore(connection, users)).verify(key)
     assert principal is not None and principal.groups == frozenset({"g1", "g2"})
     assert main(["keys", "revoke", "--database", db, row["id"]]) == 0
-    assert KeyStore(connection, users).verify(key) is None
+    assert Sync(KeyStore(connection, users)).verify(key) is None
     assert main(["keys", "revoke", "--database", db, row["id"]]) == 1
     assert main(["keys", "create", "--database", db, "--user", "svc", "--name", "x", "--expires-days", "0"]) == 2

@@ -31,23 +31,23 @@ def connection(peer: str | None, **headers: str) -> HTTPConnection:
 def test_header_from_a_trusted_proxy() -> None:
     auth = TrustedHeaderAuthenticator(SETTINGS)
     for peer in ("10.0.0.5", "::ffff:10.0.0.5", "fd00::1"):
-        principal = auth.principal(connection(peer, x_remote_user="alice", x_remote_groups="staff, nlp,,"))
+        principal = asyncio.run(auth.principal(connection(peer, x_remote_user="alice", x_remote_groups="staff, nlp,,")))
         assert principal is not None and principal.user == "https://sso.example.org#alice"
         assert principal.groups == frozenset({"staff", "nlp"})
-    assert auth.principal(connection("10.0.0.5")) is None  # no header: not this authenticator's business
+    assert asyncio.run(auth.principal(connection("10.0.0.5"))) is None  # no header: not this authenticator's business
 
 
 @pytest.mark.parametrize("peer", ["10.0.0.6", "127.0.0.1", "fd01::1", None, "not-an-address"])
 def test_reject_spoofed_header(peer: str | None, caplog: pytest.LogCaptureFixture) -> None:
     auth = TrustedHeaderAuthenticator(SETTINGS)
     with caplog.at_level(logging.WARNING, "sluice.security"), pytest.raises(HeaderSpoofed):
-        auth.principal(connection(peer, x_remote_user="alice", x_forwarded_for="10.0.0.5"))
+        asyncio.run(auth.principal(connection(peer, x_remote_user="alice", x_forwarded_for="10.0.0.5")))
     event = json.loads(caplog.records[-1].getMessage())
     assert event["event"] == "trusted_header_spoofed" and event["header"] == "x-remote-user"
     assert "alice" not in caplog.text
     # Any identity header counts, not only the user's.
     with pytest.raises(HeaderSpoofed):
-        auth.principal(connection(peer, x_remote_groups="admins"))
+        asyncio.run(auth.principal(connection(peer, x_remote_groups="admins")))
 
 
 def test_spoofed_header_wins_over_a_valid_key() -> None:
@@ -61,6 +61,6 @@ def test_spoofed_header_wins_over_a_valid_key() -> None:
 
 def test_reject_unusable_values() -> None:
     auth = TrustedHeaderAuthenticator(SETTINGS)
-    assert auth.principal(connection("10.0.0.5", x_remote_user="   ")) is None
-    assert auth.principal(connection("10.0.0.5", x_remote_user="a" * 300)) is None
-    assert auth.principal(connection("10.0.0.5", x_remote_user="a", x_remote_groups=",".join(f"g{i}" for i in range(300)))) is None
+    assert asyncio.run(auth.principal(connection("10.0.0.5", x_remote_user="   "))) is None
+    assert asyncio.run(auth.principal(connection("10.0.0.5", x_remote_user="a" * 300))) is None
+    assert asyncio.run(auth.principal(connection("10.0.0.5", x_remote_user="a", x_remote_groups=",".join(f"g{i}" for i in range(300))))) is None

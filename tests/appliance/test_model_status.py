@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from appliance.api.openai import OpenAIApi
 from appliance.auth.access import parse_access_policy
-from appliance.catalog import ClusterSet
+from appliance.catalog import MAX_WAIT, ClusterSet, model_info
 from policy.bodies import load_routes
 from policy.errors import NoBackend
 from policy.grammar import Models
@@ -17,13 +18,12 @@ from tests.appliance.test_aliases import _Auth, _Metering, _Reply
 from tests.appliance.test_aliases import _Transport as _AliasTransport
 
 LISTING = [
-    {"id": "warm", "ready": True, "routes": ["chat"], "status": "ready", "ready_instances": 2},
-    {"id": "cold", "ready": False, "routes": ["chat"], "status": "starting", "ready_instances": 0,
+    {"id": "warm", "ready": True, "routes": ["chat"], "status": "ready", "instances": {"ready": 2, "starting": 0}},
+    {"id": "cold", "ready": False, "routes": ["chat"], "status": "starting", "instances": {"ready": 0, "starting": 1},
      "estimated_wait": 42},
-    {"id": "zero", "ready": False, "routes": ["chat"], "status": "scaled_to_zero", "ready_instances": 0,
-     "estimated_wait": 300},
+    {"id": "zero", "ready": False, "routes": ["chat"], "status": "scaled_to_zero", "estimated_wait": 300},
     {"id": "old-gate", "ready": False, "routes": ["chat"]},
-    {"id": "liar", "ready": True, "routes": ["chat"], "status": "on fire", "ready_instances": -3,
+    {"id": "liar", "ready": True, "routes": ["chat"], "status": "ready", "instances": {"ready": -3},
      "estimated_wait": "soon"},
 ]
 
@@ -51,9 +51,21 @@ def test_models_carry_status_ready_instances_and_estimate() -> None:
     assert listing["old-gate"]["status"] == "unavailable"  # a gate that says only ready: false
 
 
-def test_reject_garbled_status_from_a_gate() -> None:
+def test_reject_garbled_counts_and_estimate_from_a_gate() -> None:
     liar = {m["id"]: m for m in _client().get("/v1/models").json()["data"]}["liar"]
-    assert liar["status"] == "ready" and liar["ready_instances"] == 1 and "estimated_wait" not in liar
+    assert liar["status"] == "ready" and liar["ready_instances"] == 0 and "estimated_wait" not in liar
+
+
+@pytest.mark.parametrize("wait", [-1, True, 1.5, MAX_WAIT + 1])
+def test_reject_implausible_estimates(wait: object) -> None:
+    entry = {"id": "m", "ready": False, "routes": ["chat"], "status": "starting", "estimated_wait": wait}
+    assert model_info(entry, "c").estimated_wait is None
+
+
+def test_reject_garbled_status_from_a_gate() -> None:
+    """A state this appliance does not know makes the gate's listing a bad one (appliance/catalog.py)."""
+    with pytest.raises(ValueError):
+        model_info({"id": "m", "ready": True, "routes": ["chat"], "status": "on fire"}, "c")
 
 
 def test_503_says_retry_after_from_the_estimate() -> None:

@@ -41,3 +41,17 @@ def test_ended_and_cancelled_jobs_do_not_count() -> None:
     cancelled = _job(id="2", state="RUNNING", cancelled=NOW - 1)
     assert status_of(SERVICE, [ended, cancelled], [], 0, NOW).status == "scaled_to_zero"
 
+
+
+def test_kept_model_starts_and_one_without_a_hold_queue_is_unavailable() -> None:
+    kept = Service(model="m", routes=("chat",), backend="slurm", command=(), min_instances=1, max_instances=2,
+                   warmup_timeout=300.0)
+    assert status_of(kept, [], [], 0, NOW) == ModelStatus("starting", 0, 300)  # the next pass submits one
+    no_hold = Service(model="m", routes=("chat",), backend="slurm", command=(), min_instances=0, max_instances=2,
+                      warmup_timeout=300.0, hold_queue=0)
+    assert status_of(no_hold, [], [], 0, NOW) == ModelStatus("unavailable", 0, None)
+
+
+def test_listing_fields_leave_the_counts_to_the_census() -> None:
+    assert ModelStatus("starting", 0, 42).to_json() == {"status": "starting", "estimated_wait": 42}
+    assert ModelStatus("ready", 2, None).to_json() == {"status": "ready"}

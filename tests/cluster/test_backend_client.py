@@ -626,7 +626,6 @@ def test_idle_connection_closed_by_server_is_evicted() -> None:
 @pytest.mark.parametrize(
     "response",
     [
-        OK_RESPONSE + b"extra",  # bytes out of turn
         OK_RESPONSE.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n"),
         b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}",
     ],
@@ -642,6 +641,27 @@ def test_connection_not_reused(response: bytes) -> None:
             pool = BackendPool()
             async with await pool.request(HOST, server.port, None, "GET", "/", b"", 2.0) as resp:
                 assert await resp.read(10) == b"{}"
+            assert pool.stats()["open"] == 0
+            assert pool.stats()["idle"] == 0
+            await pool.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_reject_bytes_after_the_body() -> None:
+    """Bytes beyond the declared length that arrive with the response (a lying length,
+    garbage, a smuggled second response) fail it; the connection is never reused."""
+    async def server_side(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(OK_RESPONSE + b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await until_eof(reader)
+
+    async def scenario() -> None:
+        async with RawServer(server_side) as server:
+            pool = BackendPool()
+            async with await pool.request(HOST, server.port, None, "GET", "/", b"", 2.0) as resp:
+                with pytest.raises(BackendFailed):
+                    await resp.read(10)
             assert pool.stats()["open"] == 0
             assert pool.stats()["idle"] == 0
             await pool.aclose()

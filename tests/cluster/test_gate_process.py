@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from policy.frames import GATE_KINDS, Frame, FrameDecoder, Kind, encode
+from policy.frames import GATE_KINDS, MAX_PAYLOAD, Frame, FrameDecoder, Kind, encode
 from tests.conftest import Cluster, write_static_config
 
 CHAT = {"model": "standin-chat", "messages": [{"role": "user", "content": "hello there gate"}], "max_tokens": 8}
@@ -70,7 +70,7 @@ def gate_config(cluster: Cluster, tripwire: Tripwire, tmp_path_factory: pytest.T
 
 
 def gate_argv(config: Path, local_pipe: bool = True) -> list[str]:
-    argv = [sys.executable, "-m", "cluster.cli", "gate", "--config", str(config)]
+    argv = [sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(config)]
     return argv + ["--local-pipe"] if local_pipe else argv
 
 
@@ -247,8 +247,8 @@ async def _mux(config: Path, requests: list[tuple[int, bytes, bytes]], extra: by
     assert process.stdin and process.stdout
     for stream, line, body in requests:
         process.stdin.write(encode(Kind.OPEN, stream, line))
-        if body:
-            process.stdin.write(encode(Kind.DATA, stream, body))
+        for start in range(0, len(body), MAX_PAYLOAD):
+            process.stdin.write(encode(Kind.DATA, stream, body[start : start + MAX_PAYLOAD]))
     process.stdin.write(extra)
     await process.stdin.drain()
     decoder = FrameDecoder(GATE_KINDS)
@@ -323,6 +323,69 @@ def test_mux_mixed_routes_and_errors_stay_per_stream(gate_config: Path, tripwire
     _assert_untouched(tripwire, before)
 
 
+def test_reject_per_stream_problems_keep_the_mux_session(gate_config: Path, tripwire: Tripwire) -> None:
+    """Finding 1: a body over its route's limit, a sealed body within the limit plus the
+    sealing overhead, and a line outside the grammar are each refused on their own stream;
+    the other streams of the session are served."""
+    from policy.bodies import load_routes
+
+    route = load_routes().get("chat")
+    before = tripwire.hits
+    over = route.max_request_bytes(sealed=False) + 1
+    sealed = route.max_body_bytes + 100  # the appliance lets this through for a sealed request
+    requests = [
+        _call(1, CHAT),
+        (2, f"call chat tripwire {over}".encode(), b"x" * over),
+        (3, f"sealed ohttp chat tripwire {sealed}".encode(), b"\x00" * sealed),
+        (4, b"call chat tripwire 01", b"{}"),  # a leading zero: outside the grammar
+        _call(5, CHAT),
+    ]
+    status, frames = asyncio.run(_mux(gate_config, requests))
+    assert status == 0 and 0 not in frames  # no GOAWAY
+    assert frames[1][-1].kind is Kind.END and frames[5][-1].kind is Kind.END
+    assert frames[2] == [Frame(Kind.ERROR, 2, b"413 body_too_large")]
+    assert frames[3][-1].kind is Kind.ERROR and not frames[3][-1].payload.startswith(b"413")
+    assert frames[4][-1].kind is Kind.ERROR and frames[4][-1].payload.startswith(b"400 ")
+    _assert_untouched(tripwire, before)
+
+
+def test_cancel_is_answered_with_the_usage_so_far(gate_config: Path) -> None:
+    """Finding 11: the gate answers a CANCEL of a running stream with END and the usage it
+    delivered so far (the appliance charges that), and the session goes on."""
+
+    async def scenario() -> tuple[list[Frame], list[Frame]]:
+        process = await asyncio.create_subprocess_exec(
+            *gate_argv(gate_config), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 mux"}, cwd=Path(__file__).resolve().parents[2],
+        )
+        assert process.stdin and process.stdout
+        stream, line, body = _call(1, {**CHAT, "stream": True, "max_tokens": 2000,
+                                       "messages": [{"role": "user", "content": "tell me a long story 3"}]})
+        process.stdin.write(encode(Kind.OPEN, stream, line) + encode(Kind.DATA, stream, body))
+        decoder = FrameDecoder(GATE_KINDS)
+        frames: list[Frame] = []
+        while sum(f.kind is Kind.BODY for f in frames) < 10:
+            frames += decoder.feed(await asyncio.wait_for(process.stdout.read(65536), 30))
+        process.stdin.write(encode(Kind.CANCEL, 1))
+        while frames[-1].kind not in (Kind.END, Kind.ERROR):
+            frames += decoder.feed(await asyncio.wait_for(process.stdout.read(65536), 30))
+        stream, line, body = _call(2, CHAT)
+        process.stdin.write(encode(Kind.OPEN, stream, line) + encode(Kind.DATA, stream, body))
+        after: list[Frame] = []
+        while not after or after[-1].kind not in (Kind.END, Kind.ERROR):
+            after += [f for f in decoder.feed(await asyncio.wait_for(process.stdout.read(65536), 30)) if f.stream == 2]
+        process.stdin.close()
+        assert await asyncio.wait_for(process.wait(), 30) == 0
+        return frames, after
+
+    frames, after = asyncio.run(scenario())
+    end = frames[-1]
+    assert end.kind is Kind.END
+    usage = json.loads(end.payload)
+    assert usage["prompt_tokens"] == 6 and 10 <= usage["completion_tokens"] < 2000
+    assert after[0].payload == b"200 json" and after[-1].kind is Kind.END
+
+
 def test_reject_mux_violation_ends_session(gate_config: Path, tripwire: Tripwire) -> None:
     before = tripwire.hits
     requests = [(1, b"ping", b""), (1, b"ping", b"")]  # stream id reuse
@@ -382,3 +445,43 @@ def test_reject_stalled_sender_slowloris(gate_config: Path, tripwire: Tripwire) 
                 if pipe is not None:
                     pipe.close()
     _assert_untouched(tripwire, before)
+
+
+# -- isolated mode ----------------------------------------------------------------
+
+_PLANTED = "import pathlib; pathlib.Path({marker!r}).write_text('planted code ran')\n"
+
+
+def _plant(directory: Path, marker: Path) -> None:
+    """What a backend running as the gate's account could leave in its home (the gate's cwd)."""
+    code = _PLANTED.format(marker=str(marker))
+    (directory / "cluster").mkdir()
+    (directory / "cluster" / "__init__.py").write_text(code)
+    (directory / "cluster" / "cli.py").write_text(code)
+    (directory / "sitecustomize.py").write_text(code)
+    (directory / "usercustomize.py").write_text(code)
+
+
+def test_reject_modules_planted_in_the_working_directory(gate_config: Path, tmp_path: Path) -> None:
+    """With -I (the forced command's form) a `cluster` package or sitecustomize in the cwd is never imported."""
+    home = tmp_path / "home"
+    home.mkdir()
+    marker = tmp_path / "marker"
+    _plant(home, marker)
+    env = {"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 ping", "HOME": str(home)}
+    done = subprocess.run(gate_argv(gate_config), env=env, capture_output=True, timeout=30, cwd=home)
+    assert done.returncode == 0 and FrameDecoder(GATE_KINDS).feed(done.stdout)[0].payload == b"200 json"
+    assert not marker.exists()
+    # the finding: the same command without -I runs the planted package as the gate
+    old = [a for a in gate_argv(gate_config) if a != "-I"]
+    subprocess.run(old, env=env, capture_output=True, timeout=30, cwd=home)
+    assert marker.exists()
+
+
+def test_the_forced_command_runs_python_isolated(tmp_path: Path) -> None:
+    from cluster.authorized_key import authorized_key_line, default_gate_command
+
+    command = default_gate_command("/opt/sluice/venv/bin/python", Path("/etc/sluice/cluster.toml"))
+    assert command.split()[:4] == ["/opt/sluice/venv/bin/python", "-I", "-m", "cluster.cli"]
+    line = authorized_key_line("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBQ4 x", command)
+    assert line.startswith('restrict,command="/opt/sluice/venv/bin/python -I -m cluster.cli gate --config ')

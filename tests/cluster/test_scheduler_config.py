@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,10 @@ def test_reject_service_mistakes(tmp_path: Path, extra: str, message: str) -> No
     [
         ("#!/bin/sh\nexec server --port {port}\n", "must use {token}"),
         ("#!/bin/sh\nexport KEY={token}\nexec server\n", "must use {port}"),
-        ("#!/bin/sh\nexport KEY={token}\nexec server --port {port} {model_dir}\n", "uses {model_dir}"),
+        ("#!/bin/sh\nexport KEY={token}\nexec server --port {port} {model_dir} {tls_keyfile} {tls_certfile} {tls_ca}\n",
+         "uses {model_dir}"),
+        ("#!/bin/sh\nexport KEY={token}\nexec server --port {port}\n", "must use {tls_keyfile}"),
+        ("#!/bin/sh\nexport KEY={token}\nexec server --port {port} {tls_keyfile} {tls_certfile}\n", "must use {tls_ca}"),
         ("exec server --port {port} {token}\n", "must start with #!"),
     ],
 )
@@ -97,6 +101,7 @@ def test_reject_templates(tmp_path: Path, template: str, message: str) -> None:
 def test_shell_variables_are_not_placeholders(tmp_path: Path) -> None:
     (tmp_path / "job.sbatch").write_text(
         "#!/bin/bash\nexport KEY='{token}'\nPORT={port}\necho ${PORT} ${port} $HOME\nexec srv --port \"$PORT\"\n"
+        "# {tls_keyfile} {tls_certfile} {tls_ca}\n"
     )
     (tmp_path / "cluster.toml").write_text(BASE + "template_file = 'job.sbatch'\n")
     (service,) = load_config(tmp_path / "cluster.toml").services
@@ -138,4 +143,80 @@ def test_two_models_may_not_share_a_job_name(tmp_path: Path) -> None:
     text = BASE + '[services."a/b"]\nbackend = "slurm"\nroutes = ["chat"]\n[services."a:b"]\nbackend = "slurm"\nroutes = ["chat"]\n'
     (tmp_path / "cluster.toml").write_text(text)
     with pytest.raises(ConfigError, match="differ only"):
+        load_config(tmp_path / "cluster.toml")
+
+
+LOCAL = """\
+[gate]
+routing_table = "routing.json"
+[services.m]
+backend = "local"
+routes = ["chat"]
+"""
+
+
+def test_reject_local_services_without_tls(tmp_path: Path) -> None:
+    (tmp_path / "cluster.toml").write_text(LOCAL + "command = ['srv', '--port', '{port}']\n")
+    with pytest.raises(ConfigError, match=re.escape("must pass {tls_keyfile}")):
+        load_config(tmp_path / "cluster.toml")
+    (tmp_path / "cluster.toml").write_text(LOCAL + "command = ['srv', '{port}']\nunsafe_plain_http = true\n")
+    assert load_config(tmp_path / "cluster.toml").services[0].unsafe_plain_http
+
+
+def test_the_gates_tls_directory_is_beside_the_config(tmp_path: Path) -> None:
+    (tmp_path / "cluster.toml").write_text(BASE.replace('routing_table = "routing.json"', 'routing_table = "run/routing.json"'))
+    assert load_config(tmp_path / "cluster.toml").gate.tls == tmp_path / "gate-tls"
+
+
+@pytest.mark.parametrize(
+    ("gate", "message"),
+    [
+        ('routing_table = "routing.json"\nspool_dir = "spool"\nstate_dir = "state"\n', "routing_table must be in gate.spool_dir"),
+        ('routing_table = "spool/routing.json"\nspool_dir = "spool"\n', "state_dir must not be in gate.spool_dir"),
+        ('routing_table = "spool/routing.json"\nspool_dir = "spool"\nstate_dir = "spool/s"\n', "state_dir must not be"),
+    ],
+)
+def test_reject_two_account_layouts_that_share_private_state(tmp_path: Path, gate: str, message: str) -> None:
+    (tmp_path / "cluster.toml").write_text(BASE.replace('routing_table = "routing.json"\n', gate))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(tmp_path / "cluster.toml")
+
+
+def test_two_accounts_layout(tmp_path: Path) -> None:
+    gate = 'routing_table = "spool/routing.json"\nspool_dir = "spool"\nstate_dir = "jobs"\n'
+    (tmp_path / "cluster.toml").write_text(BASE.replace('routing_table = "routing.json"\n', gate))
+    config = load_config(tmp_path / "cluster.toml")
+    assert config.split_accounts and config.gate.shared == tmp_path / "spool" and config.gate.state == tmp_path / "jobs"
+
+
+STATIC = """\
+[gate]
+routing_table = "routing.json"
+[[backends]]
+model = "s"
+routes = ["chat"]
+"""
+
+
+def test_static_https_backends_are_pinned(tmp_path: Path) -> None:
+    from cluster.tls import init_gate_identity, pin_of
+
+    identity, _ = init_gate_identity(tmp_path / "somecert")
+    (tmp_path / "cluster.toml").write_text(STATIC + 'url = "https://gpu1:8443"\nserver_cert = "somecert/client.crt"\n')
+    (backend,) = load_config(tmp_path / "cluster.toml").static
+    assert backend.port == 8443 and backend.pin == pin_of(ssl.PEM_cert_to_DER_cert(identity.cert.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('url = "https://gpu1:8443"\n', "needs server_cert"),
+        ('url = "http://gpu1:8000"\nserver_cert = "x.pem"\n', "server_cert needs an https:// url"),
+        ('url = "https://gpu1:8443"\nserver_cert = "missing.pem"\n', "cannot read a PEM certificate"),
+        ('url = "ftp://gpu1:8443"\n', "url must be https://HOST:PORT"),
+    ],
+)
+def test_reject_static_tls_mistakes(tmp_path: Path, extra: str, message: str) -> None:
+    (tmp_path / "cluster.toml").write_text(STATIC + extra)
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(tmp_path / "cluster.toml")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import stat
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from cluster.scheduler.plan import DRAIN_GRACE
 from cluster.scheduler.slurm import SlurmError, SlurmJob
 from cluster.scheduler.slurm_backend import SlurmBackend
 from cluster.scheduler.state import JobRecord, load_state, save_state
+from cluster.tls import pin_of
 
 
 class Clock:
@@ -155,7 +157,14 @@ def test_submit_probe_and_publish(harness: Harness) -> None:
     harness.healthy.add("100")
     harness.run_pass()
     (entry,) = harness.table()["chat-model"]
-    assert entry == {"id": "slurm:100", "host": "gpu01.ib", "port": record.port, "token": record.token}
+    assert entry == {"id": "slurm:100", "host": "gpu01.ib", "port": record.port, "token": record.token, "pin": record.pin}
+    # the job's own TLS files, private to the scheduler's account, named in the script; the pin is the certificate's
+    tls = Path(record.tls_dir)
+    assert tls.parent == harness.config.job_dir and stat.S_IMODE(tls.stat().st_mode) == 0o700
+    flags = f"--ssl-keyfile {tls / 'server.key'} --ssl-certfile {tls / 'server.crt'} --ssl-ca-certs {tls / 'clients.pem'}"
+    assert f"{flags} --ssl-cert-reqs 2".encode() in script
+    assert pin_of(ssl.PEM_cert_to_DER_cert((tls / "server.crt").read_text())) == record.pin
+    assert (harness.config.gate.tls / "client.crt").read_bytes() in (tls / "clients.pem").read_bytes()
 
 
 def test_state_and_table_are_private(harness: Harness) -> None:
@@ -329,3 +338,13 @@ def test_ports_in_the_routing_table_or_in_use_by_jobs_are_not_handed_out(
     harness.run_pass()
     (new,) = [r for r in harness.state().jobs.values() if r.id != job_id]
     assert new.port == 23456
+
+
+def test_an_ended_jobs_tls_directory_is_removed(harness: Harness) -> None:
+    job_id = harness.ready_job()
+    directory = Path(harness.state().jobs[job_id].tls_dir)
+    assert (directory / "server.key").exists()
+    harness.cli.end(job_id, "FAILED")
+    harness.run_pass()
+    harness.run_pass()
+    assert job_id not in harness.state().jobs and not directory.exists()

@@ -112,3 +112,27 @@ def test_a_reused_pid_is_not_taken_for_the_gate(tmp_path: Path) -> None:
     assert not gates[host].alive  # our pid, but another start time: someone else's process
     assert gates["x"].alive  # another host: trusted while fresh
     assert not any(g.alive for g in read_gate_loads(tmp_path, 10_000.0))
+
+
+def test_reject_a_symlinked_spool_load_directory(tmp_path: Path) -> None:
+    """Two accounts: the jobs account owns the spool; a symlink there must not steer the gate's writes."""
+    spool, elsewhere = tmp_path / "spool", tmp_path / "gate-home"
+    spool.mkdir()
+    elsewhere.mkdir()
+    (spool / "load").symlink_to(elsewhere)
+    meter = LoadMeter(spool / "load", shared=True)
+    meter.change("m", in_flight=1)
+    meter.flush()
+    meter.close()
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_shared_load_files_are_group_readable(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    meter = LoadMeter(spool / "load", shared=True)
+    meter.change("m", in_flight=1)
+    meter.flush()
+    meter.close()
+    (written,) = (spool / "load").iterdir()
+    assert written.stat().st_mode & 0o777 == 0o640 and (spool / "load").stat().st_mode & 0o7777 == 0o2770

@@ -33,7 +33,8 @@ request_timeout = 30
 backend = "local"
 routes = ["chat"]
 command = ["{python}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{port}", "--model", "{model}",
-           "--kind", "chat", "--token-delay", "0.005"]
+           "--kind", "chat", "--token-delay", "0.005", "--ssl-keyfile", "{tls_keyfile}", "--ssl-certfile", "{tls_certfile}",
+           "--ssl-ca-certs", "{tls_ca}", "--ssl-cert-reqs", "2"]
 min_instances = 0
 max_instances = 2
 requests_per_instance = 2
@@ -48,8 +49,8 @@ warmup_timeout = 20
 def test_local_scale_from_zero_up_and_back_and_sigterm_stops_all(tmp_path: Path) -> None:
     config = tmp_path / "cluster.toml"
     config.write_text(CONFIG)
-    loop = subprocess.Popen([sys.executable, "-m", "cluster.cli", "scheduler", "--config", str(config)],
-                            stderr=subprocess.DEVNULL, cwd=ROOT)  # fmt: skip
+    loop = subprocess.Popen([sys.executable, "-I", "-m", "cluster.cli", "scheduler", "--config", str(config)],
+                            cwd=ROOT)  # fmt: skip
 
     async def scenario() -> None:
         async with Gate(config) as gate:

@@ -20,6 +20,7 @@ from cluster.routing import (
     update_table,
     write_table,
 )
+from cluster.scheduler.availability import model_statuses
 from policy.errors import NoBackend
 
 CONFIG = """\
@@ -29,6 +30,7 @@ routing_table = "routing.json"
 backend = "local"
 routes = ["chat"]
 command = ["true"]
+unsafe_plain_http = true
 min_instances = 0
 hold_queue = 2
 hold_timeout = {hold_timeout}
@@ -36,6 +38,7 @@ hold_timeout = {hold_timeout}
 backend = "local"
 routes = ["chat"]
 command = ["true"]
+unsafe_plain_http = true
 min_instances = 0
 max_instances = 1
 [[services.never.schedule]]
@@ -46,6 +49,7 @@ max_instances = 0
 backend = "local"
 routes = ["chat"]
 command = ["true"]
+unsafe_plain_http = true
 hold_queue = 0
 """
 
@@ -176,3 +180,29 @@ def test_a_reader_never_sees_a_half_written_table(tmp_path: Path) -> None:
         stop.set()
         thread.join()
     assert len(seen) >= 3  # it really changed under the reader, which never saw a broken file
+
+
+def test_model_status_for_listings(tmp_path: Path) -> None:
+    """What /v1/models shows: ready, scaled to zero (a request is held), unavailable, starting."""
+    cfg = config(tmp_path)
+    (tmp_path / "extra.toml").write_text(CONFIG.format(hold_timeout=5.0) + """
+[services.kept]
+backend = "local"
+routes = ["chat"]
+command = ["true"]
+min_instances = 1
+unsafe_plain_http = true
+""")
+    kept = load_config(tmp_path / "extra.toml")
+    router = Router(cfg)
+
+    def status(config: object, model: str, ready: int = 0) -> str:
+        return model_statuses(config, {model: ready})[model].status  # type: ignore[arg-type]
+
+    assert status(cfg, "held") == "scaled_to_zero"
+    assert status(cfg, "never") == "unavailable"  # its schedule allows no instance now
+    assert "unknown-model" not in model_statuses(cfg, {})
+    assert status(kept, "kept") == "starting"  # the scheduler keeps one and has none ready yet
+    publish(cfg, "held", Instance("local:a", "127.0.0.1", 20001))
+    router.reload()
+    assert len(router.instances("held")) == 1 and status(cfg, "held", len(router.instances("held"))) == "ready"

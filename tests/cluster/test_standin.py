@@ -402,6 +402,22 @@ def test_chat_stream_shape(chat: StandinProcess, client: httpx2.Client, include_
         assert all("usage" not in c for c in chunks)
 
 
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_stream_continuous_usage_stats(chat: StandinProcess, client: httpx2.Client, route: str) -> None:
+    """With include_usage and continuous_usage_stats (as the gate asks), every chunk carries usage so far."""
+    options = {"stream": True, "max_tokens": 4, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
+    if route == "chat":
+        path, body = "/v1/chat/completions", chat_request("stream this please", **options)
+    else:
+        path, body = "/v1/completions", {"model": MODEL, "prompt": "stream this please", **options}
+    with client.stream("POST", url(chat, path), json=body) as response:
+        text = response.read().decode()
+    chunks = [json.loads(event) for event in sse_events(text)[:-1]]
+    assert [c["usage"]["completion_tokens"] for c in chunks[:4]] == [1, 2, 3, 4]
+    assert all(c["usage"]["prompt_tokens"] == 3 for c in chunks)
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
+
+
 def test_stream_is_paced(slow_chat: StandinProcess, client: httpx2.Client) -> None:
     arrivals = []
     body = chat_request("paced", stream=True, max_tokens=8)
@@ -641,3 +657,26 @@ def test_token_required_by_environment() -> None:
         assert c.get(url(proc, "/v1/models"), headers=good).status_code == 200
         assert c.post(url(proc, "/v1/chat/completions"), json=chat_request("x"), headers=good).status_code == 200
         assert c.get(url(proc, "/nope"), headers=good).status_code == 404
+
+
+def test_chat_echo_is_verbatim_and_streams_word_by_word(chat: StandinProcess, client: httpx2.Client) -> None:
+    """The test-only echo: a last message starting "/echo " is answered with the rest, verbatim."""
+    text = "<b>bold</b>\n\n```js\nalert(1)\n```  and  spaces"
+    plain = client.post(url(chat, "/v1/chat/completions"), json=chat_request("/echo " + text)).json()
+    assert plain["choices"][0]["message"]["content"] == text
+    assert plain["choices"][0]["finish_reason"] == "stop"
+    with client.stream("POST", url(chat, "/v1/chat/completions"),
+                       json=chat_request("/echo " + text, stream=True, max_tokens=3)) as response:
+        events = sse_events(response.read().decode())
+    pieces = [json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1] if json.loads(e)["choices"]]
+    assert "".join(pieces) == "<b>bold</b>\n\n```js\nalert(1)"
+    assert json.loads(events[-2])["choices"][0]["finish_reason"] == "length"
+
+
+def test_chat_takes_inline_images_and_ignores_them(chat: StandinProcess, client: httpx2.Client) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    with_image = {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]}
+    without = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    a = client.post(url(chat, "/v1/chat/completions"), json=with_image).json()
+    b = client.post(url(chat, "/v1/chat/completions"), json=without).json()
+    assert a["choices"][0]["message"] == b["choices"][0]["message"]

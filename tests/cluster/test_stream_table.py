@@ -1,11 +1,16 @@
-"""Frame-level rules of a mux session (sans-IO): every bound raises Disallowed."""
+"""Frame-level rules of a mux session (sans-IO).
+
+A violation of the frame layout raises Disallowed (the session ends); a problem
+of one stream (its line, its size, one stream too many) refuses that stream
+alone and the session goes on.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from cluster.gate.session import BODY_IDLE_TIMEOUT, MAX_STREAMS, StreamTable
-from policy.errors import Disallowed
+from policy.errors import Disallowed, SluiceError
 from policy.frames import Kind
 from policy.grammar import Call, Ping
 
@@ -18,10 +23,18 @@ class Clock:
         return self.now
 
 
+REFUSED: list[tuple[int, str]] = []
+
+
 def make(max_body: int = 1000) -> tuple[StreamTable, list[int], Clock]:
     cancelled: list[int] = []
     clock = Clock()
-    return StreamTable(lambda call: max_body, cancelled.append, clock), cancelled, clock
+    REFUSED.clear()
+
+    def refuse(stream: int, error: SluiceError) -> None:
+        REFUSED.append((stream, f"{error.status} {error.code}"))
+
+    return StreamTable(lambda call: max_body, cancelled.append, clock, refuse=refuse), cancelled, clock
 
 
 def test_call_completes_when_declared_length_arrives() -> None:
@@ -119,16 +132,41 @@ def test_reject_data_for_unknown_stream() -> None:
     _violation(table, Kind.DATA, 9, b"a", "data_without_stream")
 
 
-def test_reject_declared_length_over_route_limit() -> None:
+def test_reject_declared_length_over_route_limit_refuses_the_stream_only() -> None:
+    """Finding 1: a body over the route's limit is that stream's problem, not the session's."""
     table, _, _ = make(max_body=100)
-    _violation(table, Kind.OPEN, 1, b"call chat m 101", "body_length")
+    assert table.on_frame(Kind.OPEN, 1, b"call chat m 101") is None
+    assert REFUSED == [(1, "413 body_too_large")]
+    # its DATA (the appliance sent them with the OPEN) are dropped, up to the declared length
+    assert table.on_frame(Kind.DATA, 1, b"x" * 100) is None
+    assert table.on_frame(Kind.DATA, 1, b"x") is None
+    assert table.open_streams == 0
+    _violation(table, Kind.DATA, 1, b"x", "data_without_stream")  # past the declared length
+    assert table.on_frame(Kind.OPEN, 2, b"ping") == (2, Ping(), b"")
 
 
-def test_reject_too_many_concurrent_streams() -> None:
+def test_reject_refused_stream_overrun_is_still_a_violation() -> None:
+    table, _, _ = make(max_body=10)
+    table.on_frame(Kind.OPEN, 1, b"call chat m 11")
+    _violation(table, Kind.DATA, 1, b"x" * 12, "body_overrun")
+
+
+def test_reject_too_many_concurrent_streams_refuses_the_stream_only() -> None:
+    """Finding 2: one stream past MAX_STREAMS gets 503 too_many_streams; the others live on."""
     table, _, _ = make()
     for stream in range(1, MAX_STREAMS + 1):
         table.on_frame(Kind.OPEN, stream, b"ping")
-    _violation(table, Kind.OPEN, MAX_STREAMS + 1, b"ping", "too_many_streams")
+    assert table.on_frame(Kind.OPEN, MAX_STREAMS + 1, b"call chat m 5") is None
+    assert REFUSED == [(MAX_STREAMS + 1, "503 too_many_streams")]
+    assert table.on_frame(Kind.DATA, MAX_STREAMS + 1, b"12345") is None
+    table.finished(1)
+    assert table.on_frame(Kind.OPEN, MAX_STREAMS + 2, b"ping") == (MAX_STREAMS + 2, Ping(), b"")
+
+
+def test_max_streams_is_the_policy_constant() -> None:
+    from policy.frames import MAX_STREAMS as POLICY_MAX_STREAMS
+
+    assert MAX_STREAMS is POLICY_MAX_STREAMS
 
 
 def test_reject_cancel_of_never_opened_stream() -> None:
@@ -158,8 +196,26 @@ def test_reject_slowloris_body() -> None:
     assert info.value.code == "body_timeout"
 
 
-def test_reject_bad_open_line() -> None:
-    table, _, _ = make()
-    _violation(table, Kind.OPEN, 1, b"call chat m 1\n", "bad_command")
-    table2, _, _ = make()
-    _violation(table2, Kind.OPEN, 1, b"mux", "bad_command")
+def test_reject_bad_open_line_refuses_the_stream_only() -> None:
+    table, _, clock = make()
+    assert table.on_frame(Kind.OPEN, 1, b"call chat m 1\n") is None
+    assert REFUSED == [(1, "400 bad_command")]
+    assert table.on_frame(Kind.DATA, 1, b"a") is None  # a body that may follow is dropped
+    assert table.on_frame(Kind.OPEN, 2, b"mux") is None
+    assert REFUSED[-1] == (2, "400 bad_command")
+    clock.now = BODY_IDLE_TIMEOUT + 1
+    table.check_deadlines()  # forgotten, not a violation: its length was never known
+    assert table.on_frame(Kind.OPEN, 3, b"ping") == (3, Ping(), b"")
+
+
+def test_reject_flood_of_refused_streams() -> None:
+    """Refused streams whose bodies are still awaited are bounded like open ones."""
+    table, _, clock = make()
+    for stream in range(1, MAX_STREAMS + 1):
+        table.on_frame(Kind.OPEN, stream, b"mux")  # refused; a body might follow
+    _violation(table, Kind.OPEN, MAX_STREAMS + 1, b"mux", "refused_flood")
+    table2, _, clock2 = make()
+    for stream in range(1, 2 * MAX_STREAMS):
+        table2.on_frame(Kind.OPEN, stream, b"mux")
+        clock2.now += BODY_IDLE_TIMEOUT / MAX_STREAMS * 2.5  # slow enough: each is forgotten in time
+        table2.check_deadlines()

@@ -36,12 +36,13 @@ def test_models_merge_and_requests_route_to_their_cluster(cluster: Cluster, tmp_
         port = free_port()
         clusters = ""
         for name, config in (("alpha", config_a), ("beta", config_b)):
-            gate = [sys.executable, "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
+            gate = [sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
             clusters += f'[[clusters]]\nname = "{name}"\ntransport = "local"\ngate_command = {json.dumps(gate)}\n'
         appliance = tmp_path / "appliance.toml"
         appliance.write_text(
             f"[server]\nport = {port}\n{clusters}"
             f'[[api_keys]]\nuser = "u"\nkey_id = "k"\nsha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n'
+            "[access]\nunsafe_allow_all = true\n"
         )
         process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(appliance)], cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

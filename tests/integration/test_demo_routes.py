@@ -246,7 +246,7 @@ def test_reject_bad_audio_forms_at_the_appliance(demo: Demo) -> None:
     cases = [
         (body, liar, 400, "bad_boundary"),
         (body[:-10], content_type, 400, "no_final_boundary"),
-        (body, "application/json", 415, "bad_content_type"),
+        (body, "application/json", 415, "unsupported_media_type"),  # the API guard, before the route
         (body.replace(b"RIFF", b"RIFX"), content_type, 400, "not_audio"),
         (body.replace(b'filename="a.wav"', b'filename="../../etc/passwd"'), content_type, 400, "bad_filename"),
     ]

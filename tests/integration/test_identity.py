@@ -11,6 +11,7 @@ API calls.  The done-when of the identity issue is
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import signal
@@ -70,7 +71,8 @@ class Running:
         return found
 
 
-def _config(directory: Path, port: int, cluster: Cluster, provider: OidcProvider, external: Standin) -> Path:
+def _config(directory: Path, port: int, cluster: Cluster, provider: OidcProvider, external: Standin,
+            extra: str = "") -> Path:
     (directory / "session.key").write_text(base64.b64encode(bytes(range(48))).decode())
     (directory / "session.key").chmod(0o600)
     (directory / "external.key").write_text(external.token)
@@ -125,17 +127,23 @@ groups = ["staff"]
 routes = ["chat"]
 requests_per_minute = 4
 max_tokens = 40
-""")
+""" + extra)
     return config
 
 
 @pytest.fixture(scope="module")
 def running(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with run_identity_appliance(cluster, tmp_path_factory.mktemp("identity")) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def run_identity_appliance(cluster: Cluster, directory: Path, extra_toml: str = "") -> Iterator[Running]:
+    """`sluice serve` with OIDC, trusted headers, JWTs and an external model; ``extra_toml`` is appended."""
     provider = start_oidc_provider(ALICE, BOB)
     external = start_standin("ext-chat", "chat")
-    directory = tmp_path_factory.mktemp("identity")
     port = free_port()
-    config = _config(directory, port, cluster, provider, external)
+    config = _config(directory, port, cluster, provider, external, extra_toml)
     log = directory / "appliance.log"
     with log.open("wb") as sink:
         process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)],
@@ -447,6 +455,13 @@ def test_external_model_route(running: Running) -> None:
     # Its own limits: max_tokens ceiling, then requests per minute (4; two used above).
     with pytest.raises(openai.UnprocessableEntityError):
         external.chat.completions.create(model="ext-chat", messages=[{"role": "user", "content": "x"}], max_tokens=41)
+    # Every field that sets output length counts: a larger max_tokens beside a small max_completion_tokens,
+    # and n choices of an allowed length (2 x 30 > 40).
+    with pytest.raises(openai.UnprocessableEntityError):
+        external.chat.completions.create(model="ext-chat", messages=[{"role": "user", "content": "x"}], max_tokens=41,
+                                         max_completion_tokens=10)
+    with pytest.raises(openai.UnprocessableEntityError):
+        external.chat.completions.create(model="ext-chat", messages=[{"role": "user", "content": "x"}], max_tokens=30, n=2)
     assert chat(external, "ext-chat")
     assert chat(external, "ext-chat")
     with pytest.raises(openai.RateLimitError):
@@ -465,3 +480,15 @@ def test_external_model_needs_the_group(running: Running) -> None:
     assert external.models.list().data == []
     with pytest.raises(openai.NotFoundError):
         chat(external, "ext-chat")
+
+
+def test_reject_logout_reading_a_body_without_a_session(running: Running) -> None:
+    """POST /account/logout without a session is refused before any body is read (or waited for)."""
+    import socket
+
+    port = int(running.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /account/logout HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000000\r\n\r\ncsrf=")
+        head = sock.recv(65536)  # no more body is coming: an answer now means none was waited for
+    assert head.startswith(b"HTTP/1.1 401 "), head[:100]

@@ -101,9 +101,11 @@ def _etc_sluice(sshd: Sshd, directory: Path, port: int) -> Path:
         "[[clusters]]", 'name = "hpc"', 'transport = "ssh"', 'mode = "mux"', 'host = "127.0.0.1"',
         f"port = {sshd.port}", 'user = "sluicegate"', 'client_key = "/etc/sluice/id_ed25519"',
         'known_hosts = "/etc/sluice/known_hosts"', "connections = 1", "keepalive_interval = 1",
-        "[[api_keys]]", 'user = "tester"', 'key_id = "image-test"',
-        f'sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"', "",
+        "[[api_keys]]", 'user = "tester"', 'key_id = "image-test"', 'groups = ["staff"]',
+        f'sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"',
+        "[access]", 'policy = "/etc/sluice/access.toml"', "",
     ]))
+    (etc / "access.toml").write_text('[groups.staff]\nmodels = ["standin-*"]\n')  # default deny otherwise
     for path in [etc, *etc.iterdir()]:
         os.chown(path, IMAGE_UID, IMAGE_UID)
     (etc / "id_ed25519").chmod(0o600)

@@ -19,6 +19,7 @@ from hypercorn.config import Config
 
 from appliance.app import Appliance, create_app
 from appliance.auth.api_keys import ApiKeyAuthenticator, ApiKeyStore
+from appliance.auth.base import UnsafeAllowAll
 from appliance.catalog import ClusterSet
 from appliance.transport.local import LocalPipeTransport
 from policy.grammar import Ping
@@ -62,7 +63,7 @@ async def _scenario(cluster: Cluster, mode: str) -> None:
     keys = ApiKeyStore()
     keys.add(KEY, "leak", "leak")
     appliance = Appliance(ClusterSet.single(LocalPipeTransport(cluster.gate_argv(), mode=mode)), ApiKeyAuthenticator(keys),
-                          keepalive_interval=60)
+                          UnsafeAllowAll(), keepalive_interval=60)
     port = free_port()
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]

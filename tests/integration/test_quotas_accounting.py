@@ -146,6 +146,31 @@ def test_logs_are_json_lines_with_request_ids(served: Served) -> None:
     assert mine[0]["completion_tokens"] == 2 and "latency_ms" in mine[0]
 
 
+def test_reject_cut_stream_accounted_with_zero_tokens(served: Served) -> None:
+    """Finding 11: a stream the client cuts is settled and accounted with the tokens it
+    delivered (the gate's answer to the CANCEL carries the usage so far), not with 0."""
+    prompt = "tell me a long story 3"  # the stand-in's natural answer: 2363 words, 5 ms each
+    body = {"model": "standin-chat", "messages": [{"role": "user", "content": prompt}], "max_tokens": 2000,
+            "stream": True}
+    seen = 0
+    with httpx2.stream("POST", f"{served.url}/v1/chat/completions", json=body,
+                      headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as response:
+        assert response.status_code == 200
+        request_id = response.headers["x-request-id"]
+        for line in response.iter_lines():
+            seen += line.startswith("data: {")
+            if seen >= 30:
+                break
+    row = None
+    deadline = time.monotonic() + 15
+    while row is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        with sqlite3.connect(served.directory / "usage.db") as db:
+            row = db.execute("SELECT status, prompt_tokens, completion_tokens FROM usage WHERE request_id = ?",
+                             (request_id,)).fetchone()
+    assert row is not None
+    status, prompt_tokens, completion_tokens = row
+    assert status == 499 and prompt_tokens == 6 and 30 <= completion_tokens < 2000, row
 def test_usage_row_names_what_produced_the_answer(served: Served) -> None:
     answer = _chat(served.url, KEY, 2)
     assert answer.status_code == 200 and answer.headers["sluice-backend-version"] == "sluice-standin-1"

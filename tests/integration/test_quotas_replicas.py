@@ -75,7 +75,7 @@ class Replicas:
     directory: Path
 
     def start(self, name: str, extra: str = "") -> Served:
-        return start_serve(self.directory, name, free_port(), self.config(name, extra))
+        return start_serve(self.directory, name, free_port(), self.config(name, extra), server="max_output_tokens = 50\n")
 
     def config(self, name: str, extra: str = "") -> str:
         return "\n".join([
@@ -225,7 +225,8 @@ def test_reservations_are_reconciled_with_the_gates_usage(replicas: Replicas) ->
         streamed = 40 + usage["prompt_tokens"]  # same prompt; the stand-in writes exactly max_tokens
         assert _redis_tokens_used(replicas, "rec-user") == {
             "tokens_per_minute": spent + streamed, "tokens_per_day": spent + streamed}
-        # Without max_tokens: reserve_tokens (50) is reserved, then the real usage charged.
+        # Without max_tokens: the output ceiling (50, set on the forwarded body) is reserved, then the real
+        # usage charged.
         body = _chat(0)
         del body["max_tokens"]
         implicit = client.post(f"{replicas.a.url}/v1/chat/completions", json=body, headers=headers)

@@ -28,6 +28,7 @@ from sluice_sdk.client import seal_request, seal_streaming_request
 from sluice_sdk.errors import SealError
 from sluice_sdk.keyconfig import KeyConfig, decode_key_configs
 from tests.conftest import ROOT, Cluster, free_port, write_static_config
+from tests.services.memory import process_memory
 
 pytestmark = pytest.mark.integration
 
@@ -69,12 +70,13 @@ def served(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     ])
     _cluster_cli("keys", "create", "--config", str(config))
     port = free_port()
-    gate = [sys.executable, "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
+    gate = [sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
     appliance = directory / "appliance.toml"
     appliance.write_text(
-        f"[server]\nport = {port}\n[[clusters]]\nname = \"local\"\ntransport = \"local\"\nmode = \"mux\"\n"
+        f"[server]\nport = {port}\nsealed_keys_ttl = 0.5\n[[clusters]]\nname = \"local\"\ntransport = \"local\"\nmode = \"mux\"\n"
         f"gate_command = {json.dumps(gate)}\n"
         f"[[api_keys]]\nuser = \"sealer\"\nkey_id = \"sealed-test\"\nsha256 = \"{hashlib.sha256(KEY.encode()).hexdigest()}\"\n"
+        "[access]\nunsafe_allow_all = true\n"
     )
     log = directory / "appliance.log"
     with log.open("wb") as sink:
@@ -217,20 +219,6 @@ def test_rotation_overlap_then_retired_key_refused(served: Served) -> None:
     assert decode_response(opener.open(served.post("chat/completions", body).content)).status == 200
 
 
-def _memory(pid: int) -> Iterator[bytes]:
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
-        for line in maps:
-            fields = line.split()
-            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
-                continue
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            try:
-                mem.seek(start)
-                yield mem.read(end - start)
-            except (OSError, ValueError, OverflowError):
-                continue
-
-
 def test_canary_nowhere_in_what_the_appliance_wrote_nor_in_its_memory(served: Served) -> None:
     canary = "sealed-canary-" + os.urandom(8).hex()
     config = served.keys()
@@ -252,7 +240,7 @@ def test_canary_nowhere_in_what_the_appliance_wrote_nor_in_its_memory(served: Se
             data = path.read_bytes()
             assert not any(n in data for n in needles), f"canary in {path}"
     # Its memory.
-    hits = sum(region.count(needle) for region in _memory(served.process.pid) for needle in needles)
+    hits = sum(region.count(needle) for region in process_memory(served.process.pid) for needle in needles)
     assert hits == 0, "the canary is in the appliance's memory"
 
 

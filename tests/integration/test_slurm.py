@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -26,9 +27,11 @@ from typing import Any
 import httpx2
 import pytest
 
+from cluster.tls import client_context, gate_identity
 from policy.frames import GATE_KINDS, FrameDecoder, Kind, encode
 from tests.conftest import ROOT
 from tests.services.slurm import Slurm, slurm_cluster  # noqa: F401  (the session fixture)
+from tests.services.standin import instance_stats
 
 pytestmark = pytest.mark.integration
 
@@ -138,7 +141,7 @@ def scheduler_loop(config: Path) -> Iterator[Path]:
     log = config.parent / "loop.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "scheduler", "--config", str(config)],
+            [sys.executable, "-I", "-m", "cluster.cli", "scheduler", "--config", str(config)],
             stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, cwd=ROOT,
         )  # fmt: skip
     try:
@@ -193,7 +196,7 @@ class Gate:
     async def __aenter__(self) -> Gate:
         with (self._config.parent / "gate.log").open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cluster.cli", "gate", "--config", str(self._config), "--local-pipe",
+                sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(self._config), "--local-pipe",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
                 env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 mux"}, cwd=ROOT,
             )  # fmt: skip
@@ -270,6 +273,15 @@ class Gate:
         return next(m for m in listing["data"] if m["id"] == model)
 
 
+async def async_wait_until_async(check: Any, timeout: float, what: str) -> None:
+    """Poll the coroutine function ``check`` until it returns True."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
 async def run_clients(gate: Gate, workers: int, stop: asyncio.Event, document: dict[str, Any]) -> list[tuple[float, float, Reply]]:
     """``workers`` clients sending ``document`` back to back until ``stop``: (start, end, reply) each."""
     results: list[tuple[float, float, Reply]] = []
@@ -284,13 +296,13 @@ async def run_clients(gate: Gate, workers: int, stop: asyncio.Event, document: d
     return results
 
 
-def _served(instance: dict[str, Any]) -> int:
-    stats = httpx2.get(
-        f"http://{instance['host']}:{instance['port']}/stats",
-        headers={"Authorization": f"Bearer {instance['token']}"},
-        timeout=5,
-    ).json()
-    return int(stats["served"])
+def gate_tls(config: Path) -> ssl.SSLContext:
+    """The gate's client certificate: without it a job answers nothing, on any path."""
+    return client_context(gate_identity(config.parent / "gate-tls"))
+
+
+def _served(instance: dict[str, Any], config: Path) -> int:
+    return int(instance_stats(instance, config.parent / "gate-tls")["served"])
 
 
 def _cmdlines() -> bytes:
@@ -365,7 +377,7 @@ def test_scale_up_under_load_and_down_after(slurm: Slurm, tmp_path: Path) -> Non
             stop.set()
             results = await load
             instances = table(config)
-            assert all(_served(i) > 0 for i in instances), "least-outstanding balancing left an instance idle"
+            assert all(_served(i, config) > 0 for i in instances), "least-outstanding balancing left an instance idle"
             await async_wait_until(lambda: len(table(config)) == 1, 40, what="scale down to one")
             return results
 
@@ -391,10 +403,12 @@ def test_scancel_from_outside_is_replaced_without_failing_other_requests(slurm: 
             died = threading.Event()
             dead_at: list[float] = []
 
+            tls = gate_tls(config)
+
             def watch() -> None:  # when the victim stops answering: requests after that must not fail
                 while not died.is_set():
                     try:
-                        httpx2.get(f"http://127.0.0.1:{victim['port']}/health", timeout=0.5)
+                        httpx2.get(f"https://127.0.0.1:{victim['port']}/health", timeout=0.5, verify=tls)
                     except httpx2.HTTPError:
                         dead_at.append(time.monotonic())
                         return
@@ -433,7 +447,8 @@ SLOW_START_TEMPLATE = """\
 SLUICE_BACKEND_TOKEN='{token}'
 export SLUICE_BACKEND_TOKEN
 sleep {startup_delay}
-exec {python} -m cluster.standin --host 127.0.0.1 --port {port} --model {model} --kind chat --token-delay 0.01
+exec {python} -m cluster.standin --host 127.0.0.1 --port {port} --model {model} --kind chat --token-delay 0.01 \\
+    --ssl-keyfile {tls_keyfile} --ssl-certfile {tls_certfile} --ssl-ca-certs {tls_ca} --ssl-cert-reqs 2
 """
 
 
@@ -463,6 +478,14 @@ def test_scale_from_zero_holds_requests_until_ready(slurm: Slurm, tmp_path: Path
             await asyncio.sleep(0.2)
             refused = await gate.call(CHAT, timeout=5)  # the per-model queue holds two
             assert refused.error == b"503 no_backend" and time.monotonic() - started < 2
+            # the listing's counts (the appliance's metrics): two held, one instance starting
+            counts: dict[str, Any] = {}
+
+            async def census() -> bool:
+                counts.update((await gate.request("models")).json()["data"][0])
+                return counts["held"] == 2 and counts["instances"] == {"ready": 0, "starting": 1}
+
+            await async_wait_until_async(census, 4, what="two held, one starting in the listing")
             stream_reply, plain_reply = await asyncio.gather(streamed, plain)
             assert plain_reply.ok and plain_reply.head == b"200 json"
             assert stream_reply.ok and stream_reply.head == b"200 sse"
@@ -538,7 +561,7 @@ time.sleep(120)
 
 def test_a_dead_lock_holder_does_not_stop_scheduling(slurm: Slurm, tmp_path: Path) -> None:
     config = write_config(tmp_path, slurm, "t6", {"slurm-chat": standin_service()})
-    once = [sys.executable, "-m", "cluster.cli", "scheduler", "--config", str(config), "--once"]
+    once = [sys.executable, "-I", "-m", "cluster.cli", "scheduler", "--config", str(config), "--once"]
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     lock = state / "slurm.lock"
@@ -611,7 +634,7 @@ def test_model_status_from_zero_to_ready(slurm: Slurm, tmp_path: Path) -> None:
         async with Gate(config) as gate:
             await asyncio.sleep(2.5)  # a few passes at zero
             at_zero = await gate.status("slurm-chat")
-            assert at_zero["status"] == "scaled_to_zero" and at_zero["ready_instances"] == 0
+            assert at_zero["status"] == "scaled_to_zero" and at_zero["instances"]["ready"] == 0
             assert at_zero["estimated_wait"] == 120  # nothing measured yet: the warm-up bound
             streamed = asyncio.create_task(gate.call({**CHAT, "stream": True}))
             seen: list[dict[str, Any]] = []
@@ -624,7 +647,7 @@ def test_model_status_from_zero_to_ready(slurm: Slurm, tmp_path: Path) -> None:
             while not await starting():
                 assert time.monotonic() < deadline, seen
                 await asyncio.sleep(0.3)
-            assert seen[-1]["estimated_wait"] >= 5 and seen[-1]["ready_instances"] == 0
+            assert seen[-1]["estimated_wait"] >= 5 and seen[-1]["instances"]["ready"] == 0
             reply = await streamed
             assert reply.ok and reply.head == b"200 sse"
             comments = [line for line in reply.body.split(b"\n") if line.startswith(b": status=")]
@@ -632,7 +655,7 @@ def test_model_status_from_zero_to_ready(slurm: Slurm, tmp_path: Path) -> None:
             assert any(c.startswith(b": status=starting") for c in comments), comments
             assert reply.body.endswith(b"data: [DONE]\n\n")
             ready = await gate.status("slurm-chat")
-            assert ready["status"] == "ready" and ready["ready_instances"] == 1 and "estimated_wait" not in ready
+            assert ready["status"] == "ready" and ready["instances"]["ready"] == 1 and "estimated_wait" not in ready
 
     with scheduler_loop(config):
         asyncio.run(scenario())

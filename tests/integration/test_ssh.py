@@ -8,6 +8,7 @@ behind it.  The key must do nothing but run the gate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import signal
@@ -23,9 +24,10 @@ import httpx2
 import openai
 import pytest
 
+from cluster.authorized_key import authorized_key_line
 from policy.frames import GATE_KINDS, FrameDecoder, Kind
 from tests.conftest import ROOT, Cluster, free_port
-from tests.services.sshd import Sshd
+from tests.services.sshd import USER, Sshd
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +82,10 @@ class Appliance:
         return httpx2.get(f"{self.url}/readyz", timeout=10)
 
 
-def start_appliance(sshd: Sshd, mode: str, known_hosts: Path | None = None, connections: int = 2) -> Appliance:
+def start_appliance(sshd: Sshd, mode: str, known_hosts: Path | None = None, connections: int = 2,
+                    extra_toml: str = "", ping_timeout: float = 15) -> Appliance:
+    """`sluice serve` reaching ``sshd``'s gate; ``extra_toml`` is appended to its configuration
+    (written to ``sshd.dir / "appliance-<port>.toml"``)."""
     port = free_port()
     config = sshd.dir / f"appliance-{port}.toml"
     config.write_text(
@@ -102,13 +107,17 @@ def start_appliance(sshd: Sshd, mode: str, known_hosts: Path | None = None, conn
                 f"connections = {connections}",
                 "keepalive_interval = 1",
                 "connect_timeout = 5",
+                f"ping_timeout = {ping_timeout}",
                 "[[api_keys]]",
                 'user = "tester"',
                 'key_id = "ssh-test"',
                 f'sha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"',
+                "[access]",
+                "unsafe_allow_all = true",
                 "",
             ]
         )
+        + extra_toml
     )
     process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -183,7 +192,7 @@ def test_concurrent_over_ssh(appliance: Appliance) -> None:
 def test_health_and_readiness_differ(appliance: Appliance) -> None:
     assert httpx2.get(f"{appliance.url}/healthz").status_code == 200
     ready = appliance.ready()
-    assert ready.status_code == 200 and set(ready.json()["models"]) == {"standin-chat", "standin-embed"}
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "ready_models": 2}
 
 
 # -- what the key cannot do -----------------------------------------------------------
@@ -412,6 +421,75 @@ def test_sealed_round_trips_over_ssh(appliance: Appliance) -> None:
     assert text.endswith(b"data: [DONE]\n\n")
 
 
+# -- a chatty gate: its stderr must not stall the session -----------------------------------------
+
+def test_reject_stall_by_gate_stderr(sshd: Sshd) -> None:
+    """The gate's session writes 8 MiB to stderr (more than the channel's window): requests still flow.
+
+    The forced command becomes a test hook that runs the real gate beside a
+    writer of stderr; an appliance that never reads stderr stalls the whole
+    channel once the window is full.  The bytes must not reach its logs."""
+    marker = "Q"
+    hook = sshd.dir / "chatty-gate"
+    hook.write_text(f"#!/bin/sh\nhead -c {8 * 2**20} /dev/zero | tr '\\000' '{marker}' >&2 &\nexec {sshd.gate_command}\n")
+    hook.chmod(0o755)
+    keys = sshd.dir / "authorized_keys" / USER
+    original = keys.read_text()
+    public = (sshd.dir / "client_key.pub").read_text().strip()
+    keys.write_text(authorized_key_line(public, str(hook)) + "\n")
+    try:
+        appliance = start_appliance(sshd, "mux", connections=1)
+        try:
+            wait_ready(appliance)
+            time.sleep(2)  # the writer has filled any window a reader of stdout alone would leave
+            client = appliance.client()
+            for index in range(5):
+                answer = client.chat.completions.create(model="standin-chat", max_tokens=3,
+                                                        messages=[{"role": "user", "content": f"after stderr {index}"}])
+                assert answer.choices[0].message.content
+            chunks = list(client.chat.completions.create(model="standin-chat", max_tokens=5, stream=True,
+                                                         messages=[{"role": "user", "content": "stream"}]))
+            assert chunks
+        finally:
+            logs = stop_appliance(appliance)
+        assert marker * 64 not in logs
+    finally:
+        keys.write_text(original)
+        sshd.kill_sessions()
+
+
+def test_reject_wedged_session_is_replaced(sshd: Sshd) -> None:
+    """A session whose gate stops answering (stopped with SIGSTOP) is closed after its ping deadline and
+    replaced by a new connection; requests flow again without a restart."""
+    before = set(sshd.gate_pids())
+    appliance = start_appliance(sshd, "mux", connections=1, ping_timeout=2)
+    stopped: list[int] = []
+    try:
+        wait_ready(appliance)
+        # The gate process alone (not sshd's session process, whose stop asyncssh's keepalive would see).
+        stopped = sorted(p for p in set(sshd.gate_pids()) - before if b"cluster.cli" in Path(f"/proc/{p}/cmdline").read_bytes())
+        assert stopped, "the appliance's gate process should be running"
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        client = appliance.client()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                answer = client.chat.completions.create(model="standin-chat", max_tokens=2,
+                                                        messages=[{"role": "user", "content": "still there?"}],
+                                                        timeout=3)
+                break
+            except (openai.APITimeoutError, openai.APIStatusError, openai.APIConnectionError):
+                assert time.monotonic() < deadline, "the wedged session was never replaced"
+                time.sleep(0.5)
+        assert answer.choices[0].message.content
+        assert set(sshd.gate_pids()) - before - set(stopped), "a new gate process serves the new session"
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        stop_appliance(appliance)
+        sshd.kill_sessions()
 def test_new_routes_over_ssh(appliance: Appliance) -> None:
     """Responses, audio and rerank through real sshd, clear and sealed (the SDK)."""
     import warnings

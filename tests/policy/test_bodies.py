@@ -281,17 +281,20 @@ def test_force_usage_for_streams() -> None:
     plain = enc(chat(stream=True))
     forced = CHAT.check(plain, force_usage=True)
     assert forced.include_usage is False
-    assert json.loads(forced.body)["stream_options"] == {"include_usage": True}
+    assert json.loads(forced.body)["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    assert forced.continuous_usage is False
     assert "stream_options" not in json.loads(CHAT.check(plain).body)
 
     declined = CHAT.check(
         enc(chat(stream=True, stream_options={"include_usage": False})), force_usage=True
     )
     assert declined.include_usage is False
-    assert json.loads(declined.body)["stream_options"] == {"include_usage": True}
+    assert json.loads(declined.body)["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
 
     nulled = CHAT.check(enc(chat(stream=True, stream_options=None)), force_usage=True)
-    assert json.loads(nulled.body)["stream_options"] == {"include_usage": True}
+    assert json.loads(nulled.body)["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    asked = CHAT.check(enc(chat(stream=True, stream_options={"continuous_usage_stats": True})), force_usage=True)
+    assert asked.continuous_usage is True and asked.include_usage is False
 
     unstreamed = CHAT.check(enc(chat()), force_usage=True)
     assert unstreamed.body == CHAT.check(enc(chat())).body

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,18 @@ def test_reject_bad_frames(wire: bytes, code: str) -> None:
     with pytest.raises(Disallowed) as info:
         FrameDecoder(CLIENT_KINDS).feed(wire)
     assert info.value.code == code
+
+
+def test_usage_frame_before_an_error() -> None:
+    """USAGE (0x86): the usage so far of a stream, right before its ERROR; gate to appliance only."""
+    frames = [Frame(Kind.USAGE, 3, b'{"prompt_tokens":1,"completion_tokens":2}'), Frame(Kind.ERROR, 3, b"504 backend_timeout")]
+    assert FrameDecoder(GATE_KINDS).feed(_wire(frames)) == frames
+    with pytest.raises(Disallowed):
+        FrameDecoder(CLIENT_KINDS).feed(_raw(Kind.USAGE, 1, b"{}"))
+    for payload in (b"", b"x" * 513):
+        with pytest.raises(ValueError):
+            encode(Kind.USAGE, 1, payload)
+    assert "0x86 | USAGE" in (Path(__file__).resolve().parents[2] / "policy" / "FRAMES.md").read_text()
 
 
 def test_reject_client_kind_at_appliance() -> None:

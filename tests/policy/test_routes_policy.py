@@ -291,7 +291,7 @@ def test_streaming_route_needs_stream_options(tmp_path: Path) -> None:
     ).get("r")
     assert route.stream_allowed
     assert route.check(b'{"model":"x","stream":true}', force_usage=True).body == (
-        b'{"model":"x","stream":true,"stream_options":{"include_usage":true}}'
+        b'{"model":"x","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}'
     )
 
 

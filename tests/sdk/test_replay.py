@@ -25,12 +25,12 @@ def test_replay_refused_within_window_accepted_after() -> None:
     enc_request, _ = ohttp.encapsulate_request(key.config, b"request")
     _, sealer = ohttp.decapsulate_request(key, enc_request)
     guard.check(sealer.enc)
-    clock.now += 29.9
+    clock.now += 59.9
     _, again = ohttp.decapsulate_request(key, enc_request)  # the relay replays it
     with pytest.raises(SealError):
         guard.check(again.enc)
     clock.now += 0.1
-    guard.check(again.enc)  # the window passed: the date check is what refuses it now
+    guard.check(again.enc)  # twice the window passed: the date check is what refuses it now
     assert len(guard) == 1
 
 
@@ -50,7 +50,7 @@ def test_memory_is_bounded_and_fails_closed() -> None:
         guard.check(b"\x09" * 32)  # full of live entries: refuse rather than forget one
     with pytest.raises(SealError):
         guard.check(b"\x00" * 32)  # and the remembered ones are still replays
-    clock.now += 10
+    clock.now += 20  # twice the window (a request dated ahead is acceptable that long)
     guard.check(b"\x09" * 32)  # expired entries make room
     assert len(guard) == 1
 
@@ -94,3 +94,17 @@ def test_reject_bad_parameters() -> None:
         ReplayGuard(0)
     with pytest.raises(ValueError):
         ReplayGuard(10, max_entries=0)
+
+
+def test_reject_replay_of_a_request_dated_ahead() -> None:
+    """Finding 15: a request dated a window ahead is acceptable until date + window;
+    its enc must be remembered that long (the old guard forgot it at now + window)."""
+    clock = Clock()
+    guard = ReplayGuard(30, clock=clock)
+    ahead = http_date(clock.now + 30)
+    guard.check_date(ahead)
+    guard.check(b"e" * 32)
+    clock.now += 31  # the first entry would have expired here
+    guard.check_date(ahead)  # the date alone still passes
+    with pytest.raises(SealError):
+        guard.check(b"e" * 32)

@@ -74,13 +74,17 @@ class Served:
 
 
 def start_serve(directory: Path, name: str, port: int, body: str, ready_path: str = "/healthz",
-                timeout: float = 60) -> Served:
-    """Write ``body`` (plus a [server] table) as the config and start `sluice serve` in ``directory``."""
+                timeout: float = 60, server: str = "") -> Served:
+    """Write ``body`` (plus a [server] table, with ``server``'s extra lines) as the config and start
+    `sluice serve` in ``directory``.  A body without an ``[access]`` table gets ``unsafe_allow_all``
+    (these tests are not about access; the default is to deny every model)."""
+    if "[access]" not in body:
+        body += "\n[access]\nunsafe_allow_all = true\n"
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / "tmp"
     tmp.mkdir(exist_ok=True)
     config = directory / f"{name}.toml"
-    config.write_text(f"[server]\nport = {port}\nkeepalive_interval = 1\nrequest_timeout = 30\n\n{body}")
+    config.write_text(f"[server]\nport = {port}\nkeepalive_interval = 1\nrequest_timeout = 30\n{server}\n\n{body}")
     stdout, stderr = directory / f"{name}.stdout", directory / f"{name}.stderr"
     env = {**os.environ, "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
     with stdout.open("wb") as out, stderr.open("wb") as err:

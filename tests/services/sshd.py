@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.authorized_key import authorized_key_line
+from cluster.authorized_key import authorized_key_line, default_gate_command
 
 ROOT = Path(__file__).resolve().parents[2]
 USER = "sluicegate"
@@ -37,13 +37,13 @@ def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def ensure_user() -> None:
+def ensure_user(user: str = USER) -> None:
     try:
-        pwd.getpwnam(USER)
+        pwd.getpwnam(user)
     except KeyError:
-        _run("useradd", "--create-home", "--shell", "/bin/sh", USER)
+        _run("useradd", "--create-home", "--shell", "/bin/sh", user)
     # useradd leaves the account locked ('!'); with UsePAM no, sshd then refuses even keys.
-    _run("usermod", "-p", "*", USER)
+    _run("usermod", "-p", "*", user)
 
 
 def _free_port() -> int:
@@ -60,13 +60,15 @@ def _keygen(path: Path) -> str:
 class Sshd:
     """sshd + the gate's account, in a fresh directory; :meth:`stop` removes everything."""
 
-    def __init__(self, cluster_toml: str, extra_files: dict[str, str] | None = None) -> None:
+    def __init__(self, cluster_toml: str, extra_files: dict[str, str] | None = None, user: str = USER) -> None:
+        """``user``: the gate's account (a test that changes the account's home uses its own)."""
+        self.user = user
         if os.geteuid() != 0:
             raise RuntimeError("the sshd tests create a user and start sshd: run them as root (CI does)")
         for tool in (SSHD, SYSTEM_PYTHON, "/usr/bin/ssh-keygen"):
             if not Path(tool).exists():
                 raise RuntimeError(f"{tool} is missing: scripts/test installs openssh-server and python3-venv")
-        ensure_user()
+        ensure_user(user)
         self.dir = Path(tempfile.mkdtemp(prefix="sluice-sshd-"))
         self.dir.chmod(0o755)
         self.port = _free_port()
@@ -96,8 +98,8 @@ class Sshd:
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub}\n")
         auth = self.dir / "authorized_keys"
         auth.mkdir()
-        self.gate_command = f"{self.gate_python} -m cluster.cli gate --config {self.config}"
-        (auth / USER).write_text(authorized_key_line(client_pub, self.gate_command) + "\n")
+        self.gate_command = default_gate_command(str(self.gate_python), self.config)
+        (auth / user).write_text(authorized_key_line(client_pub, self.gate_command) + "\n")
         self.log = self.dir / "sshd.log"
         self.sshd_config = self.dir / "sshd_config"
         self.sshd_config.write_text(
@@ -113,7 +115,7 @@ class Sshd:
                     "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no",
                     "UsePAM no",
-                    f"AllowUsers {USER}",
+                    f"AllowUsers {user}",
                     "PermitRootLogin no",
                     "AllowTcpForwarding no",
                     "AllowStreamLocalForwarding no",
@@ -135,7 +137,7 @@ class Sshd:
 
     def run_as_gate(self, *args: str) -> str:
         """Run ``sluice-cluster ARGS`` as the functional account (e.g. ``keys create``)."""
-        done = subprocess.run(["runuser", "-u", USER, "--", str(self.gate_python), "-m", "cluster.cli", *args],
+        done = subprocess.run(["runuser", "-u", self.user, "--", str(self.gate_python), "-I", "-m", "cluster.cli", *args],
                               capture_output=True, text=True, timeout=60, cwd="/")
         if done.returncode != 0:
             raise RuntimeError(f"sluice-cluster {' '.join(args)} failed: {done.stderr}")
@@ -145,7 +147,7 @@ class Sshd:
         """The gate's keys, made and owned by the functional account, in a directory only it can read."""
         keys = self.dir / "sealed-keys"
         keys.mkdir(mode=0o700, exist_ok=True)
-        os.chown(keys, pwd.getpwnam(USER).pw_uid, pwd.getpwnam(USER).pw_gid)
+        os.chown(keys, pwd.getpwnam(self.user).pw_uid, pwd.getpwnam(self.user).pw_gid)
         self.run_as_gate("keys", "create", "--config", str(self.config))
 
     def start(self) -> None:
@@ -167,7 +169,7 @@ class Sshd:
 
     def gate_pids(self) -> list[int]:
         """Processes of the functional account (the gates sshd started)."""
-        uid = pwd.getpwnam(USER).pw_uid
+        uid = pwd.getpwnam(self.user).pw_uid
         pids = []
         for entry in os.listdir("/proc"):
             if entry.isdigit():
@@ -180,7 +182,7 @@ class Sshd:
 
     def kill_sessions(self) -> None:
         """End every SSH session (the gates and their sshd children), as a crash would."""
-        subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
+        subprocess.run(["pkill", "-KILL", "-u", self.user], check=False)
 
     def stop(self, remove: bool = True) -> None:
         pid = self._listener_pid()

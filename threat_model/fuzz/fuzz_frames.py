@@ -3,7 +3,8 @@
 Invariant: any byte stream, fed in any split, makes policy.frames.FrameDecoder
 return typed frames (Frame of an appliance-to-gate kind, a payload within its
 bounds) that cluster.gate.session.StreamTable either accepts -- returning None
-or a typed (stream, command, body) request -- or rejects with a SluiceError.
+or a typed (stream, command, body) request, or refusing one stream with a
+SluiceError through its callback -- or rejects with a SluiceError.
 Any other exception or value is a crash.
 
     python threat_model/fuzz/fuzz_frames.py -atheris_runs=100000
@@ -62,11 +63,17 @@ def _check_frame(frame: object) -> Frame:
     return frame
 
 
+def _refused(stream: int, error: SluiceError) -> None:
+    """A stream refused on its own: its error must be one of ours, with a status hint."""
+    if not isinstance(error, SluiceError) or not 400 <= error.status <= 599 or not 1 <= stream < 2**31:
+        raise TypeError(f"a refusal of {stream} with {error!r:.80}")
+
+
 def TestOneInput(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
     now = [0.0]
     decoder = FrameDecoder(CLIENT_KINDS)
-    table = StreamTable(lambda call: MAX_BODY, lambda stream: None, lambda: now[0])
+    table = StreamTable(lambda call: MAX_BODY, lambda stream: None, lambda: now[0], refuse=_refused)
     try:
         while fdp.remaining_bytes():
             chunk = _chunk(fdp)

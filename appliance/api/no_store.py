@@ -1,0 +1,35 @@
+"""Every API answer says ``Cache-Control: no-store``: no browser or proxy keeps a completion.
+
+One ASGI middleware.  The one exception is the public key configuration of
+``/v1/sealed/keys``, which is the same for everyone and says how long to keep it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["NoStoreMiddleware"]
+
+_API_PREFIX: Final = "/v1/"
+_PUBLIC: Final = frozenset({"/v1/sealed/keys"})
+
+
+class NoStoreMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(_API_PREFIX) or path in _PUBLIC:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_no_store(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_no_store)
