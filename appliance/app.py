@@ -151,7 +151,8 @@ def create_app(appliance: Appliance) -> Starlette:
         middleware=[
             Middleware(RequestLogMiddleware, metrics=appliance.metrics, access_log=appliance.access_log),
             Middleware(BodyDeadlineMiddleware, timeout=appliance.body_timeout),
-            Middleware(ApiGuardMiddleware, public_url=appliance.public_url),
+            Middleware(ApiGuardMiddleware, public_url=appliance.public_url,
+                       form_paths=[r.path for r in appliance.routes.routes.values() if r.form is not None]),
             Middleware(NoStoreMiddleware),
         ],
         lifespan=lifespan,

@@ -20,6 +20,7 @@ from policy.errors import BackendFailed, SluiceError
 from policy.grammar import Models
 
 from .transport.base import GateTransport
+from .transport.replies import produced_by
 
 __all__ = ["MODEL_STATES", "ModelInfo", "Catalog", "ClusterSet", "model_info"]
 
@@ -46,19 +47,26 @@ class ModelInfo:
     instances_starting: int = 0
     held: int = 0  # requests waiting in the gates' hold queue for an instance
     gate_in_flight: int = 0
+    # What the gate says produced the model's answers (the END frame says it per answer).
+    produced_by: tuple[tuple[str, str], ...] = ()
+    # Seconds until the model is likely ready, when it is not (cluster/scheduler/availability.py).
+    estimated_wait: int | None = None
 
 
 # A count in a listing above this is not believed (it would be a broken gate, not a busy one).
 MAX_COUNT: Final = 1_000_000
 
+# The longest wait passed on to clients (a day): a gate's estimate beyond it is not news.
+MAX_WAIT: Final = 86400
 
-def _count(item: Mapping[str, object], *path: str) -> int:
-    """A non-negative integer at ``path`` in ``item``, or 0 (absent, or not a plausible count)."""
+
+def _count(item: Mapping[str, object], *path: str, most: int = MAX_COUNT) -> int | None:
+    """A non-negative integer up to ``most`` at ``path`` in ``item``, or None (absent, or not plausible)."""
     value: object = item
     for key in path:
         value = value.get(key) if isinstance(value, Mapping) else None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
-        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        return None
     return value
 
 
@@ -70,8 +78,10 @@ def model_info(item: Mapping[str, object], cluster: str) -> ModelInfo:
         raise ValueError("model state")
     return ModelInfo(
         str(item["id"]), ready, frozenset(item["routes"]), cluster, str(status),  # type: ignore[arg-type]
-        _count(item, "instances", "ready"), _count(item, "instances", "starting"),
-        _count(item, "held"), _count(item, "in_flight"),
+        _count(item, "instances", "ready") or 0, _count(item, "instances", "starting") or 0,
+        _count(item, "held") or 0, _count(item, "in_flight") or 0,
+        produced_by=tuple(sorted(produced_by(dict(item)).items())),
+        estimated_wait=_count(item, "estimated_wait", most=MAX_WAIT),
     )
 
 

@@ -57,7 +57,8 @@ request_timeout = 120
 
 [services.standin-chat]
 backend = "local"
-routes = ["chat", "completions"]
+routes = ["chat", "completions", "responses", "transcriptions", "translations"]
+revision = "standin-weights-1"
 command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
            "--model", "{{model}}", "--kind", "chat", "--token-delay", "{token_delay}",
            "--ssl-keyfile", "{{tls_keyfile}}", "--ssl-certfile", "{{tls_certfile}}", "--ssl-ca-certs", "{{tls_ca}}",
@@ -71,7 +72,7 @@ warmup_timeout = 30
 
 [services.standin-embed]
 backend = "local"
-routes = ["embeddings"]
+routes = ["embeddings", "rerank", "score"]
 command = ["{{python}}", "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "{{port}}",
            "--model", "{{model}}", "--kind", "embeddings",
            "--ssl-keyfile", "{{tls_keyfile}}", "--ssl-certfile", "{{tls_certfile}}", "--ssl-ca-certs", "{{tls_ca}}",

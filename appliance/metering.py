@@ -26,6 +26,9 @@ class Outcome:
     latency: float = 0.0
     first_token: float | None = None  # seconds to a stream's first content (SSE comments are not content)
     sealed: bool = False
+    audio_ms: int = 0  # audio in the request, from the gate's usage (audio routes)
+    model_revision: str | None = None  # what produced the answer (the gate's END frame)
+    backend_version: str | None = None
 
 
 class Ticket(Protocol):

@@ -119,6 +119,19 @@ DELETE FROM usage a USING usage b WHERE a.request_id = b.request_id AND a.id > b
 CREATE UNIQUE INDEX usage_request_id ON usage (request_id);
 """,
     ),
+    Step(
+        3, "audio length, model revision and backend version of each request",
+        sqlite="""
+ALTER TABLE usage ADD COLUMN audio_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN model_revision TEXT;
+ALTER TABLE usage ADD COLUMN backend_version TEXT;
+""",
+        postgresql="""
+ALTER TABLE usage ADD COLUMN audio_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN model_revision TEXT;
+ALTER TABLE usage ADD COLUMN backend_version TEXT;
+""",
+    ),
 )
 
 STORES: Final = {"identity": IDENTITY, "accounting": ACCOUNTING}

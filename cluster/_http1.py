@@ -358,6 +358,10 @@ def parse_request_head(head: bytes | bytearray) -> RequestHead:
     )
 
 
+# The media types the gate sends: JSON, or its own form (boundary of RFC 2046 bchars, no space).
+_CONTENT_TYPE_RE = re.compile(r"application/json|multipart/form-data; boundary=[0-9A-Za-z'()+_,\-./:=?]{1,70}")
+
+
 def build_request_head(
     method: str,
     path: str,
@@ -365,6 +369,7 @@ def build_request_head(
     port: int,
     content_length: int | None,
     token: str | None = None,
+    content_type: str = "application/json",
 ) -> bytes:
     """The head of a request from the gate to a backend.
 
@@ -372,8 +377,12 @@ def build_request_head(
     otherwise the body is JSON of that many bytes.  ``token`` adds
     ``Authorization: Bearer``.  Never sends ``Expect: 100-continue``: a JSON
     body is small, and a round trip more per request costs more than it saves.
+    ``content_type`` is the body's media type: JSON, or a form the gate wrote
+    (``multipart/form-data; boundary=...``).
     Raises :class:`LocalProtocolError` for anything that could split the head.
     """
+    if _CONTENT_TYPE_RE.fullmatch(content_type) is None:
+        raise LocalProtocolError("bad_content_type")
     if _METHOD_RE.fullmatch(method) is None:
         raise LocalProtocolError("bad_method")
     if _ORIGIN_FORM_RE.fullmatch(path.encode("ascii", "replace")) is None or not path.isascii():
@@ -392,7 +401,7 @@ def build_request_head(
     if content_length is not None:
         if content_length < 0:
             raise LocalProtocolError("bad_content_length")
-        parts.append(f"content-type: application/json\r\ncontent-length: {content_length}\r\n")
+        parts.append(f"content-type: {content_type}\r\ncontent-length: {content_length}\r\n")
     parts.append("\r\n")
     return "".join(parts).encode("ascii")
 

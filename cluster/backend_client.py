@@ -416,11 +416,13 @@ class BackendPool:
         path: str,
         body: bytes,
         timeout: float,
+        content_type: str = "application/json",
         pin: str | None = None,
     ) -> BackendResponse:
         """Send one request and return once its response head has arrived.
 
-        ``body`` is JSON (sent with Content-Type application/json); an empty
+        ``body`` is JSON (sent with Content-Type application/json) or of
+        ``content_type`` (a form the gate wrote); an empty
         body on GET/HEAD/DELETE is sent without body fields.  ``timeout``
         covers connect (and the TLS handshake), send and head; it is also the
         default idle timeout of the body reads.  ``pin``: the SHA-256 of the
@@ -432,7 +434,7 @@ class BackendPool:
         deadline = loop.time() + timeout
         has_body = bool(body) or method not in ("GET", "HEAD", "DELETE")
         try:
-            head = build_request_head(method, path, host, port, len(body) if has_body else None, token)
+            head = build_request_head(method, path, host, port, len(body) if has_body else None, token, content_type)
         except LocalProtocolError as exc:
             raise BackendFailed() from exc
         if not has_body:

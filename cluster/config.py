@@ -95,6 +95,7 @@ class StaticBackend:
     routes: tuple[str, ...]
     token: str | None = field(default=None, repr=False)
     pin: str | None = None  # https: SHA-256 of the server's certificate (its server_cert file)
+    revision: str | None = None  # the operator's name for the weights (a revision or hash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,7 @@ class Service:
     # **Unsafe**: the job serves plain HTTP, so every path but vLLM's /v1 is
     # open to anyone on the cluster network.  Logged on every submission.
     unsafe_plain_http: bool = False
+    revision: str | None = None  # the operator's name for the weights (a revision or hash)
 
     @property
     def job_key(self) -> str:
@@ -252,6 +254,12 @@ class ClusterConfig:
             routes[service.model] = service.routes
         return routes
 
+    def model_revisions(self) -> dict[str, str]:
+        """The configured revision of each model that has one."""
+        revisions = {b.model: b.revision for b in self.static if b.revision is not None}
+        revisions.update((s.model, s.revision) for s in self.services if s.revision is not None)
+        return revisions
+
     def services_of(self, backend: str) -> tuple[Service, ...]:
         return tuple(s for s in self.services if s.backend == backend)
 
@@ -296,6 +304,17 @@ def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
 
 
+# A revision as operators write them: a git hash, a Hugging Face revision, "v2@sha256:..."
+_REVISION_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,127}", re.ASCII)
+
+
+def _revision(table: dict[str, Any], where: str) -> str | None:
+    value = _get(table, "revision", str, where, None)
+    if value is not None and _REVISION_RE.fullmatch(value) is None:
+        raise ConfigError(f"{where}.revision must be 1 to 128 of letters, digits and ._:/@+- (a revision or hash)")
+    return value
+
+
 def _model(name: Any, where: str) -> str:
     if not isinstance(name, str):
         raise ConfigError(f"{where}.model must be a string")
@@ -331,7 +350,7 @@ def _server_pin(table: dict[str, Any], where: str, base: Path, https: bool) -> s
 
 
 def _static(table: dict[str, Any], where: str, base: Path) -> StaticBackend:
-    _check_keys(table, {"model", "url", "routes", "token_file", "server_cert"}, where)
+    _check_keys(table, {"model", "url", "routes", "token_file", "server_cert", "revision"}, where)
     url = urlsplit(_get(table, "url", str, where))
     if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query or url.username:
         raise ConfigError(f"{where}.url must be https://HOST:PORT or http://HOST:PORT (no path, query or credentials)")
@@ -344,7 +363,8 @@ def _static(table: dict[str, Any], where: str, base: Path) -> StaticBackend:
         if not token or not token.isprintable() or " " in token:
             raise ConfigError(f"{where}.token_file must hold one printable token")
     port = url.port or (443 if https else 80)
-    return StaticBackend(_model(table.get("model"), where), url.hostname, port, _routes(table, where), token, pin)
+    return StaticBackend(_model(table.get("model"), where), url.hostname, port, _routes(table, where), token, pin,
+                         _revision(table, where))
 
 
 def _time_limit(value: Any, where: str) -> int | None:
@@ -478,7 +498,7 @@ def _service(name: str, table: dict[str, Any], where: str, base: Path, request_t
     if backend not in ("local", "slurm"):
         raise ConfigError(f"{where}.backend must be 'local' or 'slurm'")
     own = {"command"} if backend == "local" else _SLURM_KEYS
-    _check_keys(table, {"routes", "backend", "unsafe_plain_http"} | own | _POLICY_KEYS, where)
+    _check_keys(table, {"routes", "backend", "revision", "unsafe_plain_http"} | own | _POLICY_KEYS, where)
     plain = _get(table, "unsafe_plain_http", bool, where, False)
     model = _model(name, where)
     command: tuple[str, ...] = ()
@@ -552,6 +572,7 @@ def _service(name: str, table: dict[str, Any], where: str, base: Path, request_t
         schedule=_schedule(_get(table, "schedule", list, where, []), where, low, high),
         priority=priority,
         unsafe_plain_http=plain,
+        revision=_revision(table, where),
     )
 
 

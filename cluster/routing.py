@@ -234,19 +234,6 @@ class Router:
         """Every configured model, and whether an instance of it is ready."""
         return {model: bool(self.instances(model)) for model in sorted(self.routes)}
 
-    def status(self, model: str) -> str:
-        """What a caller of ``model`` can expect now: ``ready`` (an instance serves),
-        ``starting`` (the scheduler keeps one and is starting it), ``scaled_to_zero``
-        (none is kept, a request is held while one starts) or ``unavailable``."""
-        if self.instances(model):
-            return "ready"
-        service = self._services.get(model)
-        if service is None or not self.scheduled(model):
-            return "unavailable"
-        if effective_limits(service, time.time()).min_instances > 0:
-            return "starting"
-        return "scaled_to_zero" if self.can_hold(model) else "unavailable"
-
     def try_acquire(self, model: str) -> Instance | None:
         """The ready instance of ``model`` with the fewest requests in flight, or None."""
         candidates = self.instances(model)

@@ -41,7 +41,18 @@ code                              status meaning
 ``too_deep``                      422    a free-form document nested too deep
 ``stream_not_allowed``            422    ``"stream": true`` on a route without it
 ``stream_options_without_stream`` 422    ``stream_options`` without streaming
+``store_not_supported``           422    Responses: ``store`` other than false
+``server_state_not_supported``    422    Responses: a field that needs server state
 ================================= ====== ============================================
+
+A route may name a ``dialect`` (``"responses"``, policy/_responses.py): rules
+of one API family beyond its schema, such as refusing server-side state.
+
+A route with ``body = "multipart"`` takes ``multipart/form-data`` instead of
+JSON (policy/multipart.py, with its own codes): one audio file part
+(``file_field``, at most ``max_file_bytes``) and fields checked by the same
+schema after their text is typed (policy/_forms.py).  The gate forwards a form
+it wrote itself, with its own boundary.
 """
 
 from __future__ import annotations
@@ -64,6 +75,7 @@ __all__ = [
     "MAX_MODEL_CHARS",
     "SEALING_OVERHEAD",
     "DEFAULT_ROUTES_PATH",
+    "RESPONSES",
     "CheckedBody",
     "Route",
     "RouteTable",
@@ -75,6 +87,7 @@ from ._limits import (
     _BACKEND_PATH_RE,
     _METHODS,
     _NOT_JSON,
+    _TOO_LARGE,
     _POLICY,
     _ROUTE_ID_RE,
     DEFAULT_ROUTES_PATH,
@@ -85,14 +98,20 @@ from ._limits import (
     MAX_ROUTE_BODY_BYTES,
     SEALING_OVERHEAD,
 )
+from ._forms import SCALAR_KINDS, form_body, form_object
+from ._responses import DIALECTS, RESPONSES, SERVER_STATE_FIELDS, forward_responses, prepare_responses
 from .grammar import MAX_BODY_BYTES
 from ._schema import _ROUTE_KEYS, _Check, _Compiler, _fail
 from ._strict_json import _ENCODER, _as_bytes, _decode, _serialize, parse_json
+from .multipart import FormSpec, boundary_of, parse_form
 
 # ---------------------------------------------------------------------------
 # Routes
 # ---------------------------------------------------------------------------
 
+# Route keys that may be left out.
+_OPTIONAL_ROUTE_KEYS = frozenset({"dialect", "body", "file_field", "max_file_bytes"})
+_BODY_KINDS = frozenset({"json", "multipart"})
 # What the gate asks of every streamed request: the final usage, and usage so
 # far on each chunk, so that a stream cut short is metered with what it delivered.
 _FORCED_USAGE: Final = {"include_usage": True, "continuous_usage_stats": True}
@@ -111,12 +130,17 @@ class CheckedBody:
     # Whether the client asked for the final usage chunk of a stream
     # (stream_options.include_usage); the forwarded body may force it on.
     include_usage: bool
-    # max_completion_tokens, else max_tokens; None when the client set neither.
+    # max_completion_tokens, else max_tokens, else max_output_tokens (Responses);
+    # None when the client set none.
     max_tokens: int | None
     body: bytes = field(repr=False)
     # Whether the client asked for usage so far on every chunk
     # (stream_options.continuous_usage_stats); the forwarded body may force it on.
     continuous_usage: bool = False
+    # The forwarded body's media type (a form's names the gate's own boundary).
+    content_type: str = "application/json"
+    # Seconds of audio in a form's file, where its container header says (else None).
+    audio_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +154,34 @@ class Route:
     stream_allowed: bool
     max_depth: int
     _check: _Check = field(repr=False, compare=False)
+    # The API family's own rules beyond the schema (policy/_responses.py), or None.
+    dialect: str | None = None
+    # Form routes: what the form may hold, and the schema kind of each part name.
+    form: FormSpec | None = None
+    _kinds: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def check_form(self, data: bytes, *, content_type: str | None = None, force_usage: bool = False) -> CheckedBody:
+        """Parse a form route's body (``content_type`` names the boundary when known), type and check
+        its fields, and write the gate's own form.  With ``force_usage``, a stream asks the
+        backend for its usage (``stream_include_usage``)."""
+        if self.form is None:
+            raise BodyRejected("bad_content_type", 415)
+        data = _as_bytes(data)
+        if len(data) > self.max_body_bytes:
+            raise BodyRejected("body_too_large", _TOO_LARGE)
+        boundary = boundary_of(content_type) if content_type is not None else None
+        form = parse_form(data, self.form, boundary)
+        obj = form_object(form, self._kinds)
+        self._check(obj)
+        stream = obj.get("stream") is True
+        include_usage = obj.get("stream_include_usage") is True
+        if include_usage and not stream:
+            raise BodyRejected("stream_options_without_stream", _POLICY)
+        if force_usage and stream:
+            obj = {**obj, "stream_include_usage": True}
+        body, media = form_body(obj, form, self.form.file_field)
+        return CheckedBody(obj["model"], stream, include_usage, None, body, content_type=media,
+                           audio_seconds=form.file.audio.seconds)
 
     def max_request_bytes(self, sealed: bool) -> int:
         """The most bytes a request to this route may declare: the one limit that
@@ -150,8 +202,13 @@ class Route:
         what the client asked for, so the gate knows what to pass on.
 
         Raises :class:`~policy.errors.BodyRejected` (codes in the module doc).
+        A form route's body goes to :meth:`check_form`.
         """
+        if self.form is not None:
+            return self.check_form(data, force_usage=force_usage)
         obj = _decode(_as_bytes(data), self.max_body_bytes)
+        if self.dialect == RESPONSES:
+            obj = prepare_responses(obj)
         if not self.stream_allowed and obj.get("stream") is True:
             raise BodyRejected("stream_not_allowed", _POLICY)
         # The compiled schema bounds the depth: it only descends into the
@@ -166,10 +223,28 @@ class Route:
         limit = obj.get("max_completion_tokens")
         if limit is None:
             limit = obj.get("max_tokens")
+        if limit is None:
+            limit = obj.get("max_output_tokens")
+        if self.dialect == RESPONSES:
+            # Usage always comes in the stream's response.completed event.
+            return CheckedBody(obj["model"], stream, stream, limit, _serialize(forward_responses(obj)))
         if force_usage and stream and not (include_usage and continuous):
             obj = {**obj, "stream_options": {**(options or {}), **_FORCED_USAGE}}
         # Serializing also refuses lone surrogates (they cannot be UTF-8).
         return CheckedBody(obj["model"], stream, include_usage, limit, _serialize(obj), continuous)
+
+    def with_model(self, data: bytes, model: str, *, content_type: str | None = None) -> bytes:
+        """``data`` (already checked) naming ``model`` instead: an alias resolved by the appliance.
+
+        A JSON body is re-serialized as :meth:`serialize` does; a form is written
+        again with a boundary of its own (the gate reads it from the first line).
+        """
+        if self.form is None:
+            return self.serialize({**_decode(_as_bytes(data), self.max_body_bytes), "model": model})
+        form = parse_form(_as_bytes(data), self.form, boundary_of(content_type) if content_type is not None else None)
+        obj = {**form_object(form, self._kinds), "model": model}
+        self._check(obj)
+        return form_body(obj, form, self.form.file_field)[0]
 
     def serialize(self, obj: Mapping[str, Any]) -> bytes:
         """The compact encoding of ``obj``, checked against this route as if it came in.
@@ -250,8 +325,11 @@ def _route(compiler: _Compiler, route_id: str, spec: Any) -> Route:
     if not isinstance(spec, dict):
         fail(where, "must be a table")
     for key in spec:
-        if key not in _ROUTE_KEYS:
+        if key not in _ROUTE_KEYS and key not in _OPTIONAL_ROUTE_KEYS:
             fail(f"{where}.{key}", "unknown route key")
+    dialect = spec.get("dialect")
+    if dialect is not None and dialect not in DIALECTS:
+        fail(f"{where}.dialect", f"must be one of {sorted(DIALECTS)}")
     for key in sorted(_ROUTE_KEYS):
         if key not in spec:
             fail(f"{where}.{key}", "required")
@@ -284,24 +362,45 @@ def _route(compiler: _Compiler, route_id: str, spec: Any) -> Route:
         fail(f"{where}.fields.model", "must be a string that is not nullable")
     if model.max_length is None or model.max_length > MAX_MODEL_CHARS:
         fail(f"{where}.fields.model", f"max_length must be at most {MAX_MODEL_CHARS}")
-    if stream:
-        flag, options = fields.get("stream"), fields.get("stream_options")
-        if flag is None or flag.kind != "boolean":
-            fail(f"{where}.fields.stream", "a streaming route needs a boolean 'stream' field")
-        usage = options.children.get("include_usage") if options is not None else None
-        if options is None or options.kind != "object" or usage is None or usage.kind != "boolean":
-            fail(
-                f"{where}.fields.stream_options",
-                "a streaming route needs an object with a boolean 'include_usage'",
-            )
+    body_kind = spec.get("body", "json")
+    if body_kind not in _BODY_KINDS:
+        fail(f"{where}.body", f"must be one of {sorted(_BODY_KINDS)}")
+    form: FormSpec | None = None
+    kinds: Mapping[str, str] = MappingProxyType({})
+    if body_kind == "multipart":
+        form, kinds = _form_spec(compiler, where, spec, max_body, stream, body)
     else:
-        for key in ("stream", "stream_options"):
-            if key in fields:
-                fail(f"{where}.fields.{key}", "listed on a route with stream = false")
-    for key in ("max_tokens", "max_completion_tokens"):
-        limit = fields.get(key)
-        if limit is not None and limit.kind != "integer":
-            fail(f"{where}.fields.{key}", "must be an integer")
+        for key in ("file_field", "max_file_bytes"):
+            if key in spec:
+                fail(f"{where}.{key}", 'only for body = "multipart"')
+        if dialect == RESPONSES:
+            for key in SERVER_STATE_FIELDS:
+                if key in fields:
+                    fail(f"{where}.fields.{key}", "a server-state field: the responses dialect refuses it")
+        if stream and dialect == RESPONSES:
+            flag = fields.get("stream")
+            if flag is None or flag.kind != "boolean":
+                fail(f"{where}.fields.stream", "a streaming route needs a boolean 'stream' field")
+            if "stream_options" in fields:
+                fail(f"{where}.fields.stream_options", "responses report usage in the stream themselves")
+        elif stream:
+            flag, options = fields.get("stream"), fields.get("stream_options")
+            if flag is None or flag.kind != "boolean":
+                fail(f"{where}.fields.stream", "a streaming route needs a boolean 'stream' field")
+            usage = options.children.get("include_usage") if options is not None else None
+            if options is None or options.kind != "object" or usage is None or usage.kind != "boolean":
+                fail(
+                    f"{where}.fields.stream_options",
+                    "a streaming route needs an object with a boolean 'include_usage'",
+                )
+        else:
+            for key in ("stream", "stream_options"):
+                if key in fields:
+                    fail(f"{where}.fields.{key}", "listed on a route with stream = false")
+        for key in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+            limit = fields.get(key)
+            if limit is not None and limit.kind != "integer":
+                fail(f"{where}.fields.{key}", "must be an integer")
     return Route(
         id=route_id,
         path=path,
@@ -310,4 +409,48 @@ def _route(compiler: _Compiler, route_id: str, spec: Any) -> Route:
         stream_allowed=stream,
         max_depth=max_depth,
         _check=body.check,
+        dialect=dialect,
+        form=form,
+        _kinds=kinds,
     )
+
+
+def _form_spec(
+    compiler: _Compiler, where: str, spec: dict[str, Any], max_body: int, stream: bool, body: Any
+) -> tuple[FormSpec, Mapping[str, str]]:
+    """Validate the form keys of a ``body = "multipart"`` route: its form, and each part's schema kind."""
+    fail = compiler.fail
+    if "dialect" in spec:
+        fail(f"{where}.dialect", "not for form routes")
+    file_field = spec.get("file_field")
+    if type(file_field) is not str or not file_field.isidentifier() or not file_field.islower():
+        fail(f"{where}.file_field", "required: the file part's name (lowercase letters, digits, _)")
+    if file_field in body.children:
+        fail(f"{where}.file_field", "names a field that is also in fields")
+    max_file = spec.get("max_file_bytes")
+    if type(max_file) is not int or not 1 <= max_file <= max_body:
+        fail(f"{where}.max_file_bytes", "required: an integer from 1 to max_body_bytes")
+    kinds: dict[str, str] = {}
+    for name, node in body.children.items():
+        if node.kind == "array" and node.item is not None and node.item.kind in SCALAR_KINDS:
+            kinds[f"{name}[]"] = node.item.kind
+        elif node.kind in SCALAR_KINDS:
+            kinds[name] = node.kind
+        else:
+            fail(f"{where}.fields.{name}", "a form field is a string, number, boolean or an array of them")
+    if stream:
+        for key in ("stream", "stream_include_usage"):
+            flag = body.children.get(key)
+            if flag is None or flag.kind != "boolean":
+                fail(f"{where}.fields.{key}", "a streaming form route needs this boolean field")
+    else:
+        for key in ("stream", "stream_include_usage"):
+            if key in body.children:
+                fail(f"{where}.fields.{key}", "listed on a route with stream = false")
+    form = FormSpec(
+        fields=frozenset(k for k in kinds if not k.endswith("[]")),
+        repeated=frozenset(k for k in kinds if k.endswith("[]")),
+        file_field=file_field,
+        max_file_bytes=max_file,
+    )
+    return form, MappingProxyType(kinds)

@@ -36,8 +36,8 @@ __all__ = [
 ]
 
 # The longest line the grammar can produce is
-# "sluice/1 sealed chunked completions " + 128-char model + " " + 8 digits
-# = 173 bytes.
+# "sluice/1 sealed chunked transcriptions " + 128-char model + " " + 8 digits
+# = 176 bytes.
 # Anything longer is rejected before a regex ever looks at it.
 MAX_COMMAND_LINE: Final = 192
 
@@ -50,8 +50,11 @@ MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 PROTOCOL: Final = "sluice/1"
 _protocol = re.escape(PROTOCOL)
 
-# route-id = %s"chat" / %s"completions" / %s"embeddings"
-ROUTE_IDS: Final = ("chat", "completions", "embeddings")
+# route-id = %s"chat" / %s"completions" / %s"embeddings" / %s"responses"
+#          / %s"rerank" / %s"score" / %s"transcriptions" / %s"translations"
+ROUTE_IDS: Final = (
+    "chat", "completions", "embeddings", "responses", "rerank", "score", "transcriptions", "translations"
+)
 _route_id = "(?:" + "|".join(ROUTE_IDS) + ")"
 
 # name-start = ALPHA / DIGIT

@@ -3,8 +3,10 @@
 :class:`SealedTransport` (and :class:`AsyncSealedTransport`) sit under an
 ``httpx2.Client`` that the ``openai`` client is given.  For each request:
 
-* ``POST {base}/chat/completions``, ``{base}/completions`` and
-  ``{base}/embeddings`` are *sealed*: the JSON body the ``openai`` client
+* ``POST {base}/chat/completions``, ``{base}/completions``,
+  ``{base}/embeddings``, ``{base}/responses``, ``{base}/rerank``,
+  ``{base}/score`` and ``{base}/audio/transcriptions|translations`` (a
+  multipart form, sealed with its own Content-Type) are *sealed*: the JSON body the ``openai`` client
   built becomes the content of a Binary HTTP request (RFC 9292) for
   ``https://sluice/v1/...``, dated, padded, and encapsulated (RFC 9458, or
   chunked OHTTP when the body says ``"stream": true``) to the gate's pinned
@@ -60,6 +62,7 @@ from typing import Final
 
 import httpx2
 
+from ._form import FORM_MEDIA_TYPE, form_model_and_stream
 from .bhttp import (
     DEFAULT_LIMITS,
     Request,
@@ -105,6 +108,11 @@ SEALED_ROUTES: Final = {
     "/chat/completions": b"/v1/chat/completions",
     "/completions": b"/v1/completions",
     "/embeddings": b"/v1/embeddings",
+    "/responses": b"/v1/responses",
+    "/rerank": b"/v1/rerank",
+    "/score": b"/v1/score",
+    "/audio/transcriptions": b"/v1/audio/transcriptions",
+    "/audio/translations": b"/v1/audio/translations",
 }
 # The inner request's scheme and authority: fixed, the gate ignores them.
 _INNER_SCHEME: Final = b"https"
@@ -262,7 +270,9 @@ class _Core:
             return None
         raise _refusal(
             request,
-            "only POST to chat/completions, completions and embeddings under the base URL can be sealed, "
+            "only POST to chat/completions, completions, embeddings, responses, rerank, score and audio/* under the "
+            "base URL "
+            "can be sealed, "
             "and nothing with a body goes in the clear",
         )
 
@@ -322,9 +332,11 @@ class _Core:
         if len(content) > MAX_REQUEST_CONTENT:
             raise _refusal(request, f"the body is larger than {MAX_REQUEST_CONTENT} bytes")
         model, streaming = _inspect_body(request, content)
-        inner = Request(
-            b"POST", _INNER_SCHEME, _INNER_AUTHORITY, route.path, ((b"content-type", b"application/json"),), content
+        content_type = request.headers.get("content-type", "")
+        media_type = (
+            content_type.encode("latin-1") if content_type.lower().startswith(FORM_MEDIA_TYPE) else b"application/json"
         )
+        inner = Request(b"POST", _INNER_SCHEME, _INNER_AUTHORITY, route.path, ((b"content-type", media_type),), content)
         message = _padded(encode_request(with_date(inner)), self.pad_to)
         opener: ResponseOpener | ChunkedResponseOpener
         if streaming:
@@ -382,21 +394,29 @@ def _check_keys_response(url: httpx2.URL, response: httpx2.Response, body: bytes
 
 
 def _inspect_body(request: httpx2.Request, content: bytes) -> tuple[str, bool]:
-    """``(model, streaming)`` from the JSON body the openai client built."""
+    """``(model, streaming)`` from the JSON body (or the audio form) the openai client built."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.lower().startswith(FORM_MEDIA_TYPE):
+        form_model, form_stream = form_model_and_stream(content_type, content)
+        return _checked_model(request, form_model), form_stream
     try:
         document = json.loads(content)
     except (UnicodeDecodeError, ValueError):
         raise _refusal(request, "the body is not JSON") from None
     if not isinstance(document, dict):
         raise _refusal(request, "the body is not a JSON object")
-    model = document.get("model")
+    return _checked_model(request, document.get("model")), document.get("stream") is True
+
+
+def _checked_model(request: httpx2.Request, model: object) -> str:
+    """``model`` if it can travel in the clear as ``Sluice-Model``; a refusal otherwise."""
     if (
         not isinstance(model, str)
         or not 0 < len(model) <= _MAX_MODEL
         or not all("\x21" <= c <= "\x7e" for c in model)
     ):
         raise _refusal(request, "the body names no valid model (printable ASCII, no spaces)")
-    return model, document.get("stream") is True
+    return model
 
 
 def _error_code(response: httpx2.Response, body: bytes) -> object:

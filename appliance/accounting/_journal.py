@@ -29,10 +29,16 @@ import threading
 from pathlib import Path
 from typing import Final
 
+from ._rows import COLUMNS
+
 __all__ = ["Journal"]
 
 # A journal line longer than this is not one we wrote (a row is ~200 bytes).
 MAX_LINE: Final = 64 * 1024
+
+# The values of the columns added after the first release (audio_ms, model_revision,
+# backend_version: accounting step 3), for a row that a journal of an older release holds.
+_ADDED_DEFAULTS: Final = (0, None, None)
 
 
 class Journal:
@@ -77,8 +83,9 @@ class Journal:
                     continue  # torn by a crash mid-write: that request was never answered
                 with contextlib.suppress(ValueError):
                     values = json.loads(line)
-                    if isinstance(values, list):
-                        rows.append(tuple(values))
+                    missing = len(COLUMNS) - len(values) if isinstance(values, list) else -1
+                    if 0 <= missing <= len(_ADDED_DEFAULTS):
+                        rows.append(tuple(values) + _ADDED_DEFAULTS[len(_ADDED_DEFAULTS) - missing:])
         return rows
 
     def done(self, path: Path) -> None:

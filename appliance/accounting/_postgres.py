@@ -36,8 +36,8 @@ log = logging.getLogger("sluice.metering")
 # Written out (not built from COLUMNS): a fixed statement; a test holds it to COLUMNS.
 _INSERT: Final = (
     "INSERT INTO usage (time, day, request_id, user_id, key_id, model, route, status,"
-    " prompt_tokens, completion_tokens, latency_ms, first_token_ms, sealed)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+    " prompt_tokens, completion_tokens, latency_ms, first_token_ms, sealed, audio_ms, model_revision, backend_version)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
     " ON CONFLICT (request_id) DO NOTHING"
 )
 

@@ -23,19 +23,25 @@ class UsageRow:
     latency_ms: float  # to the last byte
     first_token_ms: float | None  # streams only
     sealed: bool
+    # Milliseconds of audio in the request (audio routes; from the file's container header).
+    audio_ms: int = 0
+    # What produced the answer: the model's configured revision and its server's version.
+    model_revision: str | None = None
+    backend_version: str | None = None
 
     def values(self) -> tuple[object, ...]:
         return (
             self.time, day_of(self.time), self.request_id, self.user, self.key_id, self.model, self.route,
             self.status, self.prompt_tokens, self.completion_tokens, self.latency_ms, self.first_token_ms,
-            1 if self.sealed else 0,
+            1 if self.sealed else 0, self.audio_ms, self.model_revision, self.backend_version,
         )
 
 
 # Column order of UsageRow.values(); `day` (UTC, YYYY-MM-DD) is derived, for the reports.
 COLUMNS: Final = (
     "time", "day", "request_id", "user_id", "key_id", "model", "route", "status",
-    "prompt_tokens", "completion_tokens", "latency_ms", "first_token_ms", "sealed",
+    "prompt_tokens", "completion_tokens", "latency_ms", "first_token_ms", "sealed", "audio_ms",
+    "model_revision", "backend_version",
 )
 
 

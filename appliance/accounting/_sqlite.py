@@ -48,8 +48,8 @@ PAGE_SIZE: Final = 1024
 # Written out (not built from COLUMNS): a fixed statement; a test holds it to COLUMNS.
 _INSERT: Final = (
     "INSERT INTO usage (time, day, request_id, user_id, key_id, model, route, status,"
-    " prompt_tokens, completion_tokens, latency_ms, first_token_ms, sealed)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " prompt_tokens, completion_tokens, latency_ms, first_token_ms, sealed, audio_ms, model_revision, backend_version)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 # Rows committed together at most (more wait for the next commit).

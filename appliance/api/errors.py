@@ -65,14 +65,36 @@ _MESSAGES: Final = {
     "sealed_route_mismatch": "The sealed request is not for this endpoint.",
     "model_mismatch": "The model in the request does not match the endpoint's model.",
     "invalid_model_header": "The Sluice-Model header is missing or not a valid model name.",
-    "unsupported_media_type": "Content-Type must be application/json (sealed requests: message/ohttp-req or "
-                              "message/ohttp-chunked-req).",
+    "unsupported_media_type": "Content-Type must be application/json (audio: multipart/form-data; sealed "
+                              "requests: message/ohttp-req or message/ohttp-chunked-req).",
     "foreign_origin": "Requests from another site's pages are not accepted.",
+    "form_needs_api_key": "A form upload must carry an API key in the Authorization header.",
     "body_timeout": "The request body did not arrive in time.",
     "body_incomplete": "The request body ended before it was complete.",
     "too_many_connections": "Too many connections; try again shortly.",
     "busy": "The cluster connection is busy; try again shortly.",
     "method_not_allowed": "Method not allowed.",
+    "bad_content_type": "The request must be multipart/form-data with a boundary.",
+    "bad_boundary": "The multipart body does not use the boundary its Content-Type names.",
+    "no_final_boundary": "The multipart body does not end with its closing boundary.",
+    "trailing_data": "The request body has bytes after its end.",
+    "too_many_parts": "The multipart body has too many parts.",
+    "bad_part_header": "A part of the multipart body has a header this endpoint does not accept.",
+    "unknown_part": "The multipart body has a part this endpoint does not accept.",
+    "duplicate_part": "The multipart body names a part twice.",
+    "missing_part": "The multipart body has no file part.",
+    "nested_multipart": "A part of the multipart body is itself multipart.",
+    "bad_filename": "The file name must be plain ASCII letters, digits, dots, dashes or spaces, without a path.",
+    "bad_field": "A form field is too long or not UTF-8 text.",
+    "file_too_large": "The audio file is too large.",
+    "not_audio": "The file is not audio in a supported container (WAV, MP3, FLAC, Ogg, WebM, M4A).",
+    "store_not_supported": (
+        "Sluice is stateless and stores no responses: send store: false or leave it out."
+    ),
+    "server_state_not_supported": (
+        "Sluice is stateless: previous_response_id, conversation, background and stored prompts need "
+        "state kept on the server, which Sluice never keeps. Send the whole conversation in input."
+    ),
     "internal": "Internal error.",
 }
 

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible routes: ``/v1/models``, chat, completions, embeddings.
+"""The OpenAI-compatible routes: ``/v1/models``, chat, completions, embeddings, responses,
+rerank, score, audio transcriptions and translations (multipart forms).
 
 Each request is authenticated, its body read with a bound and checked
 against the same route policy the gate enforces (so that mistakes get a
@@ -25,6 +26,7 @@ from policy.bodies import RouteTable
 from policy.errors import BodyRejected, Disallowed, SluiceError
 from policy.grammar import Call
 
+from ..auth.aliases import NO_NAMES
 from ..auth.base import AccessPolicy, Authenticator
 from ..catalog import ClusterSet, ModelInfo
 from ..metering import Metering, Outcome, Ticket
@@ -32,6 +34,7 @@ from ..quotas.reservation import OutputCeilings, reserve
 from ..transport.replies import GateReply
 from .errors import error_body, error_response, from_error
 from .sealed_keys import KEYS_TTL, AddressLimiter, KeyConfigCache, fetch_configs
+from .stateless import produced_by_headers, stateless
 
 __all__ = ["OpenAIApi"]
 
@@ -42,6 +45,7 @@ _SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # The gate's media (policy/FRAMES.md) as HTTP content types.
 _MEDIA: Final = {
     "json": "application/json",
+    "text": "text/plain; charset=utf-8",
     "sse": "text/event-stream",
     "ohttp": "message/ohttp-res",
     "ohttp-chunked": "message/ohttp-chunked-res",
@@ -83,6 +87,11 @@ class OpenAIApi:
             Route("/v1/chat/completions", self._handler("chat"), methods=["POST"]),
             Route("/v1/completions", self._handler("completions"), methods=["POST"]),
             Route("/v1/embeddings", self._handler("embeddings"), methods=["POST"]),
+            Route("/v1/responses", stateless(self._handler("responses")), methods=["POST"]),
+            Route("/v1/rerank", self._handler("rerank"), methods=["POST"]),
+            Route("/v1/score", self._handler("score"), methods=["POST"]),
+            Route("/v1/audio/transcriptions", self._handler("transcriptions"), methods=["POST"]),
+            Route("/v1/audio/translations", self._handler("translations"), methods=["POST"]),
             Route("/v1/sealed/keys", self.sealed_keys, methods=["GET"]),
             *(
                 Route(f"/v1/sealed{route.path.removeprefix('/v1')}", self._sealed_handler(route_id), methods=["POST"])
@@ -98,7 +107,13 @@ class OpenAIApi:
             models = await self._clusters.models()
         except SluiceError as exc:
             return from_error(exc)
-        data = [model_entry(models[m]) for m in self._access.visible(principal, models)]
+        visible = self._access.visible(principal, models)
+        data = [model_entry(models[m]) for m in visible]
+        names = getattr(self._access, "names", NO_NAMES)
+        data += [  # aliases of the models the caller may use, naming their target
+            {**model_entry(models[target]), "id": alias, "alias_of": target}
+            for alias, target in sorted(names.aliases.items()) if target in visible
+        ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
     def _handler(self, route_id: str):  # type: ignore[no-untyped-def]
@@ -111,18 +126,31 @@ class OpenAIApi:
                 return error_response(401, "invalid_api_key")
             try:
                 body = await read_body(request, route.max_request_bytes(sealed=False))
-                checked = route.check(body)
-                info = (await self._clusters.models()).get(checked.model)
-                if info is None or not self._access.allows(principal, checked.model):
+                content_type = request.headers.get("content-type", "")
+                checked = (
+                    route.check_form(body, content_type=content_type) if route.form is not None else route.check(body)
+                )
+                names = getattr(self._access, "names", NO_NAMES)
+                model = names.resolve(checked.model)  # an alias: everything below sees the real model
+                if model != checked.model:
+                    body = route.with_model(body, model, content_type=content_type)
+                    checked = route.check(body)  # the body the gate will see (a form names its own boundary)
+                info = (await self._clusters.models()).get(model)
+                if info is None or not self._access.allows(principal, model):
                     return error_response(404, "model_not_found")
                 if route_id not in info.routes:
                     return error_response(404, "route_not_served")
                 reservation = reserve(route, checked, body, self._ceilings)
                 body = reservation.body
-                ticket = await self._metering.admit(principal, route_id, checked.model, reservation.tokens, False)
+                ticket = await self._metering.admit(principal, route_id, model, reservation.tokens, False)
             except SluiceError as exc:
                 return from_error(exc)
-            return await self._forward(ticket, info.cluster, Call(route_id, checked.model, len(body)), body, started)
+            response = await self._forward(ticket, info.cluster, Call(route_id, model, len(body)), body, started,
+                                           info.produced_by)
+            if response.status_code == 503 and info.estimated_wait is not None:
+                response.headers["Retry-After"] = str(max(1, info.estimated_wait))  # the model is starting
+            response.headers.update(names.headers(model))
+            return response
 
         return handle
 
@@ -167,12 +195,20 @@ class OpenAIApi:
                 return error_response(400, "invalid_model_header")
             except SluiceError as exc:
                 return from_error(exc)
-            return await self._forward(ticket, info.cluster, call, body, started)
+            response = await self._forward(ticket, info.cluster, call, body, started, info.produced_by)
+            response.headers.update(getattr(self._access, "names", NO_NAMES).headers(model))
+            return response
 
         return handle
 
-    async def _forward(self, ticket: Ticket, cluster: str, call: Call, body: bytes, started: float) -> Response:
-        """Send ``call`` to its cluster; settle ``ticket`` exactly once, whatever happens."""
+    async def _forward(
+        self, ticket: Ticket, cluster: str, call: Call, body: bytes, started: float,
+        produced: tuple[tuple[str, str], ...] = (),
+    ) -> Response:
+        """Send ``call`` to its cluster; settle ``ticket`` exactly once, whatever happens.
+
+        ``produced`` is what the model listing says produced the model's answers: the
+        headers of a stream (a plain answer names its own, from the gate's END frame)."""
         reply: GateReply | None = None
         try:
             async with asyncio.timeout(self._timeout):
@@ -182,7 +218,7 @@ class OpenAIApi:
                         _relay(reply, ticket, started),
                         status_code=reply.status,
                         media_type=_MEDIA[reply.media],
-                        headers={**_SSE_HEADERS, **ticket.headers},
+                        headers={**_SSE_HEADERS, **ticket.headers, **produced_by_headers(dict(produced))},
                     )
                     reply = None  # _relay settles from here on
                     return response
@@ -204,14 +240,21 @@ class OpenAIApi:
             await asyncio.shield(ticket.settle(Outcome(499, latency=time.monotonic() - started)))
             raise
         await ticket.settle(_outcome(reply, started, sealed=call.seal is not None))
-        return Response(data, status_code=reply.status, media_type=_MEDIA[reply.media], headers=ticket.headers)
+        headers = {**ticket.headers, **produced_by_headers(reply.produced_by or dict(produced))}
+        return Response(data, status_code=reply.status, media_type=_MEDIA[reply.media], headers=headers)
 
 
 def model_entry(info: ModelInfo) -> dict[str, object]:
-    """One ``/v1/models`` entry: OpenAI's shape plus the model's state (extra fields are allowed)."""
-    return {"id": info.id, "object": "model", "created": 0, "owned_by": "sluice", "status": info.status,
-            "routes": sorted(info.routes), "ready_instances": info.instances_ready,
-            "starting_instances": info.instances_starting}
+    """One ``/v1/models`` entry: OpenAI's shape plus the model's state (extra fields are allowed),
+    with the estimated wait in seconds while it is not ready."""
+    entry: dict[str, object] = {
+        "id": info.id, "object": "model", "created": 0, "owned_by": "sluice", "status": info.status,
+        "routes": sorted(info.routes), "ready_instances": info.instances_ready,
+        "starting_instances": info.instances_starting,
+    }
+    if info.estimated_wait is not None and info.status != "ready":
+        entry["estimated_wait"] = info.estimated_wait
+    return entry
 
 
 def _outcome(
@@ -225,6 +268,9 @@ def _outcome(
         time.monotonic() - started,
         first_token,
         sealed,
+        usage.get("audio_ms", 0),
+        reply.produced_by.get("revision"),
+        reply.produced_by.get("backend_version"),
     )
 
 

@@ -9,6 +9,9 @@ models = ["llama-3.1-70b-instruct", "qwen-*"]   # exact names, or a prefix follo
 models = ["*"]                                   # '*' alone: every model (say so on purpose)
 ```
 
+The same file may name model aliases and deprecations (``[aliases]``,
+``[deprecated]``: :mod:`appliance.auth.aliases`).
+
 Default deny: a model no group of the caller lists is refused (and answered
 like a model that does not exist); an empty or missing ``[groups]`` table
 denies everything.  An API key's scope narrows further, never widens.
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from .aliases import NO_NAMES, ModelNames, parse_model_names
 from .base import Principal
 
 __all__ = ["AccessPolicyError", "GroupPolicy", "load_access_policy", "parse_access_policy"]
@@ -49,8 +53,9 @@ class _Rule:
 class GroupPolicy:
     """An :class:`~appliance.auth.base.AccessPolicy` from group rules; default deny."""
 
-    def __init__(self, rules: Mapping[str, _Rule]) -> None:
+    def __init__(self, rules: Mapping[str, _Rule], names: ModelNames = NO_NAMES) -> None:
         self._rules = dict(rules)
+        self.names = names
 
     @property
     def groups(self) -> list[str]:
@@ -70,9 +75,13 @@ class GroupPolicy:
 
 
 def parse_access_policy(data: Mapping[str, Any], where: str = "access policy") -> GroupPolicy:
-    unknown = sorted(set(data) - {"groups"})
+    unknown = sorted(set(data) - {"groups", "aliases", "deprecated"})
     if unknown:
-        raise AccessPolicyError(f"{where}: {unknown[0]!r} is not known (only [groups.NAME] tables)")
+        raise AccessPolicyError(f"{where}: {unknown[0]!r} is not known ([groups.NAME], [aliases], [deprecated])")
+    try:
+        names = parse_model_names(data, where)
+    except ValueError as exc:
+        raise AccessPolicyError(str(exc)) from None
     groups = data.get("groups", {})
     if not isinstance(groups, dict) or len(groups) > MAX_POLICY_GROUPS:
         raise AccessPolicyError(f"{where}: [groups] must be a table of at most {MAX_POLICY_GROUPS} groups")
@@ -96,7 +105,7 @@ def parse_access_policy(data: Mapping[str, Any], where: str = "access policy") -
             else:
                 exact.add(pattern)
         rules[group] = _Rule(frozenset(exact), tuple(prefixes))
-    return GroupPolicy(rules)
+    return GroupPolicy(rules, names)
 
 
 def load_access_policy(path: Path) -> GroupPolicy:

@@ -96,6 +96,7 @@ class _Ticket:
                 self._model, self._route, outcome.status, outcome.prompt_tokens, outcome.completion_tokens,
                 round(outcome.latency * 1000, 3),
                 None if outcome.first_token is None else round(outcome.first_token * 1000, 3), sealed,
+                outcome.audio_ms, outcome.model_revision, outcome.backend_version,
             )
             if metrics is not None:
                 metrics.accounting_backlog.inc()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Final, Protocol
 
@@ -35,7 +36,24 @@ LAST_WORD_WAIT: Final = 2.0
 
 _END: Final = object()
 
-_MEDIA: Final = {b"json": "json", b"sse": "sse", b"ohttp": "ohttp", b"ohttp-chunked": "ohttp-chunked"}
+_MEDIA: Final = {
+    b"json": "json", b"text": "text", b"sse": "sse", b"ohttp": "ohttp", b"ohttp-chunked": "ohttp-chunked"
+}
+
+
+# What produced an answer (cluster/gate/provenance.py), as the END frame names it; the same
+# bounds as the gate's, so nothing that could split a header gets through.
+_PRODUCED_BY_KEYS: Final = ("revision", "backend_version")
+_PRODUCED_BY_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,127}", re.ASCII)
+
+
+def produced_by(document: dict[str, object]) -> dict[str, str]:
+    """The revision and backend version in a usage document, where well formed."""
+    return {
+        key: value
+        for key in _PRODUCED_BY_KEYS
+        if isinstance(value := document.get(key), str) and _PRODUCED_BY_RE.fullmatch(value) is not None
+    }
 
 
 def _parse_error(payload: bytes) -> SluiceError:
@@ -53,14 +71,15 @@ def _parse_error(payload: bytes) -> SluiceError:
 class GateReply:
     """The gate's answer to one request: a head, body pieces, then usage or an error."""
 
-    __slots__ = ("stream", "status", "media", "usage", "_head", "_pieces", "_buffered", "_wake", "_finished", "_cancel",
-                 "_last", "awaiting_last")
+    __slots__ = ("stream", "status", "media", "usage", "produced_by", "_head", "_pieces", "_buffered", "_wake",
+                 "_finished", "_cancel", "_last", "awaiting_last")
 
     def __init__(self, stream: int, cancel: Callable[[int], None]) -> None:
         self.stream = stream
         self.status = 0
         self.media = "json"
         self.usage: dict[str, int] | None = None
+        self.produced_by: dict[str, str] = {}
         self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pieces: collections.deque[object] = collections.deque()
         self._buffered = 0
@@ -112,6 +131,7 @@ class GateReply:
                 usage = None
             if isinstance(usage, dict):
                 self.usage = {k: v for k, v in usage.items() if isinstance(k, str) and type(v) is int}
+                self.produced_by = produced_by(usage) or self.produced_by
 
     def on_end(self, payload: bytes) -> None:
         if not self._head.done():

@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Final, Protocol
 
-from policy.bodies import RouteTable
+from policy.bodies import RESPONSES, CheckedBody, RouteTable
 from policy.errors import (
     BackendFailed,
     BackendTimeout,
@@ -30,10 +30,13 @@ from policy.grammar import Call, Keys, Models, Ping, StreamCommand
 from ..backend_client import BackendPool
 from ..config import ClusterConfig
 from ..routing import Instance, Router
+from ..scheduler.availability import ModelStatus, model_statuses
 from ..scheduler.census import CENSUS_TTL, ModelCensus, model_census
 from ..scheduler.trigger import kick_pass
 from .bounds import MAX_RESPONSE_BYTES, HeldBytes, Holder, ResponseTooLarge
-from .usage import SseUsageFilter, Usage, usage_from_json
+from .provenance import Provenance
+from .responses import ResponsesUsageFilter
+from .usage import SseUsageFilter, Usage, usage_from_json, with_audio
 
 __all__ = ["Sink", "Forwarder", "MAX_RESPONSE_BYTES"]
 
@@ -49,8 +52,10 @@ _PASSED_STATUSES: Final = frozenset({200, 400, 413, 422})
 RING_RELOAD_INTERVAL: Final = 1.0
 
 # While a request waits for an instance to start, a stream gets an SSE comment
-# this often (seconds), so that proxies on the way do not time it out, and
-# the scheduler is kicked again (it runs a pass only when one is due).
+# this often (seconds) with the model's state and estimated wait
+# (": status=starting estimated_wait=42"), so that proxies on the way do not
+# time it out and the client sees progress, and the scheduler is kicked again
+# (it runs a pass only when one is due).
 HOLD_KEEPALIVE: Final = 5.0
 KEEPALIVE_EVENT: Final = b": keepalive\n\n"
 
@@ -83,6 +88,14 @@ class _HeadSent:
         self._sink.error(error)
 
 
+def _inner_content_type(headers: object) -> str:
+    """The sealed inner request's Content-Type (its form's boundary); "" when absent."""
+    for name, value in headers:  # type: ignore[attr-defined]
+        if name.lower() == b"content-type":
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return ""
+
+
 def _not_delivered(exc: BackendFailed) -> bool:
     """The connection could not be made: the backend saw nothing of the request."""
     return isinstance(exc.__cause__, OSError)
@@ -113,7 +126,8 @@ class Forwarder:
         self._ring_checked = float("-inf")
         self._ring_expiry = float("inf")  # when a retired key's window ends (wall clock)
         self._replay: object | None = None
-        self._census_cache: dict[str, ModelCensus] | None = None
+        self._provenance = Provenance(config.model_revisions(), pool)
+        self._census_cache: tuple[dict[str, ModelCensus], dict[str, ModelStatus]] | None = None
         self._census_at = float("-inf")
         self._held = HeldBytes()  # whole responses held by all streams of this process
 
@@ -178,7 +192,10 @@ class Forwarder:
         opened = open_sealed(ring, self._replay, body, call.seal == "chunked", route.path)
         inner = opened.request.content
         try:
-            checked = route.check(inner)
+            if route.form is not None:
+                checked = route.check_form(inner, content_type=_inner_content_type(opened.request.headers))
+            else:
+                checked = route.check(inner)
         except BodyRejected as exc:
             # About the sealed content: answered sealed, so the appliance learns nothing of it.
             sink.head(200, "ohttp-chunked" if call.seal == "chunked" else "ohttp")
@@ -202,21 +219,26 @@ class Forwarder:
         """Every configured model, its readiness and routes, and the counts a dashboard shows
         (instances ready and starting, requests held and in flight over all gates): numbers only."""
         ready = self._router.ready()
-        census = self._census(sorted(ready))
+        census, statuses = self._census(sorted(ready))
         data = []
         for model in sorted(ready):
             entry: dict[str, object] = {"id": model, "ready": ready[model], "routes": list(self._router.routes[model]),
-                                        "status": self._router.status(model), **census[model].to_json()}
+                                        **census[model].to_json(), **statuses[model].to_json(),
+                                        **self._provenance.listing(model)}
             # Ready instances are the ones this gate routes to (static backends too, not only scheduled jobs).
             entry["instances"] = {**census[model].to_json()["instances"],  # type: ignore[dict-item]
                                   "ready": len(self._router.instances(model))}
             data.append(entry)
         return {"object": "list", "data": data}
 
-    def _census(self, models: list[str]) -> dict[str, ModelCensus]:
+    def _census(self, models: list[str]) -> tuple[dict[str, ModelCensus], dict[str, ModelStatus]]:
+        """The counts and statuses of ``models``, read from the scheduler's files at most every CENSUS_TTL."""
         now = time.monotonic()
-        if self._census_cache is None or now - self._census_at >= CENSUS_TTL or set(self._census_cache) != set(models):
-            self._census_cache = model_census(self._config, models)
+        if self._census_cache is None or now - self._census_at >= CENSUS_TTL or set(self._census_cache[0]) != set(models):
+            counts = {model: len(self._router.instances(model)) for model in models}
+            statuses = model_statuses(self._config, counts)
+            unknown = ModelStatus("unavailable", 0, None)  # configured, yet neither static nor scheduled
+            self._census_cache = (model_census(self._config, models), {m: statuses.get(m, unknown) for m in models})
             self._census_at = now
         return self._census_cache
 
@@ -236,7 +258,9 @@ class Forwarder:
         if stream and not isinstance(sink, _HeadSent):
             sink.head(200, "sse")
             sink = _HeadSent(sink)
-        ticker = asyncio.create_task(self._while_held(sink if stream else None))
+        if stream:
+            await sink.body(self._progress(model))  # at once: the client learns the state and the wait
+        ticker = asyncio.create_task(self._while_held(model, sink if stream else None))
         try:
             instance = await self._router.wait_acquire(model)
         finally:
@@ -244,12 +268,23 @@ class Forwarder:
             await asyncio.gather(ticker, return_exceptions=True)
         return instance, sink
 
-    async def _while_held(self, sink: Sink | None) -> None:
+    def _progress(self, model: str) -> bytes:
+        """An SSE comment with the held model's state and estimated wait (no client data in it)."""
+        try:
+            status = model_statuses(self._config, {model: len(self._router.instances(model))}).get(model)
+        except (OSError, ValueError):
+            status = None
+        if status is None:
+            return KEEPALIVE_EVENT
+        wait = "" if status.estimated_wait is None else f" estimated_wait={status.estimated_wait}"
+        return f": status={status.status}{wait}\n\n".encode("ascii")
+
+    async def _while_held(self, model: str, sink: Sink | None) -> None:
         while True:
             await asyncio.sleep(HOLD_KEEPALIVE)
             kick_pass(self._config)
             if sink is not None:
-                await sink.body(KEEPALIVE_EVENT)
+                await sink.body(self._progress(model))
 
     async def _call(self, call: Call, body: bytes, sink: Sink) -> None:
         route = self._routes.get(call.route)
@@ -270,7 +305,7 @@ class Forwarder:
                     try:
                         response = await self._pool.request(
                             instance.host, instance.port, instance.token, route.method, route.path, checked.body,
-                            self._timeout, pin=instance.pin,
+                            self._timeout, checked.content_type, pin=instance.pin,
                         )
                         break
                     except BackendFailed as exc:
@@ -286,19 +321,25 @@ class Forwarder:
                 try:
                     if response.status not in _PASSED_STATUSES:
                         raise BackendFailed()
+                    produced_by = await self._provenance.of(call.model, instance)
                     if headed and not response.content_type.startswith("text/event-stream"):
                         # the HEAD already said 200 sse: the backend's refusal can only be an error
                         raise PeerError("backend_rejected", response.status) if response.status != 200 else BackendFailed()
                     if response.content_type.startswith("text/event-stream"):
-                        await self._stream(response, sink, SseUsageFilter(checked.include_usage, checked.continuous_usage))
+                        usage_filter = (
+                            ResponsesUsageFilter() if route.dialect == RESPONSES
+                            else SseUsageFilter(checked.include_usage, checked.continuous_usage)
+                        )
+                        await self._stream(response, sink, usage_filter, checked, produced_by)
                     else:
                         holder = Holder(self._held)
                         try:
                             data = await _read_whole(response, holder)
-                            sink.head(response.status, "json")
+                            sink.head(response.status, "text" if response.content_type.startswith("text/plain") else "json")
                             if data:
                                 await sink.body(data)
-                            sink.end(usage_from_json(data) if response.status == 200 else None)
+                            usage = with_audio(usage_from_json(data), checked) if response.status == 200 else None
+                            sink.end({**usage, **produced_by} if usage is not None else None)  # type: ignore[dict-item]
                         finally:
                             holder.release()
                 finally:
@@ -309,7 +350,10 @@ class Forwarder:
             if instance is not None:
                 self._router.release(instance)
 
-    async def _stream(self, response: object, sink: Sink, usage_filter: SseUsageFilter) -> None:
+    async def _stream(
+        self, response: object, sink: Sink, usage_filter: SseUsageFilter, checked: CheckedBody,
+        produced_by: dict[str, str],
+    ) -> None:
         sink.head(response.status, "sse")  # type: ignore[attr-defined]
         async for piece in response.iter_body():  # type: ignore[attr-defined]
             events = usage_filter.feed(piece)
@@ -320,8 +364,8 @@ class Forwarder:
         rest = usage_filter.flush()
         if rest:
             await sink.body(rest)
-        sink.end(usage_filter.usage)
-
+        usage = with_audio(usage_filter.usage, checked)
+        sink.end({**usage, **produced_by} if usage is not None else None)  # type: ignore[dict-item]
 
 async def _read_whole(response: object, holder: Holder) -> bytes:
     """A whole response body, counted in ``holder``: :class:`ResponseTooLarge` past

@@ -60,7 +60,9 @@ _SCHEMA: Final = (
 )
 PRUNE_SQL: Final = "DELETE FROM seen WHERE rowid IN (SELECT rowid FROM seen WHERE expires <= ? ORDER BY expires LIMIT ?)"
 
-_MEDIA_TYPES: Final = {"json": b"application/json", "sse": b"text/event-stream"}
+_MEDIA_TYPES: Final = {
+    "json": b"application/json", "sse": b"text/event-stream", "text": b"text/plain; charset=utf-8"
+}
 
 
 class SharedReplayGuard:

@@ -24,7 +24,7 @@ from typing import Final
 
 from policy.errors import BackendFailed
 
-__all__ = ["Usage", "usage_from_json", "SseUsageFilter", "MAX_EVENT_BYTES", "MAX_EVENT_SCAN"]
+__all__ = ["Usage", "usage_from_json", "SseUsageFilter", "MAX_EVENT_BYTES", "MAX_EVENT_SCAN", "with_audio", "AUDIO_USAGE_KEY"]
 
 Usage = dict[str, int]
 
@@ -54,12 +54,24 @@ _RESCAN: Final = 3
 _NO_CHOICES: Final = (b'"choices":[]', b'"choices": []')
 
 
+# Other names of the same counts, in the order they are tried: the Responses API says
+# input_tokens and output_tokens; rerank answers (vLLM, Cohere style) only total_tokens,
+# which is all input there.
+_OTHER_KEYS: Final = {"prompt_tokens": ("input_tokens", "total_tokens"), "completion_tokens": ("output_tokens",)}
+
+
 def _clean(raw: object) -> Usage | None:
     if not isinstance(raw, dict):
         return None
     usage: Usage = {}
-    for key in ("prompt_tokens", "completion_tokens"):
-        value = raw.get(key, 0)
+    for key, others in _OTHER_KEYS.items():
+        value = raw.get(key)
+        for other in others:
+            if value is not None:
+                break
+            value = raw.get(other)
+        if value is None:
+            value = 0
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             usage[key] = min(value, MAX_TOKENS_REPORTED)
     return usage or None
@@ -154,3 +166,16 @@ class SseUsageFilter:
             return event
         # usage so far on a content chunk: asked for by the gate, not by the client
         return event[: value_at + skip] + b"null" + event[value_at + length :]
+
+
+# The usage key of the audio in a request (milliseconds, read from the file's
+# container header by the gate, never from the client's say-so).
+AUDIO_USAGE_KEY: Final = "audio_ms"
+
+
+def with_audio(usage: Usage | None, checked: object) -> Usage | None:
+    """``usage`` with the request's audio length in ms added, where its header gave one."""
+    seconds = getattr(checked, "audio_seconds", None)
+    if seconds is None:
+        return usage
+    return {**(usage or {}), AUDIO_USAGE_KEY: round(seconds * 1000)}

@@ -10,7 +10,6 @@ nothing (the listing must answer even while the scheduler has never run).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -19,7 +18,7 @@ from ..config import ClusterConfig
 from .engine import phase_of, routable, state_path
 from .load import read_gate_loads
 from .plan import Phase
-from .state import MAX_STATE_BYTES, SchedulerState
+from .state import read_state
 
 __all__ = ["ModelCensus", "model_census", "CENSUS_TTL"]
 
@@ -47,18 +46,6 @@ class ModelCensus:
         }
 
 
-def _read_state(config: ClusterConfig, backend: str) -> SchedulerState | None:
-    """The scheduler's last saved state, read only (a garbled file is the scheduler's to move aside)."""
-    try:
-        with state_path(config, backend).open("rb") as handle:
-            data = handle.read(MAX_STATE_BYTES + 1)
-        if len(data) > MAX_STATE_BYTES:
-            return None
-        return SchedulerState.from_json(json.loads(data))
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-
-
 def model_census(config: ClusterConfig, models: list[str], now: float | None = None) -> dict[str, ModelCensus]:
     """Counts for each of ``models`` (every model gets an entry, zeros where nothing is known)."""
     now = time.time() if now is None else now
@@ -70,7 +57,7 @@ def model_census(config: ClusterConfig, models: list[str], now: float | None = N
     for backend in ("slurm", "local"):
         if not config.services_of(backend):
             continue
-        state = _read_state(config, backend)
+        state = read_state(state_path(config, backend))
         if state is None:
             continue
         for record in state.jobs.values():

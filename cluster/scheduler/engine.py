@@ -52,7 +52,7 @@ from ..tls import (
     make_job_identity,
     remove_job_identity,
 )
-from .state import JobRecord, SchedulerState, ensure_private_dir, load_state, save_state
+from .state import MAX_STARTUPS, JobRecord, SchedulerState, ensure_private_dir, load_state, save_state
 
 __all__ = ["Backend", "Engine", "PassReport", "ObserveError", "ENDED_STATES", "state_path", "lock_path", "load_dir"]
 
@@ -233,6 +233,9 @@ class Engine:
             if healthy:
                 if record.ready is None:
                     record.ready = now
+                    startups = state.startups.setdefault(record.service, [])
+                    startups.append(round(now - (record.started or record.submitted), 3))
+                    del startups[:-MAX_STARTUPS]
                     log.info('{"event":"instance_ready","model":"%s","job":"%s"}', record.service, record.id)
                 record.probe_failures = 0
             elif record.ready is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import re
 from collections.abc import Mapping
@@ -38,10 +39,11 @@ __all__ = [
     "RUNNING_STATES",
 ]
 
-# Sentinel, job id, state, reason, node list, time left, name (last: a name
-# of someone else's job may contain anything, even the separator).
-SQUEUE_FORMAT: Final = "S|%i|%T|%r|%N|%L|%j"
-_FIELDS: Final = 7
+# Sentinel, job id, state, reason, node list, time left, start time (Slurm's
+# estimate for a pending job: what the model status tells clients), name (last:
+# a name of someone else's job may contain anything, even the separator).
+SQUEUE_FORMAT: Final = "S|%i|%T|%r|%N|%L|%S|%j"
+_FIELDS: Final = 8
 
 # Job states after which the job holds no resources any more.
 TERMINAL_STATES: Final = frozenset(
@@ -58,6 +60,8 @@ _STATE: Final = re.compile(r"[A-Z][A-Z_]{1,31}")
 _NODE: Final = re.compile(r"[A-Za-z0-9._,\[\]-]{0,256}")
 _REASON: Final = re.compile(r"[ -~]{0,512}")
 _SBATCH_OUT: Final = re.compile(r"([1-9][0-9]{0,11})(?:;[A-Za-z0-9_.-]{1,64})?\n?")
+_START_TIME: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}")
+_NO_START: Final = frozenset({"N/A", "Unknown", "None", "NONE", ""})
 _TIME_LEFT: Final = re.compile(r"(?:(\d{1,4})-)?(?:(\d{1,2}):)?(\d{1,2}):(\d{2})")
 
 # What stderr text a log line may carry (Slurm's own messages, truncated).
@@ -83,6 +87,7 @@ class SlurmJob:
     node: str
     time_left: float | None
     name: str
+    start_time: float | None = None  # Unix time; for a pending job, Slurm's estimate
 
 
 def parse_time_left(text: str) -> float | None:
@@ -96,6 +101,18 @@ def parse_time_left(text: str) -> float | None:
     return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
+def parse_start_time(text: str) -> float | None:
+    """squeue's ``%S``: ``YYYY-MM-DDTHH:MM:SS`` in the cluster's local time, or N/A (None)."""
+    if text in _NO_START:
+        return None
+    if _START_TIME.fullmatch(text) is None:
+        raise SlurmError("garbled start time")
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()  # naive: local time, as Slurm prints it
+    except ValueError:
+        raise SlurmError("garbled start time") from None
+
+
 def parse_squeue(text: str, prefix: str) -> dict[str, SlurmJob]:
     """Our jobs (names starting with ``prefix.``) in ``squeue -o SQUEUE_FORMAT`` output."""
     jobs: dict[str, SlurmJob] = {}
@@ -106,14 +123,16 @@ def parse_squeue(text: str, prefix: str) -> dict[str, SlurmJob]:
         parts = line.split("|", _FIELDS - 1)
         if len(parts) != _FIELDS or parts[0] != "S":
             raise SlurmError("garbled squeue line")
-        _, job_id, state, reason, node, time_left, name = parts
+        _, job_id, state, reason, node, time_left, start_time, name = parts
         if not name.startswith(ours):
             continue
         if not (_JOB_ID.fullmatch(job_id) and _STATE.fullmatch(state) and _NODE.fullmatch(node)):
             raise SlurmError("garbled squeue fields")
         if not _REASON.fullmatch(reason) or job_id in jobs:
             raise SlurmError("garbled squeue fields")
-        jobs[job_id] = SlurmJob(job_id, state, reason, node, parse_time_left(time_left), name)
+        jobs[job_id] = SlurmJob(
+            job_id, state, reason, node, parse_time_left(time_left), name, parse_start_time(start_time)
+        )
     return jobs
 
 

@@ -60,6 +60,7 @@ class SlurmBackend:
                 continue
             record.state, record.reason, record.node = job.state, job.reason, job.node
             record.time_left, record.observed = job.time_left, now
+            record.expected_start = job.start_time if job.state == "PENDING" else None
             if job.state in RUNNING_STATES:
                 if record.started is None:
                     record.started = now

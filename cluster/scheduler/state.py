@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from .plan import ServiceState
 
-__all__ = ["JobRecord", "SchedulerState", "load_state", "save_state", "atomic_write", "ensure_private_dir"]
+__all__ = ["JobRecord", "SchedulerState", "load_state", "read_state", "save_state", "atomic_write", "ensure_private_dir"]
 
 log = logging.getLogger("sluice.scheduler")
 
@@ -54,6 +54,7 @@ class JobRecord:
     observed: float = 0.0
     probe_failures: int = 0
     ended: float | None = None
+    expected_start: float | None = None  # a pending Slurm job: Slurm's estimate of its start
     pin: str = ""  # SHA-256 of the job's TLS certificate; "" for a plain-HTTP job
     tls_dir: str = ""  # the job's private directory with its TLS key ("" for none)
 
@@ -75,6 +76,10 @@ class JobRecord:
         return record
 
 
+# Start-up times kept per model: enough for a stable median, few enough to follow a change.
+MAX_STARTUPS = 16
+
+
 @dataclass(slots=True)
 class SchedulerState:
     jobs: dict[str, JobRecord] = field(default_factory=dict)
@@ -90,6 +95,8 @@ class SchedulerState:
     observe_error: str = ""
     # what the last pass saw, for status: per model load and target
     summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    # per model: seconds from submission to ready of recent instances (the model status's estimates)
+    startups: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +110,7 @@ class SchedulerState:
             "observe_failures": self.observe_failures,
             "observe_error": self.observe_error,
             "summary": self.summary,
+            "startups": self.startups,
         }
 
     @classmethod
@@ -128,6 +136,7 @@ class SchedulerState:
             observe_failures=int(document.get("observe_failures", 0)),
             observe_error=str(document.get("observe_error", "")),
             summary=document.get("summary", {}),
+            startups={k: [float(x) for x in v][-MAX_STARTUPS:] for k, v in document.get("startups", {}).items()},
         )
 
 
@@ -178,6 +187,19 @@ def load_state(path: Path) -> SchedulerState:
             os.replace(path, aside)
         log.error('{"event":"state_garbled","moved_to":"%s","problem":"%s"}', aside.name, type(exc).__name__)
         return SchedulerState()
+
+
+def read_state(path: Path) -> SchedulerState | None:
+    """The state at ``path``, read only, for the gates' listings: None if it is missing or garbled
+    (a garbled file is the scheduler's to move aside, :func:`load_state`)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_STATE_BYTES + 1)
+        if len(data) > MAX_STATE_BYTES:
+            return None
+        return SchedulerState.from_json(json.loads(data))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def save_state(path: Path, state: SchedulerState) -> None:

@@ -23,7 +23,11 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
 
+from cluster.standin._audio import AudioError, transcribe
 from cluster.standin._model import count_words, embed, reply_words
+from cluster.standin._responses import input_texts, response_events, response_object
+from cluster.standin._scoring import ScoringError, rerank_reply, score_reply
+from cluster.standin._tools import ToolCall, tool_calls
 
 __all__ = [
     "KINDS",
@@ -38,6 +42,9 @@ __all__ = [
 ]
 
 KINDS = ("chat", "embeddings")
+
+STANDIN_VERSION = "sluice-standin-1"
+"""What ``GET /version`` says (vLLM answers its own version there)."""
 
 DEFAULT_MAX_TOKENS = 16
 """Tokens generated when a request names no max_tokens (vLLM's default is
@@ -225,6 +232,19 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
+def _chat_call(call: ToolCall) -> dict[str, Any]:
+    """A whole tool call in a chat message."""
+    return {"id": call.call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _chat_call_deltas(position: int, call: ToolCall) -> Iterator[dict[str, Any]]:
+    """A tool call as vLLM streams it: id and name first, then the arguments piece by piece."""
+    head = {"index": position, "id": call.call_id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+    yield {"role": "assistant", "content": None, "tool_calls": [head]} if position == 0 else {"tool_calls": [head]}
+    for piece in call.pieces:
+        yield {"tool_calls": [{"index": position, "function": {"arguments": piece}}]}
+
+
 def _token_texts(words: list[str]) -> Iterator[str]:
     if words:
         yield words[0]
@@ -259,9 +279,15 @@ class StandinApp:
             "/health": ("GET", None, self._health),
             "/stats": ("GET", None, self._stats_reply),
             "/v1/models": ("GET", None, self._models),
+            "/version": ("GET", None, self._version),
             "/v1/chat/completions": ("POST", "chat", self._chat),
             "/v1/completions": ("POST", "chat", self._completions),
+            "/v1/responses": ("POST", "chat", self._responses),
             "/v1/embeddings": ("POST", "embeddings", self._embeddings),
+            "/v1/audio/transcriptions": ("POST", "chat", self._transcriptions),
+            "/v1/audio/translations": ("POST", "chat", self._translations),
+            "/v1/rerank": ("POST", "embeddings", self._rerank),
+            "/v1/score": ("POST", "embeddings", self._score),
         }
 
     # ---------------------------------------------------------------- dispatch
@@ -309,6 +335,9 @@ class StandinApp:
     def _health(self, body: bytes) -> Reply:
         return Reply(200, b"", content_type="text/plain")
 
+    def _version(self, body: bytes) -> Reply:
+        return Reply(200, _dumps({"version": STANDIN_VERSION}))
+
     def _stats_reply(self, body: bytes) -> Reply:
         return Reply(200, _dumps(self._stats()))
 
@@ -340,20 +369,26 @@ class StandinApp:
         stream = _stream_flag(obj)
         include_usage, continuous = _include_usage(obj, stream)
         prompt_tokens = sum(count_words(text) for text in texts)
+        calls = tool_calls(obj, "\n".join(texts))
         echoed = _echo_tokens(texts[-1], max_tokens)
-        if echoed is None:
+        if calls:
+            pieces, finish = [], "tool_calls"
+        elif echoed is None:
             words, finish = reply_words("\n".join(texts), max_tokens)
             pieces = list(_token_texts(words))
         else:
             pieces, finish = echoed
-        usage = _usage(prompt_tokens, len(pieces))
+        usage = _usage(prompt_tokens, len(pieces) + sum(len(call.pieces) for call in calls))
         ident = self._new_id("chatcmpl")
         created = int(time.time())
         model = self.config.model
         if not stream:
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces)}
+            if calls:
+                message = {"role": "assistant", "content": None, "tool_calls": [_chat_call(c) for c in calls]}
             choice = {
                 "index": 0,
-                "message": {"role": "assistant", "content": "".join(pieces)},
+                "message": message,
                 "logprobs": None,
                 "finish_reason": finish,
             }
@@ -384,6 +419,9 @@ class StandinApp:
                 delta = {"role": "assistant", "content": text} if index == 0 else {"content": text}
                 so_far = _usage(prompt_tokens, index + 1) if continuous else None
                 yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}], so_far)
+            for position, call in enumerate(calls):
+                for delta in _chat_call_deltas(position, call):
+                    yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
         tail = [chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}],
                       usage if continuous else None)]
@@ -391,6 +429,21 @@ class StandinApp:
             tail.append(chunk([], usage))
         tail.append(_DONE_EVENT)
         return EventStream(token_events(), tail)
+
+    # ---------------------------------------------------------------- responses
+
+    def _responses(self, body: bytes) -> Reply | EventStream:
+        obj = _load_object(body)
+        self._check_model(obj)
+        if obj.get("store") is not False or obj.get("previous_response_id") is not None:
+            raise _Invalid(400, "stateless_only")  # the gate always forwards store: false
+        texts = input_texts(obj)
+        if texts is None:
+            raise _Invalid(400, "invalid_input")
+        max_tokens = _max_tokens({"max_tokens": obj.get("max_output_tokens")})
+        if _stream_flag(obj):
+            return EventStream(response_events(obj, texts, max_tokens, self.config.model, self._new_id), [])
+        return Reply(200, _dumps(response_object(obj, texts, max_tokens, self.config.model, self._new_id)))
 
     # ---------------------------------------------------------------- completions
 
@@ -468,6 +521,42 @@ class StandinApp:
             if all(isinstance(item, list) and item and all(_is_int(i) for i in item) for item in prompt):
                 return [(" ".join(map(str, item)), len(item)) for item in prompt]
         raise _Invalid(400, "invalid_prompt")
+
+    # ---------------------------------------------------------------- audio
+
+    def _audio(self, path: str, body: bytes) -> Reply | EventStream:
+        try:
+            answer = transcribe(path, body, self.config.model, self._new_id)
+        except AudioError as exc:
+            code = str(exc)
+            raise _Invalid(404 if code == "model_not_found" else 400, code) from None
+        if isinstance(answer, tuple):
+            return Reply(200, answer[1], content_type=answer[0])
+        return EventStream(answer, [])
+
+    def _transcriptions(self, body: bytes) -> Reply | EventStream:
+        return self._audio("/v1/audio/transcriptions", body)
+
+    def _translations(self, body: bytes) -> Reply | EventStream:
+        return self._audio("/v1/audio/translations", body)
+
+    # ---------------------------------------------------------------- scoring
+
+    def _rerank(self, body: bytes) -> Reply:
+        obj = _load_object(body)
+        self._check_model(obj)
+        try:
+            return Reply(200, _dumps(rerank_reply(obj, self.config.model, self._new_id("rerank"))))
+        except ScoringError as exc:
+            raise _Invalid(400, str(exc)) from None
+
+    def _score(self, body: bytes) -> Reply:
+        obj = _load_object(body)
+        self._check_model(obj)
+        try:
+            return Reply(200, _dumps(score_reply(obj, self.config.model, self._new_id("score"), int(time.time()))))
+        except ScoringError as exc:
+            raise _Invalid(400, str(exc)) from None
 
     # ---------------------------------------------------------------- embeddings
 

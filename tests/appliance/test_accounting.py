@@ -55,7 +55,8 @@ def test_rows_are_committed_when_record_returns(tmp_path: Path) -> None:
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     columns = [c[1] for c in connection.execute("PRAGMA table_info(usage)")]
     assert columns == ["id", "time", "day", "request_id", "user_id", "key_id", "model", "route", "status",
-                       "prompt_tokens", "completion_tokens", "latency_ms", "first_token_ms", "sealed"]
+                       "prompt_tokens", "completion_tokens", "latency_ms", "first_token_ms", "sealed", "audio_ms",
+                       "model_revision", "backend_version"]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 

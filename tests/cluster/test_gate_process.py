@@ -113,7 +113,8 @@ def test_exec_chat_plain(gate_config: Path) -> None:
     answer = json.loads(body_of(frames))
     assert answer["object"] == "chat.completion" and answer["choices"][0]["message"]["content"]
     usage = json.loads(frames[-1].payload)
-    assert frames[-1].kind is Kind.END and usage == {"prompt_tokens": 3, "completion_tokens": answer["usage"]["completion_tokens"]}
+    assert frames[-1].kind is Kind.END and usage == {"prompt_tokens": 3, "completion_tokens": answer["usage"]["completion_tokens"],
+                                                     "backend_version": "sluice-standin-1"}  # what produced it
 
 
 def test_exec_chat_stream_usage_without_asking(gate_config: Path) -> None:

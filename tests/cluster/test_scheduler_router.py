@@ -20,6 +20,7 @@ from cluster.routing import (
     update_table,
     write_table,
 )
+from cluster.scheduler.availability import model_statuses
 from policy.errors import NoBackend
 
 CONFIG = """\
@@ -192,12 +193,16 @@ command = ["true"]
 min_instances = 1
 unsafe_plain_http = true
 """)
-    kept = Router(load_config(tmp_path / "extra.toml"))
+    kept = load_config(tmp_path / "extra.toml")
     router = Router(cfg)
-    assert router.status("held") == "scaled_to_zero"
-    assert router.status("never") == "unavailable"  # its schedule allows no instance now
-    assert router.status("unknown-model") == "unavailable"
-    assert kept.status("kept") == "starting"  # the scheduler keeps one and has none ready yet
+
+    def status(config: object, model: str, ready: int = 0) -> str:
+        return model_statuses(config, {model: ready})[model].status  # type: ignore[arg-type]
+
+    assert status(cfg, "held") == "scaled_to_zero"
+    assert status(cfg, "never") == "unavailable"  # its schedule allows no instance now
+    assert "unknown-model" not in model_statuses(cfg, {})
+    assert status(kept, "kept") == "starting"  # the scheduler keeps one and has none ready yet
     publish(cfg, "held", Instance("local:a", "127.0.0.1", 20001))
     router.reload()
-    assert router.status("held") == "ready" and len(router.instances("held")) == 1
+    assert len(router.instances("held")) == 1 and status(cfg, "held", len(router.instances("held"))) == "ready"

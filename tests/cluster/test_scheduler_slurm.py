@@ -22,10 +22,10 @@ from cluster.scheduler.slurm import (
 )
 
 GOOD = (
-    "S|1234|RUNNING|None|gpu01|1:59:30|sl.chat-model\n"
-    "S|1235|PENDING|Resources||2:00:00|sl.chat-model\n"
-    "S|77|RUNNING|None|cpu3|UNLIMITED|someone's | odd | job\n"
-    "S|1236|TIMEOUT|TimeLimit|gpu02|0:00|sl.embed\n"
+    "S|1234|RUNNING|None|gpu01|1:59:30|2026-12-05T08:00:00|sl.chat-model\n"
+    "S|1235|PENDING|Resources||2:00:00|2026-12-05T09:30:00|sl.chat-model\n"
+    "S|77|RUNNING|None|cpu3|UNLIMITED|N/A|someone's | odd | job\n"
+    "S|1236|TIMEOUT|TimeLimit|gpu02|0:00|N/A|sl.embed\n"
 )
 
 
@@ -49,14 +49,14 @@ def test_parse_squeue_fed_line_by_line_gives_the_same() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        "S|1234|RUNNING|None|gpu01|1:59:30\n",  # a field short (truncated output)
-        "1234|RUNNING|None|gpu01|1:59:30|sl.x\n",  # no sentinel
+        "S|1234|RUNNING|None|gpu01|1:59:30|N/A\n",  # a field short (truncated output)
+        "1234|RUNNING|None|gpu01|1:59:30|N/A|sl.x\n",  # no sentinel
         "Welcome to the cluster!\n",  # noise on stdout
-        "S|12a4|RUNNING|None|gpu01|1:59:30|sl.x\n",  # job id
-        "S|1234|running|None|gpu01|1:59:30|sl.x\n",  # state word
-        "S|1234|RUNNING|None|gpu 01|1:59:30|sl.x\n",  # node
-        "S|1234|RUNNING|None|gpu01|soon|sl.x\n",  # time left
-        "S|1234|RUNNING|None|gpu01|1:00|sl.x\nS|1234|RUNNING|None|gpu01|1:00|sl.x\n",  # duplicate
+        "S|12a4|RUNNING|None|gpu01|1:59:30|N/A|sl.x\n",  # job id
+        "S|1234|running|None|gpu01|1:59:30|N/A|sl.x\n",  # state word
+        "S|1234|RUNNING|None|gpu 01|1:59:30|N/A|sl.x\n",  # node
+        "S|1234|RUNNING|None|gpu01|soon|N/A|sl.x\n",  # time left
+        "S|1234|RUNNING|None|gpu01|1:00|N/A|sl.x\nS|1234|RUNNING|None|gpu01|1:00|N/A|sl.x\n",  # duplicate
         GOOD + "S|1|RUNN",  # cut off mid-line
     ],
 )
@@ -129,10 +129,10 @@ def test_sbatch_reads_the_script_on_stdin_and_gets_only_options(tmp_path: Path) 
 
 
 def test_squeue_arguments_and_a_failing_squeue(tmp_path: Path) -> None:
-    cli = _cli(tmp_path, squeue="printf 'S|5|RUNNING|None|n1|1:00|sl.m\\n'")
+    cli = _cli(tmp_path, squeue="printf 'S|5|RUNNING|None|n1|1:00|N/A|sl.m\\n'")
     assert list(asyncio.run(cli.squeue())) == ["5"]
     assert (tmp_path / "squeue.argv").read_text().splitlines() == [
-        "--me", "--states=all", "--noheader", "--format=S|%i|%T|%r|%N|%L|%j"]  # fmt: skip
+        "--me", "--states=all", "--noheader", "--format=S|%i|%T|%r|%N|%L|%S|%j"]  # fmt: skip
     failing = _cli(tmp_path, squeue="echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1")
     with pytest.raises(SlurmError, match="exit 1: slurm_load_jobs error"):
         asyncio.run(failing.squeue())

@@ -1,7 +1,9 @@
 """The canary: nothing a user writes is ever kept by the appliance or the gate.
 
-A unique canary string goes through every route and mode: chat, completions
-and embeddings, plain and streamed, sealed (end-to-end encrypted, through
+A unique canary string goes through every route and mode: chat, completions,
+embeddings, responses (stateless), rerank, score and audio transcription and
+translation (the canary in the form's fields, its file name and inside the
+audio bytes), plain and streamed, sealed (end-to-end encrypted, through
 the demo's gate keys), a stream abandoned half-way, and every
 kind of error (fields, values, bodies that are not JSON, too large, unknown
 models, bad keys, unknown paths, query strings, headers, a quota refusal),
@@ -81,6 +83,7 @@ def send_everything(base: str, key: str, canary: str, limited_key: str | None = 
             "".join(stream.iter_text())
         seen["embeddings"] = client.post("/v1/embeddings", json={"model": "standin-embed",
                                                                  "input": [canary, f"two {canary}"]}).status_code
+        seen.update(send_new_routes(client, canary))
         seen["models"] = client.get(f"/v1/models?{canary}={canary}").status_code
         # Errors, each with the canary where a careless gateway would echo or log it.
         seen["unknown_field"] = client.post("/v1/chat/completions", json={**chat, canary: canary}).status_code
@@ -109,6 +112,43 @@ def send_everything(base: str, key: str, canary: str, limited_key: str | None = 
     return seen, request_id
 
 
+def canary_wav(canary: str) -> bytes:
+    """A WAV of silence with the canary's bytes in its samples: the audio itself carries it."""
+    from tests.audio_files import wav
+
+    return wav(1.0) + canary.encode() * 4
+
+
+def send_new_routes(client: httpx2.Client, canary: str) -> dict[str, int]:
+    """Responses, rerank, score and audio, each carrying the canary, and their refusals."""
+    seen: dict[str, int] = {}
+    responses = {"model": "standin-chat", "instructions": f"be {canary}", "user": canary, "max_output_tokens": 8,
+                 "input": [{"role": "user", "content": f"say {canary}"}]}
+    seen["responses"] = client.post("/v1/responses", json=responses).status_code
+    with client.stream("POST", "/v1/responses", json={**responses, "stream": True}) as stream:
+        seen["responses_stream"] = stream.status_code
+        assert "response." in "".join(stream.iter_text())
+    seen["responses_stateful"] = client.post("/v1/responses", json={**responses, "previous_response_id": canary}).status_code
+    seen["rerank"] = client.post("/v1/rerank", json={"model": "standin-embed", "query": canary,
+                                                     "documents": [canary, f"two {canary}"]}).status_code
+    seen["score"] = client.post("/v1/score", json={"model": "standin-embed", "text_1": canary,
+                                                   "text_2": [f"x {canary}"]}).status_code
+    audio = canary_wav(canary)
+    form = {"model": "standin-chat", "prompt": f"about {canary}", "response_format": "verbose_json"}
+    files = {"file": (f"{canary}.wav", audio, "audio/wav")}
+    seen["transcription"] = client.post("/v1/audio/transcriptions", data=form, files=files).status_code
+    seen["translation"] = client.post("/v1/audio/translations", data=form, files=files).status_code
+    with client.stream("POST", "/v1/audio/transcriptions", data={**form, "stream": "true",
+                                                                "response_format": "json"}, files=files) as stream:
+        seen["transcription_stream"] = stream.status_code
+        "".join(stream.iter_text())
+    seen["audio_bad_filename"] = client.post("/v1/audio/transcriptions", data=form,
+                                             files={"file": (f"../{canary}.wav", audio)}).status_code
+    seen["audio_not_audio"] = client.post("/v1/audio/transcriptions", data=form,
+                                          files={"file": ("a.wav", canary.encode() * 10)}).status_code
+    return seen
+
+
 def send_sealed(base: str, canary: str) -> None:
     """Sealed requests (the SDK, end to end encrypted to the gate), plain and streamed, with the canary."""
     from sluice_sdk import fetch_fingerprint, sealed_openai_client
@@ -121,6 +161,10 @@ def send_sealed(base: str, canary: str) -> None:
                                                      messages=[{"role": "user", "content": f"sealed {canary}"}]))
         assert chunks
         assert len(client.embeddings.create(model="standin-embed", input=[f"sealed {canary}"]).data) == 1
+        assert client.responses.create(model="standin-chat", input=f"sealed {canary}", max_output_tokens=6).output
+        text = client.audio.transcriptions.create(model="standin-chat", file=(f"{canary}.wav", canary_wav(canary)),
+                                                  prompt=f"sealed {canary}")
+        assert text.text
 
 
 EXPECTED = {
@@ -128,6 +172,9 @@ EXPECTED = {
     "embeddings": 200, "models": 200, "unknown_field": 422, "bad_value": 422, "wrong_type": 422, "not_json": 400,
     "unknown_model": 404, "too_large": 413, "unknown_path": 404, "wrong_method": 405, "bad_key": 401,
     "bad_metrics_token": 401,
+    "responses": 200, "responses_stream": 200, "responses_stateful": 422, "rerank": 200, "score": 200,
+    "transcription": 200, "translation": 200, "transcription_stream": 200, "audio_bad_filename": 400,
+    "audio_not_audio": 400,
 }
 
 
@@ -241,9 +288,9 @@ def sshd(cluster: Cluster) -> Iterator[Sshd]:
     toml = "\n".join([
         "[gate]", 'routing_table = "routing.json"', "request_timeout = 30",
         "[[backends]]", 'model = "standin-chat"', f'url = "http://127.0.0.1:{cluster.chat.port}"',
-        'routes = ["chat", "completions"]', 'token_file = "chat.token"',
+        'routes = ["chat", "completions", "responses", "transcriptions", "translations"]', 'token_file = "chat.token"',
         "[[backends]]", 'model = "standin-embed"', f'url = "http://127.0.0.1:{cluster.embed.port}"',
-        'routes = ["embeddings"]', 'token_file = "embed.token"', "",
+        'routes = ["embeddings", "rerank", "score"]', 'token_file = "embed.token"', "",
     ])
     server = Sshd(toml, {"chat.token": cluster.chat.token, "embed.token": cluster.embed.token})
     try:

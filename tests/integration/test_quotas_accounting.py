@@ -171,3 +171,15 @@ def test_reject_cut_stream_accounted_with_zero_tokens(served: Served) -> None:
     assert row is not None
     status, prompt_tokens, completion_tokens = row
     assert status == 499 and prompt_tokens == 6 and 30 <= completion_tokens < 2000, row
+def test_usage_row_names_what_produced_the_answer(served: Served) -> None:
+    answer = _chat(served.url, KEY, 2)
+    assert answer.status_code == 200 and answer.headers["sluice-backend-version"] == "sluice-standin-1"
+    request_id = answer.headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    row = None
+    while row is None and time.monotonic() < deadline:
+        with sqlite3.connect(served.directory / "usage.db") as db:
+            row = db.execute("SELECT model_revision, backend_version, audio_ms FROM usage WHERE request_id = ?",
+                             (request_id,)).fetchone()
+        time.sleep(0.1)
+    assert row == (None, "sluice-standin-1", 0)

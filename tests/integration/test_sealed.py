@@ -64,8 +64,9 @@ def _cluster_cli(*args: str) -> str:
 def served(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     directory = tmp_path_factory.mktemp("sealed")
     config = write_static_config(directory, [
-        ("standin-chat", "127.0.0.1", cluster.chat.port, cluster.chat.token, ["chat", "completions"]),
-        ("standin-embed", "127.0.0.1", cluster.embed.port, cluster.embed.token, ["embeddings"]),
+        ("standin-chat", "127.0.0.1", cluster.chat.port, cluster.chat.token,
+         ["chat", "completions", "responses", "transcriptions", "translations"]),
+        ("standin-embed", "127.0.0.1", cluster.embed.port, cluster.embed.token, ["embeddings", "rerank", "score"]),
     ])
     _cluster_cli("keys", "create", "--config", str(config))
     port = free_port()
@@ -252,3 +253,42 @@ def test_appliance_never_imports_the_opening_code() -> None:
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_round_trip_responses_and_rerank(served: Served) -> None:
+    document = {"model": "standin-chat", "input": "a sealed hello", "max_output_tokens": 5}
+    body, opener = seal_request(served.keys(), _inner(document, b"/v1/responses"))
+    inner = decode_response(opener.open(served.post("responses", body).content))
+    assert inner.status == 200 and json.loads(inner.content)["usage"]["output_tokens"] == 5
+    body, opener = seal_request(served.keys(), _inner({**document, "store": True}, b"/v1/responses"))
+    inner = decode_response(opener.open(served.post("responses", body).content))
+    assert inner.status == 422 and json.loads(inner.content)["error"]["code"] == "store_not_supported"
+    rerank = {"model": "standin-embed", "query": "q", "documents": ["a", "b"]}
+    body, opener = seal_request(served.keys(), _inner(rerank, b"/v1/rerank"))
+    inner = decode_response(opener.open(served.post("rerank", body, model="standin-embed").content))
+    assert inner.status == 200 and len(json.loads(inner.content)["results"]) == 2
+
+
+def test_round_trip_audio_form(served: Served) -> None:
+    """A multipart form sealed whole: the gate takes its boundary from the sealed Content-Type."""
+    from tests.audio_files import wav
+
+    form = httpx2.Request("POST", "http://x/", files={"file": ("a.wav", wav(2.0))}, data={"model": "standin-chat"})
+    content, media = form.read(), form.headers["content-type"].encode()
+
+    def sealed(content_type: bytes, data: bytes) -> tuple[int, bytes]:
+        request = Request(b"POST", b"https", b"sluice", b"/v1/audio/transcriptions",
+                          ((b"content-type", content_type),), data)
+        body, opener = seal_request(served.keys(), request)
+        response = served.post("audio/transcriptions", body)
+        assert response.status_code == 200  # whatever the content, the appliance sees a sealed 200
+        inner = decode_response(opener.open(response.content))
+        return inner.status, inner.content
+
+    status, answer = sealed(media, content)
+    assert status == 200 and len(json.loads(answer)["text"].split()) == 5
+    # A lying boundary and bytes that are not audio are refused inside the seal.
+    status, answer = sealed(media.replace(b"boundary=", b"boundary=x"), content)
+    assert status == 400 and json.loads(answer)["error"]["code"] == "bad_boundary"
+    status, answer = sealed(media, content.replace(b"RIFF", b"JUNK"))
+    assert status == 400 and json.loads(answer)["error"]["code"] == "not_audio"

@@ -268,6 +268,10 @@ class Gate:
         listing = (await self.request("models")).json()
         return {m["id"]: m["ready"] for m in listing["data"]}
 
+    async def status(self, model: str) -> dict[str, Any]:
+        listing = (await self.request("models")).json()
+        return next(m for m in listing["data"] if m["id"] == model)
+
 
 async def async_wait_until_async(check: Any, timeout: float, what: str) -> None:
     """Poll the coroutine function ``check`` until it returns True."""
@@ -448,15 +452,20 @@ exec {python} -m cluster.standin --host 127.0.0.1 --port {port} --model {model} 
 """
 
 
-def test_scale_from_zero_holds_requests_until_ready(slurm: Slurm, tmp_path: Path) -> None:
+def slow_from_zero(slurm: Slurm, tmp_path: Path, prefix: str, **changes: Any) -> Path:
+    """The config of one slow-starting stand-in at zero instances (a large model's cold start)."""
     (tmp_path / "slow.sbatch").write_text(SLOW_START_TEMPLATE)
     service = standin_service(
         min_instances=0, max_instances=1, hold_queue=2, hold_timeout=60, load_window=2, scale_down_delay=2,
-        vars={"startup_delay": "6"},
+        vars={"startup_delay": "6"}, **changes,
     )  # fmt: skip
     del service["template"]
     service["template_file"] = "slow.sbatch"
-    config = write_config(tmp_path, slurm, "t4", {"slurm-chat": service})
+    return write_config(tmp_path, slurm, prefix, {"slurm-chat": service})
+
+
+def test_scale_from_zero_holds_requests_until_ready(slurm: Slurm, tmp_path: Path) -> None:
+    config = slow_from_zero(slurm, tmp_path, "t4")
 
     async def scenario() -> None:
         async with Gate(config) as gate:
@@ -481,7 +490,7 @@ def test_scale_from_zero_holds_requests_until_ready(slurm: Slurm, tmp_path: Path
             assert plain_reply.ok and plain_reply.head == b"200 json"
             assert stream_reply.ok and stream_reply.head == b"200 sse"
             assert stream_reply.head_at - started < 2, "the HEAD of a held stream goes out at once"
-            assert stream_reply.body.startswith(b": keepalive\n\n"), "keepalive comments while held"
+            assert stream_reply.body.startswith(b": status="), "progress comments while held"
             assert stream_reply.body.endswith(b"data: [DONE]\n\n")
             assert time.monotonic() - started > 6  # it really waited for the start
             # idle again: back to zero
@@ -614,3 +623,39 @@ def test_time_limits_renewal_leaves_no_gap_and_timeouts_are_replaced(slurm: Slur
     other = [j["state"] for j in slurm.jobs() if j["name"] == "t7.slurm-other"]
     assert other.count("TIMEOUT") == 1 and other.count("RUNNING") == 1
     assert b"TIMEOUT" in log.read_bytes()
+
+
+def test_model_status_from_zero_to_ready(slurm: Slurm, tmp_path: Path) -> None:
+    """scaled_to_zero, then starting with an estimate once a request arrives, then ready; the held
+    stream shows its progress as SSE comments, then the answer."""
+    config = slow_from_zero(slurm, tmp_path, "t9", warmup_timeout=120)
+
+    async def scenario() -> None:
+        async with Gate(config) as gate:
+            await asyncio.sleep(2.5)  # a few passes at zero
+            at_zero = await gate.status("slurm-chat")
+            assert at_zero["status"] == "scaled_to_zero" and at_zero["instances"]["ready"] == 0
+            assert at_zero["estimated_wait"] == 120  # nothing measured yet: the warm-up bound
+            streamed = asyncio.create_task(gate.call({**CHAT, "stream": True}))
+            seen: list[dict[str, Any]] = []
+
+            async def starting() -> bool:
+                seen.append(await gate.status("slurm-chat"))
+                return seen[-1]["status"] == "starting"
+
+            deadline = time.monotonic() + 20
+            while not await starting():
+                assert time.monotonic() < deadline, seen
+                await asyncio.sleep(0.3)
+            assert seen[-1]["estimated_wait"] >= 5 and seen[-1]["instances"]["ready"] == 0
+            reply = await streamed
+            assert reply.ok and reply.head == b"200 sse"
+            comments = [line for line in reply.body.split(b"\n") if line.startswith(b": status=")]
+            assert comments and all(b"estimated_wait=" in c for c in comments), reply.body[:300]
+            assert any(c.startswith(b": status=starting") for c in comments), comments
+            assert reply.body.endswith(b"data: [DONE]\n\n")
+            ready = await gate.status("slurm-chat")
+            assert ready["status"] == "ready" and ready["instances"]["ready"] == 1 and "estimated_wait" not in ready
+
+    with scheduler_loop(config):
+        asyncio.run(scenario())

@@ -43,12 +43,12 @@ def _cluster_toml(cluster: Cluster) -> tuple[str, dict[str, str]]:
             "[[backends]]",
             'model = "standin-chat"',
             f'url = "http://127.0.0.1:{cluster.chat.port}"',
-            'routes = ["chat", "completions"]',
+            'routes = ["chat", "completions", "responses", "transcriptions", "translations"]',
             'token_file = "chat.token"',
             "[[backends]]",
             'model = "standin-embed"',
             f'url = "http://127.0.0.1:{cluster.embed.port}"',
-            'routes = ["embeddings"]',
+            'routes = ["embeddings", "rerank", "score"]',
             'token_file = "embed.token"',
             "",
         ]
@@ -490,3 +490,30 @@ def test_reject_wedged_session_is_replaced(sshd: Sshd) -> None:
                 os.kill(pid, signal.SIGCONT)
         stop_appliance(appliance)
         sshd.kill_sessions()
+def test_new_routes_over_ssh(appliance: Appliance) -> None:
+    """Responses, audio and rerank through real sshd, clear and sealed (the SDK)."""
+    import warnings
+
+    from sluice_sdk import fetch_fingerprint, sealed_openai_client
+    from tests.audio_files import mp3, wav
+
+    client = appliance.client()
+    answer = client.responses.create(model="standin-chat", input="over ssh", max_output_tokens=6)
+    assert answer.usage is not None and answer.usage.output_tokens == 6
+    deltas = [e.delta for e in client.responses.create(model="standin-chat", input="over ssh", max_output_tokens=6,
+                                                       stream=True) if e.type == "response.output_text.delta"]
+    assert "".join(deltas) == answer.output_text
+    spoken = client.audio.transcriptions.create(model="standin-chat", file=("a.wav", wav(2.0)))
+    assert len(spoken.text.split()) == 5
+    assert client.audio.transcriptions.create(model="standin-chat", file=("a.mp3", mp3())).text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the openai client marks translations deprecated
+        assert client.audio.translations.create(model="standin-chat", file=("a.wav", wav(1.0))).text
+    reranked = httpx2.post(f"{appliance.url}/v1/rerank", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
+                           json={"model": "standin-embed", "query": "q", "documents": ["a", "b c"]})
+    assert reranked.status_code == 200 and len(reranked.json()["results"]) == 2
+    with sealed_openai_client(f"{appliance.url}/v1", KEY, fetch_fingerprint(f"{appliance.url}/v1")) as sealed:
+        assert sealed.responses.create(model="standin-chat", input="over ssh", max_output_tokens=6).output_text == (
+            answer.output_text
+        )
+        assert sealed.audio.transcriptions.create(model="standin-chat", file=("a.wav", wav(2.0))).text == spoken.text

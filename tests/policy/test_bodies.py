@@ -322,7 +322,9 @@ def test_serialize_checks_and_encodes() -> None:
 
 
 def test_route_table() -> None:
-    assert ROUTES.ids == ("chat", "completions", "embeddings")
+    assert ROUTES.ids == (
+        "chat", "completions", "embeddings", "responses", "rerank", "score", "transcriptions", "translations"
+    )
     assert CHAT.path == "/v1/chat/completions" and CHAT.method == "POST"
     assert CHAT.stream_allowed and COMPLETIONS.stream_allowed and not EMBEDDINGS.stream_allowed
     for route_id in ("nope", "", "CHAT", "chat ", "../chat"):

@@ -564,7 +564,7 @@ def _plain_client(fake: FakeAppliance) -> httpx2.Client:
 @pytest.mark.parametrize(
     ("method", "url", "body"),
     [
-        ("POST", f"{BASE}/responses", b'{"model": "m", "input": "secret"}'),  # not a sealed route
+        ("POST", f"{BASE}/images/generations", b'{"model": "m", "prompt": "secret"}'),  # not a sealed route
         ("POST", f"{BASE}/sealed/chat/completions", b"{}"),  # not through this transport
         ("PUT", f"{BASE}/chat/completions", b"{}"),
         ("GET", f"{BASE}/chat/completions", b""),
@@ -583,9 +583,9 @@ def test_reject_unsealable_requests(fake: FakeAppliance, method: str, url: str, 
     assert not [s for s in fake.seen if s.method != "GET" or s.path != "/v1/sealed/keys"]
 
 
-def test_openai_responses_api_is_refused_not_sent(fake: FakeAppliance) -> None:
-    with sealed_client(fake) as client, pytest.raises(UnsealableRequestError, match="POST /v1/responses"):
-        client.responses.create(model=CHAT_MODEL, input=PROMPT)
+def test_openai_images_api_is_refused_not_sent(fake: FakeAppliance) -> None:
+    with sealed_client(fake) as client, pytest.raises(UnsealableRequestError, match="POST /v1/images/generations"):
+        client.images.generate(model=CHAT_MODEL, prompt=PROMPT)
     assert fake.seen == []
 
 
@@ -666,7 +666,7 @@ def test_async_failures(fake: FakeAppliance) -> None:
             with pytest.raises(openai.NotFoundError):
                 await client.chat.completions.create(model="nope", messages=messages)
             with pytest.raises(UnsealableRequestError):
-                await client.responses.create(model=CHAT_MODEL, input=PROMPT)
+                await client.images.generate(model=CHAT_MODEL, prompt=PROMPT)
         async with _async_client(fake, pins=["0" * 64]) as client:
             with pytest.raises(KeyConfigError, match="not pinned"):
                 await client.chat.completions.create(model=CHAT_MODEL, messages=messages)

@@ -27,7 +27,7 @@ FUZZ_DIR = ROOT / "threat_model" / "fuzz"
 
 # Iterations per target (about two seconds in all, side by side on two idle cores), and a
 # time limit per target that ends the run first on a loaded machine.
-RUNS = {"fuzz_grammar": 100_000, "fuzz_frames": 25_000, "fuzz_bodies": 25_000}
+RUNS = {"fuzz_grammar": 100_000, "fuzz_frames": 25_000, "fuzz_bodies": 25_000, "fuzz_multipart": 25_000}
 MAX_SECONDS = 4
 SEED = 20_240_601
 

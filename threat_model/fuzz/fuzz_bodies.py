@@ -20,12 +20,14 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
 
 import atheris
 
+from threat_model.fuzz._splice import splice
+
 with atheris.instrument_imports():
     from policy.bodies import CheckedBody, load_routes, parse_json
     from policy.errors import SluiceError
 
 ROUTES = load_routes()
-IDS = ROUTES.ids
+IDS = tuple(i for i in ROUTES.ids if ROUTES.get(i).form is None)  # forms: fuzz_multipart.py
 
 # Acceptable bodies to splice fuzz bytes into: random bytes are rarely JSON at all.
 SEEDS = tuple(
@@ -49,19 +51,7 @@ FRAGMENTS = (b"[", b"]", b"{", b"}", b'"', b"\\u", b"\\ud800", b"NaN", b"1e999",
 
 
 def _body(fdp: atheris.FuzzedDataProvider) -> bytes:
-    mode = fdp.ConsumeIntInRange(0, 2)
-    if mode == 0:
-        return fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 4096))
-    body = SEEDS[fdp.ConsumeIntInRange(0, len(SEEDS) - 1)]
-    for _ in range(fdp.ConsumeIntInRange(1, 4)):
-        at = fdp.ConsumeIntInRange(0, len(body))
-        cut = fdp.ConsumeIntInRange(0, min(8, len(body) - at))
-        if mode == 1:
-            insert = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 8))
-        else:
-            insert = FRAGMENTS[fdp.ConsumeIntInRange(0, len(FRAGMENTS) - 1)] * fdp.ConsumeIntInRange(1, 80)
-        body = body[:at] + insert + body[at + cut :]
-    return body
+    return splice(fdp, SEEDS, FRAGMENTS, max_random=4096, max_repeat=80)
 
 
 def TestOneInput(data: bytes) -> None:
