@@ -129,6 +129,7 @@ class Forwarder:
         self._provenance = Provenance(config.model_revisions(), pool)
         self._census_cache: tuple[dict[str, ModelCensus], dict[str, ModelStatus]] | None = None
         self._census_at = float("-inf")
+        self._census_counts: dict[str, int] = {}
         self._held = HeldBytes()  # whole responses held by all streams of this process
 
     async def aclose(self) -> None:
@@ -234,12 +235,14 @@ class Forwarder:
     def _census(self, models: list[str]) -> tuple[dict[str, ModelCensus], dict[str, ModelStatus]]:
         """The counts and statuses of ``models``, read from the scheduler's files at most every CENSUS_TTL."""
         now = time.monotonic()
-        if self._census_cache is None or now - self._census_at >= CENSUS_TTL or set(self._census_cache[0]) != set(models):
-            counts = {model: len(self._router.instances(model)) for model in models}
+        counts = {model: len(self._router.instances(model)) for model in models}
+        # Read again when the routing table changed (an instance became ready or went): the
+        # status follows what this gate routes to at once, never a stale "starting".
+        if self._census_cache is None or now - self._census_at >= CENSUS_TTL or counts != self._census_counts:
             statuses = model_statuses(self._config, counts)
             unknown = ModelStatus("unavailable", 0, None)  # configured, yet neither static nor scheduled
             self._census_cache = (model_census(self._config, models), {m: statuses.get(m, unknown) for m in models})
-            self._census_at = now
+            self._census_at, self._census_counts = now, counts
         return self._census_cache
 
     def _ping(self) -> dict[str, object]:
