@@ -162,10 +162,12 @@ def test_requests_per_minute_hold_across_replicas_and_refusals_cost_the_cluster_
 
 
 def test_tokens_per_minute_hold_across_replicas(replicas: Replicas) -> None:
-    # 1000 tokens per minute, 200 reserved per request: 5 fit, whatever finishes meanwhile
-    # (each is then charged its real usage, more than 200: its prompt counts too).
+    # 1000 tokens per minute, 200 reserved per request: 5 fit while none has finished.  One that
+    # finishes first is charged its real usage, more than 200 (its prompt counts too), so then
+    # only 4 fit.  Never more: a limit multiplied by the two replicas would admit 10.
     responses = asyncio.run(_burst(replicas, TOK, 30, _chat(200)))
-    assert _statuses(responses) == {200: 5, 429: 25}, _explain(responses)
+    statuses = _statuses(responses)
+    assert statuses in ({200: 5, 429: 25}, {200: 4, 429: 26}), _explain(responses)
     codes = {r.json()["error"]["code"] for r in responses if r.status_code == 429}
     assert codes == {"tokens_per_minute_exceeded"}
     admitted = [r for r in responses if r.status_code == 200]

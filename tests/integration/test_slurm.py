@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -27,11 +26,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from cluster.tls import client_context, gate_identity
 from policy.frames import GATE_KINDS, FrameDecoder, Kind, encode
 from tests.conftest import ROOT
 from tests.services.slurm import Slurm, slurm_cluster  # noqa: F401  (the session fixture)
-from tests.services.standin import instance_stats
+from tests.services.standin import gate_tls, instance_stats
 
 pytestmark = pytest.mark.integration
 
@@ -296,11 +294,6 @@ async def run_clients(gate: Gate, workers: int, stop: asyncio.Event, document: d
     return results
 
 
-def gate_tls(config: Path) -> ssl.SSLContext:
-    """The gate's client certificate: without it a job answers nothing, on any path."""
-    return client_context(gate_identity(config.parent / "gate-tls"))
-
-
 def _served(instance: dict[str, Any], config: Path) -> int:
     return int(instance_stats(instance, config.parent / "gate-tls")["served"])
 
@@ -403,7 +396,7 @@ def test_scancel_from_outside_is_replaced_without_failing_other_requests(slurm: 
             died = threading.Event()
             dead_at: list[float] = []
 
-            tls = gate_tls(config)
+            tls = gate_tls(config.parent / "gate-tls")
 
             def watch() -> None:  # when the victim stops answering: requests after that must not fail
                 while not died.is_set():

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cluster.tls import check_pin, client_context, gate_identity
 
-__all__ = ["instance_stats", "served"]
+__all__ = ["gate_tls", "instance_stats", "served"]
+
+
+def gate_tls(tls_dir: Path) -> ssl.SSLContext:
+    """The gate's client certificate (without it a job answers nothing, on any path); the server's
+    pin must still be checked on each connection."""
+    return client_context(gate_identity(tls_dir))
 
 
 def instance_stats(instance: Mapping[str, Any], tls_dir: Path) -> dict[str, Any]:
@@ -24,7 +31,7 @@ def instance_stats(instance: Mapping[str, Any], tls_dir: Path) -> dict[str, Any]
     if pin is None:
         connection: http.client.HTTPConnection = http.client.HTTPConnection(host, port, timeout=5)
     else:
-        connection = http.client.HTTPSConnection(host, port, timeout=5, context=client_context(gate_identity(tls_dir)))
+        connection = http.client.HTTPSConnection(host, port, timeout=5, context=gate_tls(tls_dir))
     try:
         connection.connect()
         if pin is not None and not check_pin(connection.sock, pin):  # type: ignore[arg-type]
