@@ -3,11 +3,13 @@
 A reservation must cover the worst case the backend can be made to produce:
 ``n`` choices for each of the prompts (a completions ``prompt`` may be a list
 of prompts), each up to the larger of ``max_tokens`` and
-``max_completion_tokens`` (backends differ in which one wins).  A request that
-names neither would let the backend generate up to the model's context
-length, so it gets the model's configured ceiling set as ``max_tokens`` in the
-body sent to the gate (which re-checks it against ``policy/routes.toml``):
-the reservation and what the backend may produce are then the same number.
+``max_completion_tokens`` (backends differ in which one wins), or a
+responses request's ``max_output_tokens``.  A request that names none would
+let the backend generate up to the model's context length, so it gets the
+model's configured ceiling set (as ``max_tokens``, or ``max_output_tokens``
+for responses) in the body sent to the gate (which re-checks it against
+``policy/routes.toml``): the reservation and what the backend may produce
+are then the same number.
 
 Sealed requests are opaque to the appliance: they keep the quota policy's
 ``reserve_tokens`` and are reconciled with the gate's usage numbers.
@@ -29,8 +31,14 @@ __all__ = ["DEFAULT_MAX_OUTPUT_TOKENS", "OutputCeilings", "Reservation", "reserv
 # ceiling of its own: long answers fit; a runaway generation does not.
 DEFAULT_MAX_OUTPUT_TOKENS: Final = 4096
 
-# Routes whose answers are generated text (embeddings produce none).
-_GENERATING: Final = frozenset({"chat", "completions"})
+# Routes whose answers are generated text (embeddings, scores and transcripts produce none
+# worth a ceiling): the body fields that bound the output per choice, and the one the
+# appliance sets when a request names none.
+_LIMIT_FIELDS: Final[Mapping[str, tuple[tuple[str, ...], str]]] = {
+    "chat": (("max_tokens", "max_completion_tokens"), "max_tokens"),
+    "completions": (("max_tokens", "max_completion_tokens"), "max_tokens"),
+    "responses": (("max_output_tokens",), "max_output_tokens"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,16 +70,18 @@ def _prompts(obj: Mapping[str, Any]) -> int:
 
 def reserve(route: Route, checked: CheckedBody, sent: bytes, ceilings: OutputCeilings) -> Reservation:
     """The worst-case output of ``checked`` (which passed ``route``'s check as ``sent``), and the body to forward."""
-    if route.id not in _GENERATING:
+    limits = _LIMIT_FIELDS.get(route.id)
+    if limits is None:
         return Reservation(None, sent)
+    fields, ceiling_field = limits
     obj = orjson.loads(checked.body)
-    named = [v for v in (obj.get("max_tokens"), obj.get("max_completion_tokens")) if isinstance(v, int)]
+    named = [v for v in (obj.get(f) for f in fields) if isinstance(v, int)]
     body = sent
     if named:
         per_choice = max(named)
     else:
         per_choice = ceilings.of(checked.model)
-        body = route.serialize({**obj, "max_tokens": per_choice})
+        body = route.serialize({**obj, ceiling_field: per_choice})
     choices = obj.get("n", 1) if isinstance(obj.get("n", 1), int) else 1
     prompts = _prompts(obj) if route.id == "completions" else 1
     return Reservation(max(1, choices) * prompts * per_choice, body)

@@ -61,3 +61,15 @@ def test_embeddings_reserve_no_output() -> None:
 @pytest.mark.parametrize("ceiling", [1, 2**20])
 def test_ceiling_bounds(ceiling: int) -> None:
     assert _reserve("chat", CHAT, OutputCeilings(ceiling))[0] == ceiling
+
+def test_reject_responses_without_limit_unbounded() -> None:
+    """A responses request naming no max_output_tokens gets the model's ceiling, reserved and set."""
+    request = {"model": "big", "input": "hi"}
+    tokens, body = _reserve("responses", request)
+    assert tokens == 9000 and body["max_output_tokens"] == 9000 and "max_tokens" not in body
+    tokens, body = _reserve("responses", {**request, "max_output_tokens": 42})
+    assert tokens == 42 and body["max_output_tokens"] == 42
+
+
+def test_scores_reserve_no_output() -> None:
+    assert _reserve("rerank", {"model": "m", "query": "q", "documents": ["a"]})[0] is None

@@ -588,7 +588,7 @@ def test_time_limits_renewal_leaves_no_gap_and_timeouts_are_replaced(slurm: Slur
     expiring = standin_service(time_limit=1, renew_before=0)
     config = write_config(tmp_path, slurm, "t7", {"slurm-chat": renewing, "slurm-other": expiring})
 
-    async def scenario() -> tuple[int, list[tuple[float, float, Reply]]]:
+    async def scenario() -> tuple[str, int, list[tuple[float, float, Reply]]]:
         async with Gate(config) as gate:
             await async_wait_until(lambda: table(config) and table(config, "slurm-other"), 30, what="both ready")
             first = table(config, "slurm-other")[0]["id"]
@@ -605,17 +605,20 @@ def test_time_limits_renewal_leaves_no_gap_and_timeouts_are_replaced(slurm: Slur
             stop.set()
             results = await load
             assert table(config, "slurm-other")[0]["id"] != first, "the timed-out job was not replaced"
-            return gaps, results
+            return first, gaps, results
 
     with scheduler_loop(config) as log:
-        gaps, results = asyncio.run(scenario())
+        first, gaps, results = asyncio.run(scenario())
     assert gaps == 0, "the renewing service had a moment without a ready instance"
     assert results and all(reply.ok for _, _, reply in results)
     states = [j["state"] for j in slurm.jobs() if j["name"] == "t7.slurm-chat"]
     assert states.count("CANCELLED") >= 3 and "TIMEOUT" not in states  # renewed, drained, cancelled
     other = [j["state"] for j in slurm.jobs() if j["name"] == "t7.slurm-other"]
     assert other.count("TIMEOUT") == 1 and other.count("RUNNING") == 1
-    assert b"TIMEOUT" in log.read_bytes()
+    # The loop saw the job end: Slurm's state at that pass (TIMEOUT, or COMPLETING while its
+    # node cleans up: which one depends on when the pass ran), or its failing health probes first.
+    seen, job = log.read_text(), first.rsplit(":", 1)[-1]  # the table's instance id is "slurm:<job id>"
+    assert f"ended {job} " in seen or f'"job":"{job}","reason":"unhealthy"' in seen, seen
 
 
 def test_model_status_from_zero_to_ready(slurm: Slurm, tmp_path: Path) -> None:
