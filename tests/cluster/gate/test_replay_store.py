@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.gate.sealed import PRUNE_SQL, REPLAY_PRUNE_BATCH, REPLAY_PRUNE_INTERVAL, SharedReplayGuard
+from cluster.gate.sealed import PRUNE_SQL, REPLAY_CACHE_KIB, REPLAY_PRUNE_BATCH, REPLAY_PRUNE_INTERVAL, SharedReplayGuard
 from sluice_sdk.errors import SealError
 from sluice_sdk.replay import http_date
 
@@ -64,9 +64,37 @@ def test_prune_is_bounded_and_occasional(tmp_path: Path) -> None:
         finally:
             db.close()
 
-    assert rows() == 10 + 1  # one batch pruned, the rest waits
+    assert rows() == 10 + 1  # one batch pruned by this request, the rest waits
     guard.check(b"next" * 8)
-    assert rows() == 10 + 2  # no prune again before the interval
+    assert rows() == 2  # the batch was full: the next request pruned the rest
+    clock.now += 3  # "new" and "next" have expired
+    guard.check(b"more" * 8)
+    assert rows() == 3  # caught up: no prune again before the interval
     clock.now += REPLAY_PRUNE_INTERVAL
     guard.check(b"last" * 8)
     assert rows() == 1  # every expired row gone
+
+
+def test_reject_replay_store_growing_without_bound(tmp_path: Path) -> None:
+    """Above one batch per interval (100 sealed requests/s), pruning must keep up: the table
+    holds at most the retention's worth of requests plus one interval's."""
+    clock = Clock()
+    path = tmp_path / "replay.sqlite"
+    guard = SharedReplayGuard(path, window=1, clock=clock)  # kept for 2 s
+    rate = 250
+    for index in range(60 * rate):
+        clock.now += 1 / rate
+        guard.check(index.to_bytes(32, "big"))
+    db = sqlite3.connect(path)
+    try:
+        rows = int(db.execute("SELECT count(*) FROM seen").fetchone()[0])
+    finally:
+        db.close()
+    assert rows <= rate * (2 + REPLAY_PRUNE_INTERVAL) + 1, rows
+
+
+def test_replay_store_cache_is_small(tmp_path: Path) -> None:
+    """The store's page cache is bounded below SQLite's 2 MiB default (gate RSS under sealed load)."""
+    guard = SharedReplayGuard(tmp_path / "replay.sqlite", clock=Clock())
+    guard.check(b"c" * 32)
+    assert guard._db().execute("PRAGMA cache_size").fetchone()[0] == -REPLAY_CACHE_KIB
