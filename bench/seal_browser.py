@@ -28,7 +28,7 @@ from sluice_sdk.keyconfig import KeyConfig  # noqa: E402
 from sluice_sdk.keys import GatewayKey  # noqa: E402
 from tests.appliance.web.seal_browser import chromium, run, seal_page  # noqa: E402
 
-VECTOR = json.loads((ROOT / "tests/sdk/vectors/rfc9458_appendix_a.json").read_text())
+VECTOR = json.loads((ROOT / "tests/sluice_sdk/vectors/rfc9458_appendix_a.json").read_text())
 SIZE = 4096
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from policy.frames import Frame, Kind, encode
-from tests.cluster.test_gate_process import Tripwire, gate_argv, gate_config, tripwire  # noqa: F401  (fixtures)
+from tests.cluster.gate.test_entry import Tripwire, gate_argv, gate_config, tripwire  # noqa: F401  (fixtures)
 from tests.conftest import ROOT, Cluster
 from tests.services.sshd import USER, Sshd
 from threat_model.run_corpus import (

@@ -3,7 +3,7 @@
 The threat model's rows cite tests as ``tests/path/file.py::test_name`` and may
 continue a list with ``::other_test`` (same file). Parametrized ids
 (``::test_x[case]``) are checked by function name. A file may also be cited
-alone (``tests/sdk/test_ohttp.py``): then the file must exist.
+alone (``tests/sluice_sdk/test_ohttp.py``): then the file must exist.
 """
 
 from __future__ import annotations
@@ -59,6 +59,6 @@ def test_threat_model_cites_only_tests_that_exist() -> None:
 
 
 def test_checker_catches_a_missing_test() -> None:
-    assert _citations("`tests/sdk/test_ohttp.py::test_nope`, `::test_other`") == [
-        ("tests/sdk/test_ohttp.py", "test_nope"), ("tests/sdk/test_ohttp.py", "test_other")]
-    assert "test_nope" not in _test_names(ROOT / "tests/sdk/test_ohttp.py")
+    assert _citations("`tests/sluice_sdk/test_ohttp.py::test_nope`, `::test_other`") == [
+        ("tests/sluice_sdk/test_ohttp.py", "test_nope"), ("tests/sluice_sdk/test_ohttp.py", "test_other")]
+    assert "test_nope" not in _test_names(ROOT / "tests/sluice_sdk/test_ohttp.py")

@@ -1,6 +1,6 @@
 """The browser's sealing code (appliance/web/chat/*.js) in real Chromium: the RFCs' own examples, byte for byte.
 
-Vectors, shared with the SDK's tests: tests/sdk/vectors/rfc9458_appendix_a.json
+Vectors, shared with the SDK's tests: tests/sluice_sdk/vectors/rfc9458_appendix_a.json
 (RFC 9458 Appendix A), chunked_ohttp_appendix_a.json (draft-ietf-ohai-chunked-ohttp
 Appendix A) and rfc9292_examples.json (RFC 9292 Section 5).  The deterministic
 seam is the ephemeral private key; everything else is the code the page runs.
@@ -19,7 +19,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from sluice_sdk.keyconfig import KeyConfig, SymmetricAlgorithm, encode_key_configs
-from tests.sdk.conftest import load_vector
+from tests.sluice_sdk.conftest import load_vector
 
 from .seal_browser import chromium, run, seal_page
 

@@ -29,7 +29,7 @@ from cluster import sealed_keys
 from cluster.gate.bounds import MAX_RESPONSE_BYTES
 from cluster.gate.usage import MAX_EVENT_BYTES
 from policy.frames import GATE_KINDS, MAX_PAYLOAD, Frame, FrameDecoder, Kind, encode
-from tests.cluster.test_gate_process import gate_argv
+from tests.cluster.gate.test_entry import gate_argv
 from tests.conftest import ROOT, Cluster, write_static_config
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """Binary HTTP (RFC 9292): the RFC's examples byte for byte, round trips, and rejections.
 
-Vectors: tests/sdk/vectors/rfc9292_examples.json (RFC 9292 Section 5).
+Vectors: tests/sluice_sdk/vectors/rfc9292_examples.json (RFC 9292 Section 5).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from appliance.catalog import MAX_WAIT, ClusterSet, model_info
 from policy.bodies import load_routes
 from policy.errors import NoBackend
 from policy.grammar import Models
-from tests.appliance.test_aliases import _Auth, _Metering, _Reply
-from tests.appliance.test_aliases import _Transport as _AliasTransport
+from tests.appliance.auth.test_aliases import _Auth, _Metering, _Reply
+from tests.appliance.auth.test_aliases import _Transport as _AliasTransport
 
 LISTING = [
     {"id": "warm", "ready": True, "routes": ["chat"], "status": "ready", "instances": {"ready": 2, "starting": 0}},

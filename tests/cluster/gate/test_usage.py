@@ -80,3 +80,68 @@ def test_garbage_usage_is_not_usage() -> None:
         usage_filter = SseUsageFilter(False)
         assert usage_filter.feed(event + b"\n\n") == event + b"\n\n"
         assert usage_filter.usage is None
+
+
+# -- every split point: the filter's output and usage depend on the bytes, never on how they arrived --
+
+# Each framing SSE allows, and one stream mixing them (a comment, a CR right before a
+# piece boundary's LF, usage on a content chunk, the usage-only final chunk, [DONE]).
+_FRAMINGS = {
+    "LF": _stream(b"\n"),
+    "CRLF": _stream(b"\r\n"),
+    "CR": _stream(b"\r"),
+    "mixed": b": ka\r\n\r\n" + (CONTENT % 1) + b"\r\r" + (CONTENT % 2) + b"\n\r\n" + FINAL + b"\r\n\n" + DONE + b"\r\r",
+}
+
+
+def _feed(pieces: list[bytes], asked: bool, so_far: bool) -> tuple[bytes, dict[str, int] | None, list[bytes]]:
+    """What the filter passes through, its usage, and what each feed returned."""
+    usage_filter = SseUsageFilter(asked, so_far)
+    outs = [usage_filter.feed(piece) for piece in pieces]
+    outs.append(usage_filter.flush())
+    return b"".join(outs), usage_filter.usage, outs
+
+
+@pytest.mark.parametrize("so_far", [False, True], ids=["final-only", "usage-so-far"])
+@pytest.mark.parametrize("asked", [False, True], ids=["not-asked", "asked"])
+@pytest.mark.parametrize("framing", sorted(_FRAMINGS))
+def test_every_split_point_gives_what_the_whole_gives(framing: str, asked: bool, so_far: bool) -> None:
+    data = _FRAMINGS[framing]
+    whole, whole_usage, _ = _feed([data], asked, so_far)
+    assert whole_usage == {"prompt_tokens": 3, "completion_tokens": 2}
+    assert whole.rstrip(b"\r\n").endswith(DONE)
+    for cut in range(len(data) + 1):
+        out, usage, outs = _feed([data[:cut], data[cut:]], asked, so_far)
+        assert (out, usage) == (whole, whole_usage), cut
+        assert whole.startswith(outs[0]), cut  # nothing passed early that the whole would change
+
+
+@pytest.mark.parametrize("framing", sorted(_FRAMINGS))
+def test_byte_by_byte_gives_what_the_whole_gives_at_every_step(framing: str) -> None:
+    """Fed one byte at a time, the output so far is always a prefix of the whole output, and
+    the usage so far only ever grows to the final numbers."""
+    data = _FRAMINGS[framing]
+    whole, whole_usage, _ = _feed([data], False, False)
+    usage_filter = SseUsageFilter(False)
+    out = b""
+    seen: list[int] = []
+    for at in range(len(data)):
+        out += usage_filter.feed(data[at : at + 1])
+        assert whole.startswith(out), at
+        if usage_filter.usage is not None:
+            seen.append(usage_filter.usage["completion_tokens"])
+    out += usage_filter.flush()
+    assert out == whole and usage_filter.usage == whole_usage
+    assert seen == sorted(seen) and seen[-1] == 2
+
+
+@pytest.mark.parametrize("framing", ["CRLF", "mixed"])
+def test_every_pair_of_split_points_gives_what_the_whole_gives(framing: str) -> None:
+    """Three pieces, cut at every pair of points around the framings' blank lines (a CR and its
+    LF in different pieces, a blank line's halves in three)."""
+    data = _FRAMINGS[framing]
+    whole, whole_usage, _ = _feed([data], False, True)
+    for first in range(len(data) + 1):
+        for second in range(first, min(first + 8, len(data)) + 1):
+            out, usage, _ = _feed([data[:first], data[first:second], data[second:]], False, True)
+            assert (out, usage) == (whole, whole_usage), (first, second)

@@ -80,7 +80,7 @@ def run_exec(config: Path, line: str | None, stdin: bytes = b"", extra_env: dict
     if line is not None:
         env["SSH_ORIGINAL_COMMAND"] = line
     done = subprocess.run(gate_argv(config, local_pipe), input=stdin, env=env, capture_output=True, timeout=30,
-                          cwd=Path(__file__).resolve().parents[2])
+                          cwd=Path(__file__).resolve().parents[3])
     return done.returncode, FrameDecoder(GATE_KINDS).feed(done.stdout), done.stderr
 
 
@@ -242,7 +242,7 @@ async def _mux(config: Path, requests: list[tuple[int, bytes, bytes]], extra: by
     process = await asyncio.create_subprocess_exec(
         *gate_argv(config), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 mux"},
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=Path(__file__).resolve().parents[3],
     )
     assert process.stdin and process.stdout
     for stream, line, body in requests:
@@ -356,7 +356,7 @@ def test_cancel_is_answered_with_the_usage_so_far(gate_config: Path) -> None:
     async def scenario() -> tuple[list[Frame], list[Frame]]:
         process = await asyncio.create_subprocess_exec(
             *gate_argv(gate_config), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 mux"}, cwd=Path(__file__).resolve().parents[2],
+            env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 mux"}, cwd=Path(__file__).resolve().parents[3],
         )
         assert process.stdin and process.stdout
         stream, line, body = _call(1, {**CHAT, "stream": True, "max_tokens": 2000,
@@ -409,7 +409,7 @@ def test_gate_run_by_hand_with_files_for_stdio(gate_config: Path, tmp_path: Path
     for line, stdin in (("sluice/1 ping", "/dev/null"), (f"sluice/1 call chat standin-chat {len(body)}", str(tmp_path / "body.json"))):
         with open(stdin, "rb") as source, out.open("wb") as sink:
             status = subprocess.run(gate_argv(gate_config), stdin=source, stdout=sink, env={**env, "SSH_ORIGINAL_COMMAND": line},
-                                    timeout=30, cwd=Path(__file__).resolve().parents[2]).returncode
+                                    timeout=30, cwd=Path(__file__).resolve().parents[3]).returncode
         frames = FrameDecoder(GATE_KINDS).feed(out.read_bytes())
         assert status == 0 and frames[0].kind is Kind.HEAD and frames[-1].kind is Kind.END
 
@@ -421,7 +421,7 @@ def test_reject_stalled_sender_slowloris(gate_config: Path, tripwire: Tripwire) 
 
     before = tripwire.hits
     env = {"PATH": os.environ["PATH"]}
-    cwd = Path(__file__).resolve().parents[2]
+    cwd = Path(__file__).resolve().parents[3]
     exec_gate = subprocess.Popen(gate_argv(gate_config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd,
                                  env={**env, "SSH_ORIGINAL_COMMAND": "sluice/1 call chat tripwire 100"})
     mux_gate = subprocess.Popen(gate_argv(gate_config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd,

@@ -10,7 +10,7 @@ VECTORS = Path(__file__).resolve().parent / "vectors"
 
 
 def load_vector(name: str) -> dict[str, Any]:
-    """A vector file from tests/sdk/vectors/ (each names its source document and section)."""
+    """A vector file from tests/sluice_sdk/vectors/ (each names its source document and section)."""
     data: dict[str, Any] = json.loads((VECTORS / name).read_text(encoding="utf-8"))
     return data
 

@@ -8,7 +8,7 @@ from cluster.scheduler.census import ModelCensus, model_census
 from cluster.scheduler.engine import state_path
 from cluster.scheduler.load import LoadMeter
 
-from .test_scheduler_engine import Harness
+from .test_engine import Harness
 
 
 def test_starting_then_ready(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from appliance.accounting._rows import ReportRow
 from appliance.accounting.plot import MISSING_EXTRA, daily_by_model
 from appliance.cli import main
 
-from .test_accounting import DAY, row
+from .test_sqlite import DAY, row
 
 
 def _database(tmp_path: Path) -> Path:

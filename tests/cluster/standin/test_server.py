@@ -30,7 +30,7 @@ HOST = "127.0.0.1"
 MODEL = "standin-chat"
 EMBED_MODEL = "standin-embed"
 DIMENSIONS = 16
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

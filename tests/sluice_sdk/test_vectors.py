@@ -1,7 +1,7 @@
 """Known-answer tests: the RFC 9458 and chunked-OHTTP examples, byte for byte, both directions.
 
-Vectors: tests/sdk/vectors/rfc9458_appendix_a.json (RFC 9458 Appendix A) and
-tests/sdk/vectors/chunked_ohttp_appendix_a.json (draft-ietf-ohai-chunked-ohttp
+Vectors: tests/sluice_sdk/vectors/rfc9458_appendix_a.json (RFC 9458 Appendix A) and
+tests/sluice_sdk/vectors/chunked_ohttp_appendix_a.json (draft-ietf-ohai-chunked-ohttp
 Appendix A).  The deterministic seams take the RFC's ephemeral key and
 response nonce; everything else is the production code path.
 """
