@@ -102,7 +102,7 @@ class _LoopMemoryStorage(MemoryStorage):
     a check costs a few microseconds.  Expired counts are dropped when read,
     and by :meth:`sweep`, which :class:`MemoryBackend` calls every
     ``SWEEP_EVERY`` seconds.  Relies on ``MemoryStorage``'s attribute names
-    (limits 4.x-5.x); ``tests/appliance/test_quotas.py`` checks :meth:`take`
+    (limits 4.x-5.x); ``tests/appliance/quotas/test_quotas.py`` checks :meth:`take`
     against ``limits``' own ``SlidingWindowCounterRateLimiter`` on the same
     storage.
     """

@@ -8,7 +8,7 @@ Every check is one atomic server-side step, so a limit holds across replicas
 - giving tokens back or charging more is :data:`ADJUST`, a script on the same
   keys (it relies on the key layout of ``limits``' ``RedisStorage``, 4.x-5.x:
   ``<prefix>:{<key>}`` for the current window and ``<prefix>:{<key>}/-1`` for
-  the previous one; ``tests/appliance/test_quotas_redis.py`` holds it to that);
+  the previous one; ``tests/integration/test_quotas_redis.py`` holds it to that);
 - a concurrency limit is a sorted set of leases scored by their expiry on the
   Redis clock (:data:`ACQUIRE`).  Each replica renews its own leases every
   ``lease_ttl / 3`` seconds; the leases of a replica that dies expire after
