@@ -34,6 +34,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Final
 
+from policy.errors import InternalError
+
 __all__ = ["ACCOUNTING", "IDENTITY", "STORES", "SchemaError", "Step", "check_version", "latest",
            "postgres_upgrade", "postgres_version", "sqlite_upgrade", "sqlite_version"]
 
@@ -46,7 +48,7 @@ class Step:
     postgresql: str
 
 
-class SchemaError(RuntimeError):
+class SchemaError(InternalError, RuntimeError):
     """The database's schema is not the one this Sluice writes; the message says what to do."""
 
 

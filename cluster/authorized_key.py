@@ -14,6 +14,8 @@ import shlex
 from pathlib import Path
 from typing import Final
 
+from policy.errors import InternalError
+
 __all__ = ["authorized_key_line", "default_gate_command", "KeyLineError", "ISOLATED"]
 
 # Python's isolated mode, for every process of the cluster side that sshd,
@@ -24,7 +26,7 @@ ISOLATED: Final = ("-I",)
 _PUBKEY: Final = re.compile(r"(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) ([A-Za-z0-9+/]+={0,3})(?: [^\n]*)?")
 
 
-class KeyLineError(ValueError):
+class KeyLineError(InternalError, ValueError):
     """The public key or an option cannot go into a safe authorized_keys line."""
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from policy.errors import NoBackend
+from policy.errors import InternalError
 
 from .config import ClusterConfig, Service
 from .inflight import SharedInFlight
@@ -58,7 +59,7 @@ HOLD_POLL: Final = 0.25
 QUARANTINE: Final = 5.0
 
 
-class TableError(ValueError):
+class TableError(InternalError, ValueError):
     """The routing table file exists but is not a valid table."""
 
 

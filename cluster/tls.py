@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from policy.errors import InternalError
+
 __all__ = [
     "TlsError",
     "GateIdentity",
@@ -90,7 +92,7 @@ _PIN: Final = re.compile(r"[0-9a-f]{64}")
 log = logging.getLogger("sluice.gate")
 
 
-class TlsError(Exception):
+class TlsError(InternalError):
     """A TLS identity is missing, unsafe or unreadable; the message says which and the fix."""
 
 

@@ -6,6 +6,12 @@ HTTP ``status`` hint.  Errors split, as in h11, into the peer's fault
 
 A :class:`Disallowed` is a protocol violation: the gate answers it with the
 code alone and ends the session it happened in.
+
+Every code a client can meet is listed, with its status and message, in
+:mod:`policy.codes`; ``tests/security/test_error_codes.py`` holds the two
+together.  :class:`InternalError` is the one branch whose instances carry a
+message instead of a code: it is for logs and operators, and a client that
+meets one sees only ``internal``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ __all__ = [
     "BackendTimeout",
     "Overloaded",
     "TransportError",
+    "SealedUnavailable",
+    "RelayedError",
+    "InternalError",
 ]
 
 
@@ -106,3 +115,40 @@ class TransportError(LocalError):
 
     code = "cluster_unavailable"
     status = 503
+
+
+class SealedUnavailable(LocalError):
+    """This gate holds no key ring for sealed requests (none set up, or none readable)."""
+
+    code = "sealed_unavailable"
+    status = 503
+
+
+class RelayedError(SluiceError):
+    """An error the gate sent, relayed by the appliance with the gate's code and status.
+
+    Its code comes from the other side of the SSH channel: one this Sluice does
+    not list (an older or newer gate) is answered with the generic message of
+    its status class.
+    """
+
+
+class InternalError(LocalError):
+    """Our side failed in a way only logs and operators see (a garbled file, a
+    failed Slurm command, a policy that does not parse).
+
+    Unlike every other :class:`SluiceError` it carries a message, not a code:
+    the message names what failed and the fix, for the operator.  A client
+    that meets one gets the code ``internal`` and nothing more.
+    """
+
+    code = "internal"
+    status = 500
+
+    def __init__(self, *args: object) -> None:
+        # Not SluiceError.__init__: the arguments are a message, and a subclass
+        # that is also an OSError keeps OSError's (errno, strerror) handling.
+        super(SluiceError, self).__init__(*args)
+
+    def __str__(self) -> str:
+        return super(SluiceError, self).__str__()

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from policy.errors import InternalError
+
 from ._rows import ReportRow
 
 __all__ = ["MISSING_EXTRA", "PlotUnavailable", "daily_by_model", "plot_usage"]
@@ -23,7 +25,7 @@ MISSING_EXTRA: Final = "sluice usage --plot needs the optional extra 'plot' (mat
 MAX_MODELS: Final = 12
 
 
-class PlotUnavailable(RuntimeError):
+class PlotUnavailable(InternalError, RuntimeError):
     """matplotlib is not installed."""
 
 

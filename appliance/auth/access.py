@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from policy.errors import InternalError
+
 from .aliases import NO_NAMES, ModelNames, parse_model_names
 from .base import Principal
 
@@ -37,7 +39,7 @@ MAX_POLICY_GROUPS: Final = 10_000
 MAX_PATTERNS_PER_GROUP: Final = 1_000
 
 
-class AccessPolicyError(ValueError):
+class AccessPolicyError(InternalError, ValueError):
     """The policy file is wrong; the message names the entry."""
 
 

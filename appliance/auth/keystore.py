@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from policy.errors import InternalError
+
 from ..audit import audit_event, names
 from ._db import Database
 from .base import Principal
@@ -48,7 +50,7 @@ _MODEL_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-_.:/]{0,127}", re.ASCII)
 _DUMMY_DIGEST: Final = hashlib.sha256(b"sluice: no such key").digest()
 
 
-class KeyRequestError(ValueError):
+class KeyRequestError(InternalError, ValueError):
     """A key could not be made or changed; the message is for the operator or the user."""
 
 

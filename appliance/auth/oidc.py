@@ -28,6 +28,8 @@ import httpx2
 from authlib.integrations.base_client import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
+from policy.errors import PeerError
+
 from .config import OidcSettings
 from .identity import Identity, identity_from_claims
 from .provider import PROVIDER_TIMEOUT, Provider, ProviderError, get_json
@@ -46,8 +48,11 @@ _VERIFIER_BYTES: Final = 64
 MAX_CODE_CHARS: Final = 4096
 
 
-class LoginFailed(Exception):
-    """The sign-in did not complete; ``reason`` is a short code for logs and the error page."""
+class LoginFailed(PeerError):
+    """The sign-in did not complete; ``reason`` (also its ``code``) is a short code for
+    logs and the error page."""
+
+    status = 401
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

@@ -26,6 +26,8 @@ import httpx2
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
+from policy.errors import InternalError
+
 from .config import ConfigError, check_url
 
 __all__ = ["KTY_FOR_ALG", "JwksCache", "Provider", "ProviderError", "ProviderMetadata"]
@@ -52,7 +54,7 @@ KTY_FOR_ALG: Final = {
 }
 
 
-class ProviderError(Exception):
+class ProviderError(InternalError):
     """The provider could not be reached or answered something unusable."""
 
 

@@ -28,6 +28,8 @@ from typing import Any, Final
 import jwt
 from jwt import exceptions as jwt_errors
 
+from policy.errors import PeerError
+
 __all__ = ["ALLOWED_ALGORITHMS", "MAX_TOKEN_CHARS", "TokenRejected", "TokenVerifier", "looks_like_jwt"]
 
 # Asymmetric signature algorithms only.  "none" and HS* are not in this set and cannot be configured.
@@ -41,8 +43,11 @@ MAX_TOKEN_CHARS: Final = 16 * 1024
 _B64URL: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-class TokenRejected(Exception):
-    """A token did not verify; ``reason`` is a short code for logs, never shown to clients."""
+class TokenRejected(PeerError):
+    """A token did not verify; ``reason`` (also its ``code``) is a short code for logs,
+    never shown to clients (an API client gets ``invalid_api_key``)."""
+
+    status = 401
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -55,12 +60,16 @@ def looks_like_jwt(token: str) -> bool:
     return len(parts) == 3 and token.startswith("eyJ") and all(set(p) <= _B64URL for p in parts)
 
 
+# The reason for a time claim that is not a number, by claim.
+_BAD_NUMBER: Final = {"exp": "bad_exp", "nbf": "bad_nbf", "iat": "bad_iat"}
+
+
 def _number(claims: dict[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TokenRejected(f"bad_{name}")
+        raise TokenRejected(_BAD_NUMBER[name])
     return float(value)
 
 

@@ -23,6 +23,8 @@ from typing import Final
 
 from starlette.requests import HTTPConnection
 
+from policy.errors import PeerError
+
 from .base import Principal
 from .config import TrustedHeaderSettings
 from .events import security_event
@@ -35,8 +37,11 @@ __all__ = ["HeaderSpoofed", "TrustedHeaderAuthenticator"]
 MAX_HEADER_CHARS: Final = 8192
 
 
-class HeaderSpoofed(Exception):
+class HeaderSpoofed(PeerError):
     """An identity header came from a peer that is not a trusted proxy."""
+
+    code = "header_spoofed"
+    status = 401
 
 
 def _peer(connection: HTTPConnection) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policy.errors import LocalError, PeerError
+from policy.errors import InternalError, LocalError, PeerError
 
 __all__ = ["QuotaExceeded", "QuotaStorageError", "QuotaUnavailable"]
 
@@ -38,5 +38,5 @@ class QuotaUnavailable(LocalError):
         self.retry_after = 5.0
 
 
-class QuotaStorageError(Exception):
+class QuotaStorageError(InternalError):
     """Internal: the storage behind the limits failed (unreachable, timed out, refused)."""

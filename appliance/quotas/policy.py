@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
+from policy.errors import InternalError
+
 from ..auth.base import Principal
 
 __all__ = [
@@ -50,7 +52,7 @@ MAX_CACHED_PLANS: Final = 10_000
 UNLIMITED: Final = "unlimited"
 
 
-class PolicyError(ValueError):
+class PolicyError(InternalError, ValueError):
     """The quota policy is wrong; the message names the key."""
 
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import Final, Protocol
 
-from policy.errors import BackendFailed, SluiceError, TransportError
+from policy.errors import BackendFailed, Overloaded, RelayedError, SluiceError, TransportError
 from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, MAX_STREAMS, FrameDecoder, Kind, encode
 from policy.grammar import Call, Ping, StreamCommand, stream_line
 from policy.errors import Disallowed
@@ -65,7 +65,7 @@ def _parse_error(payload: bytes) -> SluiceError:
         return BackendFailed("bad_gate_error")
     if not 400 <= status <= 599 or not code.replace("_", "").isalnum():
         return BackendFailed("bad_gate_error")
-    return SluiceError(code, status)
+    return RelayedError(code, status)
 
 
 class GateReply:
@@ -117,7 +117,7 @@ class GateReply:
             raise Disallowed("body_before_head")
         self._buffered += len(payload)
         if self._buffered > MAX_BUFFERED:
-            self.fail(SluiceError("client_too_slow", 503))
+            self.fail(Overloaded("client_too_slow"))
             self._cancel(self.stream)
             return
         self._push(payload)

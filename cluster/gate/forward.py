@@ -20,9 +20,12 @@ from policy.errors import (
     BackendFailed,
     BackendTimeout,
     BodyRejected,
+    InternalError,
+    LocalError,
     ModelNotFound,
     NoBackend,
     PeerError,
+    SealedUnavailable,
     SluiceError,
 )
 from policy.grammar import Call, Keys, Models, Ping, StreamCommand
@@ -152,13 +155,16 @@ class Forwarder:
                 await self._json(sink, self._ping())
             elif isinstance(command, Keys):
                 await self._json(sink, {"keys": base64.b64encode(self._sealed_keys().encoded_configs()).decode()})
+        except InternalError:  # its message is for the operator: logged; the client gets `internal`
+            log.exception("internal error while serving a stream")
+            sink.error(LocalError())
         except SluiceError as exc:
             sink.error(exc)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("internal error while serving a stream")  # no request data in the record
-            sink.error(SluiceError())
+            sink.error(LocalError())
 
     def _sealed_keys(self):  # type: ignore[no-untyped-def]
         """The key ring for sealed requests: loaded on first use (exec-mode gates that
@@ -169,7 +175,7 @@ class Forwarder:
         from .sealed import SharedReplayGuard
 
         if self._config.path is None:
-            raise SluiceError("sealed_unavailable", 503)
+            raise SealedUnavailable()
         now = time.monotonic()
         if self._ring is None or now - self._ring_checked >= RING_RELOAD_INTERVAL:
             self._ring_checked = now
@@ -181,7 +187,7 @@ class Forwarder:
             if self._replay is None:
                 self._replay = SharedReplayGuard(keys_dir(self._config.path) / "replay.sqlite")
         if self._ring is None:
-            raise SluiceError("sealed_unavailable", 503)
+            raise SealedUnavailable()
         return self._ring
 
     async def _sealed(self, call: Call, body: bytes, sink: Sink) -> None:

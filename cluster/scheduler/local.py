@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Final
 
+from policy.errors import InternalError
+
 from ..backend_client import BackendPool
 from ..config import PLACEHOLDER, ClusterConfig, Service
 from ..tls import JobIdentity
@@ -47,7 +49,7 @@ STOP_GRACE: Final = 5.0
 _INHERITED: Final = ("PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR")
 
 
-class LocalSchedulerBusy(RuntimeError):
+class LocalSchedulerBusy(InternalError, RuntimeError):
     """Another local scheduler runs for this configuration."""
 
 

@@ -29,10 +29,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from policy.errors import InternalError
+
 __all__ = ["PassLock", "LockUnavailable", "lock_holder"]
 
 
-class LockUnavailable(OSError):
+class LockUnavailable(InternalError, OSError):
     """The file system cannot lock the file: scheduling stops rather than race."""
 
 

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from policy.errors import InternalError
+
 from ..config import SlurmSettings
 
 __all__ = [
@@ -75,7 +77,7 @@ MAX_OUTPUT: Final = 16 * 1024 * 1024
 _STRIPPED_PREFIXES: Final = ("SSH_", "SBATCH_", "SQUEUE_", "SCANCEL_", "SLURM_", "SALLOC_", "SRUN_")
 
 
-class SlurmError(Exception):
+class SlurmError(InternalError):
     """A Slurm command failed, timed out or printed something we do not accept."""
 
 

@@ -20,6 +20,7 @@ from cluster.standin._model import reply_words
 from policy.bodies import load_routes
 from policy.errors import BodyRejected
 from policy.multipart import parse_form
+from policy.errors import PeerError
 
 __all__ = ["WORDS_PER_SECOND", "DEFAULT_WORDS", "MAX_WORDS", "AudioError", "transcribe"]
 
@@ -36,7 +37,7 @@ _ROUTES = load_routes()
 _SPECS = {path: route.form for route in _ROUTES.routes.values() if route.form is not None for path in [route.path]}
 
 
-class AudioError(Exception):
+class AudioError(PeerError):
     """A request the stand-in refuses; its one argument is a fixed code."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.standin._model import count_words, embed
+from policy.errors import PeerError
 
 __all__ = ["SCORE_DIMENSIONS", "pair_score", "rerank_reply", "score_reply", "ScoringError"]
 
@@ -18,7 +19,7 @@ SCORE_DIMENSIONS = 32
 """Dimensions of the embeddings a score is drawn from (any fixed number would do)."""
 
 
-class ScoringError(Exception):
+class ScoringError(PeerError):
     """A request the stand-in refuses; its one argument is a fixed code."""
 
 
