@@ -24,10 +24,9 @@ from .api.no_store import NoStoreMiddleware
 from .api.openai import OpenAIApi
 from .auth.base import AccessPolicy, Authenticator, DenyAll, IdentityUnavailable
 from .catalog import ClusterSet
-from .logs import RequestLogMiddleware
 from .metering import Metering, NoMetering
 from .metrics import Metrics, metrics_route
-from .middleware import ApiGuardMiddleware, BodyDeadlineMiddleware
+from .middleware import ApiGuardMiddleware, BodyDeadlineMiddleware, HttpMetricsMiddleware, RequestLogMiddleware
 from .middleware.body_deadline import DEFAULT_BODY_TIMEOUT
 from .api.sealed_keys import KEYS_TTL
 from .quotas.reservation import OutputCeilings
@@ -149,7 +148,8 @@ def create_app(appliance: Appliance) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(RequestLogMiddleware, metrics=appliance.metrics, access_log=appliance.access_log),
+            Middleware(RequestLogMiddleware, access_log=appliance.access_log),
+            *([Middleware(HttpMetricsMiddleware, metrics=appliance.metrics)] if appliance.metrics is not None else []),
             Middleware(BodyDeadlineMiddleware, timeout=appliance.body_timeout),
             Middleware(ApiGuardMiddleware, public_url=appliance.public_url,
                        form_paths=[r.path for r in appliance.routes.routes.values() if r.form is not None]),

@@ -7,75 +7,31 @@ message is kept as ``message``.  Exceptions are logged as their type and
 where they were raised, never their text (an exception's text can quote what
 a request carried).
 
-:class:`RequestLogMiddleware` (pure ASGI) gives each HTTP request an id, made
-here and never taken from the client, returns it as ``x-request-id``, makes
-it available to everything that runs for the request (:data:`CURRENT`), and
-at the end writes one ``request`` line: method, route, status, latency, and
-what metering filled in (user, key id, model, route id, tokens).  The path
-logged is the route's template, or ``other``: a path that matched nothing is
-the client's text and is not logged.
+Each line carries the id of the request it was written for (:data:`CURRENT`,
+set by ``appliance/middleware/request_log.py``).
 """
 
 from __future__ import annotations
 
-import contextvars
-import itertools
 import json
 import logging
 import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from typing import IO, Any, Final
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .metrics import Metrics
+from .middleware.request_log import CURRENT
 
-__all__ = ["CURRENT", "JsonFormatter", "RequestInfo", "RequestLogMiddleware", "configure_logging", "new_request_id"]
-
-# HTTP methods logged by name; anything else is logged as "other".
-_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+__all__ = ["JsonFormatter", "configure_logging"]
 
 # Frames of a traceback kept in a log line (innermost last).
 MAX_FRAMES: Final = 8
 
 # Libraries whose INFO lines are noise for an operator (and may name peers): warnings and up only.
 _QUIET: Final = ("asyncssh", "hypercorn.access")
-
-
-@dataclass(slots=True)
-class RequestInfo:
-    """What the request log line says about one request; filled in as the request goes."""
-
-    id: str
-    user: str | None = None
-    key_id: str | None = None
-    model: str | None = None
-    route: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    sealed: bool = False
-    refused_by: str | None = None
-
-
-CURRENT: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar("sluice_request", default=None)
-
-
-def new_request_id() -> str:
-    """``req_`` and 24 hex digits: random per process, then a counter (unique, and cheap)."""
-    return f"req_{_ids[0]}{next(_ids[1]):012x}"  # type: ignore[call-overload]
-
-
-def _new_id_source() -> None:
-    _ids[:] = [os.urandom(6).hex(), itertools.count(1)]
-
-
-_ids: list[object] = []
-_new_id_source()
-os.register_at_fork(after_in_child=_new_id_source)  # a forked worker gets ids of its own
 
 
 class JsonFormatter(logging.Formatter):
@@ -146,60 +102,3 @@ def configure_logging(level: str = "info", stream: IO[str] | None = None) -> Non
     for name in _QUIET:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     logging.captureWarnings(True)
-
-
-class RequestLogMiddleware:
-    """Request ids, the request log line and the HTTP metrics, for every HTTP request."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics | None = None, access_log: bool = True) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.access_log = access_log
-        self.log = logging.getLogger("sluice.request")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        info = RequestInfo(new_request_id())
-        token = CURRENT.set(info)
-        started = time.perf_counter()
-        status = 0
-        header = (b"x-request-id", info.id.encode())
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), header]}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except BaseException:
-            status = status or 500
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "other"
-            if self.metrics is not None:
-                self.metrics.http_requests.inc((path, str(status)))
-                self.metrics.http_duration.observe((path,), elapsed)
-            if self.access_log and self.log.isEnabledFor(logging.INFO):
-                method = scope.get("method", "")
-                fields: dict[str, Any] = {
-                    "event": "request",
-                    "method": method if method in _METHODS else "other",
-                    "path": path,
-                    "status": status,
-                    "latency_ms": round(elapsed * 1000, 3),
-                }
-                for name in ("user", "key_id", "model", "route", "prompt_tokens", "completion_tokens", "refused_by"):
-                    value = getattr(info, name)
-                    if value is not None:
-                        fields[name] = value
-                if info.sealed:
-                    fields["sealed"] = True
-                self.log.info("request", extra={"fields": fields})
-            CURRENT.reset(token)

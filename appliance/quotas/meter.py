@@ -24,7 +24,7 @@ from typing import Self
 
 from ..accounting import Accounting, UsageRow, open_accounting
 from ..auth.base import Principal
-from ..logs import CURRENT, RequestInfo
+from ..middleware.request_log import CURRENT, RequestInfo
 from ..metering import Outcome, Ticket
 from ..metrics import Metrics
 from ._memory import MemoryBackend

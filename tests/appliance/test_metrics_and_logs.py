@@ -16,12 +16,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from appliance.catalog import ClusterSet
-from appliance.logs import (
-    CURRENT,
-    JsonFormatter,
-    RequestLogMiddleware,
-    configure_logging,
-)
+from appliance.logs import JsonFormatter, configure_logging
 from appliance.metrics import (
     Counter,
     Gauge,
@@ -31,6 +26,8 @@ from appliance.metrics import (
     metrics_app,
     metrics_route,
 )
+from appliance.middleware.http_metrics import HttpMetricsMiddleware
+from appliance.middleware.request_log import CURRENT, RequestLogMiddleware
 
 
 class FakeTransport:
@@ -182,7 +179,7 @@ def _app(metrics: Metrics) -> Starlette:
 
     return Starlette(
         routes=[Route("/v1/hello/{name}", hello), Route("/stream", stream), Route("/boom", boom)],
-        middleware=[Middleware(RequestLogMiddleware, metrics=metrics)],
+        middleware=[Middleware(RequestLogMiddleware), Middleware(HttpMetricsMiddleware, metrics=metrics)],
     )
 
 
