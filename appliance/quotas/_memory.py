@@ -6,9 +6,9 @@ that a request can take many tokens at once.  Giving tokens back (or charging
 more) when the gate reports the real usage adjusts the same counters.
 Concurrency limits are counts of leases.
 
-The in-memory store uses ``limits``' synchronous memory storage: everything
-is a dictionary update on the event loop's thread, with no await inside, so
-a check costs microseconds and never interleaves with another.
+The in-memory store uses ``limits``' synchronous memory storage through its
+published methods: no await inside, so a check costs microseconds and never
+interleaves with another on the event loop.
 """
 
 from __future__ import annotations
@@ -92,74 +92,26 @@ def counter_key(limit: Limit) -> str:
 
 
 class _LoopMemoryStorage(MemoryStorage):
-    """``limits``' memory storage, for use from one event loop thread only.
-
-    The same dictionaries (``storage``: counts, ``expirations``: when each
-    count lapses) and the same sliding-window arithmetic, so that ``limits``'
-    own strategies work on it unchanged; but :meth:`take` and :meth:`adjust`
-    read and write them directly, once per call, without what only threads
-    need (a lock per key, a timer thread started every 10 ms to expire keys):
-    a check costs a few microseconds.  Expired counts are dropped when read,
-    and by :meth:`sweep`, which :class:`MemoryBackend` calls every
-    ``SWEEP_EVERY`` seconds.  Relies on ``MemoryStorage``'s attribute names
-    (limits 4.x-5.x); ``tests/appliance/quotas/test_quotas.py`` checks :meth:`take`
-    against ``limits``' own ``SlidingWindowCounterRateLimiter`` on the same
-    storage.
+    """``limits``' memory storage, with the two steps the quotas need made of its published
+    methods only (``acquire_sliding_window_entry``, ``get_sliding_window``, ``incr``,
+    ``decr``, ``get`` and ``sliding_window_keys``), so that ``limits``' own strategies read
+    and write the same counters; ``tests/appliance/quotas/test_quotas.py`` checks
+    :meth:`take` against ``limits``' own ``SlidingWindowCounterRateLimiter`` on the same
+    storage.  ``limits`` expires counts itself (a short timer thread); :meth:`sweep`, which
+    :class:`MemoryBackend` calls every ``SWEEP_EVERY`` seconds, reads every count once so
+    that lapsed ones are dropped even while no timer runs.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.timer.cancel()  # no expiry thread: see sweep()
-        self._window_keys: dict[str, tuple[int, str, str]] = {}
-
-    def _MemoryStorage__schedule_expiry(self) -> None:
-        return None
-
-    def _count(self, key: str, now: float) -> int:
-        """``MemoryStorage.get``: the count, or 0 once it lapsed (and then it is dropped)."""
-        expires = self.expirations.get(key)
-        if expires is None:
-            return 0
-        if expires <= now:
-            self.storage.pop(key, None)
-            del self.expirations[key]
-            return 0
-        return self.storage[key]
-
-    def _add(self, key: str, amount: int, lifetime: float, now: float) -> None:
-        """``MemoryStorage.incr``: a new count lapses ``lifetime`` seconds from ``now``."""
-        if key not in self.expirations or self.expirations[key] <= now:
-            self.storage[key] = 0
-            self.expirations[key] = now + lifetime
-        self.storage[key] += amount
-
-    def _windows(self, key: str, window: int) -> tuple[str, str]:
-        """The previous and current window keys, as ``sliding_window_keys`` names them (remembered)."""
-        found = self._window_keys.get(key)
-        if found is None or found[0] != window:
-            found = self._window_keys[key] = (window, f"{key}/{window - 1}", f"{key}/{window}")
-        return found[1], found[2]
-
     def take(self, key: str, limit: int, expiry: int, cost: int) -> tuple[bool, int, float]:
-        """``acquire_sliding_window_entry`` and ``SlidingWindowCounterRateLimiter.get_window_stats``
-        of ``limits``' memory storage, in one reading of the window.
+        """``acquire_sliding_window_entry``, then the window's stats as
+        ``SlidingWindowCounterRateLimiter.get_window_stats`` gives them.
 
         Returns whether ``cost`` was taken, what is left, and when the window is whole again.
         """
+        taken = self.acquire_sliding_window_entry(key, limit, expiry, cost)
+        previous, previous_ttl, current, current_ttl = self.get_sliding_window(key, expiry)
         now = time.time()
-        previous_key, current_key = self._windows(key, int(now / expiry))
-        previous = self._count(previous_key, now)
-        current = self._count(current_key, now)
-        previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry if previous else 0.0
-        current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
-        weighted = previous * previous_ttl / expiry + current
-        taken = cost <= limit and floor(weighted) + cost <= limit
-        if taken:
-            self._add(current_key, cost, 2 * expiry, now)
-            current += cost
-            weighted += cost
-        remaining = limit - floor(weighted)
-        remaining = max(remaining, 0)
+        remaining = max(limit - floor(previous * previous_ttl / expiry + current), 0)
         if not (previous or current):
             return taken, remaining, now
         previous_reset_in = previous_ttl % (expiry / previous) if previous else inf
@@ -169,28 +121,22 @@ class _LoopMemoryStorage(MemoryStorage):
     def adjust(self, key: str, expiry: int, delta: int) -> None:
         """Charge the current window ``delta`` more, or give ``-delta`` back from the current
         and then the previous window, never below zero."""
-        now = time.time()
-        previous_key, current_key = self._windows(key, int(now / expiry))
+        previous_key, current_key = self.sliding_window_keys(key, expiry, time.time())
         if delta > 0:
-            self._add(current_key, delta, 2 * expiry, now)
+            self.incr(current_key, 2 * expiry, amount=delta)
             return
         give = -delta
         for part in (current_key, previous_key):
-            held = self._count(part, now)
-            taken = min(give, held)
+            taken = min(give, self.get(part))
             if taken > 0:
-                self.storage[part] = held - taken
+                self.decr(part, taken)
                 give -= taken
                 if give == 0:
                     return
 
     def sweep(self) -> None:
-        self._window_keys.clear()
-        now = time.time()
-        for key, expires in list(self.expirations.items()):
-            if expires <= now:
-                self.storage.pop(key, None)
-                self.expirations.pop(key, None)
+        for key in list(self.expirations):
+            self.get(key)  # drops the count once it lapsed
 
 
 # Seconds between sweeps of expired counters in memory.
