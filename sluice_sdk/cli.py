@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Final, NoReturn
 
 from .errors import KeyConfigError, SealError
+from .secret import Secret
 
 __all__ = ["main", "run", "API_KEY_ENV", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_KEY", "EXIT_SEAL"]
 
@@ -50,33 +51,16 @@ MAX_PROMPT_BYTES: Final = 4 * 1024 * 1024
 _MAX_ERROR_TEXT: Final = 200
 
 
-class _Secret:
-    """An API key that prints as ``**********``."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "_Secret('**********')"
-
-    __str__ = __repr__
-
-
 @dataclass(frozen=True, slots=True)
 class _Env:
     """What the command reads from the environment, read once."""
 
-    api_key: _Secret | None
+    api_key: Secret | None
 
     @classmethod
     def from_mapping(cls, env: Mapping[str, str]) -> _Env:
         value = env.get(API_KEY_ENV, "")
-        return cls(_Secret(value) if value else None)
+        return cls(Secret(value) if value else None)
 
 
 class _Usage(Exception):

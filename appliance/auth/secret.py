@@ -1,8 +1,7 @@
 """Secrets: read from files named in the configuration, never printed.
 
-A :class:`Secret` prints as ``**********`` (in ``str``, ``repr``, f-strings and
-tracebacks' locals); :meth:`Secret.reveal` is the one way to the value, so
-every use of a secret can be found by searching for it.
+:class:`Secret` is the SDK's (``sluice_sdk/secret.py``, one class for both): it
+prints as ``**********`` and :meth:`Secret.reveal` is the one way to the value.
 """
 
 from __future__ import annotations
@@ -13,37 +12,14 @@ import stat
 from pathlib import Path
 from typing import Final
 
+from sluice_sdk.secret import Secret
+
 __all__ = ["Secret", "read_secret_file"]
 
 log = logging.getLogger("sluice.auth")
 
-_MASK: Final = "**********"
-
 # A secret file larger than this is not a secret file (a key, a token, a password).
 MAX_SECRET_FILE_BYTES: Final = 64 * 1024
-
-
-class Secret:
-    """A string that does not print."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __str__(self) -> str:
-        return _MASK
-
-    def __repr__(self) -> str:
-        return f"Secret('{_MASK}')"
-
-    def __eq__(self, other: object) -> bool:
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 def read_secret_file(path: Path, what: str, min_length: int = 1) -> Secret:
