@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .auth.secret import Secret
 from .migrations import SchemaError, latest, postgres_upgrade, postgres_version, sqlite_upgrade, sqlite_version
 
 __all__ = ["add_arguments", "run"]
@@ -26,7 +27,7 @@ __all__ = ["add_arguments", "run"]
 class _Target:
     store: str
     sqlite: Path | None = None
-    dsn: str | None = None
+    dsn: Secret | None = None  # revealed only to connect
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,12 +45,12 @@ def _targets(config: str) -> list[_Target]:
     targets = []
     auth = settings.identity.auth
     if auth.database_dsn_file is not None:
-        targets.append(_Target("identity", dsn=read_secret_file(auth.database_dsn_file, "auth.database_dsn_file").reveal()))
+        targets.append(_Target("identity", dsn=read_secret_file(auth.database_dsn_file, "auth.database_dsn_file")))
     elif auth.database is not None:
         targets.append(_Target("identity", sqlite=auth.database))
     accounting = settings.metering.accounting
     if accounting.backend == "postgresql" and accounting.dsn_file is not None:
-        targets.append(_Target("accounting", dsn=read_secret_file(accounting.dsn_file, "accounting.dsn_file").reveal()))
+        targets.append(_Target("accounting", dsn=read_secret_file(accounting.dsn_file, "accounting.dsn_file")))
     elif accounting.backend == "sqlite" and accounting.path is not None:
         targets.append(_Target("accounting", sqlite=accounting.path))
     return targets
@@ -58,7 +59,9 @@ def _targets(config: str) -> list[_Target]:
 async def _postgres(target: _Target, apply: bool) -> tuple[int, list[int]]:
     from .auth._db import postgres_driver
 
-    connection = await postgres_driver().connect(target.dsn, timeout=10)
+    if target.dsn is None:
+        raise ValueError(f"{target.store}: no DSN")
+    connection = await postgres_driver().connect(target.dsn.reveal(), timeout=10)
     try:
         applied = await postgres_upgrade(connection, target.store, "postgresql") if apply else []
         return await postgres_version(connection, target.store), applied

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..auth.secret import Secret
 from ._rows import Accounting, UsageRow
 from ._sqlite import SqliteAccounting
 
@@ -31,7 +32,7 @@ def __getattr__(name: str) -> object:
     raise AttributeError(name)
 
 
-def open_accounting(backend: str, path: str | None = None, dsn: str | None = None,
+def open_accounting(backend: str, path: str | None = None, dsn: str | Secret | None = None,
                     synchronous: str = "normal", journal: str | None = None) -> Accounting:
     """The configured accounting store (not yet started)."""
     if backend == "sqlite":

@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any, Final
 
+from ..auth.secret import Secret, carried
 from ..migrations import check_version, postgres_version
 from ._journal import Journal
 from ._rows import REPORT_SQL, ReportRow, UsageRow
@@ -68,8 +69,8 @@ def _numbered(sql: str) -> str:
 
 
 class PostgresAccounting:
-    def __init__(self, dsn: str, journal: Path | None = None) -> None:
-        self._dsn = dsn
+    def __init__(self, dsn: str | Secret, journal: Path | None = None) -> None:
+        self._dsn = carried(dsn)  # revealed only to open the pool
         self._journal = None if journal is None else Journal(journal)
         self._pool: Any = None
         self._errors: tuple[type[BaseException], ...] = ()
@@ -85,7 +86,7 @@ class PostgresAccounting:
             return
         asyncpg = _driver()
         self._errors = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-        pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=POOL_SIZE, timeout=10)
+        pool = await asyncpg.create_pool(self._dsn.reveal(), min_size=0, max_size=POOL_SIZE, timeout=10)
         try:
             async with pool.acquire() as connection:
                 check_version("accounting", await postgres_version(connection, "accounting"), "accounting.dsn_file")

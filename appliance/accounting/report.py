@@ -20,6 +20,7 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import IO
 
+from ..auth.secret import Secret
 from ._rows import REPORT_COLUMNS, ReportRow
 
 __all__ = ["add_arguments", "render", "run"]
@@ -80,7 +81,7 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-async def _postgres_report(dsn: str, args: argparse.Namespace) -> list[ReportRow]:
+async def _postgres_report(dsn: str | Secret, args: argparse.Namespace) -> list[ReportRow]:
     from ._postgres import PostgresAccounting
 
     store = PostgresAccounting(dsn)
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
             elif accounting.backend == "postgresql" and accounting.dsn_file is not None:
                 from ..auth.secret import read_secret_file
 
-                dsn = read_secret_file(accounting.dsn_file, "accounting.dsn_file").reveal()
+                dsn = read_secret_file(accounting.dsn_file, "accounting.dsn_file")
                 rows = asyncio.run(_postgres_report(dsn, args))
             else:
                 print("sluice usage: the configuration has no [accounting] table", file=sys.stderr)

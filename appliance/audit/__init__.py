@@ -26,6 +26,7 @@ from typing import Final, Protocol
 
 from policy.audit import MAX_FIELD, AuditEvent, AuditRecord, Detail, Head
 
+from ..auth.secret import Secret
 from ._query import Query
 
 __all__ = ["AuditStore", "AuditTrail", "Query", "audit_event", "install", "names", "open_store"]
@@ -46,7 +47,7 @@ class AuditStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-def open_store(backend: str, path: str | Path | None = None, dsn: str | None = None, key: bytes | None = None,
+def open_store(backend: str, path: str | Path | None = None, dsn: str | Secret | None = None, key: bytes | None = None,
                read_only: bool = False) -> AuditStore:
     """The audit store beside the accounting: the same SQLite file or PostgreSQL database."""
     if backend == "sqlite":

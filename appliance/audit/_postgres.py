@@ -15,6 +15,7 @@ from typing import Any, Final
 from policy.audit import GENESIS, AuditEvent, AuditRecord, Head, chain, head_of
 
 from ..accounting._postgres import _driver
+from ..auth.secret import Secret, carried
 from ._query import Query
 
 __all__ = ["SCHEMA", "PostgresAuditStore"]
@@ -52,15 +53,15 @@ _COLUMNS: Final = "seq, time, kind, actor, subject, details, prev, hash, sig"
 
 
 class PostgresAuditStore:
-    def __init__(self, dsn: str, key: bytes | None = None) -> None:
-        self._dsn = dsn
+    def __init__(self, dsn: str | Secret, key: bytes | None = None) -> None:
+        self._dsn = carried(dsn)  # revealed only to connect
         self._key = key
         self._connection: Any = None
         self._lock = asyncio.Lock()  # one connection: one operation at a time
 
     async def _db(self) -> Any:
         if self._connection is None:
-            connection = await _driver().connect(self._dsn)
+            connection = await _driver().connect(self._dsn.reveal())
             try:
                 async with connection.transaction():
                     # replicas starting together: one creates the schema, the others wait for it

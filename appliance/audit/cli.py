@@ -109,7 +109,7 @@ def _store(args: argparse.Namespace) -> tuple[AuditStore, bytes | None]:
     if accounting.backend == "postgresql" and accounting.dsn_file is not None:
         from ..auth.secret import read_secret_file
 
-        return open_store("postgresql", dsn=read_secret_file(accounting.dsn_file, "accounting.dsn_file").reveal()), key
+        return open_store("postgresql", dsn=read_secret_file(accounting.dsn_file, "accounting.dsn_file")), key
     raise ValueError("the configuration has no [accounting] table")
 
 

@@ -35,7 +35,7 @@ def open_trail(accounting: AccountingSettings) -> AuditTrail | None:
     if accounting.backend == "sqlite" and accounting.path is not None:
         store = open_store("sqlite", path=accounting.path, key=key)
     elif accounting.backend == "postgresql" and accounting.dsn_file is not None:
-        dsn = read_secret_file(accounting.dsn_file, "accounting.dsn_file").reveal()
+        dsn = read_secret_file(accounting.dsn_file, "accounting.dsn_file")
         store = open_store("postgresql", dsn=dsn, key=key)
     else:
         return None

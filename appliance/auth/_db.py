@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol
 
 from ..migrations import check_version, latest, postgres_version, sqlite_upgrade
 from .base import IdentityUnavailable
+from .secret import Secret, carried
 
 __all__ = ["SCHEMA_VERSION", "Database", "PostgresDatabase", "SqliteDatabase", "numbered", "open_database",
            "postgres_driver"]
@@ -117,8 +118,8 @@ def postgres_driver() -> Any:
 class PostgresDatabase:
     """The identity store in PostgreSQL; :meth:`start` connects and checks the schema version."""
 
-    def __init__(self, dsn: str, where: str = "auth.database_dsn_file") -> None:
-        self._dsn = dsn
+    def __init__(self, dsn: str | Secret, where: str = "auth.database_dsn_file") -> None:
+        self._dsn = carried(dsn)  # revealed only to open the pool
         self._where = where
         self._pool: Any = None
         self._errors: tuple[type[BaseException], ...] = ()
@@ -128,7 +129,7 @@ class PostgresDatabase:
             return
         asyncpg = postgres_driver()
         self._errors = (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-        pool = await asyncpg.create_pool(self._dsn, min_size=0, max_size=POOL_SIZE, timeout=CALL_TIMEOUT * 5)
+        pool = await asyncpg.create_pool(self._dsn.reveal(), min_size=0, max_size=POOL_SIZE, timeout=CALL_TIMEOUT * 5)
         try:
             async with pool.acquire() as connection:
                 check_version("identity", await postgres_version(connection, "identity"), self._where)

@@ -61,7 +61,7 @@ async def _database(args: argparse.Namespace) -> Database:
         raise SystemExit(f"sluice: {exc}") from None
     auth = settings.identity.auth
     if auth.database_dsn_file is not None:
-        db = PostgresDatabase(read_secret_file(auth.database_dsn_file, "auth.database_dsn_file").reveal())
+        db = PostgresDatabase(read_secret_file(auth.database_dsn_file, "auth.database_dsn_file"))
         await db.start()
         return db
     if auth.database is None:

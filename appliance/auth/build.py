@@ -103,7 +103,7 @@ def build_identity(
             dsn = read_secret_file(auth.database_dsn_file, "auth.database_dsn_file")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        db = PostgresDatabase(dsn.reveal())
+        db = PostgresDatabase(dsn)
     elif auth.database is not None:
         try:
             db = open_database(auth.database)

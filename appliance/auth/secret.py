@@ -14,12 +14,17 @@ from typing import Final
 
 from sluice_sdk.secret import Secret
 
-__all__ = ["Secret", "read_secret_file"]
+__all__ = ["Secret", "carried", "read_secret_file"]
 
 log = logging.getLogger("sluice.auth")
 
 # A secret file larger than this is not a secret file (a key, a token, a password).
 MAX_SECRET_FILE_BYTES: Final = 64 * 1024
+
+
+def carried(value: str | Secret) -> Secret:
+    """``value`` as a Secret, to be revealed only where it is used (a str is wrapped)."""
+    return value if isinstance(value, Secret) else Secret(value)
 
 
 def read_secret_file(path: Path, what: str, min_length: int = 1) -> Secret:

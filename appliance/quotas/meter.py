@@ -24,9 +24,10 @@ from typing import Self
 
 from ..accounting import Accounting, UsageRow, open_accounting
 from ..auth.base import Principal
-from ..middleware.request_log import CURRENT, RequestInfo
+from ..auth.secret import Secret
 from ..metering import Outcome, Ticket
 from ..metrics import Metrics
+from ..middleware.request_log import CURRENT, RequestInfo
 from ._memory import MemoryBackend
 from .config import MeteringSettings
 from .errors import QuotaExceeded, QuotaUnavailable
@@ -182,10 +183,10 @@ class Meter:
         return _Ticket(self, principal, route, model, sealed, grant, info)
 
 
-def _read_secret(path: Path, what: str) -> str:
+def _read_secret(path: Path, what: str) -> Secret:
     from ..auth.secret import read_secret_file
 
-    return read_secret_file(path, what).reveal()
+    return read_secret_file(path, what)
 
 
 def build_meter(settings: MeteringSettings, metrics: Metrics | None = None) -> Meter:
@@ -199,7 +200,7 @@ def build_meter(settings: MeteringSettings, metrics: Metrics | None = None) -> M
         else:
             from ._redis import RedisBackend
 
-            password = _read_secret(q.storage_password_file, "quotas.storage_password_file") \
+            password = _read_secret(q.storage_password_file, "quotas.storage_password_file").reveal() \
                 if q.storage_password_file is not None else None
             backend = RedisBackend(q.storage, password, q.storage_timeout, q.lease_ttl)
         quotas = Quotas(policy, backend, q.fail_open, q.storage_timeout)  # type: ignore[arg-type]
