@@ -1,10 +1,8 @@
-"""Prometheus metrics: a small registry, the appliance's metrics, and the ``/metrics`` endpoint.
+"""Prometheus metrics: the appliance's metrics in a ``prometheus_client`` registry, and ``/metrics``.
 
-The text exposition format (version 0.0.4) is small enough to write here:
-counters, gauges and histograms with fixed label names.  Label values are
-only ever route paths, route ids, model names from the gates' listings,
-status codes, limit names and cluster names: never users (unbounded, and
-personal) and never anything a request carried.
+Label values are only ever route paths, route ids, model names from the
+gates' listings, status codes, limit names and cluster names: never users
+(unbounded, and personal) and never anything a request carried.
 
 ``/metrics`` is closed unless configured (``[metrics]``): either it needs
 ``Authorization: Bearer <token>`` (the token read from ``token_file``), or it
@@ -14,13 +12,14 @@ is served only on a separate admin address (``admin_bind``), or both.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import hashlib
 import hmac
-import math
-from collections.abc import Iterable, Sequence
-from typing import Final, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Final
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,9 +30,9 @@ from policy.errors import SluiceError
 from .api.errors import error_response
 from .catalog import ClusterSet
 
-__all__ = ["CONTENT_TYPE", "Counter", "Gauge", "Histogram", "Metrics", "Registry", "metrics_app", "metrics_route"]
+__all__ = ["CONTENT_TYPE", "Metrics", "metrics_app", "metrics_route"]
 
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 
 # End to end, from the request's arrival to its last byte: quick embeddings up to long generations.
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -45,207 +44,118 @@ TOKEN_RATE_BUCKETS: Final = (1.0, 2.0, 5.0, 10.0, 20.0, 35.0, 50.0, 75.0, 100.0,
 # A scrape waits this long for the clusters' listings before it reports them as down.
 SCRAPE_TIMEOUT: Final = 2.0
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+# No ``*_created`` series: a scrape shows what the metrics above say, and nothing per process start.
+disable_created_metrics()
 
 
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
+class _Families:
+    """A collector for metric families read at scrape time."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = tuple(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
 
 
-class _Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        self.name = name
-        self.help = help_text
-        self.label_names = tuple(labels)
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-    def render(self) -> list[str]:
-        raise NotImplementedError
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labels)
-        self.values: dict[tuple[str, ...], float] = {}
-
-    def inc(self, labels: tuple[str, ...] = (), amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
-
-    def get(self, labels: tuple[str, ...] = ()) -> float:
-        return self.values.get(labels, 0.0)
-
-    def render(self) -> list[str]:
-        lines = self.header()
-        for labels, value in sorted(self.values.items()):
-            lines.append(f"{self.name}{_labels(self.label_names, labels)} {_number(value)}")
-        return lines
-
-
-class Gauge(Counter):
-    kind = "gauge"
-
-    def set(self, labels: tuple[str, ...], value: float) -> None:
-        self.values[labels] = value
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str], buckets: Sequence[float]) -> None:
-        super().__init__(name, help_text, labels)
-        self.buckets = tuple(sorted(buckets))
-        # Per label set: counts per bucket (not cumulative; +Inf last), then the sum.
-        self.values: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
-
-    def observe(self, labels: tuple[str, ...], value: float) -> None:
-        found = self.values.get(labels)
-        if found is None:
-            found = self.values[labels] = ([0] * (len(self.buckets) + 1), [0.0])
-        found[0][bisect.bisect_left(self.buckets, value)] += 1
-        found[1][0] += value
-
-    def count(self, labels: tuple[str, ...]) -> int:
-        found = self.values.get(labels)
-        return sum(found[0]) if found else 0
-
-    def render(self) -> list[str]:
-        lines = self.header()
-        for labels, (counts, total) in sorted(self.values.items()):
-            running = 0
-            for bound, count in zip((*self.buckets, math.inf), counts, strict=True):
-                running += count
-                le = 'le="' + _number(bound) + '"'
-                lines.append(f"{self.name}_bucket{_labels(self.label_names, labels, le)} {running}")
-            lines.append(f"{self.name}_sum{_labels(self.label_names, labels)} {_number(total[0])}")
-            lines.append(f"{self.name}_count{_labels(self.label_names, labels)} {running}")
-        return lines
-
-
-_M = TypeVar("_M", bound=_Metric)
-
-
-class Registry:
-    def __init__(self) -> None:
-        self.metrics: list[_Metric] = []
-
-    def add(self, metric: _M) -> _M:
-        self.metrics.append(metric)
-        return metric
-
-    def render(self, extra: Iterable[_Metric] = ()) -> bytes:
-        lines: list[str] = []
-        for metric in (*self.metrics, *extra):
-            lines.extend(metric.render())
-        return ("\n".join(lines) + "\n").encode()
-
-
-class Metrics(Registry):
-    """Everything the appliance counts."""
+class Metrics:
+    """Everything the appliance counts, in a registry of its own."""
 
     def __init__(self) -> None:
-        super().__init__()
-        add = self.add
-        self.http_requests = add(Counter(
-            "sluice_http_requests_total", "HTTP requests answered, by route and status.", ("path", "status")))
-        self.http_duration = add(Histogram(
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter(
+            "sluice_http_requests_total", "HTTP requests answered, by route and status.", ("path", "status"),
+            registry=registry)
+        self.http_duration = Histogram(
             "sluice_http_request_duration_seconds", "Time from a request's arrival to its last response byte.",
-            ("path",), LATENCY_BUCKETS))
-        self.requests = add(Counter(
+            ("path",), buckets=LATENCY_BUCKETS, registry=registry)
+        self.requests = Counter(
             "sluice_requests_total", "Requests admitted to a model, by route, model and final status.",
-            ("route", "model", "status")))
-        self.latency = add(Histogram(
+            ("route", "model", "status"), registry=registry)
+        self.latency = Histogram(
             "sluice_request_duration_seconds", "End-to-end time of admitted requests, to the last byte.",
-            ("route", "model"), LATENCY_BUCKETS))
-        self.first_token = add(Histogram(
+            ("route", "model"), buckets=LATENCY_BUCKETS, registry=registry)
+        self.first_token = Histogram(
             "sluice_time_to_first_token_seconds",
             "Time to the first content of a clear streamed answer (keepalives of a held stream do not count).",
-            ("route", "model"), FIRST_TOKEN_BUCKETS))
-        self.token_rate = add(Histogram(
+            ("route", "model"), buckets=FIRST_TOKEN_BUCKETS, registry=registry)
+        self.token_rate = Histogram(
             "sluice_output_tokens_per_second",
             "Completion tokens per second of generation (after the first token for streams), by route and model.",
-            ("route", "model"), TOKEN_RATE_BUCKETS))
-        self.tokens = add(Counter(
+            ("route", "model"), buckets=TOKEN_RATE_BUCKETS, registry=registry)
+        self.tokens = Counter(
             "sluice_tokens_total", "Tokens the gates reported, by route, model and type (prompt, completion).",
-            ("route", "model", "type")))
-        self.in_flight = add(Gauge(
+            ("route", "model", "type"), registry=registry)
+        self.in_flight = Gauge(
             "sluice_requests_in_flight", "Admitted requests not yet finished, by model (queued or answering).",
-            ("model",)))
-        self.quota_rejections = add(Counter(
+            ("model",), registry=registry)
+        self.quota_rejections = Counter(
             "sluice_quota_rejections_total", "Requests refused by a quota, by limit and scope (user, key, group).",
-            ("limit", "scope")))
-        self.quota_storage_errors = add(Counter(
+            ("limit", "scope"), registry=registry)
+        self.quota_storage_errors = Counter(
             "sluice_quota_storage_errors_total",
             "Admissions that found the quota storage unreachable, by what happened (denied, unmetered).",
-            ("outcome",)))
-        self.accounting_errors = add(Counter(
-            "sluice_accounting_errors_total", "Usage rows that could not be written."))
-        self.accounting_backlog = add(Gauge(
-            "sluice_accounting_backlog", "Usage rows handed to the store and not yet committed."))
-        self.accounting_backlog.set((), 0)
+            ("outcome",), registry=registry)
+        self.accounting_errors = Counter(
+            "sluice_accounting_errors_total", "Usage rows that could not be written.", registry=registry)
+        self.accounting_backlog = Gauge(
+            "sluice_accounting_backlog", "Usage rows handed to the store and not yet committed.", registry=registry)
 
-    async def cluster_metrics(self, clusters: ClusterSet) -> list[_Metric]:
+    def render(self, extra: Iterable[Metric] = ()) -> bytes:
+        """The text exposition of these metrics and of ``extra`` (families read at scrape time)."""
+        scraped = CollectorRegistry(auto_describe=False)
+        scraped.register(_Families(extra))
+        return generate_latest(self.registry) + generate_latest(scraped)
+
+    async def cluster_metrics(self, clusters: ClusterSet) -> list[Metric]:
         """Read at scrape time: each cluster's gate pool, and each model's state as its gate lists it."""
-        up = Gauge("sluice_cluster_up", "1 if the cluster's gate answered its latest model listing.", ("cluster",))
-        ready = Gauge("sluice_model_ready", "1 if the model has a ready instance, by cluster.", ("cluster", "model"))
-        instances = Gauge("sluice_model_instances", "Instances of the model by state (ready, starting), by cluster.",
-                          ("cluster", "model", "state"))
-        held = Gauge("sluice_gate_held_requests",
-                     "Requests waiting in the gates' hold queue for an instance of the model to start.",
-                     ("cluster", "model"))
-        gate_in_flight = Gauge("sluice_gate_requests_in_flight",
-                               "Requests the gates are answering for the model, over all gate processes.",
-                               ("cluster", "model"))
-        pool: dict[str, Counter] = {}
+        up = GaugeMetricFamily("sluice_cluster_up", "1 if the cluster's gate answered its latest model listing.",
+                               labels=("cluster",))
+        ready = GaugeMetricFamily("sluice_model_ready", "1 if the model has a ready instance, by cluster.",
+                                  labels=("cluster", "model"))
+        instances = GaugeMetricFamily("sluice_model_instances",
+                                      "Instances of the model by state (ready, starting), by cluster.",
+                                      labels=("cluster", "model", "state"))
+        held = GaugeMetricFamily("sluice_gate_held_requests",
+                                 "Requests waiting in the gates' hold queue for an instance of the model to start.",
+                                 labels=("cluster", "model"))
+        gate_in_flight = GaugeMetricFamily("sluice_gate_requests_in_flight",
+                                           "Requests the gates are answering for the model, over all gate processes.",
+                                           labels=("cluster", "model"))
+        pool: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
         for name, catalog in clusters.catalogs.items():
             for key, value in catalog.transport.stats().items():
                 if key.isidentifier() and key.isascii():
                     metric = pool.get(key)
                     if metric is None:
                         metric = pool[key] = _pool_metric(key)
-                    metric.values[(name,)] = float(value)
+                    metric.add_metric((name,), float(value))
             try:
                 async with asyncio.timeout(SCRAPE_TIMEOUT):
                     listing = await catalog.models()
             except (SluiceError, TimeoutError):
-                up.set((name,), 0)
+                up.add_metric((name,), 0)
                 continue
-            up.set((name,), 1)
+            up.add_metric((name,), 1)
             for model in listing.values():
-                ready.set((name, model.id), 1 if model.ready else 0)
-                instances.set((name, model.id, "ready"), model.instances_ready)
-                instances.set((name, model.id, "starting"), model.instances_starting)
-                held.set((name, model.id), model.held)
-                gate_in_flight.set((name, model.id), model.gate_in_flight)
+                ready.add_metric((name, model.id), 1 if model.ready else 0)
+                instances.add_metric((name, model.id, "ready"), model.instances_ready)
+                instances.add_metric((name, model.id, "starting"), model.instances_starting)
+                held.add_metric((name, model.id), model.held)
+                gate_in_flight.add_metric((name, model.id), model.gate_in_flight)
         return [up, ready, instances, held, gate_in_flight, *pool.values()]
 
 
-def _pool_metric(key: str) -> Counter:
+def _pool_metric(key: str) -> CounterMetricFamily | GaugeMetricFamily:
     """A transport statistic as a metric: ``..._total`` keys are counters, the rest gauges."""
     name = f"sluice_gate_{key.lower()}"
     if key.endswith("_total"):
-        return Counter(name, f"The transport to the gate: {key[:-6].replace('_', ' ')} so far.", ("cluster",))
+        return CounterMetricFamily(name, f"The transport to the gate: {key[:-6].replace('_', ' ')} so far.",
+                                   labels=("cluster",))
     if key == "slots":
-        return Gauge(name, "The transport to the gate: connections configured (sessions of them usable).", ("cluster",))
-    return Gauge(name, f"The transport to the gate: open {key}.", ("cluster",))
+        return GaugeMetricFamily(name, "The transport to the gate: connections configured (sessions of them usable).",
+                                 labels=("cluster",))
+    return GaugeMetricFamily(name, f"The transport to the gate: open {key}.", labels=("cluster",))
 
 
 def _token_digest(token: str) -> bytes:

@@ -43,5 +43,5 @@ class HttpMetricsMiddleware:
             raise
         finally:
             path = route_path(scope)
-            self.metrics.http_requests.inc((path, str(status)))
-            self.metrics.http_duration.observe((path,), time.perf_counter() - started)
+            self.metrics.http_requests.labels(path, str(status)).inc()
+            self.metrics.http_duration.labels(path).observe(time.perf_counter() - started)

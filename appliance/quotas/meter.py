@@ -73,19 +73,19 @@ class _Ticket:
         metrics = meter.metrics
         if metrics is not None:
             labels = (self._route, self._model)
-            metrics.requests.inc((self._route, self._model, str(outcome.status)))
-            metrics.latency.observe(labels, outcome.latency)
+            metrics.requests.labels(self._route, self._model, str(outcome.status)).inc()
+            metrics.latency.labels(*labels).observe(outcome.latency)
             if outcome.first_token is not None and not sealed:
                 # a sealed stream's first chunk may be a sealed keepalive: only clear streams are timed
-                metrics.first_token.observe(labels, outcome.first_token)
+                metrics.first_token.labels(*labels).observe(outcome.first_token)
             rate = token_rate(outcome)
             if rate is not None:
-                metrics.token_rate.observe(labels, rate)
+                metrics.token_rate.labels(*labels).observe(rate)
             if outcome.prompt_tokens:
-                metrics.tokens.inc((self._route, self._model, "prompt"), outcome.prompt_tokens)
+                metrics.tokens.labels(self._route, self._model, "prompt").inc(outcome.prompt_tokens)
             if outcome.completion_tokens:
-                metrics.tokens.inc((self._route, self._model, "completion"), outcome.completion_tokens)
-            metrics.in_flight.inc((self._model,), -1)
+                metrics.tokens.labels(self._route, self._model, "completion").inc(outcome.completion_tokens)
+            metrics.in_flight.labels(self._model).dec()
         info = self._info
         if info is not None:
             info.prompt_tokens = outcome.prompt_tokens
@@ -109,7 +109,7 @@ class _Ticket:
                     metrics.accounting_errors.inc()
             finally:
                 if metrics is not None:
-                    metrics.accounting_backlog.inc(amount=-1)
+                    metrics.accounting_backlog.dec()
 
 
 def token_rate(outcome: Outcome) -> float | None:
@@ -165,20 +165,20 @@ class Meter:
                 grant = await self.quotas.admit(principal, max_tokens, sealed)
             except QuotaExceeded as exc:
                 if metrics is not None:
-                    metrics.quota_rejections.inc((exc.limit, exc.scope))
+                    metrics.quota_rejections.labels(exc.limit, exc.scope).inc()
                 if info is not None:
                     info.refused_by = exc.limit
                 raise
             except QuotaUnavailable:
                 if metrics is not None:
-                    metrics.quota_storage_errors.inc(("denied",))
+                    metrics.quota_storage_errors.labels("denied").inc()
                 if info is not None:
                     info.refused_by = "quota_unavailable"
                 raise
             if grant.unmetered and metrics is not None:
-                metrics.quota_storage_errors.inc(("unmetered",))
+                metrics.quota_storage_errors.labels("unmetered").inc()
         if metrics is not None:
-            metrics.in_flight.inc((model,))
+            metrics.in_flight.labels(model).inc()
         self.in_flight += 1
         return _Ticket(self, principal, route, model, sealed, grant, info)
 

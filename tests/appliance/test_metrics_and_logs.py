@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -17,15 +18,7 @@ from starlette.testclient import TestClient
 
 from appliance.catalog import ClusterSet
 from appliance.logs import JsonFormatter, configure_logging
-from appliance.metrics import (
-    Counter,
-    Gauge,
-    Histogram,
-    Metrics,
-    Registry,
-    metrics_app,
-    metrics_route,
-)
+from appliance.metrics import Metrics, metrics_app, metrics_route
 from appliance.middleware.http_metrics import HttpMetricsMiddleware
 from appliance.middleware.request_log import CURRENT, RequestLogMiddleware
 
@@ -45,32 +38,35 @@ class FakeTransport:
 
 
 def test_exposition_format() -> None:
-    registry = Registry()
-    requests = registry.add(Counter("x_requests_total", "Requests.", ("path", "status")))
-    requests.inc(("/v1/chat", "200"))
-    requests.inc(("/v1/chat", "200"), 2)
-    requests.inc(('we"ird\\path\n', "500"))
-    gauge = registry.add(Gauge("x_up", "Up."))
-    gauge.set((), 1)
-    histogram = registry.add(Histogram("x_seconds", "Latency.", ("route",), (0.1, 1.0)))
+    """What a scrape shows (prometheus_client, text format 0.0.4): escaped label values,
+    cumulative buckets with an inclusive ``le``, the sum and the count, no ``_created`` series."""
+    registry = CollectorRegistry()
+    requests = Counter("x_requests_total", "Requests.", ("path", "status"), registry=registry)
+    requests.labels("/v1/chat", "200").inc()
+    requests.labels("/v1/chat", "200").inc(2)
+    requests.labels('we"ird\\path\n', "500").inc()
+    gauge = Gauge("x_up", "Up.", registry=registry)
+    gauge.set(1)
+    histogram = Histogram("x_seconds", "Latency.", ("route",), buckets=(0.1, 1.0), registry=registry)
     for value in (0.05, 0.1, 0.5, 5.0):
-        histogram.observe(("chat",), value)
-    text = registry.render().decode()
+        histogram.labels("chat").observe(value)
+    text = generate_latest(registry).decode()
     assert "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\n" in text
-    assert 'x_requests_total{path="/v1/chat",status="200"} 3\n' in text
-    assert 'x_requests_total{path="we\\"ird\\\\path\\n",status="500"} 1\n' in text
-    assert "# TYPE x_up gauge\nx_up 1\n" in text
-    assert 'x_seconds_bucket{route="chat",le="0.1"} 2\n' in text  # le is inclusive
-    assert 'x_seconds_bucket{route="chat",le="1"} 3\n' in text
-    assert 'x_seconds_bucket{route="chat",le="+Inf"} 4\n' in text
+    assert 'x_requests_total{path="/v1/chat",status="200"} 3.0\n' in text
+    assert 'x_requests_total{path="we\\"ird\\\\path\\n",status="500"} 1.0\n' in text
+    assert "# TYPE x_up gauge\nx_up 1.0\n" in text
+    assert 'x_seconds_bucket{le="0.1",route="chat"} 2.0\n' in text  # le is inclusive
+    assert 'x_seconds_bucket{le="1.0",route="chat"} 3.0\n' in text
+    assert 'x_seconds_bucket{le="+Inf",route="chat"} 4.0\n' in text
     assert 'x_seconds_sum{route="chat"} 5.65\n' in text
-    assert 'x_seconds_count{route="chat"} 4\n' in text
-    assert histogram.count(("chat",)) == 4
+    assert 'x_seconds_count{route="chat"} 4.0\n' in text
+    assert "_created" not in text
+    assert registry.get_sample_value("x_seconds_count", {"route": "chat"}) == 4
 
 
 def _metrics_client(token: str | None) -> TestClient:
     metrics = Metrics()
-    metrics.quota_rejections.inc(("requests_per_minute", "user"))
+    metrics.quota_rejections.labels("requests_per_minute", "user").inc()
     clusters = ClusterSet.single(FakeTransport())  # type: ignore[arg-type]
     return TestClient(Starlette(routes=[metrics_route(metrics, clusters, token)]))
 
@@ -205,9 +201,10 @@ def test_request_ids_and_the_request_line(log_stream: io.StringIO) -> None:
     assert requests[0]["request_id"] == ids[0] and requests[0]["user"] == "alice" and requests[0]["prompt_tokens"] == 3
     assert requests[0]["method"] == "GET" and isinstance(requests[0]["latency_ms"], float)
     assert "user" not in requests[1]
-    assert metrics.http_requests.get(("/v1/hello/{name}", "200")) == 1
-    assert metrics.http_requests.get(("other", "404")) == 1
-    assert metrics.http_duration.count(("/stream",)) == 1
+    sample = metrics.registry.get_sample_value
+    assert sample("sluice_http_requests_total", {"path": "/v1/hello/{name}", "status": "200"}) == 1
+    assert sample("sluice_http_requests_total", {"path": "other", "status": "404"}) == 1
+    assert sample("sluice_http_request_duration_seconds_count", {"path": "/stream"}) == 1
 
 
 def test_request_line_can_be_turned_off(log_stream: io.StringIO) -> None:
