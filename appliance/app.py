@@ -23,6 +23,7 @@ from .api.errors import error_response
 from .api.no_store import NoStoreMiddleware
 from .api.openai import OpenAIApi
 from .auth.base import AccessPolicy, Authenticator, DenyAll, IdentityUnavailable
+from .auth.secret import Secret
 from .catalog import ClusterSet
 from .metering import Metering, NoMetering
 from .metrics import Metrics, metrics_route
@@ -67,7 +68,7 @@ class Appliance:
     # --- end request checks ---
     # --- metrics and request logs (appliance/metrics.py, appliance/logs.py) ---
     metrics: Metrics | None = None  # None: no /metrics route at all
-    metrics_token: str | None = field(default=None, repr=False)  # None: /metrics answers 403 here
+    metrics_token: str | Secret | None = field(default=None, repr=False)  # None: /metrics answers 403 here
     access_log: bool = True
     # --- end metrics ---
     last_pong: float = field(default=float("-inf"), init=False)

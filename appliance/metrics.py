@@ -28,6 +28,7 @@ from starlette.routing import Route
 from policy.errors import SluiceError
 
 from .api.errors import error_response
+from .auth.secret import Secret, carried
 from .catalog import ClusterSet
 
 __all__ = ["CONTENT_TYPE", "Metrics", "metrics_app", "metrics_route"]
@@ -167,9 +168,9 @@ async def _render(metrics: Metrics, clusters: ClusterSet) -> Response:
     return Response(body, media_type=CONTENT_TYPE)
 
 
-def metrics_route(metrics: Metrics, clusters: ClusterSet, token: str | None) -> Route:
+def metrics_route(metrics: Metrics, clusters: ClusterSet, token: str | Secret | None) -> Route:
     """``/metrics``: with ``token``, only for ``Authorization: Bearer <token>``; without, closed (403)."""
-    digest = _token_digest(token) if token else None
+    digest = _token_digest(carried(token).reveal()) if token else None  # only the digest is kept
 
     async def endpoint(request: Request) -> Response:
         if digest is None:
@@ -183,7 +184,7 @@ def metrics_route(metrics: Metrics, clusters: ClusterSet, token: str | None) -> 
     return Route("/metrics", endpoint, methods=["GET"])
 
 
-def metrics_app(metrics: Metrics, clusters: ClusterSet, token: str | None = None) -> Starlette:
+def metrics_app(metrics: Metrics, clusters: ClusterSet, token: str | Secret | None = None) -> Starlette:
     """The admin listener's app: ``/metrics`` and nothing else (a token as well, if configured)."""
     if token:
         route = metrics_route(metrics, clusters, token)

@@ -75,7 +75,7 @@ def build_appliance(settings: Settings) -> Appliance:
     if token_file is not None:
         from .auth.secret import read_secret_file
 
-        metrics_token = read_secret_file(token_file, "metrics.token_file", min_length=16).reveal()
+        metrics_token = read_secret_file(token_file, "metrics.token_file", min_length=16)
     # --- end quotas ---
     return Appliance(
         clusters,
