@@ -225,6 +225,35 @@ def test_answers_use_the_registered_status() -> None:
     assert not wrong, f"answers whose status is not the registry's: {wrong}"
 
 
+def _class_constant(classes: dict[str, ast.ClassDef], name: str, attribute: str) -> object:
+    """``attribute`` of the class ``name``, from its own body or its nearest base's."""
+    node = classes.get(name)
+    if node is None:
+        return None
+    for statement in node.body:
+        if (isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant)
+                and any(isinstance(t, ast.Name) and t.id == attribute for t in statement.targets)):
+            return statement.value.value
+    for base in node.bases:
+        found = _class_constant(classes, _name(base) or "", attribute)
+        if found is not None:
+            return found
+    return None
+
+
+def test_each_error_class_has_its_codes_status() -> None:
+    """A class's own code is registered with the status the class answers with."""
+    classes = _error_classes(_modules())
+    wrong = []
+    for name, node in classes.items():
+        if any(isinstance(s, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "code" for t in s.targets)
+               for s in node.body):
+            code, status = _class_constant(classes, name, "code"), _class_constant(classes, name, "status")
+            if CODES[code].status != status:  # type: ignore[index]
+                wrong.append((name, code, status, CODES[code].status))  # type: ignore[index]
+    assert not wrong, f"(class, code, its status, the registry's): {wrong}"
+
+
 def test_every_code_has_its_own_message() -> None:
     generic = {"The request was rejected.", "The request could not be served."}
     messages = collections.Counter(entry.message for entry in CODES.values())
