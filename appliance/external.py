@@ -55,12 +55,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from policy.config import ConfigError, Table
 from policy.errors import BodyRejected, SluiceError
 
 from .api.errors import error_response, from_error
 from .api.openai import read_body
 from .auth.base import Principal
-from .auth.config import ConfigError, Table, check_url
+from .auth.config import check_url
 from .auth.secret import Secret, read_secret_file
 from .metering import Outcome, Ticket
 from .quotas import Limit, MemoryBackend, Plan, QuotaExceeded, QuotaPolicy, Quotas
@@ -116,7 +117,7 @@ def parse_external(data: Any, base: Path) -> tuple[ExternalUpstream, ...]:
         routes = table.strings("routes", ("chat",), max_items=3)
         if not set(routes) <= set(ROUTE_PATHS):
             raise ConfigError(f"{where}.routes must be some of {', '.join(ROUTE_PATHS)}")
-        key_file = table.path("api_key_file", base)
+        key_file = table.path("api_key_file", base, must_exist=True)
         try:
             read_secret_file(key_file, f"{where}.api_key_file")
         except ValueError as exc:

@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from policy.config import ConfigError, Table
+
 from .access import AccessPolicyError, load_access_policy
 from .identity import ClaimNames
 from .secret import read_secret_file
@@ -73,10 +75,6 @@ DEFAULT_ACCESS_POLICY: Final = Path(__file__).resolve().parent.parent.parent / "
 
 _HEADER_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ConfigError(ValueError):
-    """The configuration is wrong; the message names the key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,59 +135,6 @@ class IdentitySettings:
     def users_sign_in(self) -> bool:
         """Whether people sign in (OIDC or a trusted proxy), so groups decide access."""
         return self.oidc is not None or self.auth.trusted_header is not None
-
-
-class Table:
-    """Typed access to one TOML table, with errors that name the key."""
-
-    def __init__(self, data: Any, where: str, allowed: set[str]) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where} must be a table")
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]} is not a known setting (known: {', '.join(sorted(allowed))})")
-        self.data, self.where = data, where
-
-    def get(self, key: str, kind: type, default: Any = ...) -> Any:
-        if key not in self.data:
-            if default is ...:
-                raise ConfigError(f"{self.where}.{key} is required")
-            return default
-        value = self.data[key]
-        if kind is float and type(value) is int:
-            value = float(value)
-        if type(value) is not kind:
-            raise ConfigError(f"{self.where}.{key} must be a {kind.__name__}")
-        return value
-
-    def number(self, key: str, kind: type, low: float, high: float, default: Any) -> Any:
-        value = self.get(key, kind, default)
-        if not low <= value <= high:
-            raise ConfigError(f"{self.where}.{key} must be between {low} and {high}")
-        return value
-
-    def text(self, key: str, default: Any = ..., max_length: int = 1024) -> Any:
-        value = self.get(key, str, default)
-        if isinstance(value, str) and not (0 < len(value) <= max_length and value.isprintable()):
-            raise ConfigError(f"{self.where}.{key} must be 1 to {max_length} printable characters")
-        return value
-
-    def strings(self, key: str, default: Any = ..., max_items: int = 64) -> Any:
-        value = self.get(key, list, default)
-        if isinstance(value, list):
-            if not 0 < len(value) <= max_items or not all(isinstance(v, str) and v and v.isprintable() for v in value):
-                raise ConfigError(f"{self.where}.{key} must be a list of 1 to {max_items} non-empty strings")
-            return tuple(value)
-        return value
-
-    def path(self, key: str, base: Path, default: Any = ..., must_exist: bool = True) -> Any:
-        value = self.text(key, default)
-        if not isinstance(value, str):
-            return value
-        path = base / value
-        if must_exist and not path.is_file():
-            raise ConfigError(f"{self.where}.{key}: {path} does not exist")
-        return path
 
 
 def is_loopback_http(url: str) -> bool:
@@ -256,7 +201,7 @@ def _auth(data: Any, base: Path) -> AuthSettings:
     database = table.path("database", base, None, must_exist=False)
     if database is not None and not database.parent.is_dir():
         raise ConfigError(f"auth.database: the folder {database.parent} does not exist")
-    dsn_file = table.path("database_dsn_file", base, None)
+    dsn_file = table.path("database_dsn_file", base, None, must_exist=True)
     if dsn_file is not None and database is not None:
         raise ConfigError("auth.database and auth.database_dsn_file are alternatives: set one")
     if dsn_file is not None:
@@ -275,7 +220,7 @@ def _auth(data: Any, base: Path) -> AuthSettings:
         raise ConfigError("auth.cookie_samesite must be 'lax' or 'strict'")
     trusted = table.data.get("trusted_header")
     return AuthSettings(
-        database, public_url, table.path("session_secret_file", base, None), secure, samesite,
+        database, public_url, table.path("session_secret_file", base, None, must_exist=True), secure, samesite,
         table.number("session_lifetime", float, 60, 7 * 86400, 8 * 3600.0),
         table.number("groups_max_age", float, 60, 366 * 86400, 30 * 86400.0),
         table.number("key_max_days", int, 1, 3650, 365),
@@ -305,7 +250,7 @@ def _oidc(data: Any, base: Path) -> OidcSettings:
     return OidcSettings(
         issuer,
         table.text("client_id", max_length=256),
-        table.path("client_secret_file", base, None),
+        table.path("client_secret_file", base, None, must_exist=True),
         scopes, algorithms, table.number("leeway", float, 0, 300, 30.0), claims,
         table.get("rp_logout", bool, True),
         table.text("api_audience", None, 256), table.text("api_scope", None, 256),
@@ -320,7 +265,7 @@ def parse_identity(data: dict[str, Any], base: Path) -> IdentitySettings:
     unsafe_allow_all = False
     if "access" in data:
         table = Table(data["access"], "access", {"policy", "unsafe_allow_all"})
-        access = table.path("policy", base, None)
+        access = table.path("policy", base, None, must_exist=True)
         unsafe_allow_all = table.get("unsafe_allow_all", bool, False)
         if access is not None and unsafe_allow_all:
             raise ConfigError("access: set either policy or unsafe_allow_all, not both")

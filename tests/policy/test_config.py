@@ -154,3 +154,15 @@ def test_config_error_is_in_the_one_error_tree() -> None:
     assert issubclass(ConfigError, LocalError) and issubclass(ConfigError, SluiceError)
     assert issubclass(ConfigError, ValueError)
 
+
+def test_there_is_one_config_error_class_in_the_tree() -> None:
+    """Every configuration reader raises policy.config.ConfigError: no package defines its own."""
+    found = []
+    for package in ("policy", "cluster", "appliance"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ClassDef) and (
+                    node.name.endswith("ConfigError") or node.name in ("SettingsError",)
+                ):
+                    found.append(f"{path.relative_to(ROOT)}:{node.name}")
+    assert found == ["policy/config.py:ConfigError"]
