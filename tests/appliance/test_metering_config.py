@@ -114,3 +114,13 @@ def test_build_meter(tmp_path: Path) -> None:
     asyncio.run(scenario())
     off = build_meter(settings("[quotas]\nenabled = false", tmp_path))
     assert off.quotas is None and off.accounting is None
+
+
+def test_reject_names_the_file_the_key_and_the_fix(tmp_path: Path) -> None:
+    from appliance.settings import load_settings
+
+    (tmp_path / "sluice.toml").write_text(CLUSTER + "[logging]\nlevel = 'loud'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path / "sluice.toml")
+    assert str(info.value) == f"{tmp_path / 'sluice.toml'}: logging.level must be one of: debug, info, warning, error"
+    assert info.value.key == "logging.level"

@@ -220,3 +220,13 @@ def test_reject_static_tls_mistakes(tmp_path: Path, extra: str, message: str) ->
     (tmp_path / "cluster.toml").write_text(STATIC + extra)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(tmp_path / "cluster.toml")
+
+
+def test_reject_names_the_file_the_key_and_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "cluster.toml").write_text(BASE + "hold_queue = -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "cluster.toml")
+    assert str(info.value) == f"{tmp_path / 'cluster.toml'}: services.m.hold_queue must be between 0 and 4096"
+    assert info.value.key == "services.m.hold_queue"
+    with pytest.raises(ConfigError, match="^" + re.escape(str(tmp_path / "missing.toml")) + ": cannot read"):
+        load_config(tmp_path / "missing.toml")
