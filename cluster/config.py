@@ -120,7 +120,7 @@ class SlurmResources:
     qos: str | None = None
     reservation: str | None = None
     gres: str | None = None
-    cpus_per_task: int | None = None
+    cpus_per_task: int | None = setting(None, low=1, high=4096)
     mem: str | None = None
     constraint: str | None = None
     exclusive: bool = False
@@ -371,22 +371,17 @@ def _time_limit(value: Any, where: str) -> int | None:
 _RESOURCE_STRINGS: Final = ("partition", "account", "qos", "reservation", "gres", "mem", "constraint")
 
 
-def _resources(table: Table, where: str) -> SlurmResources:
-    strings = _RESOURCE_STRINGS
-    values: dict[str, Any] = {}
-    for key in strings:
-        value = table.get(key, str, None)
-        if value is not None and not _SLURM_VALUE.fullmatch(value):
-            raise ConfigError(f"{where}.{key} must be printable ASCII without spaces")
-        values[key] = value
-    cpus = table.get("cpus_per_task", int, None)
-    if cpus is not None and not 1 <= cpus <= 4096:
-        raise ConfigError(f"{where}.cpus_per_task must be between 1 and 4096")
+def _resources(table: Table) -> SlurmResources:
     nice = table.get("nice", int, None)
     if nice is not None and not 0 <= nice <= 10000:
         # negative nice needs a Slurm operator; ask for a QOS instead
-        raise ConfigError(f"{where}.nice must be between 0 and 10000 (raise priority with a qos)")
-    return SlurmResources(cpus_per_task=cpus, nice=nice, exclusive=table.get("exclusive", bool, False), **values)
+        raise table.error("nice", "must be between 0 and 10000 (raise priority with a qos)")
+    resources: SlurmResources = build(SlurmResources, table, nice=nice)
+    for key in _RESOURCE_STRINGS:
+        value = getattr(resources, key)
+        if value is not None and not _SLURM_VALUE.fullmatch(value):
+            raise table.error(key, "must be printable ASCII without spaces")
+    return resources
 
 
 def _schedule(items: list[Any], where: str, low: int, high: int) -> tuple[SchedulePeriod, ...]:
@@ -490,9 +485,7 @@ def _service(name: str, data: Any, where: str, base: Path, request_timeout: floa
             )
     else:
         template, template_name, variables = _template(table, where, base, plain)
-        resources = _resources(
-            table.table("resources", _RESOURCE_STRINGS + ("cpus_per_task", "exclusive", "nice"), {}), f"{where}.resources"
-        )
+        resources = _resources(table.table("resources", config_keys(SlurmResources), {}))
         time_limit = _time_limit(table.data.get("time_limit"), where)
     low = table.get("min_instances", int, 1)
     high = table.get("max_instances", int, max(low, 1))
