@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from policy.config import ConfigError, Table, config_keys, setting
+from policy.config import ConfigError, Table, config_keys, default
 
 __all__ = ["AccountingSettings", "parse_accounting"]
 
@@ -29,7 +29,7 @@ _BACKENDS: Final = ("sqlite", "postgresql")
 class AccountingSettings:
     backend: str | None = None  # None: no accounting; in the file, "sqlite" unless named
     path: Path | None = None
-    synchronous: str = setting("normal", choices=("normal", "full"))
+    synchronous: str = "normal"  # or "full"
     dsn_file: Path | None = None
     journal: Path | None = None  # postgresql: rows waiting for the database, on this replica's disk
     audit_key_file: Path | None = None  # HMAC key signing the audit trail's records (optional)
@@ -48,8 +48,8 @@ def parse_accounting(data: Any, base: Path) -> AccountingSettings:
             raise table.error("path", f": the directory {path.parent} does not exist; create it or name another")
         if "dsn_file" in table or "journal" in table:
             raise ConfigError("accounting.dsn_file and accounting.journal are for the postgresql backend", key="accounting")
-        return AccountingSettings("sqlite", path, table.choice("synchronous", ("normal", "full"), "normal"),
-                                  audit_key_file=audit_key_file)
+        synchronous = table.choice("synchronous", ("normal", "full"), default(AccountingSettings, "synchronous"))
+        return AccountingSettings("sqlite", path, synchronous, audit_key_file=audit_key_file)
     dsn_file = table.path("dsn_file", base, None, must_exist=True)
     if dsn_file is None:
         raise table.error("dsn_file", "is required with the postgresql backend")
