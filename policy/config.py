@@ -121,7 +121,7 @@ class Table:
         """The value of ``key`` if it is of ``kind``; ``default`` if absent."""
         if key not in self.data:
             if default is REQUIRED:
-                raise self.error(key, "is required")
+                raise self.error(key, f"is required; add it to {f'[{self.where}]' if self.where else 'the file'}")
             return default
         value = self.data[key]
         if not _typed(value, kind):

@@ -90,9 +90,9 @@ def test_reject_a_table_that_is_not_one() -> None:
 
 def test_missing_keys_are_named_by_their_dotted_path() -> None:
     outer = table("[b]\n", ("b",), where="")
-    with pytest.raises(ConfigError, match=r"^b\.c is required$"):
+    with pytest.raises(ConfigError, match=r"^b\.c is required; add it to \[b\]$"):
         outer.table("b", ("c",)).get("c", str)
-    with pytest.raises(ConfigError, match="^x is required$"):
+    with pytest.raises(ConfigError, match="^x is required; add it to the file$"):
         outer.get("x", str)
     assert outer.get("x", str, None) is None
 
