@@ -28,7 +28,8 @@ from ..config import ClusterConfig, ConfigError, load_config
 from ..routing import Router
 from ..tls import GateContext
 from .forward import Forwarder
-from .session import BODY_IDLE_TIMEOUT, FrameSink, MuxSession
+from .session import BODY_IDLE_TIMEOUT, MuxSession
+from .sinks import FrameSink
 
 __all__ = ["GateEnv", "run", "main"]
 

@@ -37,7 +37,7 @@ from sluice_sdk.ohttp import ChunkedResponseSealer, ResponseSealer
 from sluice_sdk.replay import ReplayGuard, retention
 
 from .bounds import Holder
-from .session import FrameSink
+from .sinks import FrameSink
 from .usage import Usage
 
 __all__ = ["REPLAY_WINDOW", "REPLAY_PRUNE_INTERVAL", "REPLAY_PRUNE_BATCH", "REPLAY_CACHE_KIB", "PRUNE_SQL", "SharedReplayGuard", "SealingSink", "open_sealed", "sealed_error"]
@@ -142,7 +142,7 @@ def sealed_error(sealer: ResponseSealer | ChunkedResponseSealer, error: SluiceEr
 
 
 class SealingSink:
-    """Wraps the stream's :class:`~cluster.gate.session.FrameSink`: what goes in clear comes out sealed.
+    """Wraps the stream's :class:`~cluster.gate.sinks.FrameSink`: what goes in clear comes out sealed.
 
     Whole mode (RFC 9458): the inner answer is collected (at most
     ``bounds.MAX_RESPONSE_BYTES``, counted in the process's held bytes, an

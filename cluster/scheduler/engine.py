@@ -41,7 +41,9 @@ from .plan import (
     decide,
     effective_limits,
 )
-from .slurm import RUNNING_STATES, TERMINAL_STATES, SlurmError
+from .paths import load_dir, state_path
+from .phases import ENDED_STATES, RUNNING_STATES, phase_of, routable
+from .slurm import SlurmError
 from ..tls import (
     CLIENT_CERT,
     JobIdentity,
@@ -54,12 +56,9 @@ from ..tls import (
 )
 from .state import MAX_STARTUPS, JobRecord, SchedulerState, ensure_private_dir, load_state, save_state
 
-__all__ = ["Backend", "Engine", "PassReport", "ObserveError", "ENDED_STATES", "state_path", "lock_path", "load_dir"]
+__all__ = ["Backend", "Engine", "PassReport", "ObserveError"]
 
 log = logging.getLogger("sluice.scheduler")
-
-# Backend states after which an instance is gone (Slurm's, plus ours).
-ENDED_STATES: Final = TERMINAL_STATES | {"GONE", "EXITED"}
 
 # A cancelled instance still listed as active this long after the request is
 # cancelled again (the first scancel may have failed).
@@ -88,18 +87,6 @@ class Backend(Protocol):
     def port_free(self, port: int) -> bool: ...
 
 
-def state_path(config: ClusterConfig, backend: str) -> Path:
-    return config.gate.state / f"{backend}-state.json"
-
-
-def lock_path(config: ClusterConfig, backend: str) -> Path:
-    return config.gate.state / f"{backend}.lock"
-
-
-def load_dir(config: ClusterConfig) -> Path:
-    return config.gate.shared / "load"
-
-
 def table_mode(config: ClusterConfig) -> int:
     """The routing table's mode: the gate's account reads it through the group with two accounts."""
     return 0o640 if config.split_accounts else 0o600
@@ -115,25 +102,6 @@ def node_host(template: str, node: str) -> str | None:
     """The address of a job's node as the login node reaches it, or None (a node list)."""
     host = template.replace("{node}", node)
     return host if node and _HOST.fullmatch(host) else None
-
-
-def phase_of(record: JobRecord) -> Phase:
-    if record.ended is not None or record.state in ENDED_STATES:
-        return Phase.ENDED
-    if record.drain is not None:
-        return Phase.DRAINING
-    if record.state in RUNNING_STATES:
-        return Phase.READY if record.ready is not None else Phase.STARTING
-    return Phase.PENDING
-
-
-def routable(record: JobRecord) -> bool:
-    return (
-        phase_of(record) is Phase.READY
-        and record.cancelled is None
-        and record.probe_failures == 0
-        and record.host is not None
-    )
 
 
 @dataclass(slots=True)

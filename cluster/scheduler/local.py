@@ -27,7 +27,8 @@ from typing import Final
 from ..backend_client import BackendPool
 from ..config import PLACEHOLDER, ClusterConfig, Service
 from ..tls import JobIdentity
-from .engine import Engine, lock_path, state_path
+from .engine import Engine
+from .paths import lock_path, state_path
 from .lock import PassLock
 from .state import JobRecord, ensure_private_dir, load_state, save_state
 from .template import tls_values

@@ -23,7 +23,8 @@ import time
 from typing import Final
 
 from ..config import ClusterConfig
-from .engine import Engine, PassReport, lock_path
+from .engine import Engine, PassReport
+from .paths import lock_path
 from .local import LocalScheduler
 from .lock import PassLock
 from .slurm_backend import SlurmBackend

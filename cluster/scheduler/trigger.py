@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Final
 
 from ..config import ClusterConfig
-from .engine import lock_path
+from .paths import lock_path
 from .lock import is_locked
 
 __all__ = ["kick_pass", "kick_path", "kicked_since", "KICK_FILE", "KICK_POLL", "SHARED_FILE_MODE"]
