@@ -20,6 +20,7 @@ from typing import Final
 
 from policy.bodies import load_routes
 from policy.errors import Disallowed
+from policy.events import event_line
 from policy.frames import Kind, encode
 from policy.grammar import MAX_BODY_BYTES, Call, Mux, SessionCommand, parse_command_line
 
@@ -131,7 +132,7 @@ async def _serve(config: ClusterConfig, command: SessionCommand) -> int:
         await writer.drain()
         return 0
     except Disallowed as exc:
-        log.warning('{"event":"violation","code":"%s"}', exc.code)
+        log.warning(event_line("violation", code=exc.code))
         writer.write(encode(Kind.GOAWAY, 0, exc.code.encode()))
         with contextlib.suppress(Exception):
             await writer.drain()
@@ -144,7 +145,7 @@ async def _serve(config: ClusterConfig, command: SessionCommand) -> int:
 
 def _refuse(code: str) -> int:
     """Answer a refused command line: GOAWAY on stdout, nothing echoed."""
-    log.warning('{"event":"violation","code":"%s"}', code)
+    log.warning(event_line("violation", code=code))
     with contextlib.suppress(OSError):
         os.write(1, encode(Kind.GOAWAY, 0, code.encode()))
     return 2

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Final
 
 from policy.errors import BodyRejected, SluiceError
+from policy.events import event_line
 from sluice_sdk.bhttp import BhttpError, Response, ResponseStreamEncoder, encode_response
 from sluice_sdk.errors import SealError
 from sluice_sdk.gateway import OpenedRequest, open_request
@@ -115,7 +116,7 @@ class SharedReplayGuard:
         except sqlite3.IntegrityError:
             raise SealError from None
         except sqlite3.Error:
-            log.error('{"event":"replay_store_failed"}')
+            log.error(event_line("replay_store_failed"))
             raise SealError from None  # fail closed
 
 

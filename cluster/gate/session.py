@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from policy.errors import BodyRejected, Disallowed, Overloaded, PeerError, SluiceError
+from policy.events import event_line
 from policy.frames import CLIENT_KINDS, MAX_STREAMS, FrameDecoder, Kind, encode
 from policy.grammar import MAX_BODY_BYTES, Call, StreamCommand, parse_stream_command
 
@@ -224,7 +225,7 @@ class MuxSession:
         self._table = StreamTable(forwarder.max_body, self._cancel, clock, refuse=self._refuse)
 
     def _refuse(self, stream: int, error: SluiceError) -> None:
-        log.info('{"event":"stream_refused","code":"%s"}', error.code)
+        log.info(event_line("stream_refused", code=error.code))
         FrameSink(self._writer.write, self._writer.drain, stream).error(error)
 
     def _cancel(self, stream: int) -> None:
@@ -244,7 +245,7 @@ class MuxSession:
                 task.result()
             return 0
         except Disallowed as exc:
-            log.warning('{"event":"violation","code":"%s"}', exc.code)
+            log.warning(event_line("violation", code=exc.code))
             with contextlib.suppress(Exception):
                 self._writer.write(encode(Kind.GOAWAY, 0, exc.code.encode()))
                 await asyncio.wait_for(self._writer.drain(), 1.0)
