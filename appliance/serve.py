@@ -12,6 +12,8 @@ from typing import Final
 
 from hypercorn.asyncio import serve
 
+from policy.events import event_line
+
 from .app import Appliance, Extension, create_app
 from .auth.api_keys import ApiKeyStore
 from .auth.build import build_identity
@@ -115,7 +117,7 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
             await meter.start()
         except (OSError, sqlite3.Error, RuntimeError) as exc:  # the accounting store cannot be opened (or its schema)
             logging.getLogger("sluice.metering").error(
-                '{"event":"metering_start_failed","error":"%s"}', type(exc).__name__)
+                event_line("metering_start_failed", error=type(exc).__name__))
             print(f"sluice: cannot start accounting: {exc}", file=sys.stderr)
             return 2
     # Audit trail (appliance/audit): beside the accounting; the configuration and unsafe modes first.
