@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 
 from policy.bodies import RouteTable, load_routes
 from policy.errors import SluiceError
+from policy.events import event_line
 
 from .api.errors import error_response
 from .api.no_store import NoStoreMiddleware
@@ -60,17 +61,13 @@ class Appliance:
     keepalive_interval: float = 5.0
     request_timeout: float = 300.0
     extensions: Sequence[Extension] = ()
-    # --- request checks (appliance/middleware) ---
     public_url: str | None = None  # the origin browsers use; None: the Host a request was sent to
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     output_ceilings: OutputCeilings = field(default_factory=OutputCeilings)
     sealed_keys_ttl: float = KEYS_TTL
-    # --- end request checks ---
-    # --- metrics and request logs (appliance/metrics.py, appliance/logs.py) ---
     metrics: Metrics | None = None  # None: no /metrics route at all
     metrics_token: str | Secret | None = field(default=None, repr=False)  # None: /metrics answers 403 here
     access_log: bool = True
-    # --- end metrics ---
     last_pong: float = field(default=float("-inf"), init=False)
 
     async def ping(self) -> bool:
@@ -121,11 +118,11 @@ def create_app(appliance: Appliance) -> Starlette:
 
     async def identity_unavailable(_: Request, __: Exception) -> Response:
         # The identity store (PostgreSQL) cannot be reached: fail closed, and say it is ours.
-        log.error('{"event":"identity_unavailable"}')
+        log.error(event_line("identity_unavailable"))
         return error_response(503, "identity_unavailable", {"Retry-After": "5"})
 
     async def internal(_: Request, __: Exception) -> Response:
-        log.error('{"event":"internal_error"}')
+        log.error(event_line("internal_error"))
         return error_response(500, "internal")
 
     @contextlib.asynccontextmanager

@@ -12,6 +12,8 @@ from typing import Final
 
 from hypercorn.asyncio import serve
 
+from policy.events import event_line
+
 from .app import Appliance, Extension, create_app
 from .auth.api_keys import ApiKeyStore
 from .auth.build import build_identity
@@ -23,12 +25,10 @@ from .transport.base import GateTransport
 from .transport.local import LocalPipeTransport
 from .web_chat import ChatPage
 
-# --- quotas, accounting, metrics, logging (appliance/quotas, appliance/metrics.py, appliance/logs.py) ---
 from .logs import configure_logging
 from .metrics import Metrics, metrics_app
 from .quotas.meter import Meter, build_meter
 
-# --- end quotas ---
 from .audit.startup import close_trail, open_trail, record_start
 
 __all__ = ["build_appliance", "run_server"]
@@ -57,15 +57,12 @@ def build_appliance(settings: Settings) -> Appliance:
     for entry in settings.api_keys:
         keys.add_digest(entry.sha256, entry.user, entry.key_id, entry.groups)
     clusters = ClusterSet({c.name: _transport(c) for c in settings.clusters})
-    # --- identity (appliance/auth) and external models (appliance/external.py) ---
     identity = build_identity(settings.identity, keys)
     extensions: list[Extension] = [ChatPage(_form_origins(settings)), identity]  # the chat first: it serves "/"
     if settings.external:
         external = ExternalProxy(settings.external)
         identity.extra_models = external.visible
         extensions.append(external)
-    # --- end identity ---
-    # --- quotas, accounting, metrics ---
     metrics = Metrics()
     meter = build_meter(settings.metering, metrics)
     if settings.external and meter.quotas is not None:
@@ -76,7 +73,6 @@ def build_appliance(settings: Settings) -> Appliance:
         from .auth.secret import read_secret_file
 
         metrics_token = read_secret_file(token_file, "metrics.token_file", min_length=16)
-    # --- end quotas ---
     return Appliance(
         clusters,
         identity.authenticator,
@@ -103,7 +99,7 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
     configure_logging(settings.metering.logging.level)
     config = hypercorn_config(settings.server, f"{settings.server.host}:{settings.server.port}")
     appliance = build_appliance(settings)
-    # --- the shared stores (PostgreSQL): connected, and their schema checked, before the first request ---
+    # The shared stores (PostgreSQL): connected, and their schema checked, before the first request.
     from .auth.build import IdentityServices
     from .migrations import SchemaError
 
@@ -114,18 +110,17 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
             except (OSError, RuntimeError, SchemaError) as exc:
                 print(f"sluice: cannot open the identity database: {exc}", file=sys.stderr)
                 return 2
-    # --- end stores ---
-    # --- quotas, accounting, metrics: started before the first request, closed after the last ---
+    # Quotas, accounting, metrics: started before the first request, closed after the last.
     meter = appliance.metering
     if isinstance(meter, Meter):
         try:
             await meter.start()
         except (OSError, sqlite3.Error, RuntimeError) as exc:  # the accounting store cannot be opened (or its schema)
             logging.getLogger("sluice.metering").error(
-                '{"event":"metering_start_failed","error":"%s"}', type(exc).__name__)
+                event_line("metering_start_failed", error=type(exc).__name__))
             print(f"sluice: cannot start accounting: {exc}", file=sys.stderr)
             return 2
-    # --- audit trail (appliance/audit): beside the accounting; the configuration and unsafe modes first ---
+    # Audit trail (appliance/audit): beside the accounting; the configuration and unsafe modes first.
     try:
         trail = open_trail(settings.metering.accounting)
     except (OSError, sqlite3.Error, RuntimeError, ValueError) as exc:
@@ -134,7 +129,6 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
             await meter.aclose()
         return 2
     record_start(settings, config_path)
-    # --- end audit ---
     servers = [serve(create_app(appliance), config, shutdown_trigger=stop.wait)]  # type: ignore[arg-type]
     admin = settings.metering.metrics.admin_bind
     if admin is not None and appliance.metrics is not None:
@@ -147,5 +141,4 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
         if isinstance(meter, Meter):
             await meter.aclose()
         close_trail(trail)
-    # --- end quotas ---
     return 0

@@ -12,8 +12,9 @@ from __future__ import annotations
 import sys
 
 from ..config import ClusterConfig, Service
-from .engine import ENDED_STATES, node_host
-from .slurm import RUNNING_STATES, SlurmCli
+from .engine import node_host
+from .phases import ENDED_STATES, RUNNING_STATES
+from .slurm import SlurmCli
 from .state import JobRecord, ensure_private_dir
 from ..tls import JobIdentity
 from .template import render_job_script
