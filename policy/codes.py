@@ -40,6 +40,7 @@ def _table(*groups: dict[str, tuple[int, str]]) -> MappingProxyType[str, Code]:
 # The base classes' own codes (policy/errors.py).
 _GENERAL: Final = {
     "internal": (500, "Internal error."),
+    "bad_config": (500, "Internal error: the configuration is not valid."),
     "bad_request": (400, "The request is not acceptable."),
     "disallowed": (400, "The request is outside the gate's grammar."),
     "invalid_body": (422, "The request body breaks this endpoint's policy."),

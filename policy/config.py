@@ -32,12 +32,12 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from .errors import LocalError
+from .errors import InternalError
 
 __all__ = ["ConfigError", "REQUIRED", "Table", "setting", "config_keys", "default", "build"]
 
 
-class ConfigError(LocalError, ValueError):
+class ConfigError(InternalError, ValueError):
     """A configuration file is wrong.
 
     The message starts with the file (once known), then the key by its dotted
