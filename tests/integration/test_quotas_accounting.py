@@ -114,11 +114,12 @@ def test_metrics_behind_a_token_and_on_the_admin_address(served: Served) -> None
     assert httpx2.get(f"{served.url}/metrics").status_code == 401
     assert httpx2.get(f"{served.url}/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
     text = httpx2.get(f"{served.url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    # Labels in prometheus-client's order (sorted by name).
     for pattern in (
-        r'^sluice_requests_total\{route="chat",model="standin-chat",status="200"\} \d+',
-        r'^sluice_request_duration_seconds_bucket\{route="chat",model="standin-chat",le="\+Inf"\} \d+',
-        r'^sluice_time_to_first_token_seconds_count\{route="chat",model="standin-chat"\} [1-9]',
-        r'^sluice_tokens_total\{route="chat",model="standin-chat",type="completion"\} \d+',
+        r'^sluice_requests_total\{model="standin-chat",route="chat",status="200"\} \d+',
+        r'^sluice_request_duration_seconds_bucket\{le="\+Inf",model="standin-chat",route="chat"\} \d+',
+        r'^sluice_time_to_first_token_seconds_count\{model="standin-chat",route="chat"\} [1-9]',
+        r'^sluice_tokens_total\{model="standin-chat",route="chat",type="completion"\} \d+',
         r'^sluice_http_requests_total\{path="/v1/chat/completions",status="200"\} \d+',
         r'^sluice_requests_in_flight\{model="standin-chat"\} 0',
         r'^sluice_cluster_up\{cluster="local"\} 1',
