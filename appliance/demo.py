@@ -132,11 +132,11 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     # --- end audit ---
     # The gate's key for sealed requests, made by the cluster side's own command:
     # the appliance never holds (or imports the code that uses) that private key.
-    keys = await asyncio.create_subprocess_exec(
+    create_keys = await asyncio.create_subprocess_exec(
         sys.executable, "-I", "-m", "cluster.cli", "keys", "create", "--config", str(config_path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
     )
-    if await keys.wait() != 0:
+    if await create_keys.wait() != 0:
         print("sluice demo: could not create the gate's key for sealed requests", file=sys.stderr)
     scheduler = await asyncio.create_subprocess_exec(
         sys.executable, "-I", "-m", "cluster.cli", "scheduler", "--config", str(config_path), stdin=asyncio.subprocess.DEVNULL

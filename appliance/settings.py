@@ -227,14 +227,14 @@ def _cluster(data: Any, where: str, base: Path) -> LocalCluster | SshCluster:
 
 
 def _name(table: _Table) -> str:
-    name = table.get("name", str)
+    name: str = table.get("name", str)
     if not name.replace("-", "").replace("_", "").isalnum():
         raise SettingsError(f"{table.where}.name must be letters, digits, '-' and '_'")
     return name
 
 
 def _mode(table: _Table) -> str:
-    mode = table.get("mode", str, "mux")
+    mode: str = table.get("mode", str, "mux")
     if mode not in ("mux", "exec"):
         raise SettingsError(f"{table.where}.mode must be 'mux' or 'exec'")
     return mode

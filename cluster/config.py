@@ -309,7 +309,7 @@ _REVISION_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,127}", re.AS
 
 
 def _revision(table: dict[str, Any], where: str) -> str | None:
-    value = _get(table, "revision", str, where, None)
+    value: str | None = _get(table, "revision", str, where, None)
     if value is not None and _REVISION_RE.fullmatch(value) is None:
         raise ConfigError(f"{where}.revision must be 1 to 128 of letters, digits and ._:/@+- (a revision or hash)")
     return value
@@ -502,7 +502,8 @@ def _service(name: str, table: dict[str, Any], where: str, base: Path, request_t
     plain = _get(table, "unsafe_plain_http", bool, where, False)
     model = _model(name, where)
     command: tuple[str, ...] = ()
-    template, template_name, variables = "", "", ()
+    template, template_name = "", ""
+    variables: tuple[tuple[str, str], ...] = ()
     resources, time_limit = SlurmResources(), None
     if backend == "local":
         argv = _get(table, "command", list, where)

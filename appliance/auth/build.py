@@ -75,7 +75,7 @@ class IdentityServices:
                 return None
             return sorted({*self.access.visible(principal, names), *extra})
 
-        return self.pages(models).routes()  # type: ignore[arg-type]
+        return self.pages(models).routes()
 
     async def start(self) -> None:
         """Connect to the identity store (PostgreSQL) and check its schema; raises SchemaError, OSError."""

@@ -214,7 +214,7 @@ def check_url(url: str, where: str, *, origin_only: bool = False) -> str:
 
 
 def _header(table: Table, key: str, default: str | None) -> str | None:
-    value = table.text(key, default, max_length=64)
+    value: str | None = table.text(key, default, max_length=64)
     if value is None:
         return None
     value = value.lower()

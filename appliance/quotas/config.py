@@ -132,7 +132,7 @@ class _Table:
         return str(value)
 
     def path(self, key: str, base: Path, must_exist: bool = False) -> Path | None:
-        value = self.get(key, str, None)
+        value: str | None = self.get(key, str, None)
         if value is None:
             return None
         path = base / value

@@ -102,4 +102,5 @@ class StrictH11Protocol(H11Protocol):
 
 def install() -> None:
     """Make Hypercorn use :class:`StrictH11Protocol` for every HTTP/1.1 connection in this process."""
-    hypercorn.protocol.H11Protocol = StrictH11Protocol  # type: ignore[misc]
+    # Replacing the class hypercorn.protocol imports (it names no __all__, so mypy calls it private).
+    hypercorn.protocol.H11Protocol = StrictH11Protocol  # type: ignore[attr-defined]

@@ -114,7 +114,7 @@ class _Slot:
         cluster = self._cluster
         while True:
             try:
-                async with asyncssh.connect(cluster.host, **connect_options(cluster)) as connection:  # type: ignore[arg-type]
+                async with asyncssh.connect(cluster.host, **connect_options(cluster)) as connection:
                     if cluster.mode == "mux":
                         process = await connection.create_process(command_line(Mux()), encoding=None,
                                                                   stderr=GATE_STDERR)

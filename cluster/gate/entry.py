@@ -14,9 +14,9 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from policy.bodies import load_routes
 from policy.errors import Disallowed
@@ -162,7 +162,7 @@ def run(env: GateEnv, config: ClusterConfig, local_pipe: bool) -> int:
     return _event_loop_runner()(_serve(config, command))
 
 
-def _event_loop_runner():  # type: ignore[no-untyped-def]
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
     """uvloop where it is installed and stdin/stdout are pipes or sockets (as under
     sshd and the local pipe); the standard loop otherwise (uvloop aborts the
     process on other kinds of files, such as /dev/null)."""

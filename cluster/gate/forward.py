@@ -13,7 +13,7 @@ import base64
 import json
 import logging
 import time
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from policy.bodies import RESPONSES, CheckedBody, RouteTable
 from policy.errors import (
@@ -37,6 +37,11 @@ from .bounds import MAX_RESPONSE_BYTES, HeldBytes, Holder, ResponseTooLarge
 from .provenance import Provenance
 from .responses import ResponsesUsageFilter
 from .usage import SseUsageFilter, Usage, usage_from_json, with_audio
+
+if TYPE_CHECKING:  # the crypto modules load on the first sealed request, not before
+    from sluice_sdk.keys import KeyRing
+
+    from .sealed import SharedReplayGuard
 
 __all__ = ["Sink", "Forwarder", "MAX_RESPONSE_BYTES"]
 
@@ -121,11 +126,11 @@ class Forwarder:
         self._router = router
         self._pool = pool
         self._timeout = config.gate.request_timeout
-        self._ring: object | None = None
+        self._ring: KeyRing | None = None
         self._ring_stamp: object = None
         self._ring_checked = float("-inf")
         self._ring_expiry = float("inf")  # when a retired key's window ends (wall clock)
-        self._replay: object | None = None
+        self._replay: SharedReplayGuard | None = None
         self._provenance = Provenance(config.model_revisions(), pool)
         self._census_cache: tuple[dict[str, ModelCensus], dict[str, ModelStatus]] | None = None
         self._census_at = float("-inf")
@@ -160,7 +165,7 @@ class Forwarder:
             log.exception("internal error while serving a stream")  # no request data in the record
             sink.error(SluiceError())
 
-    def _sealed_keys(self):  # type: ignore[no-untyped-def]
+    def _sealed_keys(self) -> KeyRing:
         """The key ring for sealed requests: loaded on first use (exec-mode gates that
         serve clear requests never import the crypto code), and again after a
         rotation (``ring.json`` changed; looked at no more than once a second) and
@@ -189,6 +194,8 @@ class Forwarder:
         from .sealed import SealingSink, open_sealed, sealed_error
 
         ring = self._sealed_keys()
+        if self._replay is None:  # never: _sealed_keys made it
+            raise SluiceError("sealed_unavailable", 503)
         route = self._routes.get(call.route)
         opened = open_sealed(ring, self._replay, body, call.seal == "chunked", route.path)
         inner = opened.request.content

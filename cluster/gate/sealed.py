@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Final
 
 from policy.errors import BodyRejected, SluiceError
-from sluice_sdk.bhttp import BhttpError, Response, ResponseStreamEncoder, encode_response
-from sluice_sdk.errors import SealError
+from sluice_sdk.bhttp import Response, ResponseStreamEncoder, encode_response
+from sluice_sdk.errors import BhttpError, SealError
 from sluice_sdk.gateway import OpenedRequest, open_request
 from sluice_sdk.ohttp import ChunkedResponseSealer, ResponseSealer
 from sluice_sdk.replay import ReplayGuard, retention

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..config import ClusterConfig, Service
-from .engine import Phase, phase_of, state_path
-from .plan import effective_limits
+from .engine import phase_of, state_path
+from .plan import Phase, effective_limits
 from .state import JobRecord, read_state
 
 __all__ = ["STATUSES", "MIN_WAIT", "ModelStatus", "model_statuses", "status_of"]
