@@ -28,7 +28,7 @@ from ..config import ClusterConfig, ConfigError, load_config
 from ..routing import Router
 from ..tls import GateContext
 from .forward import Forwarder
-from .session import BODY_IDLE_TIMEOUT, FrameSink, MuxSession
+from .session import BODY_IDLE_TIMEOUT, FrameSink, FrameWriter, MuxSession
 
 __all__ = ["GateEnv", "run", "main"]
 
@@ -76,7 +76,7 @@ class _FileWriter:
         return False
 
 
-async def _stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _stdio() -> tuple[asyncio.StreamReader, FrameWriter]:
     """Async streams over fds 0 and 1.  Under sshd and the local pipe both are pipes
     or sockets; a file or /dev/null (a person testing by hand) is read or written
     directly, since the event loop cannot poll it."""
@@ -91,7 +91,7 @@ async def _stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             reader.feed_data(stdin.read(MAX_BODY_BYTES + 1))
         reader.feed_eof()
     if not _pollable(1):
-        return reader, _FileWriter()  # type: ignore[return-value]
+        return reader, _FileWriter()
     transport, protocol = await loop.connect_write_pipe(
         asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0, closefd=False)
     )

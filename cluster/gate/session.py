@@ -14,9 +14,9 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from policy.errors import BodyRejected, Disallowed, Overloaded, PeerError, SluiceError
 from policy.frames import CLIENT_KINDS, MAX_PAYLOAD, MAX_STREAMS, FrameDecoder, Kind, encode
@@ -32,6 +32,7 @@ __all__ = [
     "BODY_IDLE_TIMEOUT",
     "SESSION_IDLE_TIMEOUT",
     "FrameSink",
+    "FrameWriter",
     "StreamTable",
     "MuxSession",
 ]
@@ -139,10 +140,10 @@ class StreamTable:
         if isinstance(command, Call) and command.length > self._max_body(command):
             self._refused(stream, command, length, BodyRejected("body_too_large", 413))
             return None
-        if length == 0:
+        if length == 0 or not isinstance(command, Call):  # only a CALL has a body
             self.running.add(stream)
             return stream, command, b""
-        self._receiving[stream] = _Receiving(command, length, self._clock() + BODY_IDLE_TIMEOUT)  # type: ignore[arg-type]
+        self._receiving[stream] = _Receiving(command, length, self._clock() + BODY_IDLE_TIMEOUT)
         return None
 
     def _refused(self, stream: int, command: StreamCommand | None, length: int, error: SluiceError) -> None:
@@ -211,6 +212,18 @@ class StreamTable:
                 raise Disallowed("body_timeout")
 
 
+class FrameWriter(Protocol):
+    """Where a session's frames go: an :class:`asyncio.StreamWriter`, or stdout when it is a file."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+
 class FrameSink:
     """A :class:`~cluster.gate.forward.Sink` that writes one stream's frames.
 
@@ -221,7 +234,7 @@ class FrameSink:
 
     __slots__ = ("_write", "_drain", "_stream", "_done", "_headed", "usage_so_far")
 
-    def __init__(self, write: Callable[[bytes], None], drain: Callable[[], object], stream: int) -> None:
+    def __init__(self, write: Callable[[bytes], None], drain: Callable[[], Awaitable[object]], stream: int) -> None:
         self._write = write
         self._drain = drain
         self._stream = stream
@@ -239,7 +252,7 @@ class FrameSink:
 
     async def body(self, data: bytes) -> None:
         self.body_nowait(data)
-        await self._drain()  # type: ignore[misc]
+        await self._drain()
 
     def body_nowait(self, data: bytes) -> None:
         """Write ``data`` as BODY frames without waiting for the pipe to drain."""
@@ -279,7 +292,7 @@ class MuxSession:
         self,
         forwarder: Forwarder,
         reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        writer: FrameWriter,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._forwarder = forwarder

@@ -30,6 +30,16 @@ from policy.errors import SluiceError
 from ..backend_client import BackendPool
 from ..config import ClusterConfig, Service
 from ..routing import Instance, TableError, read_table, update_table
+from ..tls import (
+    CLIENT_CERT,
+    JobIdentity,
+    TlsError,
+    client_context,
+    init_gate_identity,
+    job_identity,
+    make_job_identity,
+    remove_job_identity,
+)
 from .load import LoadReport, account_load, read_gate_loads
 from .plan import (
     DRAIN_GRACE,
@@ -42,16 +52,6 @@ from .plan import (
     effective_limits,
 )
 from .slurm import RUNNING_STATES, TERMINAL_STATES, SlurmError
-from ..tls import (
-    CLIENT_CERT,
-    JobIdentity,
-    TlsError,
-    client_context,
-    init_gate_identity,
-    job_identity,
-    make_job_identity,
-    remove_job_identity,
-)
 from .state import MAX_STARTUPS, JobRecord, SchedulerState, ensure_private_dir, load_state, save_state
 
 __all__ = ["Backend", "Engine", "PassReport", "ObserveError", "ENDED_STATES", "state_path", "lock_path", "load_dir"]

@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 
 from ..config import ClusterConfig, Service
+from ..tls import JobIdentity
 from .engine import ENDED_STATES, node_host
 from .slurm import RUNNING_STATES, SlurmCli
 from .state import JobRecord, ensure_private_dir
-from ..tls import JobIdentity
 from .template import render_job_script
 
 __all__ = ["SlurmBackend", "job_name", "sbatch_options"]
