@@ -22,6 +22,7 @@ from policy.errors import SluiceError
 from .api.errors import error_response
 from .api.no_store import NoStoreMiddleware
 from .api.openai import OpenAIApi
+from .api.sealed_keys import KEYS_TTL
 from .auth.base import AccessPolicy, Authenticator, DenyAll, IdentityUnavailable
 from .catalog import ClusterSet
 from .logs import RequestLogMiddleware
@@ -29,7 +30,6 @@ from .metering import Metering, NoMetering
 from .metrics import Metrics, metrics_route
 from .middleware import ApiGuardMiddleware, BodyDeadlineMiddleware
 from .middleware.body_deadline import DEFAULT_BODY_TIMEOUT
-from .api.sealed_keys import KEYS_TTL
 from .quotas.reservation import OutputCeilings
 
 __all__ = ["Appliance", "Extension", "create_app"]

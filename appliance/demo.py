@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import secrets
 import shutil
 import signal
@@ -24,17 +23,17 @@ from hypercorn.asyncio import serve
 from .app import Appliance, create_app
 from .audit import AuditTrail, audit_event, install, open_store
 from .auth.api_keys import ApiKeyStore
-from .server import hypercorn_config
-from .settings import ServerSettings
 from .catalog import ClusterSet
 from .demo_identity import demo_identity, demo_url, is_loopback
-from .transport.local import LocalPipeTransport
-from .web_chat import ChatPage
 
 # --- quotas, accounting, metrics, logging (appliance/quotas, appliance/metrics.py, appliance/logs.py) ---
 from .logs import configure_logging
 from .metrics import Metrics
 from .quotas.meter import demo_meter
+from .server import hypercorn_config
+from .settings import ServerSettings
+from .transport.local import LocalPipeTransport
+from .web_chat import ChatPage
 
 # --- end quotas ---
 
@@ -156,6 +155,7 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
                           body_timeout=server_settings.body_timeout, public_url=url)
     # --- end web chat ---
     config = hypercorn_config(server_settings, url.removeprefix("http://"), graceful_timeout=3.0)
+    # Starlette is an ASGI 3 app; its ASGI types and Hypercorn's are declared apart and do not match.
     server = asyncio.create_task(serve(create_app(appliance), config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     status = 0
     try:

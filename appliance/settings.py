@@ -59,8 +59,8 @@ if TYPE_CHECKING:
 # --- end identity ---
 # --- quotas, accounting, metrics, logging (appliance/quotas/config.py) ---
 from .quotas.config import SECTIONS as _METERING_SECTIONS
-from .quotas.reservation import DEFAULT_MAX_OUTPUT_TOKENS, OutputCeilings
 from .quotas.config import MeteringConfigError, MeteringSettings, parse_metering
+from .quotas.reservation import DEFAULT_MAX_OUTPUT_TOKENS, OutputCeilings
 
 # --- end quotas ---
 

@@ -43,7 +43,7 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable, as __eq__ is overridden (typeshed wants a method)
 
 
 def read_secret_file(path: Path, what: str, min_length: int = 1) -> Secret:
