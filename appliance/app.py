@@ -60,17 +60,13 @@ class Appliance:
     keepalive_interval: float = 5.0
     request_timeout: float = 300.0
     extensions: Sequence[Extension] = ()
-    # --- request checks (appliance/middleware) ---
     public_url: str | None = None  # the origin browsers use; None: the Host a request was sent to
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     output_ceilings: OutputCeilings = field(default_factory=OutputCeilings)
     sealed_keys_ttl: float = KEYS_TTL
-    # --- end request checks ---
-    # --- metrics and request logs (appliance/metrics.py, appliance/logs.py) ---
     metrics: Metrics | None = None  # None: no /metrics route at all
     metrics_token: str | None = field(default=None, repr=False)  # None: /metrics answers 403 here
     access_log: bool = True
-    # --- end metrics ---
     last_pong: float = field(default=float("-inf"), init=False)
 
     async def ping(self) -> bool:

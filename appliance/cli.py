@@ -35,29 +35,21 @@ def main(argv: list[str] | None = None) -> int:
                       help="JSON logs on stderr from this level (default warning; info adds a line per request)")
     serve = commands.add_parser("serve", help="run the appliance from its configuration file")
     serve.add_argument("--config", required=True, help="the appliance's TOML configuration")
-    # --- identity: API keys for operators (appliance/auth/admin.py) ---
     from .auth.admin import add_keys_arguments
 
     add_keys_arguments(commands.add_parser("keys", help="create, list or revoke API keys (operators)"))
-    # --- end identity ---
-    # --- usage reports (appliance/accounting/report.py) ---
     from .accounting.report import add_arguments as add_usage_arguments
 
     add_usage_arguments(commands.add_parser("usage", help="requests and tokens per day, user and model"))
-    # --- end usage ---
-    # --- schema of the stores (appliance/db_cli.py) ---
     from .db_cli import add_arguments as add_db_arguments
 
     add_db_arguments(commands.add_parser("db", help="upgrade or show the schema of the identity and accounting stores"))
-    # --- end schema ---
-    # --- audit trail and status (appliance/audit/cli.py, appliance/status.py) ---
     from .audit.cli import add_arguments as add_audit_arguments
 
     add_audit_arguments(commands.add_parser("audit", help="list the audit trail (sluice audit verify: check its chain)"))
     from .status import add_arguments as add_status_arguments
 
     add_status_arguments(commands.add_parser("status", help="clusters, sessions, models, queue and quota refusals"))
-    # --- end audit ---
     args = parser.parse_args(argv)
     if args.command == "db":
         from .db_cli import run as run_db
@@ -81,11 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_keys(args)
     if args.command == "serve":
         from .serve import run_server
-        from .settings import SettingsError, load_settings
+        from .settings import ConfigError, load_settings
 
         try:
             settings = load_settings(args.config)
-        except SettingsError as exc:
+        except ConfigError as exc:
             print(f"sluice: {exc}", file=sys.stderr)
             return 2
         from pathlib import Path

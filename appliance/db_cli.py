@@ -82,12 +82,12 @@ def _sqlite(target: _Target, apply: bool) -> tuple[int, list[int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .settings import SettingsError
+    from .settings import ConfigError
 
     apply = args.db_command == "upgrade"
     try:
         targets = _targets(args.config)
-    except (SettingsError, ValueError) as exc:
+    except (ConfigError, ValueError) as exc:
         print(f"sluice: {exc}", file=sys.stderr)
         return 2
     if not targets:

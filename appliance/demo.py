@@ -25,8 +25,6 @@ from .audit import AuditTrail, audit_event, install, open_store
 from .auth.api_keys import ApiKeyStore
 from .catalog import ClusterSet
 from .demo_identity import demo_identity, demo_url, is_loopback
-
-# --- quotas, accounting, metrics, logging (appliance/quotas, appliance/metrics.py, appliance/logs.py) ---
 from .logs import configure_logging
 from .metrics import Metrics
 from .quotas.meter import demo_meter
@@ -34,8 +32,6 @@ from .server import hypercorn_config
 from .settings import ServerSettings
 from .transport.local import LocalPipeTransport
 from .web_chat import ChatPage
-
-# --- end quotas ---
 
 __all__ = ["run_demo", "DEMO_MODELS"]
 
@@ -113,7 +109,7 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
         loop.add_signal_handler(signum, stop.set)
     runtime = Path(tempfile.mkdtemp(prefix="sluice-demo-"))
     config_path = write_cluster_config(runtime, token_delay)
-    # --- quotas in memory, accounting in SQLite in the runtime directory, metrics, JSON logs ---
+    # Quotas in memory, accounting in SQLite in the runtime directory, metrics, JSON logs.
     configure_logging(log_level)
     metrics = Metrics()
     meter = demo_meter(runtime, metrics)
@@ -123,12 +119,9 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
         shutil.rmtree(runtime, ignore_errors=True)
         raise
     metrics_token = secrets.token_urlsafe(24)
-    # --- end quotas ---
-    # --- audit trail beside the demo's accounting (appliance/audit) ---
     trail = AuditTrail(open_store("sqlite", path=runtime / "usage.db"))
     install(trail)
     audit_event("config_loaded", "sluice demo", str(runtime / "cluster.toml")[:256], mode=mode, sessions=sessions)
-    # --- end audit ---
     # The gate's key for sealed requests, made by the cluster side's own command:
     # the appliance never holds (or imports the code that uses) that private key.
     create_keys = await asyncio.create_subprocess_exec(
@@ -143,7 +136,6 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     keys = ApiKeyStore()
     keys.add(api_key, user="demo", key_id="demo")
     transport = LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions)
-    # --- the web chat and its sign-in (appliance/web_chat.py, appliance/demo_identity.py) ---
     url = demo_url(host, port)
     if not is_loopback(host):
         print(f"sluice demo: {host} is not a loopback address: the chat's one-click sign-in is off, and the API key "
@@ -153,7 +145,6 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     appliance = Appliance(ClusterSet.single(transport), identity.authenticator, identity.access, metering=meter,
                           metrics=metrics, metrics_token=metrics_token, extensions=[ChatPage(), identity],
                           body_timeout=server_settings.body_timeout, public_url=url)
-    # --- end web chat ---
     config = hypercorn_config(server_settings, url.removeprefix("http://"), graceful_timeout=3.0)
     # Starlette is an ASGI 3 app; its ASGI types and Hypercorn's are declared apart and do not match.
     server = asyncio.create_task(serve(create_app(appliance), config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ timeout = 120                  # seconds for the whole answer
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -55,12 +56,13 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from policy.config import ConfigError, Table, build, config_keys, setting
 from policy.errors import BodyRejected, SluiceError
 
 from .api.errors import error_response, from_error
 from .api.openai import read_body
 from .auth.base import Principal
-from .auth.config import ConfigError, Table, check_url
+from .auth.config import check_url
 from .auth.secret import Secret, read_secret_file
 from .metering import Outcome, Ticket
 from .quotas import Limit, MemoryBackend, Plan, QuotaExceeded, QuotaPolicy, Quotas
@@ -82,51 +84,43 @@ _MAX_SSE_EVENT: Final = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class ExternalUpstream:
-    name: str
-    base_url: str
-    api_key_file: Path
-    models: tuple[str, ...]
-    groups: frozenset[str]
-    routes: tuple[str, ...] = ("chat",)
-    requests_per_minute: int = 10
-    max_concurrent: int = 4
-    max_tokens: int = 1024
-    timeout: float = 120.0
+    name: str = setting(max_length=64)
+    base_url: str = setting(max_length=1024)
+    api_key_file: Path = setting(must_exist=True)
+    models: tuple[str, ...] = setting(max_items=256)
+    groups: frozenset[str] = frozenset()  # in the file: a list of 1 to 256 group names
+    routes: tuple[str, ...] = setting(("chat",), max_items=3)
+    requests_per_minute: int = setting(10, low=1, high=10_000)
+    max_concurrent: int = setting(4, low=1, high=1024)
+    max_tokens: int = setting(1024, low=1, high=1_000_000)
+    timeout: float = setting(120.0, low=1, high=3600)
 
 
 def parse_external(data: Any, base: Path) -> tuple[ExternalUpstream, ...]:
     """The ``[[external]]`` entries; raises ConfigError naming the key."""
     if not isinstance(data, list):
-        raise ConfigError("external must be an array of tables ([[external]])")
+        raise ConfigError("external must be an array of tables ([[external]])", key="external")
     upstreams: list[ExternalUpstream] = []
     seen_models: set[str] = set()
     for index, entry in enumerate(data):
         where = f"external[{index}]"
-        table = Table(entry, where, {"name", "base_url", "api_key_file", "models", "groups", "routes",
-                                     "requests_per_minute", "max_concurrent", "max_tokens", "timeout"})
-        name = table.text("name", max_length=64)
-        if not name.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"{where}.name must be letters, digits, '-' and '_'")
-        base_url = check_url(table.text("base_url"), f"{where}.base_url").rstrip("/")
-        models = table.strings("models", max_items=256)
-        taken = seen_models.intersection(models)
+        table = Table(entry, where, config_keys(ExternalUpstream))
+        groups = frozenset(table.strings("groups", max_items=256))
+        upstream: ExternalUpstream = build(ExternalUpstream, table, base, groups=groups)
+        if not upstream.name.replace("-", "").replace("_", "").isalnum():
+            raise table.error("name", "must be letters, digits, '-' and '_'")
+        base_url = check_url(upstream.base_url, f"{where}.base_url").rstrip("/")
+        taken = seen_models.intersection(upstream.models)
         if taken:
-            raise ConfigError(f"{where}.models: {min(taken)!r} is already served by another [[external]]")
-        seen_models.update(models)
-        routes = table.strings("routes", ("chat",), max_items=3)
-        if not set(routes) <= set(ROUTE_PATHS):
-            raise ConfigError(f"{where}.routes must be some of {', '.join(ROUTE_PATHS)}")
-        key_file = table.path("api_key_file", base)
+            raise table.error("models", f": {min(taken)!r} is already served by another [[external]]")
+        seen_models.update(upstream.models)
+        if not set(upstream.routes) <= set(ROUTE_PATHS):
+            raise table.error("routes", f"must be some of {', '.join(ROUTE_PATHS)}")
         try:
-            read_secret_file(key_file, f"{where}.api_key_file")
+            read_secret_file(upstream.api_key_file, f"{where}.api_key_file")
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        upstreams.append(ExternalUpstream(
-            name, base_url, key_file, models, frozenset(table.strings("groups", max_items=256)),
-            routes, table.number("requests_per_minute", int, 1, 10_000, 10),
-            table.number("max_concurrent", int, 1, 1024, 4), table.number("max_tokens", int, 1, 1_000_000, 1024),
-            table.number("timeout", float, 1, 3600, 120.0),
-        ))
+            raise ConfigError(str(exc), key=f"{where}.api_key_file") from None
+        upstreams.append(dataclasses.replace(upstream, base_url=base_url))
     return tuple(upstreams)
 
 

@@ -12,15 +12,11 @@ from pathlib import Path
 from hypercorn.asyncio import serve
 
 from .app import Appliance, Extension, create_app
-
-# --- end quotas ---
 from .audit.startup import close_trail, open_trail, record_start
 from .auth.api_keys import ApiKeyStore
 from .auth.build import build_identity
 from .catalog import ClusterSet
 from .external import ExternalProxy
-
-# --- quotas, accounting, metrics, logging (appliance/quotas, appliance/metrics.py, appliance/logs.py) ---
 from .logs import configure_logging
 from .metrics import Metrics, metrics_app
 from .quotas.meter import Meter, build_meter
@@ -56,15 +52,12 @@ def build_appliance(settings: Settings) -> Appliance:
     for entry in settings.api_keys:
         keys.add_digest(entry.sha256, entry.user, entry.key_id, entry.groups)
     clusters = ClusterSet({c.name: _transport(c) for c in settings.clusters})
-    # --- identity (appliance/auth) and external models (appliance/external.py) ---
     identity = build_identity(settings.identity, keys)
     extensions: list[Extension] = [ChatPage(_form_origins(settings)), identity]  # the chat first: it serves "/"
     if settings.external:
         external = ExternalProxy(settings.external)
         identity.extra_models = external.visible
         extensions.append(external)
-    # --- end identity ---
-    # --- quotas, accounting, metrics ---
     metrics = Metrics()
     meter = build_meter(settings.metering, metrics)
     if settings.external and meter.quotas is not None:
@@ -75,7 +68,6 @@ def build_appliance(settings: Settings) -> Appliance:
         from .auth.secret import read_secret_file
 
         metrics_token = read_secret_file(token_file, "metrics.token_file", min_length=16).reveal()
-    # --- end quotas ---
     return Appliance(
         clusters,
         identity.authenticator,
@@ -102,7 +94,7 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
     configure_logging(settings.metering.logging.level)
     config = hypercorn_config(settings.server, f"{settings.server.host}:{settings.server.port}")
     appliance = build_appliance(settings)
-    # --- the shared stores (PostgreSQL): connected, and their schema checked, before the first request ---
+    # The shared stores (PostgreSQL): connected, and their schema checked, before the first request.
     from .auth.build import IdentityServices
     from .migrations import SchemaError
 
@@ -113,8 +105,7 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
             except (OSError, RuntimeError, SchemaError) as exc:
                 print(f"sluice: cannot open the identity database: {exc}", file=sys.stderr)
                 return 2
-    # --- end stores ---
-    # --- quotas, accounting, metrics: started before the first request, closed after the last ---
+    # Quotas, accounting, metrics: started before the first request, closed after the last.
     meter = appliance.metering
     if isinstance(meter, Meter):
         try:
@@ -124,7 +115,7 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
                 '{"event":"metering_start_failed","error":"%s"}', type(exc).__name__)
             print(f"sluice: cannot start accounting: {exc}", file=sys.stderr)
             return 2
-    # --- audit trail (appliance/audit): beside the accounting; the configuration and unsafe modes first ---
+    # Audit trail (appliance/audit): beside the accounting; the configuration and unsafe modes first.
     try:
         trail = open_trail(settings.metering.accounting)
     except (OSError, sqlite3.Error, RuntimeError, ValueError) as exc:
@@ -133,7 +124,6 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
             await meter.aclose()
         return 2
     record_start(settings, config_path)
-    # --- end audit ---
     # Starlette is an ASGI 3 app; its ASGI types and Hypercorn's are declared apart and do not match.
     servers = [serve(create_app(appliance), config, shutdown_trigger=stop.wait)]  # type: ignore[arg-type]
     admin = settings.metering.metrics.admin_bind
@@ -148,5 +138,4 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
         if isinstance(meter, Meter):
             await meter.aclose()
         close_trail(trail)
-    # --- end quotas ---
     return 0

@@ -39,8 +39,11 @@ Sign-in, groups and API keys (``[auth]``, ``[auth.trusted_header]``, ``[oidc]``,
 ``[access]``) are described in :mod:`appliance.auth.config`; external models
 (``[[external]]``) in :mod:`appliance.external`.
 
-Quotas, accounting, metrics and logs (``[quotas]``, ``[accounting]``,
-``[metrics]``, ``[logging]``) are described in :mod:`appliance.quotas.config`.
+Quotas (``[quotas]``) are described in :mod:`appliance.quotas.config`,
+``[accounting]`` in :mod:`appliance.accounting.config`, ``[metrics]`` in
+:mod:`appliance.metrics_config` and ``[logging]`` in :mod:`appliance.logs_config`.
+Every table is read with :mod:`policy.config`: a mistake raises its one
+``ConfigError``, naming the file, the key and the fix.
 """
 
 from __future__ import annotations
@@ -51,20 +54,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-# --- identity and external models (appliance/auth, appliance/external.py) ---
-from .auth.config import ConfigError, IdentitySettings, parse_identity
+from policy.config import ConfigError, Table, build, config_keys, setting
+
+from .auth.config import IdentitySettings, parse_identity
+from .quotas.config import SECTIONS as _METERING_SECTIONS
+from .quotas.config import MeteringSettings, parse_metering
+from .quotas.reservation import DEFAULT_MAX_OUTPUT_TOKENS, OutputCeilings
 
 if TYPE_CHECKING:
     from .external import ExternalUpstream
-# --- end identity ---
-# --- quotas, accounting, metrics, logging (appliance/quotas/config.py) ---
-from .quotas.config import SECTIONS as _METERING_SECTIONS
-from .quotas.config import MeteringConfigError, MeteringSettings, parse_metering
-from .quotas.reservation import DEFAULT_MAX_OUTPUT_TOKENS, OutputCeilings
 
-# --- end quotas ---
-
-__all__ = ["SettingsError", "ServerSettings", "LocalCluster", "SshCluster", "ApiKeyEntry", "Settings", "load_settings"]
+__all__ = ["ConfigError", "ServerSettings", "LocalCluster", "SshCluster", "ApiKeyEntry", "Settings", "load_settings"]
 
 MAX_CONNECTIONS: Final = 32
 
@@ -72,27 +72,23 @@ MAX_CONNECTIONS: Final = 32
 MAX_OUTPUT_CEILING: Final = 2**20
 
 
-class SettingsError(ValueError):
-    """The configuration is wrong; the message names the key."""
-
-
 @dataclass(frozen=True, slots=True)
 class ServerSettings:
     host: str = "127.0.0.1"
-    port: int = 8080
-    request_timeout: float = 300.0
-    keepalive_interval: float = 5.0
+    port: int = setting(8080, low=1, high=65535)
+    request_timeout: float = setting(300.0, low=1, high=3600)
+    keepalive_interval: float = setting(5.0, low=1, high=60)
     # Seconds a connection may take to send a whole request head, and may stay idle between requests.
-    header_timeout: float = 10.0
+    header_timeout: float = setting(10.0, low=1, high=300)
     # Seconds a request may take to send its whole body (a 4 MiB body at 70 KiB/s).
-    body_timeout: float = 60.0
+    body_timeout: float = setting(60.0, low=1, high=3600)
     # Client connections open at once; each costs buffers and a task, so a flood must not grow without bound.
-    max_connections: int = 1024
+    max_connections: int = setting(1024, low=16, high=100_000)
     # Output tokens per choice for a request that names no limit (set on the forwarded body), and per model.
-    max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+    max_output_tokens: int = setting(DEFAULT_MAX_OUTPUT_TOKENS, low=1, high=MAX_OUTPUT_CEILING)
     model_max_output_tokens: Mapping[str, int] = field(default_factory=dict)
     # Seconds GET /v1/sealed/keys answers from its cache (keep it well below the gates' key rotation overlap).
-    sealed_keys_ttl: float = 60.0
+    sealed_keys_ttl: float = setting(60.0, low=0.5, high=3600)
 
     @property
     def output_ceilings(self) -> OutputCeilings:
@@ -104,7 +100,7 @@ class LocalCluster:
     name: str
     mode: str
     gate_command: tuple[str, ...]
-    sessions: int = 1
+    sessions: int = setting(1, low=1, high=MAX_CONNECTIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +112,11 @@ class SshCluster:
     user: str
     client_key: Path
     known_hosts: Path
-    connections: int = 2
-    keepalive_interval: float = 5.0
-    connect_timeout: float = 10.0
+    connections: int = setting(2, low=1, high=MAX_CONNECTIONS)
+    keepalive_interval: float = setting(5.0, low=1, high=60)
+    connect_timeout: float = setting(10.0, low=1, high=120)
     # Seconds a session may take to answer a ping before it counts as wedged and is replaced.
-    ping_timeout: float = 15.0
+    ping_timeout: float = setting(15.0, low=1, high=300)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,158 +132,99 @@ class Settings:
     server: ServerSettings
     clusters: tuple[LocalCluster | SshCluster, ...]
     api_keys: tuple[ApiKeyEntry, ...] = ()
-    # --- identity and external models: [auth], [oidc], [access], [[external]] ---
+    # [auth], [oidc], [access] (appliance/auth/config.py), [[external]] (appliance/external.py)
     identity: IdentitySettings = IdentitySettings()
     external: tuple[ExternalUpstream, ...] = ()
-    # --- quotas, accounting, metrics, logging: [quotas], [accounting], [metrics], [logging] ---
+    # [quotas], [accounting], [metrics], [logging] (appliance/quotas/config.py and the modules it names)
     metering: MeteringSettings = MeteringSettings()
 
 
-class _Table:
-    """Typed access to one TOML table, with errors that name the key."""
-
-    def __init__(self, data: Any, where: str, allowed: set[str]) -> None:
-        if not isinstance(data, dict):
-            raise SettingsError(f"{where} must be a table")
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise SettingsError(f"{where}.{unknown[0]} is not a known setting (known: {', '.join(sorted(allowed))})")
-        self.data, self.where = data, where
-
-    def get(self, key: str, kind: type, default: Any = ...) -> Any:
-        if key not in self.data:
-            if default is ...:
-                raise SettingsError(f"{self.where}.{key} is required")
-            return default
-        value = self.data[key]
-        if kind is float and type(value) is int:
-            value = float(value)
-        if type(value) is not kind:
-            raise SettingsError(f"{self.where}.{key} must be a {kind.__name__}")
-        return value
-
-    def number(self, key: str, kind: type, low: float, high: float, default: Any) -> Any:
-        value = self.get(key, kind, default)
-        if not low <= value <= high:
-            raise SettingsError(f"{self.where}.{key} must be between {low} and {high}")
-        return value
-
-
 def _server(data: Any) -> ServerSettings:
-    table = _Table(data, "server", {"host", "port", "request_timeout", "keepalive_interval", "header_timeout",
-                                    "body_timeout", "max_connections", "max_output_tokens", "model_max_output_tokens",
-                                    "sealed_keys_ttl"})
+    table = Table(data, "server", config_keys(ServerSettings))
     models = table.get("model_max_output_tokens", dict, {})
     for model, ceiling in models.items():
         if type(ceiling) is not int or not 1 <= ceiling <= MAX_OUTPUT_CEILING:
-            raise SettingsError(f"server.model_max_output_tokens.{model} must be a whole number from 1 to {MAX_OUTPUT_CEILING}")
-    return ServerSettings(
-        table.get("host", str, "127.0.0.1"),
-        table.number("port", int, 1, 65535, 8080),
-        table.number("request_timeout", float, 1, 3600, 300.0),
-        table.number("keepalive_interval", float, 1, 60, 5.0),
-        table.number("header_timeout", float, 1, 300, 10.0),
-        table.number("body_timeout", float, 1, 3600, 60.0),
-        table.number("max_connections", int, 16, 100_000, 1024),
-        table.number("max_output_tokens", int, 1, MAX_OUTPUT_CEILING, DEFAULT_MAX_OUTPUT_TOKENS),
-        models,
-        table.number("sealed_keys_ttl", float, 0.5, 3600, 60.0),
-    )
+            raise table.error(f"model_max_output_tokens.{model}", f"must be a whole number from 1 to {MAX_OUTPUT_CEILING}")
+    settings: ServerSettings = build(ServerSettings, table, model_max_output_tokens=models)
+    return settings
 
 
 def _cluster(data: Any, where: str, base: Path) -> LocalCluster | SshCluster:
     kind = data.get("transport") if isinstance(data, dict) else None
-    common = {"name", "transport", "mode"}
     if kind == "local":
-        table = _Table(data, where, common | {"gate_command", "sessions"})
+        table = Table(data, where, config_keys(LocalCluster, "transport"))
         command = table.get("gate_command", list)
         if not command or not all(isinstance(a, str) for a in command) or "--local-pipe" not in command:
-            raise SettingsError(f"{where}.gate_command must be a list of strings that includes --local-pipe")
-        return LocalCluster(_name(table), _mode(table), tuple(command), table.number("sessions", int, 1, MAX_CONNECTIONS, 1))
+            raise table.error("gate_command", "must be a list of strings that includes --local-pipe")
+        local: LocalCluster = build(LocalCluster, table, name=_name(table), mode=_mode(table), gate_command=tuple(command))
+        return local
     if kind == "ssh":
-        table = _Table(
-            data, where,
-            common | {"host", "port", "user", "client_key", "known_hosts", "connections", "keepalive_interval",
-                      "connect_timeout", "ping_timeout"},
-        )
-        known_hosts = base / table.get("known_hosts", str)
-        client_key = base / table.get("client_key", str)
-        for key, path in (("known_hosts", known_hosts), ("client_key", client_key)):
-            if not path.is_file():
-                raise SettingsError(f"{where}.{key}: {path} does not exist")
-        return SshCluster(
-            _name(table), _mode(table), table.get("host", str), table.number("port", int, 1, 65535, 22),
-            table.get("user", str), client_key, known_hosts,
-            table.number("connections", int, 1, MAX_CONNECTIONS, 2),
-            table.number("keepalive_interval", float, 1, 60, 5.0),
-            table.number("connect_timeout", float, 1, 120, 10.0),
-            table.number("ping_timeout", float, 1, 300, 15.0),
-        )
-    raise SettingsError(f"{where}.transport must be 'ssh' or 'local'")
+        table = Table(data, where, config_keys(SshCluster, "transport"))
+        ssh: SshCluster = build(
+            SshCluster, table, base, name=_name(table), mode=_mode(table),
+            port=table.number("port", int, 1, 65535, 22),
+            known_hosts=table.path("known_hosts", base, must_exist=True),
+            client_key=table.path("client_key", base, must_exist=True),
+        )  # fmt: skip
+        return ssh
+    raise ConfigError(f"{where}.transport must be 'ssh' or 'local'", key=f"{where}.transport")
 
 
-def _name(table: _Table) -> str:
+def _name(table: Table) -> str:
     name: str = table.get("name", str)
     if not name.replace("-", "").replace("_", "").isalnum():
-        raise SettingsError(f"{table.where}.name must be letters, digits, '-' and '_'")
+        raise table.error("name", "must be letters, digits, '-' and '_'")
     return name
 
 
-def _mode(table: _Table) -> str:
-    mode: str = table.get("mode", str, "mux")
-    if mode not in ("mux", "exec"):
-        raise SettingsError(f"{table.where}.mode must be 'mux' or 'exec'")
+def _mode(table: Table) -> str:
+    mode: str = table.choice("mode", ("mux", "exec"), "mux")
     return mode
 
 
 def _api_key(data: Any, where: str) -> ApiKeyEntry:
-    table = _Table(data, where, {"user", "key_id", "sha256", "groups"})
+    table = Table(data, where, {"user", "key_id", "sha256", "groups"})
     groups = table.get("groups", list, [])
     if not all(isinstance(g, str) and g and g.isprintable() for g in groups):
-        raise SettingsError(f"{where}.groups must be a list of group names")
+        raise table.error("groups", "must be a list of group names")
     digest = table.get("sha256", str)
     try:
         raw = bytes.fromhex(digest)
     except ValueError:
         raw = b""
     if len(raw) != 32:
-        raise SettingsError(f"{where}.sha256 must be 64 hex digits (sha256 of the key)")
+        raise table.error("sha256", "must be 64 hex digits (sha256 of the key)")
     return ApiKeyEntry(table.get("user", str), table.get("key_id", str), raw, frozenset(groups))
 
 
 def parse_settings(data: dict[str, Any], base: Path) -> Settings:
-    _Table(data, "config", {"server", "clusters", "api_keys", "auth", "oidc", "access", "external", *_METERING_SECTIONS})
-    clusters_data = data.get("clusters")
-    if not isinstance(clusters_data, list) or not clusters_data:
-        raise SettingsError("config: at least one [[clusters]] entry is required")
+    """The settings in the parsed TOML ``data``; paths are relative to ``base``.  Raises ConfigError."""
+    top = Table(data, "", {"server", "clusters", "api_keys", "auth", "oidc", "access", "external", *_METERING_SECTIONS})
+    clusters_data = top.get("clusters", list, [])
+    if not clusters_data:
+        raise top.error("clusters", "needs at least one [[clusters]] entry")
     clusters = tuple(_cluster(c, f"clusters[{i}]", base) for i, c in enumerate(clusters_data))
     names = [c.name for c in clusters]
     if len(set(names)) != len(names):
-        raise SettingsError("clusters: names must be distinct")
-    keys = tuple(_api_key(k, f"api_keys[{i}]") for i, k in enumerate(data.get("api_keys", [])))
-    # --- identity and external models ---
+        raise ConfigError("clusters: names must be distinct", key="clusters")
+    keys = tuple(_api_key(k, f"api_keys[{i}]") for i, k in enumerate(top.get("api_keys", list, [])))
     from .external import parse_external
 
-    try:
-        identity = parse_identity(data, base)
-        external = parse_external(data.get("external", []), base)
-    except ConfigError as exc:
-        raise SettingsError(str(exc)) from None
-    # --- end identity ---
-    # --- quotas, accounting, metrics, logging ---
-    try:
-        metering = parse_metering(data, base)
-    except MeteringConfigError as exc:
-        raise SettingsError(str(exc)) from None
-    # --- end quotas ---
+    identity = parse_identity(data, base)
+    external = parse_external(data.get("external", []), base)
+    metering = parse_metering(data, base)
     return Settings(_server(data.get("server", {})), clusters, keys, identity, external, metering)
 
 
 def load_settings(path: str | Path) -> Settings:
+    """Read and validate the appliance configuration at ``path``; a mistake raises ConfigError naming it."""
     path = Path(path)
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise SettingsError(f"cannot read {path}: {exc}") from None
-    return parse_settings(data, path.parent)
+        raise ConfigError(f"cannot read it: {exc}; give a readable TOML file", file=path) from None
+    try:
+        return parse_settings(data, path.parent)
+    except ConfigError as exc:
+        raise exc.in_file(path) from None

@@ -151,11 +151,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _target(args: argparse.Namespace) -> tuple[str, Path | None]:
     if args.url is not None:
         return args.url, None if args.token_file is None else Path(args.token_file)
-    from .settings import SettingsError, load_settings
+    from .settings import ConfigError, load_settings
 
     try:
         settings = load_settings(args.config)
-    except SettingsError as exc:
+    except ConfigError as exc:
         raise ValueError(str(exc)) from None
     metrics = settings.metering.metrics
     host, port = metrics.admin_bind or (settings.server.host, settings.server.port)

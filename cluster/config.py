@@ -13,6 +13,7 @@ See ``docs/operator-slurm.md`` for a complete, commented example.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import ssl
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from policy.config import ConfigError, Table, build, config_keys, default, setting
 from policy.grammar import ROUTE_IDS, Call
 
 __all__ = [
@@ -81,10 +83,6 @@ _VAR_VALUE: Final = re.compile(r"[^\x00-\x1f\x7f]{0,4096}")
 _COMMAND_NAME: Final = re.compile(r"[A-Za-z0-9_./-]{1,4096}")
 
 
-class ConfigError(ValueError):
-    """The configuration file is wrong; the message names the key."""
-
-
 @dataclass(frozen=True, slots=True)
 class StaticBackend:
     """A model server that the operator runs: ``model`` is served at ``host:port``."""
@@ -122,7 +120,7 @@ class SlurmResources:
     qos: str | None = None
     reservation: str | None = None
     gres: str | None = None
-    cpus_per_task: int | None = None
+    cpus_per_task: int | None = setting(None, low=1, high=4096)
     mem: str | None = None
     constraint: str | None = None
     exclusive: bool = False
@@ -149,7 +147,7 @@ class Service:
     command: tuple[str, ...]  # local: argv of the server; {port} is replaced
     min_instances: int
     max_instances: int
-    warmup_timeout: float
+    warmup_timeout: float = setting(900.0, low=1, high=MAX_DURATION)
     # slurm: the job script with its placeholders, and where it came from
     template: str = ""
     template_name: str = ""
@@ -157,21 +155,21 @@ class Service:
     resources: SlurmResources = SlurmResources()
     time_limit: int | None = None  # seconds; None: the partition's default
     # autoscaling
-    requests_per_instance: float = 16.0
-    scale_up_threshold: float = 0.75
-    scale_down_threshold: float = 0.25
-    load_window: float = 120.0
-    scale_down_delay: float = 600.0
-    pending_timeout: float = 1800.0
-    renew_before: float = 0.0  # 0: never renew before the time limit
-    drain_timeout: float = 300.0
-    backoff_base: float = 30.0
-    backoff_max: float = 900.0
+    requests_per_instance: float = setting(16.0, low=0.1, high=100000)
+    scale_up_threshold: float = setting(0.75, low=0.01, high=10)
+    scale_down_threshold: float = setting(0.25, low=0, high=10)
+    load_window: float = setting(120.0, low=1, high=86400)
+    scale_down_delay: float = setting(600.0, low=0, high=86400)
+    pending_timeout: float = setting(1800.0, low=1, high=MAX_DURATION)
+    renew_before: float = 0.0  # 0: never renew before the time limit; the loader's default depends on time_limit
+    drain_timeout: float = 300.0  # the loader's default: the gate's request_timeout
+    backoff_base: float = setting(30.0, low=0, high=86400)
+    backoff_max: float = 900.0  # the loader's default: at least backoff_base
     # requests for a model with no ready instance
-    hold_queue: int = 32
-    hold_timeout: float = 300.0
+    hold_queue: int = setting(32, low=0, high=4096)
+    hold_timeout: float = 300.0  # the loader's default: at most the gate's request_timeout
     schedule: tuple[SchedulePeriod, ...] = ()
-    priority: int = 0
+    priority: int = setting(0, low=-1000, high=1000)
     # **Unsafe**: the job serves plain HTTP, so every path but vLLM's /v1 is
     # open to anyone on the cluster network.  Logged on every submission.
     unsafe_plain_http: bool = False
@@ -186,8 +184,8 @@ class Service:
 @dataclass(frozen=True, slots=True)
 class GateSettings:
     routing_table: Path
-    request_timeout: float = 300.0
-    connect_timeout: float = 5.0
+    request_timeout: float = setting(300.0, low=0, high=MAX_REQUEST_TIMEOUT)  # and above 0
+    connect_timeout: float = setting(5.0, low=0, high=60)  # and above 0
     state_dir: Path | None = None  # None: "state" next to the routing table
     # The gate's TLS client key and certificate (``sluice-cluster tls init``).
     tls_dir: Path | None = None  # the loader's default: "gate-tls" next to the configuration file
@@ -214,14 +212,14 @@ class GateSettings:
 class SchedulerSettings:
     # Seconds between passes of a scheduler loop, and the least time between
     # two passes kicked by the appliance's pings (it pings every 5 s).
-    pass_interval: float = 5.0
+    pass_interval: float = setting(5.0, low=0.1, high=3600)
     # A pass that takes longer than this is stopped (and its process ended).
-    pass_timeout: float = 120.0
-    probe_timeout: float = 2.0
+    pass_timeout: float = setting(120.0, low=5, high=3600)
+    probe_timeout: float = setting(2.0, low=0.1, high=60)
     port_min: int = 20000
     port_max: int = 32000
     job_prefix: str = "sluice"
-    max_submit_per_pass: int = 8
+    max_submit_per_pass: int = setting(8, low=1, high=MAX_INSTANCES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +227,7 @@ class SlurmSettings:
     sbatch: str = "sbatch"
     squeue: str = "squeue"
     scancel: str = "scancel"
-    command_timeout: float = 30.0
+    command_timeout: float = setting(30.0, low=1, high=600)
     slurm_conf: Path | None = None
     node_host: str = "{node}"
     log_dir: Path | None = None  # None: "logs" in the state directory
@@ -278,38 +276,12 @@ class ClusterConfig:
         return self.gate.spool_dir is not None
 
 
-def _get(table: dict[str, Any], key: str, kind: type, where: str, default: Any = ...) -> Any:
-    if key not in table:
-        if default is ...:
-            raise ConfigError(f"{where}.{key} is required")
-        return default
-    value = table[key]
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ConfigError(f"{where}.{key} must be a {kind.__name__}")
-    return value
-
-
-def _number(table: dict[str, Any], key: str, where: str, default: float, low: float, high: float) -> float:
-    value = _get(table, key, float, where, default)
-    if not low <= value <= high:
-        raise ConfigError(f"{where}.{key} must be between {low:g} and {high:g}")
-    return float(value)
-
-
-def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(table) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-
-
 # A revision as operators write them: a git hash, a Hugging Face revision, "v2@sha256:..."
 _REVISION_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,127}", re.ASCII)
 
 
-def _revision(table: dict[str, Any], where: str) -> str | None:
-    value: str | None = _get(table, "revision", str, where, None)
+def _revision(table: Table, where: str) -> str | None:
+    value: str | None = table.get("revision", str, None)
     if value is not None and _REVISION_RE.fullmatch(value) is None:
         raise ConfigError(f"{where}.revision must be 1 to 128 of letters, digits and ._:/@+- (a revision or hash)")
     return value
@@ -325,16 +297,16 @@ def _model(name: Any, where: str) -> str:
     return name
 
 
-def _routes(table: dict[str, Any], where: str) -> tuple[str, ...]:
-    routes = _get(table, "routes", list, where)
+def _routes(table: Table, where: str) -> tuple[str, ...]:
+    routes = table.get("routes", list)
     if not routes or any(r not in ROUTE_IDS for r in routes):
         raise ConfigError(f"{where}.routes must be a non-empty list of {', '.join(ROUTE_IDS)}")
     return tuple(routes)
 
 
-def _server_pin(table: dict[str, Any], where: str, base: Path, https: bool) -> str | None:
+def _server_pin(table: Table, where: str, base: Path, https: bool) -> str | None:
     """The pin of a static backend's certificate (``server_cert``, PEM): https only."""
-    cert_file = _get(table, "server_cert", str, where, None)
+    cert_file = table.get("server_cert", str, None)
     if not https:
         if cert_file is not None:
             raise ConfigError(f"{where}.server_cert needs an https:// url")
@@ -349,21 +321,21 @@ def _server_pin(table: dict[str, Any], where: str, base: Path, https: bool) -> s
     return hashlib.sha256(der).hexdigest()
 
 
-def _static(table: dict[str, Any], where: str, base: Path) -> StaticBackend:
-    _check_keys(table, {"model", "url", "routes", "token_file", "server_cert", "revision"}, where)
-    url = urlsplit(_get(table, "url", str, where))
+def _static(data: Any, where: str, base: Path) -> StaticBackend:
+    table = Table(data, where, {"model", "url", "routes", "token_file", "server_cert", "revision"})
+    url = urlsplit(table.get("url", str))
     if url.scheme not in ("http", "https") or not url.hostname or url.path not in ("", "/") or url.query or url.username:
         raise ConfigError(f"{where}.url must be https://HOST:PORT or http://HOST:PORT (no path, query or credentials)")
     https = url.scheme == "https"
     pin = _server_pin(table, where, base, https)
     token = None
-    token_file = _get(table, "token_file", str, where, None)
+    token_file = table.get("token_file", str, None)
     if token_file is not None:
         token = (base / token_file).read_text(encoding="ascii").strip()
         if not token or not token.isprintable() or " " in token:
             raise ConfigError(f"{where}.token_file must hold one printable token")
     port = url.port or (443 if https else 80)
-    return StaticBackend(_model(table.get("model"), where), url.hostname, port, _routes(table, where), token, pin,
+    return StaticBackend(_model(table.data.get("model"), where), url.hostname, port, _routes(table, where), token, pin,
                          _revision(table, where))
 
 
@@ -396,43 +368,38 @@ def _time_limit(value: Any, where: str) -> int | None:
     return seconds
 
 
-def _resources(table: dict[str, Any], where: str) -> SlurmResources:
-    strings = ("partition", "account", "qos", "reservation", "gres", "mem", "constraint")
-    _check_keys(table, set(strings) | {"cpus_per_task", "exclusive", "nice"}, where)
-    values: dict[str, Any] = {}
-    for key in strings:
-        value = _get(table, key, str, where, None)
-        if value is not None and not _SLURM_VALUE.fullmatch(value):
-            raise ConfigError(f"{where}.{key} must be printable ASCII without spaces")
-        values[key] = value
-    cpus = _get(table, "cpus_per_task", int, where, None)
-    if cpus is not None and not 1 <= cpus <= 4096:
-        raise ConfigError(f"{where}.cpus_per_task must be between 1 and 4096")
-    nice = _get(table, "nice", int, where, None)
+_RESOURCE_STRINGS: Final = ("partition", "account", "qos", "reservation", "gres", "mem", "constraint")
+
+
+def _resources(table: Table) -> SlurmResources:
+    nice = table.get("nice", int, None)
     if nice is not None and not 0 <= nice <= 10000:
         # negative nice needs a Slurm operator; ask for a QOS instead
-        raise ConfigError(f"{where}.nice must be between 0 and 10000 (raise priority with a qos)")
-    return SlurmResources(cpus_per_task=cpus, nice=nice, exclusive=_get(table, "exclusive", bool, where, False), **values)
+        raise table.error("nice", "must be between 0 and 10000 (raise priority with a qos)")
+    resources: SlurmResources = build(SlurmResources, table, nice=nice)
+    for key in _RESOURCE_STRINGS:
+        value = getattr(resources, key)
+        if value is not None and not _SLURM_VALUE.fullmatch(value):
+            raise table.error(key, "must be printable ASCII without spaces")
+    return resources
 
 
 def _schedule(items: list[Any], where: str, low: int, high: int) -> tuple[SchedulePeriod, ...]:
     periods = []
-    for index, item in enumerate(items):
+    for index, raw in enumerate(items):
         at = f"{where}.schedule[{index}]"
-        if not isinstance(item, dict):
-            raise ConfigError(f"{at} must be a table")
-        _check_keys(item, {"days", "start", "end", "min_instances", "max_instances"}, at)
-        days = _get(item, "days", list, at, list(_DAYS))
+        item = Table(raw, at, {"days", "start", "end", "min_instances", "max_instances"})
+        days = item.get("days", list, list(_DAYS))
         if not days or any(d not in _DAYS for d in days):
             raise ConfigError(f"{at}.days must be a non-empty list of {', '.join(_DAYS)}")
         clock = []
         for key in ("start", "end"):
-            match = _CLOCK.fullmatch(_get(item, key, str, at))
+            match = _CLOCK.fullmatch(item.get(key, str))
             if match is None:
                 raise ConfigError(f"{at}.{key} must be HH:MM (24-hour clock)")
             clock.append(int(match.group(1)) * 60 + int(match.group(2)))
-        period_min = _get(item, "min_instances", int, at, low)
-        period_max = _get(item, "max_instances", int, at, max(high, period_min))
+        period_min = item.get("min_instances", int, low)
+        period_max = item.get("max_instances", int, max(high, period_min))
         if not 0 <= period_min <= period_max <= MAX_INSTANCES:
             raise ConfigError(f"{at}: need 0 <= min_instances <= max_instances <= {MAX_INSTANCES}")
         periods.append(SchedulePeriod(frozenset(_DAYS.index(d) for d in days), clock[0], clock[1], period_min, period_max))
@@ -444,10 +411,10 @@ def template_placeholders(text: str) -> set[str]:
 
 
 def _template(
-    table: dict[str, Any], where: str, base: Path, plain: bool
+    table: Table, where: str, base: Path, plain: bool
 ) -> tuple[str, str, tuple[tuple[str, str], ...]]:
-    name = _get(table, "template", str, where, None)
-    path_value = _get(table, "template_file", str, where, None)
+    name = table.get("template", str, None)
+    path_value = table.get("template_file", str, None)
     if name is not None and path_value is not None:
         raise ConfigError(f"{where}: give template (a built-in) or template_file, not both")
     if path_value is not None:
@@ -467,7 +434,7 @@ def _template(
     if not text.startswith("#!"):
         raise ConfigError(f"{where}: job template {label} must start with #! (sbatch needs an interpreter line)")
     defaults = dict(_TEMPLATE_DEFAULT.findall(text))
-    variables = _get(table, "vars", dict, where, {})
+    variables = table.get("vars", dict, {})
     for key, value in variables.items():
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,31}", key) or key in BUILTIN_PLACEHOLDERS:
             raise ConfigError(f"{where}.vars.{key}: names are lowercase identifiers other than {sorted(BUILTIN_PLACEHOLDERS)}")
@@ -493,176 +460,127 @@ _POLICY_KEYS: Final = {
 _SLURM_KEYS: Final = {"template", "template_file", "vars", "resources", "time_limit"}
 
 
-def _service(name: str, table: dict[str, Any], where: str, base: Path, request_timeout: float) -> Service:
-    backend = _get(table, "backend", str, where)
+def _service(name: str, data: Any, where: str, base: Path, request_timeout: float) -> Service:
+    Table(data, where, {"routes", "backend", "revision", "unsafe_plain_http", "command"} | _SLURM_KEYS | _POLICY_KEYS)
+    backend = data.get("backend")
     if backend not in ("local", "slurm"):
-        raise ConfigError(f"{where}.backend must be 'local' or 'slurm'")
+        raise ConfigError(f"{where}.backend must be 'local' or 'slurm'", key=f"{where}.backend")
     own = {"command"} if backend == "local" else _SLURM_KEYS
-    _check_keys(table, {"routes", "backend", "revision", "unsafe_plain_http"} | own | _POLICY_KEYS, where)
-    plain = _get(table, "unsafe_plain_http", bool, where, False)
+    table = Table(data, where, {"routes", "backend", "revision", "unsafe_plain_http"} | own | _POLICY_KEYS)
+    plain = table.get("unsafe_plain_http", bool, False)
     model = _model(name, where)
     command: tuple[str, ...] = ()
     template, template_name = "", ""
     variables: tuple[tuple[str, str], ...] = ()
     resources, time_limit = SlurmResources(), None
     if backend == "local":
-        argv = _get(table, "command", list, where)
+        argv = table.get("command", list)
         if not argv or not all(isinstance(a, str) for a in argv):
-            raise ConfigError(f"{where}.command must be a non-empty list of strings")
+            raise table.error("command", "must be a non-empty list of strings")
         command = tuple(argv)
         used = set().union(*(template_placeholders(a) for a in argv))
         missing = [name for name in TLS_PLACEHOLDERS if name not in used]
         if missing and not plain:
-            raise ConfigError(
-                f"{where}.command must pass {{{missing[0]}}} (the job's TLS files) to the server, "
-                "or set unsafe_plain_http = true"
+            raise table.error(
+                "command", f"must pass {{{missing[0]}}} (the job's TLS files) to the server, or set unsafe_plain_http = true"
             )
     else:
         template, template_name, variables = _template(table, where, base, plain)
-        resources = _resources(_get(table, "resources", dict, where, {}), f"{where}.resources")
-        time_limit = _time_limit(table.get("time_limit"), where)
-    low = _get(table, "min_instances", int, where, 1)
-    high = _get(table, "max_instances", int, where, max(low, 1))
+        resources = _resources(table.table("resources", config_keys(SlurmResources), {}))
+        time_limit = _time_limit(table.data.get("time_limit"), where)
+    low = table.get("min_instances", int, 1)
+    high = table.get("max_instances", int, max(low, 1))
     if not 0 <= low <= high <= MAX_INSTANCES:
-        raise ConfigError(f"{where}: need 0 <= min_instances <= max_instances <= {MAX_INSTANCES}")
-    warmup = _number(table, "warmup_timeout", where, 900.0, 1, MAX_DURATION)
-    per_instance = _number(table, "requests_per_instance", where, 16.0, 0.1, 100000)
-    up = _number(table, "scale_up_threshold", where, 0.75, 0.01, 10)
-    down = _number(table, "scale_down_threshold", where, 0.25, 0, 10)
-    if down >= up:
-        raise ConfigError(f"{where}: scale_down_threshold must be below scale_up_threshold")
-    default_renew = 0.0 if time_limit is None else min(warmup + 60.0, time_limit / 2)
-    renew = _number(table, "renew_before", where, default_renew, 0, MAX_DURATION)
-    if renew and time_limit is None:
-        raise ConfigError(f"{where}.renew_before needs a time_limit (the partition's default is not known here)")
-    if time_limit is not None and renew >= time_limit:
-        raise ConfigError(f"{where}.renew_before must be shorter than time_limit")
-    backoff_base = _number(table, "backoff_base", where, 30.0, 0, 86400)
-    backoff_max = _number(table, "backoff_max", where, max(900.0, backoff_base), backoff_base, 86400)
-    hold_queue = _get(table, "hold_queue", int, where, 32)
-    if not 0 <= hold_queue <= 4096:
-        raise ConfigError(f"{where}.hold_queue must be between 0 and 4096")
-    priority = _get(table, "priority", int, where, 0)
-    if not -1000 <= priority <= 1000:
-        raise ConfigError(f"{where}.priority must be between -1000 and 1000")
-    return Service(
-        model=model,
-        routes=_routes(table, where),
-        backend=backend,
-        command=command,
-        min_instances=low,
-        max_instances=high,
-        warmup_timeout=warmup,
-        template=template,
-        template_name=template_name,
-        variables=variables,
-        resources=resources,
-        time_limit=time_limit,
-        requests_per_instance=per_instance,
-        scale_up_threshold=up,
-        scale_down_threshold=down,
-        load_window=_number(table, "load_window", where, 120.0, 1, 86400),
-        scale_down_delay=_number(table, "scale_down_delay", where, 600.0, 0, 86400),
-        pending_timeout=_number(table, "pending_timeout", where, 1800.0, 1, MAX_DURATION),
-        renew_before=renew,
-        drain_timeout=_number(table, "drain_timeout", where, request_timeout, 0, MAX_REQUEST_TIMEOUT),
+        raise ConfigError(f"{where}: need 0 <= min_instances <= max_instances <= {MAX_INSTANCES}", key=where)
+    backoff_base = table.number("backoff_base", float, 0, 86400, default(Service, "backoff_base"))
+    service = build(
+        Service, table, base,
+        model=model, routes=_routes(table, where), backend=backend, command=command,
+        min_instances=low, max_instances=high,
+        template=template, template_name=template_name, variables=variables, resources=resources, time_limit=time_limit,
+        drain_timeout=table.number("drain_timeout", float, 0, MAX_REQUEST_TIMEOUT, request_timeout),
         backoff_base=backoff_base,
-        backoff_max=backoff_max,
-        hold_queue=hold_queue,
-        hold_timeout=_number(table, "hold_timeout", where, min(300.0, request_timeout), 0, MAX_REQUEST_TIMEOUT),
-        schedule=_schedule(_get(table, "schedule", list, where, []), where, low, high),
-        priority=priority,
-        unsafe_plain_http=plain,
+        backoff_max=table.number("backoff_max", float, backoff_base, 86400, max(default(Service, "backoff_max"), backoff_base)),
+        hold_timeout=table.number(
+            "hold_timeout", float, 0, MAX_REQUEST_TIMEOUT, min(default(Service, "hold_timeout"), request_timeout)
+        ),
+        schedule=_schedule(table.get("schedule", list, []), where, low, high),
+        renew_before=0.0,
         revision=_revision(table, where),
-    )
+    )  # fmt: skip
+    if service.scale_down_threshold >= service.scale_up_threshold:
+        raise table.error("scale_down_threshold", "must be below scale_up_threshold")
+    default_renew = 0.0 if time_limit is None else min(service.warmup_timeout + 60.0, time_limit / 2)
+    renew = table.number("renew_before", float, 0, MAX_DURATION, default_renew)
+    if renew and time_limit is None:
+        raise table.error("renew_before", "needs a time_limit (the partition's default is not known here)")
+    if time_limit is not None and renew >= time_limit:
+        raise table.error("renew_before", "must be shorter than time_limit")
+    return dataclasses.replace(service, renew_before=renew)
 
 
-def _scheduler(table: dict[str, Any]) -> SchedulerSettings:
-    where = "scheduler"
-    _check_keys(
-        table,
-        {"pass_interval", "pass_timeout", "probe_timeout", "port_min", "port_max", "job_prefix", "max_submit_per_pass"},
-        where,
-    )
-    port_min = _get(table, "port_min", int, where, 20000)
-    port_max = _get(table, "port_max", int, where, 32000)
-    if not 1024 <= port_min < port_max <= 65535 or port_max - port_min < 100:
-        raise ConfigError("scheduler: need 1024 <= port_min < port_max <= 65535, at least 100 ports apart")
-    prefix = _get(table, "job_prefix", str, where, "sluice")
-    if not _JOB_PREFIX.fullmatch(prefix):
-        raise ConfigError("scheduler.job_prefix must be a letter then up to 31 letters, digits, _ or -")
-    submits = _get(table, "max_submit_per_pass", int, where, 8)
-    if not 1 <= submits <= MAX_INSTANCES:
-        raise ConfigError(f"scheduler.max_submit_per_pass must be between 1 and {MAX_INSTANCES}")
-    return SchedulerSettings(
-        pass_interval=_number(table, "pass_interval", where, 5.0, 0.1, 3600),
-        pass_timeout=_number(table, "pass_timeout", where, 120.0, 5, 3600),
-        probe_timeout=_number(table, "probe_timeout", where, 2.0, 0.1, 60),
-        port_min=port_min,
-        port_max=port_max,
-        job_prefix=prefix,
-        max_submit_per_pass=submits,
-    )
+def _scheduler(table: Table) -> SchedulerSettings:
+    settings: SchedulerSettings = build(SchedulerSettings, table)
+    if not 1024 <= settings.port_min < settings.port_max <= 65535 or settings.port_max - settings.port_min < 100:
+        raise table.error("port_min", "and port_max: need 1024 <= port_min < port_max <= 65535, at least 100 ports apart")
+    if not _JOB_PREFIX.fullmatch(settings.job_prefix):
+        raise table.error("job_prefix", "must be a letter then up to 31 letters, digits, _ or -")
+    return settings
 
 
-def _slurm(table: dict[str, Any], base: Path) -> SlurmSettings:
-    where = "slurm"
-    _check_keys(
-        table, {"sbatch", "squeue", "scancel", "command_timeout", "slurm_conf", "node_host", "log_dir", "job_dir"}, where
-    )
-    commands = {}
-    for key in ("sbatch", "squeue", "scancel"):
-        value = _get(table, key, str, where, key)
-        if not _COMMAND_NAME.fullmatch(value):
-            raise ConfigError(f"slurm.{key} must be a command name or an absolute path")
-        commands[key] = str(base / value) if "/" in value else value
-    node_host = _get(table, "node_host", str, where, "{node}")
+def _slurm(table: Table, base: Path) -> SlurmSettings:
+    settings: SlurmSettings = build(SlurmSettings, table, base)
+    sbatch, squeue, scancel = (_command(table, base, key, getattr(settings, key)) for key in ("sbatch", "squeue", "scancel"))
+    node_host = settings.node_host
     if not _NODE_HOST.fullmatch(node_host) or set(PLACEHOLDER.findall(node_host)) - {"node"}:
-        raise ConfigError("slurm.node_host must be a host name, optionally with {node} (e.g. '{node}.ib.cluster')")
-    conf = _get(table, "slurm_conf", str, where, None)
-    log_dir = _get(table, "log_dir", str, where, None)
-    job_dir = _get(table, "job_dir", str, where, None)
-    return SlurmSettings(
-        job_dir=None if job_dir is None else base / job_dir,
-        command_timeout=_number(table, "command_timeout", where, 30.0, 1, 600),
-        slurm_conf=None if conf is None else base / conf,
-        node_host=node_host,
-        log_dir=None if log_dir is None else base / log_dir,
-        **commands,
-    )
+        raise table.error("node_host", "must be a host name, optionally with {node} (e.g. '{node}.ib.cluster')")
+    return dataclasses.replace(settings, sbatch=sbatch, squeue=squeue, scancel=scancel)
+
+
+def _command(table: Table, base: Path, key: str, value: str) -> str:
+    """A Slurm command's name, or its path (relative to the config file's folder)."""
+    if not _COMMAND_NAME.fullmatch(value):
+        raise table.error(key, "must be a command name or an absolute path")
+    return str(base / value) if "/" in value else value
+
+
+def _gate(table: Table, base: Path) -> GateSettings:
+    gate: GateSettings = build(GateSettings, table, base)
+    if not gate.request_timeout or not gate.connect_timeout:
+        raise table.error("request_timeout", "must be in (0, 3600] and gate.connect_timeout in (0, 60]")
+    if gate.tls_dir is None:  # beside sealed-keys/: the gate's, not in the spool
+        gate = dataclasses.replace(gate, tls_dir=base / "gate-tls")
+    spool_dir = gate.spool_dir
+    if spool_dir is not None:
+        if gate.routing_table.parent != spool_dir:
+            raise table.error("routing_table", "must be in gate.spool_dir (the scheduler's account writes it there)")
+        if gate.state == spool_dir or gate.state.is_relative_to(spool_dir):
+            raise table.error("state_dir", "must not be in gate.spool_dir: it is private to the scheduler's account")
+    return gate
 
 
 def load_config(path: str | Path) -> ClusterConfig:
-    """Read and validate the cluster configuration at ``path``."""
+    """Read and validate the cluster configuration at ``path``; a mistake raises ConfigError naming it."""
     path = Path(path)
     try:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read cluster config {path}: {exc}") from None
-    _check_keys(data, {"gate", "backends", "services", "scheduler", "slurm"}, "config")
+        raise ConfigError(f"cannot read cluster config: {exc}; give a readable TOML file", file=path) from None
+    try:
+        return _parse(data, path)
+    except ConfigError as exc:
+        raise exc.in_file(path) from None
+
+
+def _parse(data: dict[str, Any], path: Path) -> ClusterConfig:
+    top = Table(data, "", {"gate", "backends", "services", "scheduler", "slurm"})
     base = path.parent
-    gate_table = _get(data, "gate", dict, "config")
-    _check_keys(
-        gate_table, {"routing_table", "request_timeout", "connect_timeout", "state_dir", "tls_dir", "spool_dir"}, "gate"
-    )
-    timeout = _get(gate_table, "request_timeout", float, "gate", 300.0)
-    connect = _get(gate_table, "connect_timeout", float, "gate", 5.0)
-    if not 0 < timeout <= MAX_REQUEST_TIMEOUT or not 0 < connect <= 60:
-        raise ConfigError("gate.request_timeout must be in (0, 3600] and gate.connect_timeout in (0, 60]")
-    paths = {key: _get(gate_table, key, str, "gate", None) for key in ("state_dir", "tls_dir", "spool_dir")}
-    state_dir, tls_dir, spool_dir = (None if value is None else base / value for value in paths.values())
-    tls_dir = tls_dir or base / "gate-tls"  # beside sealed-keys/: the gate's, not in the spool
-    gate = GateSettings(base / _get(gate_table, "routing_table", str, "gate"), timeout, connect, state_dir, tls_dir, spool_dir)
-    if spool_dir is not None:
-        if gate.routing_table.parent != spool_dir:
-            raise ConfigError("gate.routing_table must be in gate.spool_dir (the scheduler's account writes it there)")
-        if gate.state == spool_dir or gate.state.is_relative_to(spool_dir):
-            raise ConfigError("gate.state_dir must not be in gate.spool_dir: it is private to the scheduler's account")
-    static = tuple(_static(entry, f"backends[{i}]", base) for i, entry in enumerate(_get(data, "backends", list, "config", [])))
+    gate = _gate(top.table("gate", config_keys(GateSettings)), base)
+    static = tuple(_static(entry, f"backends[{i}]", base) for i, entry in enumerate(top.get("backends", list, [])))
     services = tuple(
-        _service(name, table, f"services.{name}", base, timeout)
-        for name, table in _get(data, "services", dict, "config", {}).items()
+        _service(name, table, f"services.{name}", base, gate.request_timeout)
+        for name, table in top.get("services", dict, {}).items()
     )
     models = [b.model for b in static] + [s.model for s in services]
     if len(models) != len(set(models)):
@@ -670,6 +588,6 @@ def load_config(path: str | Path) -> ClusterConfig:
     keys = [s.job_key for s in services]
     if len(keys) != len(set(keys)):
         raise ConfigError("two services differ only in characters other than letters, digits, '.', '_' and '-'")
-    scheduler = _scheduler(_get(data, "scheduler", dict, "config", {}))
-    slurm = _slurm(_get(data, "slurm", dict, "config", {}), base)
+    scheduler = _scheduler(top.table("scheduler", config_keys(SchedulerSettings), {}))
+    slurm = _slurm(top.table("slurm", config_keys(SlurmSettings), {}), base)
     return ClusterConfig(gate, static, services, scheduler, slurm, path.resolve())

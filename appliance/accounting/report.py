@@ -114,11 +114,11 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
         if args.database is not None:
             rows = sqlite_report(Path(args.database), args.since, args.until, args.user, args.model)
         else:
-            from ..settings import SettingsError, load_settings
+            from ..settings import ConfigError, load_settings
 
             try:
                 accounting = load_settings(args.config).metering.accounting
-            except SettingsError as exc:
+            except ConfigError as exc:
                 print(f"sluice: {exc}", file=sys.stderr)
                 return 2
             if accounting.backend == "sqlite" and accounting.path is not None:

@@ -97,11 +97,11 @@ def _key(args: argparse.Namespace, configured: Path | None) -> bytes | None:
 def _store(args: argparse.Namespace) -> tuple[AuditStore, bytes | None]:
     if args.database is not None:
         return open_store("sqlite", path=args.database, read_only=True), _key(args, None)
-    from ..settings import SettingsError, load_settings
+    from ..settings import ConfigError, load_settings
 
     try:
         accounting = load_settings(args.config).metering.accounting
-    except SettingsError as exc:
+    except ConfigError as exc:
         raise ValueError(str(exc)) from None
     key = _key(args, accounting.audit_key_file)
     if accounting.backend == "sqlite" and accounting.path is not None:

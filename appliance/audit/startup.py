@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from . import AuditTrail, audit_event, install, open_store
 
 if TYPE_CHECKING:
-    from ..quotas.config import AccountingSettings
+    from ..accounting.config import AccountingSettings
     from ..settings import Settings
 
 __all__ = ["open_trail", "record_start", "unsafe_modes", "close_trail"]

@@ -57,11 +57,11 @@ async def _database(args: argparse.Namespace) -> Database:
     """The identity store named by ``--database`` (a SQLite file) or ``--config``, started."""
     if args.database:
         return open_database(Path(args.database))
-    from ..settings import SettingsError, load_settings
+    from ..settings import ConfigError, load_settings
 
     try:
         settings = load_settings(args.config)
-    except SettingsError as exc:
+    except ConfigError as exc:
         raise SystemExit(f"sluice: {exc}") from None
     auth = settings.identity.auth
     if auth.database_dsn_file is not None:

@@ -46,11 +46,14 @@ policy = "/etc/sluice/access.toml"   # which groups may use which models (defaul
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, overload
 from urllib.parse import urlsplit
+
+from policy.config import ConfigError, Table, build, config_keys, default, setting
 
 from .access import AccessPolicyError, load_access_policy
 from .identity import ClaimNames
@@ -75,35 +78,31 @@ _HEADER_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class ConfigError(ValueError):
-    """The configuration is wrong; the message names the key."""
-
-
 @dataclass(frozen=True, slots=True)
 class TrustedHeaderSettings:
     proxies: tuple[Network, ...]
-    user_header: str = "x-remote-user"
-    groups_header: str | None = None
-    groups_separator: str = ","
-    email_header: str | None = None
-    name_header: str | None = None
-    issuer: str = "proxy"
-    logout_url: str | None = None
+    user_header: str = setting("x-remote-user", max_length=64)  # header names: lower case once read
+    groups_header: str | None = setting(None, max_length=64)
+    groups_separator: str = setting(",", max_length=4)
+    email_header: str | None = setting(None, max_length=64)
+    name_header: str | None = setting(None, max_length=64)
+    issuer: str = setting("proxy", max_length=512)
+    logout_url: str | None = setting(None, max_length=1024)
 
 
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
     database: Path | None = None
-    public_url: str | None = None
-    session_secret_file: Path | None = None
+    public_url: str | None = setting(None, max_length=1024)
+    session_secret_file: Path | None = setting(None, must_exist=True)
     cookie_secure: bool = True
-    cookie_samesite: str = "lax"
-    session_lifetime: float = 8 * 3600.0
-    groups_max_age: float = 30 * 86400.0
-    key_max_days: int = 365
+    cookie_samesite: str = setting("lax", choices=("lax", "strict"))
+    session_lifetime: float = setting(8 * 3600.0, low=60, high=7 * 86400)
+    groups_max_age: float = setting(30 * 86400.0, low=60, high=366 * 86400)
+    key_max_days: int = setting(365, low=1, high=3650)
     trusted_header: TrustedHeaderSettings | None = None
     # PostgreSQL instead of the SQLite file (several replicas): a file holding the DSN.
-    database_dsn_file: Path | None = None
+    database_dsn_file: Path | None = setting(None, must_exist=True)
 
     @property
     def has_database(self) -> bool:
@@ -112,16 +111,16 @@ class AuthSettings:
 
 @dataclass(frozen=True, slots=True)
 class OidcSettings:
-    issuer: str
-    client_id: str
-    client_secret_file: Path | None = None
+    issuer: str = setting(max_length=1024)
+    client_id: str = setting(max_length=256)
+    client_secret_file: Path | None = setting(None, must_exist=True)
     scopes: tuple[str, ...] = ("openid", "email", "profile")
-    algorithms: tuple[str, ...] = ("RS256", "ES256")
-    leeway: float = 30.0
+    algorithms: tuple[str, ...] = setting(("RS256", "ES256"), max_items=len(ALLOWED_ALGORITHMS))
+    leeway: float = setting(30.0, low=0, high=300)
     claims: ClaimNames = field(default_factory=ClaimNames)
     rp_logout: bool = True
-    api_audience: str | None = None
-    api_scope: str | None = None
+    api_audience: str | None = setting(None, max_length=256)
+    api_scope: str | None = setting(None, max_length=256)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,59 +136,6 @@ class IdentitySettings:
     def users_sign_in(self) -> bool:
         """Whether people sign in (OIDC or a trusted proxy), so groups decide access."""
         return self.oidc is not None or self.auth.trusted_header is not None
-
-
-class Table:
-    """Typed access to one TOML table, with errors that name the key."""
-
-    def __init__(self, data: Any, where: str, allowed: set[str]) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where} must be a table")
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]} is not a known setting (known: {', '.join(sorted(allowed))})")
-        self.data, self.where = data, where
-
-    def get(self, key: str, kind: type, default: Any = ...) -> Any:
-        if key not in self.data:
-            if default is ...:
-                raise ConfigError(f"{self.where}.{key} is required")
-            return default
-        value = self.data[key]
-        if kind is float and type(value) is int:
-            value = float(value)
-        if type(value) is not kind:
-            raise ConfigError(f"{self.where}.{key} must be a {kind.__name__}")
-        return value
-
-    def number(self, key: str, kind: type, low: float, high: float, default: Any) -> Any:
-        value = self.get(key, kind, default)
-        if not low <= value <= high:
-            raise ConfigError(f"{self.where}.{key} must be between {low} and {high}")
-        return value
-
-    def text(self, key: str, default: Any = ..., max_length: int = 1024) -> Any:
-        value = self.get(key, str, default)
-        if isinstance(value, str) and not (0 < len(value) <= max_length and value.isprintable()):
-            raise ConfigError(f"{self.where}.{key} must be 1 to {max_length} printable characters")
-        return value
-
-    def strings(self, key: str, default: Any = ..., max_items: int = 64) -> Any:
-        value = self.get(key, list, default)
-        if isinstance(value, list):
-            if not 0 < len(value) <= max_items or not all(isinstance(v, str) and v and v.isprintable() for v in value):
-                raise ConfigError(f"{self.where}.{key} must be a list of 1 to {max_items} non-empty strings")
-            return tuple(value)
-        return value
-
-    def path(self, key: str, base: Path, default: Any = ..., must_exist: bool = True) -> Any:
-        value = self.text(key, default)
-        if not isinstance(value, str):
-            return value
-        path = base / value
-        if must_exist and not path.is_file():
-            raise ConfigError(f"{self.where}.{key}: {path} does not exist")
-        return path
 
 
 def is_loopback_http(url: str) -> bool:
@@ -213,103 +159,81 @@ def check_url(url: str, where: str, *, origin_only: bool = False) -> str:
     return url.rstrip("/") if origin_only else url
 
 
-def _header(table: Table, key: str, default: str | None) -> str | None:
-    value: str | None = table.text(key, default, max_length=64)
+@overload
+def _header(table: Table, key: str, value: str) -> str: ...
+@overload
+def _header(table: Table, key: str, value: None) -> None: ...
+def _header(table: Table, key: str, value: str | None) -> str | None:
     if value is None:
         return None
     value = value.lower()
     if not set(value) <= _HEADER_CHARS:
-        raise ConfigError(f"{table.where}.{key} must be a header name (letters, digits and '-')")
+        raise table.error(key, "must be a header name (letters, digits and '-')")
     return value
 
 
 def _trusted_header(data: Any, where: str) -> TrustedHeaderSettings:
-    table = Table(data, where, {"proxies", "user_header", "groups_header", "groups_separator", "email_header",
-                                "name_header", "issuer", "logout_url"})
+    table = Table(data, where, config_keys(TrustedHeaderSettings))
     proxies: list[Network] = []
     for entry in table.strings("proxies"):
         try:
             network = ipaddress.ip_network(entry, strict=False)
         except ValueError:
-            raise ConfigError(f"{where}.proxies: {entry!r} is not an address or CIDR network") from None
+            raise table.error("proxies", f": {entry!r} is not an address or CIDR network") from None
         if network.prefixlen == 0:
-            raise ConfigError(f"{where}.proxies: {entry!r} trusts every address; list the proxies' own addresses")
+            raise table.error("proxies", f": {entry!r} trusts every address; list the proxies' own addresses")
         proxies.append(network)
-    separator = table.text("groups_separator", ",", max_length=4)
-    logout_url = table.text("logout_url", None)
-    if logout_url is not None and not logout_url.startswith("/"):
-        check_url(logout_url, f"{where}.logout_url")
-    issuer = table.text("issuer", "proxy", max_length=512)
-    if "#" in issuer:
-        raise ConfigError(f"{where}.issuer must not contain '#'")
-    return TrustedHeaderSettings(
-        tuple(proxies), _header(table, "user_header", "x-remote-user") or "x-remote-user",
-        _header(table, "groups_header", None), separator, _header(table, "email_header", None),
-        _header(table, "name_header", None), issuer, logout_url,
+    settings: TrustedHeaderSettings = build(TrustedHeaderSettings, table, proxies=tuple(proxies))
+    if settings.logout_url is not None and not settings.logout_url.startswith("/"):
+        check_url(settings.logout_url, f"{where}.logout_url")
+    if "#" in settings.issuer:
+        raise table.error("issuer", "must not contain '#'")
+    return dataclasses.replace(
+        settings,
+        user_header=_header(table, "user_header", settings.user_header),
+        groups_header=_header(table, "groups_header", settings.groups_header),
+        email_header=_header(table, "email_header", settings.email_header),
+        name_header=_header(table, "name_header", settings.name_header),
     )
 
 
 def _auth(data: Any, base: Path) -> AuthSettings:
-    table = Table(data, "auth", {"database", "public_url", "session_secret_file", "cookie_secure", "cookie_samesite",
-                                 "session_lifetime", "groups_max_age", "key_max_days", "trusted_header",
-                                 "database_dsn_file"})
-    database = table.path("database", base, None, must_exist=False)
-    if database is not None and not database.parent.is_dir():
-        raise ConfigError(f"auth.database: the folder {database.parent} does not exist")
-    dsn_file = table.path("database_dsn_file", base, None)
-    if dsn_file is not None and database is not None:
-        raise ConfigError("auth.database and auth.database_dsn_file are alternatives: set one")
-    if dsn_file is not None:
+    table = Table(data, "auth", config_keys(AuthSettings))
+    trusted = table.data.get("trusted_header")
+    auth: AuthSettings = build(
+        AuthSettings, table, base, trusted_header=None if trusted is None else _trusted_header(trusted, "auth.trusted_header")
+    )
+    if auth.database is not None and not auth.database.parent.is_dir():
+        raise table.error("database", f": the folder {auth.database.parent} does not exist; create it or name another")
+    if auth.database_dsn_file is not None:
+        if auth.database is not None:
+            raise ConfigError("auth.database and auth.database_dsn_file are alternatives: set one", key="auth.database")
         try:
-            read_secret_file(dsn_file, "auth.database_dsn_file", 1)
+            read_secret_file(auth.database_dsn_file, "auth.database_dsn_file", 1)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    public_url = table.text("public_url", None)
+            raise ConfigError(str(exc), key="auth.database_dsn_file") from None
+    public_url = auth.public_url
     if public_url is not None:
         public_url = check_url(public_url, "auth.public_url", origin_only=True)
-    secure = table.get("cookie_secure", bool, True)
-    if not secure and (public_url is None or not is_loopback_http(public_url)):
-        raise ConfigError("auth.cookie_secure = false is only for a loopback http public_url (local testing)")
-    samesite = table.get("cookie_samesite", str, "lax")
-    if samesite not in ("lax", "strict"):
-        raise ConfigError("auth.cookie_samesite must be 'lax' or 'strict'")
-    trusted = table.data.get("trusted_header")
-    return AuthSettings(
-        database, public_url, table.path("session_secret_file", base, None), secure, samesite,
-        table.number("session_lifetime", float, 60, 7 * 86400, 8 * 3600.0),
-        table.number("groups_max_age", float, 60, 366 * 86400, 30 * 86400.0),
-        table.number("key_max_days", int, 1, 3650, 365),
-        None if trusted is None else _trusted_header(trusted, "auth.trusted_header"),
-        dsn_file,
-    )
+    if not auth.cookie_secure and (public_url is None or not is_loopback_http(public_url)):
+        raise table.error("cookie_secure", "= false is only for a loopback http public_url (local testing)")
+    return dataclasses.replace(auth, public_url=public_url)
 
 
 def _oidc(data: Any, base: Path) -> OidcSettings:
-    table = Table(data, "oidc", {"issuer", "client_id", "client_secret_file", "scopes", "algorithms", "leeway",
-                                 "claims", "rp_logout", "api_audience", "api_scope"})
-    issuer = check_url(table.text("issuer"), "oidc.issuer")
+    table = Table(data, "oidc", config_keys(OidcSettings))
+    claims_table = Table(table.get("claims", dict, {}), "oidc.claims", config_keys(ClaimNames))
+    claims = ClaimNames(*(claims_table.text(key, default(ClaimNames, key), 128) for key in ("email", "name", "groups")))
+    oidc: OidcSettings = build(OidcSettings, table, base, claims=claims)
+    issuer = check_url(oidc.issuer, "oidc.issuer")
     if urlsplit(issuer).query:
-        raise ConfigError("oidc.issuer must not have a query")
-    scopes = table.strings("scopes", ("openid", "email", "profile"))
-    if "openid" not in scopes or not all(s.isascii() and " " not in s for s in scopes):
-        raise ConfigError("oidc.scopes must include 'openid' and be single words")
-    algorithms = table.strings("algorithms", ("RS256", "ES256"), max_items=len(ALLOWED_ALGORITHMS))
-    bad = [a for a in algorithms if a not in ALLOWED_ALGORITHMS]
+        raise table.error("issuer", "must not have a query")
+    if "openid" not in oidc.scopes or not all(s.isascii() and " " not in s for s in oidc.scopes):
+        raise table.error("scopes", "must include 'openid' and be single words")
+    bad = [a for a in oidc.algorithms if a not in ALLOWED_ALGORITHMS]
     if bad:
-        raise ConfigError(f"oidc.algorithms: {bad[0]!r} is not allowed (allowed: {', '.join(sorted(ALLOWED_ALGORITHMS))})")
-    claims_table = Table(table.get("claims", dict, {}), "oidc.claims", {"email", "name", "groups"})
-    claims = ClaimNames(
-        claims_table.text("email", "email", 128), claims_table.text("name", "name", 128),
-        claims_table.text("groups", "groups", 128),
-    )
-    return OidcSettings(
-        issuer,
-        table.text("client_id", max_length=256),
-        table.path("client_secret_file", base, None),
-        scopes, algorithms, table.number("leeway", float, 0, 300, 30.0), claims,
-        table.get("rp_logout", bool, True),
-        table.text("api_audience", None, 256), table.text("api_scope", None, 256),
-    )
+        raise table.error("algorithms", f": {bad[0]!r} is not allowed (allowed: {', '.join(sorted(ALLOWED_ALGORITHMS))})")
+    return oidc
 
 
 def parse_identity(data: dict[str, Any], base: Path) -> IdentitySettings:
@@ -320,8 +244,8 @@ def parse_identity(data: dict[str, Any], base: Path) -> IdentitySettings:
     unsafe_allow_all = False
     if "access" in data:
         table = Table(data["access"], "access", {"policy", "unsafe_allow_all"})
-        access = table.path("policy", base, None)
-        unsafe_allow_all = table.get("unsafe_allow_all", bool, False)
+        access = table.path("policy", base, None, must_exist=True)
+        unsafe_allow_all = table.get("unsafe_allow_all", bool, default(IdentitySettings, "unsafe_allow_all"))
         if access is not None and unsafe_allow_all:
             raise ConfigError("access: set either policy or unsafe_allow_all, not both")
     settings = IdentitySettings(auth, oidc, access, unsafe_allow_all)

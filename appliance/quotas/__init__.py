@@ -10,7 +10,7 @@ around each request.
 from __future__ import annotations
 
 from ._memory import Backend, MemoryBackend
-from .config import MeteringConfigError, MeteringSettings, parse_metering
+from .config import MeteringSettings, parse_metering
 from .errors import QuotaExceeded, QuotaUnavailable
 from .meter import Meter, build_meter
 from .policy import Limit, Plan, PolicyError, QuotaPolicy, load_policy, parse_policy
@@ -22,7 +22,6 @@ __all__ = [
     "Limit",
     "MemoryBackend",
     "Meter",
-    "MeteringConfigError",
     "MeteringSettings",
     "Plan",
     "PolicyError",

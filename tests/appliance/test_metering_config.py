@@ -10,11 +10,11 @@ import pytest
 
 from appliance.quotas import MemoryBackend, Meter, build_meter
 from appliance.quotas.config import (
-    MeteringConfigError,
     MeteringSettings,
     parse_metering,
 )
-from appliance.settings import SettingsError, parse_settings
+from appliance.settings import parse_settings
+from policy.config import ConfigError
 
 CLUSTER = '[[clusters]]\nname = "local"\ntransport = "local"\ngate_command = ["gate", "--local-pipe"]\n'
 
@@ -86,18 +86,18 @@ def test_everything_set(tmp_path: Path) -> None:
     ],
 )
 def test_reject_bad_settings(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(SettingsError, match=message):
+    with pytest.raises(ConfigError, match=message):
         settings(text, tmp_path)
 
 
 def test_reject_bad_policy_at_start(tmp_path: Path) -> None:
     (tmp_path / "quotas.toml").write_text("[user]\nrequests_per_hour = 3\n")
-    with pytest.raises(SettingsError, match="quotas.policy: .*requests_per_hour is not a known limit"):
+    with pytest.raises(ConfigError, match="quotas.policy: .*requests_per_hour is not a known limit"):
         settings('[quotas]\npolicy = "quotas.toml"', tmp_path)
 
 
 def test_parse_metering_alone() -> None:
-    with pytest.raises(MeteringConfigError, match="quotas must be a table"):
+    with pytest.raises(ConfigError, match="quotas must be a table"):
         parse_metering({"quotas": 3}, Path("."))
 
 
@@ -114,3 +114,13 @@ def test_build_meter(tmp_path: Path) -> None:
     asyncio.run(scenario())
     off = build_meter(settings("[quotas]\nenabled = false", tmp_path))
     assert off.quotas is None and off.accounting is None
+
+
+def test_reject_names_the_file_the_key_and_the_fix(tmp_path: Path) -> None:
+    from appliance.settings import load_settings
+
+    (tmp_path / "sluice.toml").write_text(CLUSTER + "[logging]\nlevel = 'loud'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(tmp_path / "sluice.toml")
+    assert str(info.value) == f"{tmp_path / 'sluice.toml'}: logging.level must be one of: debug, info, warning, error"
+    assert info.value.key == "logging.level"

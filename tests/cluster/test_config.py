@@ -55,8 +55,8 @@ routes = ["chat"]
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ("colour = 'blue'\n", "unknown key 'colour'"),
-        ("command = ['x']\n", "unknown key 'command'"),
+        ("colour = 'blue'\n", "services.m.colour is not a known setting"),
+        ("command = ['x']\n", "services.m.command is not a known setting"),
         ("min_instances = 3\nmax_instances = 2\n", "min_instances <= max_instances"),
         ("time_limit = '1:30'\n", "whole minutes"),
         ("time_limit = 'soon'\n", "time_limit must be"),
@@ -64,7 +64,7 @@ routes = ["chat"]
         ("scale_up_threshold = 0.2\nscale_down_threshold = 0.5\n", "scale_down_threshold must be below"),
         ("resources = { partition = 'gpu --account=x' }\n", "resources.partition must be printable ASCII"),
         ("resources = { nice = -5 }\n", "raise priority with a qos"),
-        ("resources = { gpus = 4 }\n", "unknown key 'gpus'"),
+        ("resources = { gpus = 4 }\n", "services.m.resources.gpus is not a known setting"),
         ("template = 'nonesuch'\n", "not a built-in template"),
         ("vars = { port = '1' }\n", "vars.port"),
         ('vars = { setup = "a\\nb" }\n', "vars.setup must be one line"),
@@ -220,3 +220,13 @@ def test_reject_static_tls_mistakes(tmp_path: Path, extra: str, message: str) ->
     (tmp_path / "cluster.toml").write_text(STATIC + extra)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(tmp_path / "cluster.toml")
+
+
+def test_reject_names_the_file_the_key_and_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "cluster.toml").write_text(BASE + "hold_queue = -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "cluster.toml")
+    assert str(info.value) == f"{tmp_path / 'cluster.toml'}: services.m.hold_queue must be between 0 and 4096"
+    assert info.value.key == "services.m.hold_queue"
+    with pytest.raises(ConfigError, match="^" + re.escape(str(tmp_path / "missing.toml")) + ": cannot read"):
+        load_config(tmp_path / "missing.toml")

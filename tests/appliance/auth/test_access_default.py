@@ -12,7 +12,7 @@ from appliance.auth.api_keys import ApiKeyStore
 from appliance.auth.base import Principal
 from appliance.auth.build import build_identity
 from appliance.auth.config import ConfigError, parse_identity
-from appliance.settings import SettingsError, parse_settings
+from appliance.settings import parse_settings
 
 KEY = "sk-default-deny-" + "d" * 20
 
@@ -57,5 +57,5 @@ def test_reject_policy_and_unsafe_allow_all_together(tmp_path: Path) -> None:
 def test_reject_bad_key_groups(tmp_path: Path) -> None:
     data = {"clusters": [{"name": "c", "transport": "local", "gate_command": ["gate", "--local-pipe"]}],
             "api_keys": [{"user": "u", "key_id": "k", "sha256": "00" * 32, "groups": ["", 3]}]}
-    with pytest.raises(SettingsError):
+    with pytest.raises(ConfigError):
         parse_settings(data, tmp_path)

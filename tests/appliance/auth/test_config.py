@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from appliance.auth.secret import Secret, read_secret_file
-from appliance.settings import SettingsError, parse_settings
+from appliance.settings import parse_settings
+from policy.config import ConfigError
 
 CLUSTER = {"clusters": [{"name": "local", "transport": "local", "gate_command": ["gate", "--local-pipe"]}]}
 
@@ -81,7 +82,7 @@ def test_no_identity_sections_is_the_old_appliance(base: Path) -> None:
     ({"external__0__api_key_file": "missing.key"}, "external[0].api_key_file"),
 ])
 def test_reject_bad_settings(base: Path, changes: dict[str, Any], message: str) -> None:
-    with pytest.raises(SettingsError) as info:
+    with pytest.raises(ConfigError) as info:
         parse_settings(full(**changes), base)
     assert message in str(info.value)
 
@@ -109,6 +110,6 @@ def test_reject_unusable_files_at_load(base: Path) -> None:
         ({"access__policy": "bad.toml"}, "access.policy"),
         ({"external__0__api_key_file": "empty.key"}, "external[0].api_key_file"),
     ]:
-        with pytest.raises(SettingsError) as info:
+        with pytest.raises(ConfigError) as info:
             parse_settings(full(**changes), base)
         assert message in str(info.value)

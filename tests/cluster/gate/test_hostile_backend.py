@@ -54,6 +54,8 @@ HOSTILE_MODELS = (
 _CHUNK_EVENT = (b'data: {"id":"h","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"'
                 + b"w" * 900 + b'"}}],"usage":{"prompt_tokens":2,"completion_tokens":%d}}\n\n')
 
+_BIG_EVENT = _CHUNK_EVENT.replace(b"w" * 900, b"w" * (MAX_EVENT_BYTES // 4))
+
 
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
@@ -132,8 +134,10 @@ class HostileBackend:
         await self._sse_head(writer)
         count = 0
         while True:  # as fast as the gate reads: a whole sealed answer must stop at its bound
+            # Few large events (a quarter of the event bound each) rather than many small ones,
+            # so that the bound, not the suite's timeout, ends the stream on a loaded machine.
             count += 1
-            writer.write(_chunk((_CHUNK_EVENT % count) * 64))
+            writer.write(_chunk(_BIG_EVENT % count))
             await writer.drain()
 
     async def _unframed_sse(self, writer: asyncio.StreamWriter, eol: bytes = b"") -> None:
