@@ -17,10 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Final, Protocol
 
 from policy.errors import BackendFailed, Disallowed, SluiceError, TransportError
-from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, MAX_STREAMS, FrameDecoder, Kind, encode
+from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, MAX_STREAMS, FrameDecoder, FrameWriter, Kind, encode
 from policy.grammar import Call, Ping, StreamCommand, stream_line
 
-__all__ = ["ByteReader", "ByteWriter", "GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED", "LAST_WORD_WAIT", "ping_once"]
+__all__ = ["ByteReader", "GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED", "LAST_WORD_WAIT", "ping_once"]
 
 # Response bytes held for one request whose client reads slower than the
 # model writes.  Past this the request is cancelled: a stalled client must
@@ -212,18 +212,6 @@ class ByteReader(Protocol):
     async def read(self, n: int = -1) -> bytes: ...
 
 
-class ByteWriter(Protocol):
-    """What frames are written to: an :class:`asyncio.StreamWriter`, or an SSH channel's stdin."""
-
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
-
-    def is_closing(self) -> bool: ...
-
-    def close(self) -> None: ...
-
-
 class FrameReceiver:
     """Reads gate frames from ``reader`` and feeds the replies they belong to."""
 
@@ -303,7 +291,7 @@ class FrameReceiver:
 class MuxClient:
     """The appliance side of one mux session over ``reader``/``writer``."""
 
-    def __init__(self, reader: ByteReader, writer: ByteWriter,
+    def __init__(self, reader: ByteReader, writer: FrameWriter,
                  on_release: Callable[[], None] | None = None) -> None:
         self._writer = writer
         self._receiver = FrameReceiver(reader, on_release)

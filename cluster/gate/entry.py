@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from policy.bodies import load_routes
 from policy.errors import Disallowed
-from policy.frames import Kind, encode
+from policy.frames import FrameWriter, Kind, encode
 from policy.grammar import MAX_BODY_BYTES, Call, Mux, SessionCommand, parse_command_line
 
 from ..backend_client import BackendPool
@@ -28,7 +28,7 @@ from ..config import ClusterConfig, ConfigError, load_config
 from ..routing import Router
 from ..tls import GateContext
 from .forward import Forwarder
-from .session import BODY_IDLE_TIMEOUT, FrameSink, FrameWriter, MuxSession
+from .session import BODY_IDLE_TIMEOUT, FrameSink, MuxSession
 
 __all__ = ["GateEnv", "run", "main"]
 

@@ -16,10 +16,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from policy.errors import BodyRejected, Disallowed, Overloaded, PeerError, SluiceError
-from policy.frames import CLIENT_KINDS, MAX_PAYLOAD, MAX_STREAMS, FrameDecoder, Kind, encode
+from policy.frames import CLIENT_KINDS, MAX_PAYLOAD, MAX_STREAMS, FrameDecoder, FrameWriter, Kind, encode
 from policy.grammar import MAX_BODY_BYTES, Call, StreamCommand, parse_stream_command
 
 from .usage import Usage
@@ -32,7 +32,6 @@ __all__ = [
     "BODY_IDLE_TIMEOUT",
     "SESSION_IDLE_TIMEOUT",
     "FrameSink",
-    "FrameWriter",
     "StreamTable",
     "MuxSession",
 ]
@@ -210,18 +209,6 @@ class StreamTable:
                     self._refused_pending -= 1
                     continue
                 raise Disallowed("body_timeout")
-
-
-class FrameWriter(Protocol):
-    """Where a session's frames go: an :class:`asyncio.StreamWriter`, or stdout when it is a file."""
-
-    def write(self, data: bytes) -> None: ...
-
-    async def drain(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    def is_closing(self) -> bool: ...
 
 
 class FrameSink:
