@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route, Router
 
 from policy.bodies import RouteTable, load_routes
 from policy.errors import SluiceError
+from policy.events import event_line
 
 from .api.errors import error_response
 from .api.no_store import NoStoreMiddleware
@@ -117,11 +118,11 @@ def create_app(appliance: Appliance) -> Starlette:
 
     async def identity_unavailable(_: Request, __: Exception) -> Response:
         # The identity store (PostgreSQL) cannot be reached: fail closed, and say it is ours.
-        log.error('{"event":"identity_unavailable"}')
+        log.error(event_line("identity_unavailable"))
         return error_response(503, "identity_unavailable", {"Retry-After": "5"})
 
     async def internal(_: Request, __: Exception) -> Response:
-        log.error('{"event":"internal_error"}')
+        log.error(event_line("internal_error"))
         return error_response(500, "internal")
 
     @contextlib.asynccontextmanager

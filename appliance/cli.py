@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Coroutine
-from typing import Any
+
+from policy.loop import run_event_loop
 
 __all__ = ["main"]
-
-
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from pathlib import Path
 
-        return _run(run_server(settings, Path(args.config)))
+        return run_event_loop(run_server(settings, Path(args.config)))
     if args.command == "demo":
         from .demo import new_demo_key, run_demo
 
@@ -91,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--api-key must be 16 to 256 characters long")
         if not 0 < args.port < 65536 or not 1 <= args.sessions <= 64 or not 0 <= args.token_delay <= 10:
             parser.error("--port, --sessions or --token-delay out of range")
-        return _run(run_demo(args.port, key, args.mode, args.sessions, args.token_delay, args.log_level, args.host))
+        return run_event_loop(run_demo(args.port, key, args.mode, args.sessions, args.token_delay, args.log_level, args.host))
     return 2
 
 

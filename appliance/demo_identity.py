@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
+from policy.events import event_line
+
 from .auth._db import open_database
 from .auth.api_keys import ApiKeyStore
 from .auth.base import Principal, UnsafeAllowAll
@@ -64,12 +66,12 @@ def demo_identity(runtime: Path, public_url: str, host: str, operator_keys: ApiK
     sessions = SessionStore(db, SESSION_LIFETIME)
     secret = Secret(secrets.token_urlsafe(32))
     secure = False
-    log.warning('{"event":"unsafe_insecure_cookies","reason":"sluice demo serves plain http"}')
+    log.warning(event_line("unsafe_insecure_cookies", reason="sluice demo serves plain http"))
     cookie = SessionCookieReader(secret, secure=secure, max_age=int(SESSION_LIFETIME))
     authenticator = BrowserSessionAuthenticator(ChainAuthenticator(operator_keys, keys), cookie, sessions, users,
                                                 public_url)
     access = UnsafeAllowAll()
-    log.warning('{"event":"unsafe_allow_all","reason":"sluice demo: every signed-in user may use every model"}')
+    log.warning(event_line("unsafe_allow_all", reason="sluice demo: every signed-in user may use every model"))
     demo_user = DEMO_USER if is_loopback(host) else None
 
     def pages(models: Callable[[Principal], Awaitable[list[str] | None]]) -> AccountPages:

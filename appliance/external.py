@@ -58,6 +58,7 @@ from starlette.routing import BaseRoute, Route
 
 from policy.config import ConfigError, Table, build, config_keys, setting
 from policy.errors import BodyRejected, SluiceError
+from policy.events import event_line
 
 from .api.errors import error_response, from_error
 from .api.openai import read_body
@@ -228,7 +229,7 @@ class ExternalProxy:
                     raise
             except SluiceError as exc:
                 return from_error(exc)
-            log.info('{"event":"external_request","upstream":"%s","route":"%s"}', limits.name, route_id)
+            log.info(event_line("external_request", upstream=limits.name, route=route_id))
             return await self._forward(upstream, route_id, body, checked.stream, checked.include_usage,
                                        _Settle(ticket, self._limits, grant), started)
 
@@ -252,8 +253,9 @@ class ExternalProxy:
                 response = await self._client.send(request, stream=True)
                 if response.status_code != 200:
                     status, code = _map_status(response.status_code)
-                    log.warning('{"event":"external_upstream_error","upstream":"%s","status":%d}',
-                                limits.name, response.status_code)
+                    log.warning(
+                        event_line("external_upstream_error", upstream=limits.name, status=response.status_code)
+                    )
                     await ticket.settle(Outcome(status, latency=time.monotonic() - started))
                     return error_response(status, code, {**ticket.headers, **({"Retry-After": "5"} if status == 429 else {})})
                 if stream:
@@ -273,7 +275,7 @@ class ExternalProxy:
             await ticket.settle(Outcome(504, latency=time.monotonic() - started))
             return error_response(504, "backend_timeout", ticket.headers)
         except httpx2.HTTPError:
-            log.warning('{"event":"external_upstream_failed","upstream":"%s"}', limits.name)
+            log.warning(event_line("external_upstream_failed", upstream=limits.name))
             await ticket.settle(Outcome(502, latency=time.monotonic() - started))
             return error_response(502, "backend_failed", ticket.headers)
         except BaseException:

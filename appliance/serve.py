@@ -11,6 +11,8 @@ from pathlib import Path
 
 from hypercorn.asyncio import serve
 
+from policy.events import event_line
+
 from .app import Appliance, Extension, create_app
 from .audit.startup import close_trail, open_trail, record_start
 from .auth.api_keys import ApiKeyStore
@@ -112,7 +114,7 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
             await meter.start()
         except (OSError, sqlite3.Error, RuntimeError) as exc:  # the accounting store cannot be opened (or its schema)
             logging.getLogger("sluice.metering").error(
-                '{"event":"metering_start_failed","error":"%s"}', type(exc).__name__)
+                event_line("metering_start_failed", error=type(exc).__name__))
             print(f"sluice: cannot start accounting: {exc}", file=sys.stderr)
             return 2
     # Audit trail (appliance/audit): beside the accounting; the configuration and unsafe modes first.

@@ -58,6 +58,7 @@ from cluster._http1 import (
 )
 from cluster.tls import check_pin
 from policy.errors import BackendFailed, BackendTimeout, PeerError
+from policy.events import event_line
 
 __all__ = ["BackendPool", "BackendResponse"]
 
@@ -506,7 +507,7 @@ class BackendPool:
         except (OSError, ssl.SSLError) as exc:
             raise BackendFailed() from exc
         if pin is not None and (conn.transport is None or not check_pin(conn.transport.get_extra_info("ssl_object"), pin)):
-            log.warning('{"event":"backend_pin_mismatch","port":%d}', port)
+            log.warning(event_line("backend_pin_mismatch", port=port))
             conn.abort()
             raise BackendFailed()
         self._connects += 1

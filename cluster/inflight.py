@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
+from policy.events import event_line
+
 from .scheduler.load import process_start
 
 __all__ = ["SharedInFlight"]
@@ -106,7 +108,7 @@ class SharedInFlight:
 
     def _failed(self, exc: OSError) -> None:
         if self._ok:
-            log.error('{"event":"inflight_file_unusable","error":"%s"}', exc.strerror)
+            log.error(event_line("inflight_file_unusable", error=str(exc.strerror)))
         self._ok = False
 
     def acquire(self, candidates: Sequence[str], local: dict[str, int]) -> str:

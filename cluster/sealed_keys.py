@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
+from policy.events import event_line
 from sluice_sdk.errors import KeyConfigError
 from sluice_sdk.keys import GatewayKey, KeyRing, generate_key, load_private_key, save_private_key
 
@@ -99,7 +100,7 @@ def _delete_expired(directory: Path, retired: dict[int, float], now: float) -> f
             try:
                 _key_file(directory, key_id).unlink(missing_ok=True)
             except OSError as exc:
-                log.error('{"event":"expired_key_not_deleted","key_id":%d,"error":"%s"}', key_id, type(exc).__name__)
+                log.error(event_line("expired_key_not_deleted", key_id=key_id, error=type(exc).__name__))
     return min((until for until in retired.values() if until > now), default=math.inf)
 
 

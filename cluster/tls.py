@@ -38,7 +38,6 @@ import contextlib
 import datetime
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
@@ -48,6 +47,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from policy.events import event_line
 
 __all__ = [
     "TlsError",
@@ -216,7 +217,7 @@ class GateContext:
             except TlsError as exc:
                 self._next_try = self._clock() + self.RETRY
                 if not self._logged:
-                    log.error('{"event":"tls_identity_unusable","error":%s}', json.dumps(str(exc)))
+                    log.error(event_line("tls_identity_unusable", error=str(exc)))
                     self._logged = True
         return self._context
 

@@ -25,6 +25,8 @@ import logging
 from pathlib import Path
 from typing import Any, Final
 
+from policy.events import event_line
+
 from ..migrations import check_version, postgres_version
 from ._journal import Journal
 from ._rows import REPORT_SQL, ReportRow, UsageRow
@@ -123,7 +125,7 @@ class PostgresAccounting:
 
     def _went_away(self, exc: BaseException) -> None:
         if not self._down:
-            log.warning('{"event":"accounting_journaling","error":"%s"}', type(exc).__name__)
+            log.warning(event_line("accounting_journaling", error=type(exc).__name__))
         self._down = True
 
     async def _batched(self, values: tuple[object, ...]) -> bool:
@@ -172,7 +174,7 @@ class PostgresAccounting:
             except self._errors:
                 continue  # still away: try again in a second
             if written:
-                log.warning('{"event":"accounting_journal_replayed","rows":%d}', written)
+                log.warning(event_line("accounting_journal_replayed", rows=written))
 
     async def replay(self) -> int:
         """Write the journal into PostgreSQL; the rows read.  Raises when the database is away."""

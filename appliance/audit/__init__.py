@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import queue
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from policy.audit import MAX_FIELD, AuditEvent, AuditRecord, Detail, Head
+from policy.events import event_line
 
 from ._query import Query
 
@@ -93,7 +93,7 @@ class AuditTrail:
         except queue.Full:
             self._done()
             self.failures += 1
-            log.error('{"event":"audit_dropped","kind":"%s"}', event.kind)
+            log.error(event_line("audit_dropped", kind=event.kind))
 
     def _done(self) -> None:
         with self._idle:
@@ -116,11 +116,9 @@ class AuditTrail:
                     record = loop.run_until_complete(self._store.append(event))
                 except Exception as exc:  # noqa: BLE001 (the store's failure is logged; the writer goes on)
                     self.failures += 1
-                    log.error('{"event":"audit_failed","kind":"%s","error":"%s"}',
-                              event.kind, type(exc).__name__)
+                    log.error(event_line("audit_failed", kind=event.kind, error=type(exc).__name__))
                 else:
-                    log.warning(json.dumps({"event": "audit", "kind": record.kind, "seq": record.seq,
-                                            "hash": record.hash}, separators=(",", ":")))
+                    log.warning(event_line("audit", kind=record.kind, seq=record.seq, hash=record.hash))
                 finally:
                     self._done()
             loop.run_until_complete(self._store.aclose())
@@ -154,10 +152,10 @@ def audit_event(kind: str, actor: str, subject: str = "", **details: Detail) -> 
     try:
         event = AuditEvent(kind, actor[:256], subject[:256], details)
     except ValueError as exc:
-        log.error('{"event":"audit_invalid","error":"%s"}', str(exc).replace('"', "'"))
+        log.error(event_line("audit_invalid", error=str(exc).replace('"', "'")))
         return
     trail = _installed
     if trail is None:
-        log.info(json.dumps({"event": "audit_unrecorded", "kind": kind}, separators=(",", ":")))
+        log.info(event_line("audit_unrecorded", kind=kind))
         return
     trail.emit(event)

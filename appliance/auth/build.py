@@ -22,6 +22,7 @@ import httpx2
 from starlette.routing import BaseRoute
 
 from policy.errors import SluiceError
+from policy.events import event_line
 
 from ._db import Database, PostgresDatabase, open_database
 from .access import AccessPolicyError, load_access_policy
@@ -115,8 +116,9 @@ def build_identity(
 
     access: AccessPolicy
     if settings.unsafe_allow_all:
-        log.warning('{"event":"unsafe_allow_all","reason":"[access] unsafe_allow_all = true: every caller may use '
-                    'every model"}')
+        log.warning(
+            event_line("unsafe_allow_all", reason="[access] unsafe_allow_all = true: every caller may use every model")
+        )
         access = UnsafeAllowAll()
     else:
         try:
@@ -146,7 +148,7 @@ def build_identity(
     header = None
     if auth.trusted_header is not None:
         header = TrustedHeaderAuthenticator(auth.trusted_header, users)
-        log.info('{"event":"trusted_header_mode","proxies":"%s"}', ",".join(str(n) for n in auth.trusted_header.proxies))
+        log.info(event_line("trusted_header_mode", proxies=",".join(str(n) for n in auth.trusted_header.proxies)))
 
     services = IdentityServices(ChainAuthenticator(operator_keys, keys, jwt, header), access, keys, users,
                                 _http=http, _db=db)
@@ -158,7 +160,7 @@ def build_identity(
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         if not auth.cookie_secure:
-            log.warning('{"event":"unsafe_insecure_cookies","reason":"auth.cookie_secure = false (local http only)"}')
+            log.warning(event_line("unsafe_insecure_cookies", reason="auth.cookie_secure = false (local http only)"))
         sessions = SessionStore(db, auth.session_lifetime)
         public_url = auth.public_url
         if users is None or keys is None:

@@ -6,8 +6,9 @@ credentials, tokens, header values we refused, or request content.
 
 from __future__ import annotations
 
-import json
 import logging
+
+from policy.events import event_line
 
 __all__ = ["security_event"]
 
@@ -16,4 +17,4 @@ log = logging.getLogger("sluice.security")
 
 def security_event(event: str, **fields: str | int | None) -> None:
     """Log ``event`` with ``fields`` as one JSON line at WARNING."""
-    log.warning(json.dumps({"event": event, **fields}, separators=(",", ":"), sort_keys=True))
+    log.warning(event_line(event, **fields))

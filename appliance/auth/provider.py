@@ -26,6 +26,8 @@ import httpx2
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
+from policy.events import event_line
+
 from .config import ConfigError, check_url
 
 __all__ = ["KTY_FOR_ALG", "JwksCache", "Provider", "ProviderError", "ProviderMetadata"]
@@ -134,7 +136,7 @@ class Provider:
                     self._metadata = parse_metadata(self.issuer, await get_json(self.client, url))
                     self._fetched = self._clock()
                 except ProviderError as exc:
-                    log.error('{"event":"oidc_discovery_failed","reason":%s}', json.dumps(str(exc)))
+                    log.error(event_line("oidc_discovery_failed", reason=str(exc)))
                     if self._metadata is None:
                         raise
         return self._metadata
@@ -197,7 +199,7 @@ class JwksCache:
                 self._keys = _keys(await self._fetch())
                 self._fetched = now
             except ProviderError as exc:
-                log.error('{"event":"jwks_fetch_failed","reason":%s}', json.dumps(str(exc)))
+                log.error(event_line("jwks_fetch_failed", reason=str(exc)))
 
     def _find(self, kid: str | None, alg: str) -> PyJWK | None:
         kty, crv = KTY_FOR_ALG[alg]

@@ -13,6 +13,8 @@ import stat
 from pathlib import Path
 from typing import Final
 
+from policy.events import event_line
+
 __all__ = ["Secret", "read_secret_file"]
 
 log = logging.getLogger("sluice.auth")
@@ -64,5 +66,5 @@ def read_secret_file(path: Path, what: str, min_length: int = 1) -> Secret:
     if len(text) < min_length:
         raise ValueError(f"{what}: {path} must hold at least {min_length} characters")
     if os.name == "posix" and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning('{"event":"secret_file_readable_by_others","setting":"%s"}', what)
+        log.warning(event_line("secret_file_readable_by_others", setting=what))
     return Secret(text)

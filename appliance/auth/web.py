@@ -27,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from policy.events import event_line
+
 from ..audit import audit_event
 from .base import AccessPolicy, Principal
 from .browser import same_origin
@@ -320,7 +322,7 @@ class AccountPages:
         request.session.clear()  # a fresh session: nothing from before the sign-in survives (fixation)
         request.session["sid"] = await self._sessions.create(identity.user, sign_in.id_token)
         request.session["csrf"] = secrets.token_urlsafe(32)
-        log.info('{"event":"signed_in","user":%s}', _json_str(identity.user))
+        log.info(event_line("signed_in", user=identity.user))
         audit_event("sign_in", identity.user[:256], identity.user[:256], source="oidc")
         return self._redirect("/account/")
 
@@ -376,7 +378,7 @@ class AccountPages:
                                           time.time() + days * 86400, created_by="web")
         except KeyRequestError as exc:
             return self._message(400, "Not created", str(exc))
-        log.info('{"event":"api_key_created","user":%s,"key_id":"%s"}', _json_str(principal.user), info.id)
+        log.info(event_line("api_key_created", user=principal.user, key_id=info.id))
         return self._page(_render(
             "key_created.html", name=info.name, key=key, key_id=info.id, expires=_date(info.expires),
             scope=", ".join(info.scope) if info.scope else "every model you may use", base_url=self.public_url,
@@ -393,12 +395,7 @@ class AccountPages:
             return self._message(403, "Refused", "The form was stale or not ours; reload the page and try again.")
         key_id = request.path_params["key_id"]
         if await self._keys.revoke(key_id, owner=principal.user):
-            log.info('{"event":"api_key_revoked","user":%s,"key_id":%s}', _json_str(principal.user), _json_str(key_id))
+            log.info(event_line("api_key_revoked", user=principal.user, key_id=key_id))
             return self._redirect("/account/")
         return self._message(404, "No such key", "You have no active key with that id.")
 
-
-def _json_str(value: str) -> str:
-    import json
-
-    return json.dumps(value)

@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from policy.errors import PeerError
+from policy.events import event_line
 
 from ..api.errors import error_body
 
@@ -78,7 +79,7 @@ class BodyDeadlineMiddleware:
         try:
             await self.app(scope, timed_receive, tracked_send)
         except BodyTimeout:
-            log.info('{"event":"body_timeout","path":"%s"}', scope.get("path", "")[:64].replace('"', ""))
+            log.info(event_line("body_timeout", path=scope.get("path", "")[:64].replace('"', "")))
             if not started:
                 await _answer(send, 408, "body_timeout")
         except ClientDisconnect:

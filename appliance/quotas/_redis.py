@@ -30,6 +30,8 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import ConfigurationError, StorageError
 from limits.storage import storage_from_string
 
+from policy.events import event_line
+
 from ._memory import counter_key, rate_item
 from .errors import QuotaStorageError
 from .policy import Limit
@@ -149,7 +151,7 @@ class RedisBackend:
                 for script in scripts:
                     await self._connection.script_load(script.script)
         except self._errors + (TimeoutError,) as exc:
-            log.warning('{"event":"quota_storage_unreachable_at_start","error":"%s"}', type(exc).__name__)
+            log.warning(event_line("quota_storage_unreachable_at_start", error=type(exc).__name__))
         if self._renewer is None:
             self._renewer = asyncio.create_task(self._renew_forever())
 
@@ -227,4 +229,4 @@ class RedisBackend:
             try:
                 await self.renew()
             except QuotaStorageError as exc:
-                log.warning('{"event":"quota_lease_renewal_failed","error":"%s"}', exc)
+                log.warning(event_line("quota_lease_renewal_failed", error=str(exc)))

@@ -22,6 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from policy.events import event_line
+
 from ..accounting import Accounting, UsageRow, open_accounting
 from ..auth.base import Principal
 from ..logs import CURRENT, RequestInfo
@@ -103,7 +105,7 @@ class _Ticket:
             try:
                 await meter.accounting.record(row, meter.in_flight > 0)
             except Exception as exc:  # noqa: BLE001 (any store's failure: the answer stands, the operator is told)
-                log.error('{"event":"accounting_failed","error":"%s"}', type(exc).__name__)
+                log.error(event_line("accounting_failed", error=type(exc).__name__))
                 if metrics is not None:
                     metrics.accounting_errors.inc()
             finally:
@@ -211,7 +213,7 @@ def build_meter(settings: MeteringSettings, metrics: Metrics | None = None) -> M
         accounting = open_accounting("postgresql", dsn=_read_secret(a.dsn_file, "accounting.dsn_file"),
                                      journal=None if a.journal is None else str(a.journal))
     else:
-        log.warning('{"event":"accounting_disabled","hint":"add an [accounting] table to record usage"}')
+        log.warning(event_line("accounting_disabled", hint="add an [accounting] table to record usage"))
     return Meter(quotas, accounting, metrics)
 
 

@@ -22,6 +22,8 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from policy.events import event_line
+
 from ..auth.base import Principal
 from ..metering import Outcome
 from ._memory import Backend, MemoryBackend
@@ -146,10 +148,10 @@ class Quotas:
         except (QuotaStorageError, TimeoutError) as exc:
             await self._undo(grant)
             if not self.fail_open:
-                log.error('{"event":"quota_storage_failed","error":"%s","admitted":false}', _reason(exc))
+                log.error(event_line("quota_storage_failed", error=_reason(exc), admitted=False))
                 raise QuotaUnavailable() from None
             # UNSAFE by configuration: the request goes through without limits; logged every time.
-            log.warning('{"event":"unsafe_unmetered_admission","error":"%s","admitted":true}', _reason(exc))
+            log.warning(event_line("unsafe_unmetered_admission", error=_reason(exc), admitted=True))
             return Grant(plan, reserve, grant.since, unmetered=True)
         except BaseException:
             await asyncio.shield(self._undo(grant))
@@ -164,7 +166,7 @@ class Quotas:
         try:
             await self._run(self._settlement(grant, delta))
         except (QuotaStorageError, TimeoutError) as exc:
-            log.error('{"event":"quota_settle_failed","error":"%s"}', _reason(exc))
+            log.error(event_line("quota_settle_failed", error=_reason(exc)))
 
     async def _undo(self, grant: Grant) -> None:
         """Give back what a refused (or failed) admission took; best effort."""

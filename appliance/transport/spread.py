@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from policy.errors import Overloaded, TransportError
+from policy.events import event_line
 from policy.frames import MAX_STREAMS
 
 from .replies import MuxClient
@@ -96,7 +97,7 @@ async def ping_sessions(sessions: Sequence[MuxClient], timeout: float, deadline:
         if await session.ping(deadline):
             return True
         if session.alive:
-            log.warning('{"event":"session_wedged","deadline":%s}', deadline)
+            log.warning(event_line("session_wedged", deadline=deadline))
         await session.aclose()
         return False
 

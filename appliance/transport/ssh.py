@@ -32,6 +32,7 @@ from typing import Final
 import asyncssh
 
 from policy.errors import TransportError
+from policy.events import event_line
 from policy.grammar import Call, Mux, StreamCommand, command_line
 
 from ..settings import SshCluster
@@ -125,7 +126,7 @@ class _Slot:
                     backoff = BACKOFF_START
                     self.connects += 1
                     self.connected.set()
-                    log.info('{"event":"ssh_connected","cluster":"%s","slot":%d}', cluster.name, self.index)
+                    log.info(event_line("ssh_connected", cluster=cluster.name, slot=self.index))
                     if self.client is not None:
                         await self.client.wait_closed()
                     else:
@@ -135,8 +136,8 @@ class _Slot:
             except (OSError, asyncssh.Error, TransportError) as exc:
                 self.last_error = _describe(exc)
                 self.failures += 1
-                log.warning('{"event":"ssh_failed","cluster":"%s","slot":%d,"reason":"%s"}',
-                            cluster.name, self.index, self.last_error.replace('"', "'"))
+                reason = self.last_error.replace('"', "'")
+                log.warning(event_line("ssh_failed", cluster=cluster.name, slot=self.index, reason=reason))
             finally:
                 await self._drop()
             delay = backoff * (0.5 + random.random())  # nosec B311

@@ -14,21 +14,24 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from policy.bodies import load_routes
 from policy.errors import Disallowed
+from policy.events import event_line
 from policy.frames import FrameWriter, Kind, encode
 from policy.grammar import MAX_BODY_BYTES, Call, Mux, SessionCommand, parse_command_line
+from policy.loop import run_event_loop
 
 from ..backend_client import BackendPool
 from ..config import ClusterConfig, ConfigError, load_config
 from ..routing import Router
 from ..tls import GateContext
 from .forward import Forwarder
-from .session import BODY_IDLE_TIMEOUT, FrameSink, MuxSession
+from .session import BODY_IDLE_TIMEOUT, MuxSession
+from .sinks import FrameSink
 
 __all__ = ["GateEnv", "run", "main"]
 
@@ -130,7 +133,7 @@ async def _serve(config: ClusterConfig, command: SessionCommand) -> int:
         await writer.drain()
         return 0
     except Disallowed as exc:
-        log.warning('{"event":"violation","code":"%s"}', exc.code)
+        log.warning(event_line("violation", code=exc.code))
         writer.write(encode(Kind.GOAWAY, 0, exc.code.encode()))
         with contextlib.suppress(Exception):
             await writer.drain()
@@ -143,7 +146,7 @@ async def _serve(config: ClusterConfig, command: SessionCommand) -> int:
 
 def _refuse(code: str) -> int:
     """Answer a refused command line: GOAWAY on stdout, nothing echoed."""
-    log.warning('{"event":"violation","code":"%s"}', code)
+    log.warning(event_line("violation", code=code))
     with contextlib.suppress(OSError):
         os.write(1, encode(Kind.GOAWAY, 0, code.encode()))
     return 2
@@ -159,21 +162,8 @@ def run(env: GateEnv, config: ClusterConfig, local_pipe: bool) -> int:
         command = parse_command_line(env.command)
     except Disallowed as exc:
         return _refuse(exc.code)
-    return _event_loop_runner()(_serve(config, command))
-
-
-def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
-    """uvloop where it is installed and stdin/stdout are pipes or sockets (as under
-    sshd and the local pipe); the standard loop otherwise (uvloop aborts the
-    process on other kinds of files, such as /dev/null)."""
-    if _pollable(0) and _pollable(1):
-        try:
-            import uvloop
-
-            return uvloop.run
-        except ImportError:
-            pass
-    return asyncio.run
+    # uvloop only on pipes or sockets (sshd, the local pipe): it aborts the process on a file or /dev/null.
+    return run_event_loop(_serve(config, command), allow_uvloop=_pollable(0) and _pollable(1))
 
 
 def main(argv: list[str]) -> int:

@@ -13,7 +13,7 @@ import base64
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from policy.bodies import RESPONSES, CheckedBody, RouteTable
 from policy.errors import (
@@ -36,6 +36,7 @@ from ..scheduler.trigger import kick_pass
 from .bounds import MAX_RESPONSE_BYTES, HeldBytes, Holder, ResponseTooLarge
 from .provenance import Provenance
 from .responses import ResponsesUsageFilter
+from .sinks import Sink
 from .usage import SseUsageFilter, Usage, usage_from_json, with_audio
 
 if TYPE_CHECKING:  # the crypto modules load on the first sealed request, not before
@@ -44,7 +45,7 @@ if TYPE_CHECKING:  # the crypto modules load on the first sealed request, not be
 
     from .sealed import SharedReplayGuard
 
-__all__ = ["Sink", "Forwarder", "MAX_RESPONSE_BYTES"]
+__all__ = ["Forwarder", "MAX_RESPONSE_BYTES"]
 
 log = logging.getLogger("sluice.gate")
 
@@ -105,17 +106,6 @@ def _inner_content_type(headers: Fields) -> str:
 def _not_delivered(exc: BackendFailed) -> bool:
     """The connection could not be made: the backend saw nothing of the request."""
     return isinstance(exc.__cause__, OSError)
-
-
-class Sink(Protocol):
-    """Where the answer to one stream goes (frames in a mux or exec session)."""
-
-    def head(self, status: int, media: str) -> None: ...
-    async def body(self, data: bytes) -> None: ...
-    def progress(self, usage: Usage) -> None:
-        """The usage so far of a stream still running (reported if it is cut short)."""
-    def end(self, usage: Usage | None) -> None: ...
-    def error(self, error: SluiceError) -> None: ...
 
 
 class Forwarder:

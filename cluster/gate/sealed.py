@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Final
 
 from policy.errors import BodyRejected, SluiceError
+from policy.events import event_line
 from sluice_sdk.bhttp import Response, ResponseStreamEncoder, encode_response
 from sluice_sdk.errors import BhttpError, SealError
 from sluice_sdk.gateway import OpenedRequest, open_request
@@ -37,7 +38,7 @@ from sluice_sdk.ohttp import ChunkedResponseSealer, KeyLookup, ResponseSealer
 from sluice_sdk.replay import ReplayGuard, retention
 
 from .bounds import Holder
-from .session import FrameSink
+from .sinks import FrameSink
 from .usage import Usage
 
 __all__ = [
@@ -118,7 +119,7 @@ class SharedReplayGuard:
         except sqlite3.IntegrityError:
             raise SealError from None
         except sqlite3.Error:
-            log.error('{"event":"replay_store_failed"}')
+            log.error(event_line("replay_store_failed"))
             raise SealError from None  # fail closed
 
 
@@ -145,7 +146,7 @@ def sealed_error(sealer: ResponseSealer | ChunkedResponseSealer, error: SluiceEr
 
 
 class SealingSink:
-    """Wraps the stream's :class:`~cluster.gate.session.FrameSink`: what goes in clear comes out sealed.
+    """Wraps the stream's :class:`~cluster.gate.sinks.FrameSink`: what goes in clear comes out sealed.
 
     Whole mode (RFC 9458): the inner answer is collected (at most
     ``bounds.MAX_RESPONSE_BYTES``, counted in the process's held bytes, an

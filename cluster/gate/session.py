@@ -11,27 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from policy.errors import BodyRejected, Disallowed, Overloaded, PeerError, SluiceError
-from policy.frames import CLIENT_KINDS, MAX_PAYLOAD, MAX_STREAMS, FrameDecoder, FrameWriter, Kind, encode
+from policy.events import event_line
+from policy.frames import CLIENT_KINDS, MAX_STREAMS, FrameDecoder, FrameWriter, Kind, encode
 from policy.grammar import MAX_BODY_BYTES, Call, StreamCommand, parse_stream_command
 
-from .usage import Usage
-
-if TYPE_CHECKING:
-    from .forward import Forwarder
+from .sinks import FrameSink, StreamServer
 
 __all__ = [
     "MAX_STREAMS",
     "BODY_IDLE_TIMEOUT",
     "SESSION_IDLE_TIMEOUT",
-    "FrameSink",
     "StreamTable",
     "MuxSession",
 ]
@@ -211,73 +207,12 @@ class StreamTable:
                 raise Disallowed("body_timeout")
 
 
-class FrameSink:
-    """A :class:`~cluster.gate.forward.Sink` that writes one stream's frames.
-
-    It keeps the usage so far (:meth:`progress`): an ERROR after tokens were
-    delivered is preceded by a USAGE frame, and the answer to a CANCEL
-    (:meth:`cancelled`) is an END carrying it, so the appliance meters what
-    the stream delivered."""
-
-    __slots__ = ("_write", "_drain", "_stream", "_done", "_headed", "usage_so_far")
-
-    def __init__(self, write: Callable[[bytes], None], drain: Callable[[], Awaitable[object]], stream: int) -> None:
-        self._write = write
-        self._drain = drain
-        self._stream = stream
-        self._done = False
-        self._headed = False
-        self.usage_so_far: Usage | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    def head(self, status: int, media: str) -> None:
-        self._headed = True
-        self._write(encode(Kind.HEAD, self._stream, f"{status:03d} {media}".encode()))
-
-    async def body(self, data: bytes) -> None:
-        self.body_nowait(data)
-        await self._drain()
-
-    def body_nowait(self, data: bytes) -> None:
-        """Write ``data`` as BODY frames without waiting for the pipe to drain."""
-        stream = self._stream
-        for start in range(0, len(data), MAX_PAYLOAD):
-            self._write(encode(Kind.BODY, stream, data[start : start + MAX_PAYLOAD]))
-
-    def progress(self, usage: Usage) -> None:
-        self.usage_so_far = usage
-
-    def end(self, usage: Usage | None) -> None:
-        self._write(encode(Kind.END, self._stream, _usage_payload(usage)))
-        self._done = True
-
-    def error(self, error: SluiceError) -> None:
-        if self._done:
-            return
-        if self.usage_so_far:
-            self._write(encode(Kind.USAGE, self._stream, _usage_payload(self.usage_so_far)))
-        self._write(encode(Kind.ERROR, self._stream, f"{error.status:03d} {error.code}".encode()))
-        self._done = True
-
-    def cancelled(self) -> None:
-        """Answer the appliance's CANCEL: END with the usage so far (or empty)."""
-        if not self._done:
-            self.end(self.usage_so_far)
-
-
-def _usage_payload(usage: Usage | None) -> bytes:
-    return json.dumps(usage, separators=(",", ":")).encode() if usage else b""
-
-
 class MuxSession:
     """Reads frames from ``reader``, serves streams concurrently, writes to ``writer``."""
 
     def __init__(
         self,
-        forwarder: Forwarder,
+        forwarder: StreamServer,
         reader: asyncio.StreamReader,
         writer: FrameWriter,
         clock: Callable[[], float] = time.monotonic,
@@ -290,7 +225,7 @@ class MuxSession:
         self._table = StreamTable(forwarder.max_body, self._cancel, clock, refuse=self._refuse)
 
     def _refuse(self, stream: int, error: SluiceError) -> None:
-        log.info('{"event":"stream_refused","code":"%s"}', error.code)
+        log.info(event_line("stream_refused", code=error.code))
         FrameSink(self._writer.write, self._writer.drain, stream).error(error)
 
     def _cancel(self, stream: int) -> None:
@@ -310,7 +245,7 @@ class MuxSession:
                 task.result()
             return 0
         except Disallowed as exc:
-            log.warning('{"event":"violation","code":"%s"}', exc.code)
+            log.warning(event_line("violation", code=exc.code))
             with contextlib.suppress(Exception):
                 self._writer.write(encode(Kind.GOAWAY, 0, exc.code.encode()))
                 await asyncio.wait_for(self._writer.drain(), 1.0)

@@ -4,6 +4,8 @@
   drain, cancel and forget, given the instances, the load and the state.
 - :mod:`.engine`: one pass, the same for both backends: observe, probe,
   account the load, decide, act, save, publish the routing table.
+- :mod:`.paths` (where the state, lock and load files are) and :mod:`.phases`
+  (a job's phase from its record): what the gate reads too, without the pass.
 - :mod:`.slurm` and :mod:`.slurm_backend`: Slurm jobs through ``squeue``,
   ``sbatch --parsable`` and ``scancel``; :mod:`.local`: local processes (the
   embedded demo and tests).

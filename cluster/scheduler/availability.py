@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..config import ClusterConfig, Service
-from .engine import phase_of, state_path
+from .paths import state_path
+from .phases import phase_of
 from .plan import Phase, effective_limits
 from .state import JobRecord, read_state
 

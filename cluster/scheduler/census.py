@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..config import ClusterConfig
-from .engine import phase_of, routable, state_path
 from .load import read_gate_loads
+from .paths import state_path
+from .phases import phase_of, routable
 from .plan import Phase
 from .state import read_state
 

@@ -15,7 +15,6 @@ and the jobs stay as they were, and the failure is logged and counted.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from policy.errors import SluiceError
+from policy.events import event_line
 
 from ..backend_client import BackendPool
 from ..config import ClusterConfig, Service
@@ -41,6 +41,8 @@ from ..tls import (
     remove_job_identity,
 )
 from .load import LoadReport, account_load, read_gate_loads
+from .paths import load_dir, state_path
+from .phases import ENDED_STATES, RUNNING_STATES, phase_of, routable
 from .plan import (
     DRAIN_GRACE,
     JobView,
@@ -51,15 +53,12 @@ from .plan import (
     decide,
     effective_limits,
 )
-from .slurm import RUNNING_STATES, TERMINAL_STATES, SlurmError
+from .slurm import SlurmError
 from .state import MAX_STARTUPS, JobRecord, SchedulerState, ensure_private_dir, load_state, save_state
 
-__all__ = ["Backend", "Engine", "PassReport", "ObserveError", "ENDED_STATES", "state_path", "lock_path", "load_dir"]
+__all__ = ["Backend", "Engine", "PassReport", "ObserveError"]
 
 log = logging.getLogger("sluice.scheduler")
-
-# Backend states after which an instance is gone (Slurm's, plus ours).
-ENDED_STATES: Final = TERMINAL_STATES | {"GONE", "EXITED"}
 
 # A cancelled instance still listed as active this long after the request is
 # cancelled again (the first scancel may have failed).
@@ -88,18 +87,6 @@ class Backend(Protocol):
     def port_free(self, port: int) -> bool: ...
 
 
-def state_path(config: ClusterConfig, backend: str) -> Path:
-    return config.gate.state / f"{backend}-state.json"
-
-
-def lock_path(config: ClusterConfig, backend: str) -> Path:
-    return config.gate.state / f"{backend}.lock"
-
-
-def load_dir(config: ClusterConfig) -> Path:
-    return config.gate.shared / "load"
-
-
 def table_mode(config: ClusterConfig) -> int:
     """The routing table's mode: the gate's account reads it through the group with two accounts."""
     return 0o640 if config.split_accounts else 0o600
@@ -115,25 +102,6 @@ def node_host(template: str, node: str) -> str | None:
     """The address of a job's node as the login node reaches it, or None (a node list)."""
     host = template.replace("{node}", node)
     return host if node and _HOST.fullmatch(host) else None
-
-
-def phase_of(record: JobRecord) -> Phase:
-    if record.ended is not None or record.state in ENDED_STATES:
-        return Phase.ENDED
-    if record.drain is not None:
-        return Phase.DRAINING
-    if record.state in RUNNING_STATES:
-        return Phase.READY if record.ready is not None else Phase.STARTING
-    return Phase.PENDING
-
-
-def routable(record: JobRecord) -> bool:
-    return (
-        phase_of(record) is Phase.READY
-        and record.cancelled is None
-        and record.probe_failures == 0
-        and record.host is not None
-    )
 
 
 @dataclass(slots=True)
@@ -179,10 +147,8 @@ class Engine:
             state.observe_failures += 1
             state.observe_error = str(exc)
             report.observed, report.error = False, str(exc)
-            log.error(
-                '{"event":"observe_failed","backend":"%s","failures":%d,"error":%s}',
-                self._backend.name, state.observe_failures, _json_text(str(exc)),
-            )  # fmt: skip
+            failures = state.observe_failures
+            log.error(event_line("observe_failed", backend=self._backend.name, failures=failures, error=str(exc)[:300]))
             save_state(self._state_path, state)  # jobs and table stay as they were
             return report
         state.observed, state.observe_failures, state.observe_error = now, 0, ""
@@ -190,7 +156,7 @@ class Engine:
         load = self._account(state, now)
         to_cancel = list(orphans)
         for job_id in orphans:
-            log.warning('{"event":"orphan_cancelled","job":"%s"}', job_id)
+            log.warning(event_line("orphan_cancelled", job=job_id))
         submissions: list[tuple[Service, int]] = []
         configured = {s.model for s in self._services}
         for service in self._services:
@@ -212,7 +178,7 @@ class Engine:
                 await self._backend.cancel(sorted(set(to_cancel)))
                 report.cancelled += sorted(set(to_cancel))
             except SlurmError as exc:
-                log.error('{"event":"cancel_failed","error":%s}', _json_text(str(exc)))
+                log.error(event_line("cancel_failed", error=str(exc)[:300]))
         await self._submit(state, submissions, now, report)
         state.last_pass = now
         save_state(self._state_path, state)
@@ -236,14 +202,11 @@ class Engine:
                     startups = state.startups.setdefault(record.service, [])
                     startups.append(round(now - (record.started or record.submitted), 3))
                     del startups[:-MAX_STARTUPS]
-                    log.info('{"event":"instance_ready","model":"%s","job":"%s"}', record.service, record.id)
+                    log.info(event_line("instance_ready", model=record.service, job=record.id))
                 record.probe_failures = 0
             elif record.ready is not None:
                 record.probe_failures += 1
-                log.warning(
-                    '{"event":"health_failed","model":"%s","job":"%s","count":%d}',
-                    record.service, record.id, record.probe_failures,
-                )  # fmt: skip
+                log.warning(event_line("health_failed", model=record.service, job=record.id, count=record.probe_failures))
 
     async def healthy(self, record: JobRecord) -> bool:
         """``GET /health`` answers 200 within the probe timeout (no token is sent).
@@ -257,7 +220,7 @@ class Engine:
         try:
             tls = client_context(job_identity(Path(record.tls_dir), record.pin)) if record.pin else None
         except TlsError as exc:
-            log.warning('{"event":"probe_failed","job":"%s","error":%s}', record.id, _json_text(str(exc)))
+            log.warning(event_line("probe_failed", job=record.id, error=str(exc)[:300]))
             return False
         pool, own = self._pool, False
         if pool is None or tls is not None:  # a TLS probe shows the job's own key: a pool of its own
@@ -315,14 +278,14 @@ class Engine:
                 forget(record)
         for job_id in decision.drain:
             state.jobs[job_id].drain = now
-            log.info('{"event":"drain","model":"%s","job":"%s"}', service.model, job_id)
+            log.info(event_line("drain", model=service.model, job=job_id))
         for job_id, reason in decision.cancel:
             record = state.jobs[job_id]
             record.cancelled, record.cancel_reason = now, reason
             to_cancel.append(job_id)
-            log.info('{"event":"cancel","model":"%s","job":"%s","reason":"%s"}', service.model, job_id, reason)
+            log.info(event_line("cancel", model=service.model, job=job_id, reason=reason))
         for event in decision.events:
-            log.info('{"event":"decision","model":"%s","what":"%s"}', service.model, event)
+            log.info(event_line("decision", model=service.model, what=event))
         report.events += [f"{service.model}: {e}" for e in decision.events]
         state.services[service.model] = decision.state
         state.summary[service.model] = {
@@ -376,21 +339,19 @@ class Engine:
                     state.services[service.model] = ServiceState(
                         previous.target, previous.changed, failures, now + backoff(service, failures), previous.last_ready
                     )
-                    log.error(
-                        '{"event":"submit_failed","model":"%s","error":%s}', service.model, _json_text(str(exc))
-                    )
+                    log.error(event_line("submit_failed", model=service.model, error=str(exc)[:300]))
                     break
                 budget -= 1
                 state.jobs[record.id] = record
                 report.submitted.append(record.id)
-                log.info('{"event":"submitted","model":"%s","job":"%s"}', service.model, record.id)
+                log.info(event_line("submitted", model=service.model, job=record.id))
             if budget <= 0:
                 break
 
     def _job_identity(self, service: Service) -> JobIdentity | None:
         """A new job's TLS key and certificates in its own directory (None: plain HTTP, logged)."""
         if service.unsafe_plain_http:
-            log.warning('{"event":"unsafe_plain_http","model":"%s"}', service.model)
+            log.warning(event_line("unsafe_plain_http", model=service.model))
             return None
         config = self._config
         gate_cert = config.gate.tls / CLIENT_CERT
@@ -426,6 +387,3 @@ class Engine:
         config = self._config
         update_table(config.gate.routing_table, table, known, config.gate.state / "table.lock", table_mode(config))
 
-
-def _json_text(text: str) -> str:
-    return json.dumps(text[:300])

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from policy.events import event_line
+
 from .state import atomic_write
 
 __all__ = ["LoadMeter", "GateLoad", "read_gate_loads", "account_load", "process_start"]
@@ -197,7 +199,7 @@ class LoadMeter:
         except OSError as exc:
             # the gate keeps serving; the scheduler then sees no load from it
             if self._ok:
-                log.error('{"event":"load_publish_failed","error":"%s"}', exc.strerror)
+                log.error(event_line("load_publish_failed", error=str(exc.strerror)))
             self._ok = False
         else:
             self._ok = True

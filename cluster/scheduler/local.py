@@ -24,11 +24,14 @@ import sys
 import time
 from typing import Final
 
+from policy.events import event_line
+
 from ..backend_client import BackendPool
 from ..config import PLACEHOLDER, ClusterConfig, Service
 from ..tls import JobIdentity
-from .engine import Engine, lock_path, state_path
+from .engine import Engine
 from .lock import PassLock
+from .paths import lock_path, state_path
 from .state import JobRecord, ensure_private_dir, load_state, save_state
 from .template import tls_values
 
@@ -152,7 +155,7 @@ class LocalScheduler:
             async with asyncio.timeout(self._config.scheduler.pass_timeout):
                 await self._engine.run_pass()
         except TimeoutError:
-            log.error('{"event":"pass_timeout","backend":"local"}')
+            log.error(event_line("pass_timeout", backend="local"))
 
     async def shutdown(self) -> None:
         """Take every instance out of the table, then stop them all."""

@@ -22,10 +22,13 @@ import signal
 import time
 from typing import Final
 
+from policy.events import event_line
+
 from ..config import ClusterConfig
-from .engine import Engine, PassReport, lock_path
+from .engine import Engine, PassReport
 from .local import LocalScheduler
 from .lock import PassLock
+from .paths import lock_path
 from .slurm_backend import SlurmBackend
 from .state import ensure_private_dir
 from .trigger import KICK_POLL, kick_path, kicked_since, touch
@@ -53,7 +56,7 @@ async def slurm_pass(config: ClusterConfig) -> PassReport | None:
         async with asyncio.timeout(config.scheduler.pass_timeout):
             return await Engine(config, SlurmBackend(config), time.time).run_pass()
     except TimeoutError:
-        log.error('{"event":"pass_timeout","backend":"slurm"}')
+        log.error(event_line("pass_timeout", backend="slurm"))
         return None
     finally:
         lock.release()
@@ -74,8 +77,10 @@ def warn_single_account(config: ClusterConfig) -> None:
     """One account runs the gate and the jobs: a job can read the gate's keys.  Said on every start."""
     if not config.split_accounts and (config.services or config.static):
         log.warning(
-            '{"event":"single_account_mode","detail":"jobs run as the gate\'s account and can read its keys; '
-            'see docs/operator-slurm.md, Two accounts"}'
+            event_line(
+                "single_account_mode",
+                detail="jobs run as the gate's account and can read its keys; see docs/operator-slurm.md, Two accounts",
+            )
         )
 
 
@@ -87,7 +92,7 @@ async def run_loop(config: ClusterConfig, stop: asyncio.Event) -> None:
     if config.services_of("slurm"):
         tasks.append(asyncio.create_task(_slurm_loop(config, stop)))
     if not tasks:
-        log.warning('{"event":"no_services"}')
+        log.warning(event_line("no_services"))
         await stop.wait()
         return
     try:

@@ -35,8 +35,6 @@ __all__ = [
     "parse_sbatch",
     "command_env",
     "SQUEUE_FORMAT",
-    "TERMINAL_STATES",
-    "RUNNING_STATES",
 ]
 
 # Sentinel, job id, state, reason, node list, time left, start time (Slurm's
@@ -44,16 +42,6 @@ __all__ = [
 # a name of someone else's job may contain anything, even the separator).
 SQUEUE_FORMAT: Final = "S|%i|%T|%r|%N|%L|%S|%j"
 _FIELDS: Final = 8
-
-# Job states after which the job holds no resources any more.
-TERMINAL_STATES: Final = frozenset(
-    {
-        "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
-        "PREEMPTED", "REVOKED", "SPECIAL_EXIT", "TIMEOUT", "COMPLETING", "STAGE_OUT",
-    }
-)  # fmt: skip
-# States in which the job's program runs (or is being set up on its node).
-RUNNING_STATES: Final = frozenset({"RUNNING", "CONFIGURING"})
 
 _JOB_ID: Final = re.compile(r"[1-9][0-9]{0,11}")
 _STATE: Final = re.compile(r"[A-Z][A-Z_]{1,31}")

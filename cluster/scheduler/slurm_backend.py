@@ -13,8 +13,9 @@ import sys
 
 from ..config import ClusterConfig, Service
 from ..tls import JobIdentity
-from .engine import ENDED_STATES, node_host
-from .slurm import RUNNING_STATES, SlurmCli
+from .engine import node_host
+from .phases import ENDED_STATES, RUNNING_STATES
+from .slurm import SlurmCli
 from .state import JobRecord, ensure_private_dir
 from .template import render_job_script
 

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
+from policy.events import event_line
+
 from .plan import ServiceState
 
 __all__ = ["JobRecord", "SchedulerState", "load_state", "read_state", "save_state", "atomic_write", "ensure_private_dir"]
@@ -185,7 +187,7 @@ def load_state(path: Path) -> SchedulerState:
         aside = path.with_name(f"{path.name}.garbled-{int(time.time())}")
         with contextlib.suppress(OSError):
             os.replace(path, aside)
-        log.error('{"event":"state_garbled","moved_to":"%s","problem":"%s"}', aside.name, type(exc).__name__)
+        log.error(event_line("state_garbled", moved_to=aside.name, problem=type(exc).__name__))
         return SchedulerState()
 
 

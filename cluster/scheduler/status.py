@@ -13,8 +13,9 @@ from typing import Any
 
 from ..config import ClusterConfig
 from ..routing import TableError, read_table
-from .engine import lock_path, phase_of, routable, state_path
 from .lock import lock_holder
+from .paths import lock_path, state_path
+from .phases import phase_of, routable
 from .plan import effective_limits
 from .state import load_state
 

@@ -31,9 +31,11 @@ import time
 from pathlib import Path
 from typing import Final
 
+from policy.events import event_line
+
 from ..config import ClusterConfig
-from .engine import lock_path
 from .lock import is_locked
+from .paths import lock_path
 
 __all__ = ["kick_pass", "kick_path", "kicked_since", "KICK_FILE", "KICK_POLL", "SHARED_FILE_MODE"]
 
@@ -151,5 +153,5 @@ def kick_pass(config: ClusterConfig) -> bool:
         _children.add(pid)
         return True
     except OSError as exc:
-        log.error('{"event":"kick_failed","error":"%s"}', exc.strerror or type(exc).__name__)
+        log.error(event_line("kick_failed", error=exc.strerror or type(exc).__name__))
         return False

@@ -34,6 +34,7 @@ from cluster._http1 import (
     parse_request_head,
 )
 from cluster.standin._api import EventStream, Reply, StandinApp, StandinConfig, error_reply
+from policy.loop import run_event_loop
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -372,12 +373,4 @@ def run(
     config: StandinConfig, host: str, port: int, on_ready: Callable[[int], None], tls: ssl.SSLContext | None = None
 ) -> None:
     """Run :func:`serve` on a fresh event loop (uvloop's when importable)."""
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-    except ImportError:
-        pass
-    else:
-        loop_factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(config, host, port, on_ready, tls))
+    run_event_loop(serve(config, host, port, on_ready, tls))

@@ -17,14 +17,14 @@ sp`` or ``from os import system`` do not hide a call):
   ``os.spawn*``, ``os.posix_spawn*``, ``os.fork*`` or ``pty`` call, and no
   ``import subprocess``.
 
-Allowed, on purpose, and only there: ``cluster/scheduler/`` starts processes
--- model servers, Slurm's ``sbatch``/``squeue``/``scancel``, and the detached
-``sluice-cluster scheduler --once`` pass that the gate kicks on a ping
-(``cluster/scheduler/trigger.py``) -- with argv from the operator's
-configuration and the gate's own config path, never from request data; the
-stand-in model server (``cluster/standin/``, for the demo and the tests) starts
-its own server process.  Their argv is reviewed in their own tests; here they
-may not use a shell either.
+Allowed, on purpose, and only in the four modules of ``PROCESS_ALLOWED``
+(each with its reason there): Slurm's commands, local model servers, the
+detached ``sluice-cluster scheduler --once`` pass that the gate kicks on a
+ping, and the stand-in model server -- with argv from the operator's
+configuration and the gate's own config path, never from request data.  Their
+argv is reviewed in their own tests; here they may not use a shell either.
+Of them, only the kick is in the gate's import closure
+(``tests/security/test_layering.py`` holds it to that).
 
 And in ``cluster/``, ``policy/`` and ``appliance/``: no ``assert`` statement
 (``python -O`` strips them, so a security check must raise).
@@ -42,8 +42,17 @@ from tests.conftest import ROOT
 
 SCANNED = ("cluster", "policy")
 NO_ASSERT = ("cluster", "policy", "appliance")
-# Where processes may be started (operator config, not request data): see the docstring.
-PROCESS_ALLOWED = ("cluster/scheduler/", "cluster/standin/")
+# The only modules that may start processes (operator config, not request data).
+PROCESS_ALLOWED = (
+    # sbatch / squeue / scancel from an argv list, in a stripped environment; run by the scheduler's pass only.
+    "cluster/scheduler/slurm.py",
+    # the local backend's model servers (the embedded demo and the tests); run by the scheduler's pass only.
+    "cluster/scheduler/local.py",
+    # the gate's kick: a detached `sluice-cluster scheduler --once` whose argv is the gate's own config path.
+    "cluster/scheduler/trigger.py",
+    # the stand-in model server's own server process (demo and tests; never on a cluster's gate path).
+    "cluster/standin/process.py",
+)
 
 BANNED_CALLS = {
     "eval": "eval",
@@ -205,7 +214,7 @@ GATE_CLOSURE = _gate_closure()
 
 def _processes_banned(path: Path) -> bool:
     rel = _rel(path)
-    if rel.startswith(PROCESS_ALLOWED):
+    if rel in PROCESS_ALLOWED:
         return False
     return rel.startswith(("policy/", "cluster/gate/")) or _module_name(path) in GATE_CLOSURE
 
