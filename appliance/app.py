@@ -23,6 +23,7 @@ from policy.events import event_line
 from .api.errors import error_response
 from .api.no_store import NoStoreMiddleware
 from .api.openai import OpenAIApi
+from .api.sealed_keys import KEYS_TTL
 from .auth.base import AccessPolicy, Authenticator, DenyAll, IdentityUnavailable
 from .auth.secret import Secret
 from .catalog import ClusterSet
@@ -30,7 +31,6 @@ from .metering import Metering, NoMetering
 from .metrics import Metrics, metrics_route
 from .middleware import ApiGuardMiddleware, BodyDeadlineMiddleware, HttpMetricsMiddleware, RequestLogMiddleware
 from .middleware.body_deadline import DEFAULT_BODY_TIMEOUT
-from .api.sealed_keys import KEYS_TTL
 from .quotas.reservation import OutputCeilings
 
 __all__ = ["Appliance", "Extension", "create_app"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import secrets
 import shutil
 import signal
@@ -24,17 +23,15 @@ from hypercorn.asyncio import serve
 from .app import Appliance, create_app
 from .audit import AuditTrail, audit_event, install, open_store
 from .auth.api_keys import ApiKeyStore
-from .server import hypercorn_config
-from .settings import ServerSettings
 from .catalog import ClusterSet
 from .demo_identity import demo_identity, demo_url, is_loopback
-from .transport.local import LocalPipeTransport
-from .web_chat import ChatPage
-
 from .logs import configure_logging
 from .metrics import Metrics
 from .quotas.meter import demo_meter
-
+from .server import hypercorn_config
+from .settings import ServerSettings
+from .transport.local import LocalPipeTransport
+from .web_chat import ChatPage
 
 __all__ = ["run_demo", "DEMO_MODELS"]
 
@@ -127,11 +124,11 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     audit_event("config_loaded", "sluice demo", str(runtime / "cluster.toml")[:256], mode=mode, sessions=sessions)
     # The gate's key for sealed requests, made by the cluster side's own command:
     # the appliance never holds (or imports the code that uses) that private key.
-    keys = await asyncio.create_subprocess_exec(
+    create_keys = await asyncio.create_subprocess_exec(
         sys.executable, "-I", "-m", "cluster.cli", "keys", "create", "--config", str(config_path),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
     )
-    if await keys.wait() != 0:
+    if await create_keys.wait() != 0:
         print("sluice demo: could not create the gate's key for sealed requests", file=sys.stderr)
     scheduler = await asyncio.create_subprocess_exec(
         sys.executable, "-I", "-m", "cluster.cli", "scheduler", "--config", str(config_path), stdin=asyncio.subprocess.DEVNULL
@@ -149,6 +146,7 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
                           metrics=metrics, metrics_token=metrics_token, extensions=[ChatPage(), identity],
                           body_timeout=server_settings.body_timeout, public_url=url)
     config = hypercorn_config(server_settings, url.removeprefix("http://"), graceful_timeout=3.0)
+    # Starlette is an ASGI 3 app; its ASGI types and Hypercorn's are declared apart and do not match.
     server = asyncio.create_task(serve(create_app(appliance), config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     status = 0
     try:

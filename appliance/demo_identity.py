@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -20,7 +21,7 @@ from policy.events import event_line
 
 from .auth._db import open_database
 from .auth.api_keys import ApiKeyStore
-from .auth.base import UnsafeAllowAll
+from .auth.base import Principal, UnsafeAllowAll
 from .auth.browser import BrowserSessionAuthenticator
 from .auth.build import IdentityServices
 from .auth.chain import ChainAuthenticator
@@ -73,10 +74,10 @@ def demo_identity(runtime: Path, public_url: str, host: str, operator_keys: ApiK
     log.warning(event_line("unsafe_allow_all", reason="sluice demo: every signed-in user may use every model"))
     demo_user = DEMO_USER if is_loopback(host) else None
 
-    def pages(models: object) -> AccountPages:
+    def pages(models: Callable[[Principal], Awaitable[list[str] | None]]) -> AccountPages:
         return AccountPages(
             public_url=public_url, session_secret=secret, cookie_secure=secure, cookie_samesite="strict",
-            sessions=sessions, users=users, keys=keys, access=access, models=models,  # type: ignore[arg-type]
+            sessions=sessions, users=users, keys=keys, access=access, models=models,
             key_max_days=KEY_MAX_DAYS, demo_user=demo_user,
         )
 

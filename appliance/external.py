@@ -45,7 +45,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -198,7 +198,7 @@ class ExternalProxy:
               for route_id, path in ROUTE_PATHS.items()),
         ]
 
-    def _handler(self, appliance: Appliance, route_id: str):  # type: ignore[no-untyped-def]
+    def _handler(self, appliance: Appliance, route_id: str) -> Callable[[Request], Awaitable[Response]]:
         route = appliance.routes.get(route_id)
 
         async def handle(request: Request) -> Response:
@@ -316,7 +316,8 @@ class ExternalProxy:
                     yield buffer
         except (TimeoutError, httpx2.HTTPError):
             status = 502
-            yield b'data: {"error":{"message":"The model server failed to answer.","type":"server_error","param":null,"code":"backend_failed"}}\n\n'
+            yield (b'data: {"error":{"message":"The model server failed to answer.","type":"server_error",'
+                   b'"param":null,"code":"backend_failed"}}\n\n')
         except BaseException:
             status = 499
             raise

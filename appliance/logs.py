@@ -95,7 +95,7 @@ def configure_logging(level: str = "info", stream: IO[str] | None = None) -> Non
     root.setLevel(level.upper())
     # The logging HOWTO's "Optimization": no caller frame lookup, no thread or process names
     # (the lines do not carry them), which makes a log line several microseconds cheaper.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

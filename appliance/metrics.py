@@ -46,7 +46,7 @@ TOKEN_RATE_BUCKETS: Final = (1.0, 2.0, 5.0, 10.0, 20.0, 35.0, 50.0, 75.0, 100.0,
 SCRAPE_TIMEOUT: Final = 2.0
 
 # No ``*_created`` series: a scrape shows what the metrics above say, and nothing per process start.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves this one function unannotated
 
 
 class _Families:

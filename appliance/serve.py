@@ -8,28 +8,25 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Final
 
 from hypercorn.asyncio import serve
 
 from policy.events import event_line
 
 from .app import Appliance, Extension, create_app
+from .audit.startup import close_trail, open_trail, record_start
 from .auth.api_keys import ApiKeyStore
 from .auth.build import build_identity
-from .external import ExternalProxy
-from .server import hypercorn_config
 from .catalog import ClusterSet
+from .external import ExternalProxy
+from .logs import configure_logging
+from .metrics import Metrics, metrics_app
+from .quotas.meter import Meter, build_meter
+from .server import hypercorn_config
 from .settings import LocalCluster, Settings, SshCluster
 from .transport.base import GateTransport
 from .transport.local import LocalPipeTransport
 from .web_chat import ChatPage
-
-from .logs import configure_logging
-from .metrics import Metrics, metrics_app
-from .quotas.meter import Meter, build_meter
-
-from .audit.startup import close_trail, open_trail, record_start
 
 __all__ = ["build_appliance", "run_server"]
 
@@ -129,11 +126,13 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
             await meter.aclose()
         return 2
     record_start(settings, config_path)
+    # Starlette is an ASGI 3 app; its ASGI types and Hypercorn's are declared apart and do not match.
     servers = [serve(create_app(appliance), config, shutdown_trigger=stop.wait)]  # type: ignore[arg-type]
     admin = settings.metering.metrics.admin_bind
     if admin is not None and appliance.metrics is not None:
         admin_config = hypercorn_config(settings.server, f"{admin[0]}:{admin[1]}")
         admin_app = metrics_app(appliance.metrics, appliance.clusters, appliance.metrics_token)
+        # Starlette is an ASGI 3 app; its ASGI types and Hypercorn's are declared apart and do not match.
         servers.append(serve(admin_app, admin_config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
     try:
         await asyncio.gather(*servers)

@@ -171,7 +171,7 @@ def _cluster(data: Any, where: str, base: Path) -> LocalCluster | SshCluster:
 
 
 def _name(table: Table) -> str:
-    name = table.get("name", str)
+    name: str = table.get("name", str)
     if not name.replace("-", "").replace("_", "").isalnum():
         raise table.error("name", "must be letters, digits, '-' and '_'")
     return name

@@ -176,7 +176,8 @@ def fetch_metrics(base_url: str, token_file: Path | None) -> str:
     request = urllib.request.Request(base_url.rstrip("/") + "/metrics", headers=headers)  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT) as answer:  # nosec B310 (http(s) checked above)
-            return answer.read(MAX_PAGE).decode("utf-8", "replace")
+            page: bytes = answer.read(MAX_PAGE)
+            return page.decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         hint = {401: "the metrics token was refused", 403: "/metrics is closed (no [metrics] token_file)",
                 404: "no /metrics here (is it on the admin listener?)"}.get(exc.code, f"HTTP {exc.code}")

@@ -90,7 +90,7 @@ def browser_first_tokens(url: str, runs: int) -> list[float]:
         for _ in range(runs + 1):
             page.click("#new-chat")
             elapsed = page.evaluate(_FIRST_TOKEN_IN_PAGE % json.dumps(PROMPT))
-            page.wait_for_selector("body[data-finished='%d']" % (len(times) + 1), state="attached")
+            page.wait_for_selector(f"body[data-finished='{len(times) + 1}']", state="attached")
             times.append(elapsed / 1000)
         browser.close()
     return times[1:]  # the first warms the page's modules and connections

@@ -22,7 +22,6 @@ import os
 import random
 import secrets
 import signal
-import subprocess
 import sys
 import threading
 import time

@@ -276,8 +276,8 @@ def _parse_fields(lines: list[bytes]) -> Headers:
     return tuple(fields)
 
 
-def _framing(headers: Headers) -> tuple[int | None, bool, bool]:
-    """(content_length, chunked, connection_close) from the framing fields."""
+def _framing(headers: Headers, minor: int) -> tuple[int | None, bool, bool]:
+    """(content_length, chunked, connection_close) from the framing fields of an HTTP/1.``minor`` message."""
     length: int | None = None
     chunked = False
     close = False
@@ -299,6 +299,8 @@ def _framing(headers: Headers) -> tuple[int | None, bool, bool]:
                     close = True
     if chunked and length is not None:
         raise RemoteProtocolError("conflicting_length")
+    if chunked and minor == 0:  # RFC 9112 section 6.1: HTTP/1.0 framing with Transfer-Encoding is faulty
+        raise RemoteProtocolError("transfer_encoding_http10")
     return length, chunked, close
 
 
@@ -317,7 +319,7 @@ def parse_response_head(head: bytes | bytearray) -> ResponseHead:
     if status < 200:
         raise RemoteProtocolError("unexpected_informational")
     headers = _parse_fields(lines)
-    length, chunked, close = _framing(headers)
+    length, chunked, close = _framing(headers, minor)
     content_type = _get_single(headers, b"content-type")
     return ResponseHead(
         status=status,
@@ -343,7 +345,7 @@ def parse_request_head(head: bytes | bytearray) -> RequestHead:
         raise RemoteProtocolError("bad_request_line")
     minor = int(match[3])
     headers = _parse_fields(lines)
-    length, chunked, close = _framing(headers)
+    length, chunked, close = _framing(headers, minor)
     hosts = sum(1 for name, _ in headers if name == b"host")
     if hosts > 1 or (minor == 1 and hosts == 0):
         raise RemoteProtocolError("bad_host")

@@ -23,7 +23,9 @@ __all__ = ["authorized_key_line", "default_gate_command", "KeyLineError", "ISOLA
 ISOLATED: Final = ("-I",)
 
 # OpenSSH public key line: type, base64 body, optional comment.
-_PUBKEY: Final = re.compile(r"(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) ([A-Za-z0-9+/]+={0,3})(?: [^\n]*)?")
+_PUBKEY: Final = re.compile(
+    r"(ssh-ed25519|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) ([A-Za-z0-9+/]+={0,3})(?: [^\n]*)?"
+)
 
 
 class KeyLineError(InternalError, ValueError):

@@ -43,6 +43,7 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
+from typing import cast
 
 from cluster._http1 import (
     BodyDecoder,
@@ -114,7 +115,7 @@ class _Connection(asyncio.Protocol):
     # ---------------------------------------------------------------- asyncio side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection's transport is a Transport
 
     def data_received(self, data: bytes) -> None:
         if self.state != _ACTIVE or self.body_done:

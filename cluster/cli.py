@@ -59,7 +59,7 @@ def _audited(directory: Path, kind: str, subject: str, **details: str | int) -> 
     from .audit import append_event
 
     try:
-        append_event(directory, kind, subject, **details)
+        append_event(directory, kind, subject, None, **details)
     except OSError as exc:
         print(f"sluice-cluster: done, but its audit record could not be written: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

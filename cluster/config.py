@@ -281,7 +281,7 @@ _REVISION_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,127}", re.AS
 
 
 def _revision(table: Table, where: str) -> str | None:
-    value = table.get("revision", str, None)
+    value: str | None = table.get("revision", str, None)
     if value is not None and _REVISION_RE.fullmatch(value) is None:
         raise ConfigError(f"{where}.revision must be 1 to 128 of letters, digits and ._:/@+- (a revision or hash)")
     return value
@@ -470,7 +470,8 @@ def _service(name: str, data: Any, where: str, base: Path, request_timeout: floa
     plain = table.get("unsafe_plain_http", bool, False)
     model = _model(name, where)
     command: tuple[str, ...] = ()
-    template, template_name, variables = "", "", ()
+    template, template_name = "", ""
+    variables: tuple[tuple[str, str], ...] = ()
     resources, time_limit = SlurmResources(), None
     if backend == "local":
         argv = table.get("command", list)
@@ -500,7 +501,9 @@ def _service(name: str, data: Any, where: str, base: Path, request_timeout: floa
         drain_timeout=table.number("drain_timeout", float, 0, MAX_REQUEST_TIMEOUT, request_timeout),
         backoff_base=backoff_base,
         backoff_max=table.number("backoff_max", float, backoff_base, 86400, max(default(Service, "backoff_max"), backoff_base)),
-        hold_timeout=table.number("hold_timeout", float, 0, MAX_REQUEST_TIMEOUT, min(default(Service, "hold_timeout"), request_timeout)),
+        hold_timeout=table.number(
+            "hold_timeout", float, 0, MAX_REQUEST_TIMEOUT, min(default(Service, "hold_timeout"), request_timeout)
+        ),
         schedule=_schedule(table.get("schedule", list, []), where, low, high),
         renew_before=0.0,
         revision=_revision(table, where),
@@ -527,16 +530,18 @@ def _scheduler(table: Table) -> SchedulerSettings:
 
 def _slurm(table: Table, base: Path) -> SlurmSettings:
     settings: SlurmSettings = build(SlurmSettings, table, base)
-    commands = {}
-    for key in ("sbatch", "squeue", "scancel"):
-        value = getattr(settings, key)
-        if not _COMMAND_NAME.fullmatch(value):
-            raise table.error(key, "must be a command name or an absolute path")
-        commands[key] = str(base / value) if "/" in value else value
+    sbatch, squeue, scancel = (_command(table, base, key, getattr(settings, key)) for key in ("sbatch", "squeue", "scancel"))
     node_host = settings.node_host
     if not _NODE_HOST.fullmatch(node_host) or set(PLACEHOLDER.findall(node_host)) - {"node"}:
         raise table.error("node_host", "must be a host name, optionally with {node} (e.g. '{node}.ib.cluster')")
-    return dataclasses.replace(settings, **commands)
+    return dataclasses.replace(settings, sbatch=sbatch, squeue=squeue, scancel=scancel)
+
+
+def _command(table: Table, base: Path, key: str, value: str) -> str:
+    """A Slurm command's name, or its path (relative to the config file's folder)."""
+    if not _COMMAND_NAME.fullmatch(value):
+        raise table.error(key, "must be a command name or an absolute path")
+    return str(base / value) if "/" in value else value
 
 
 def _gate(table: Table, base: Path) -> GateSettings:

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from policy.errors import NoBackend
-from policy.errors import InternalError
+from policy.errors import InternalError, NoBackend
 
 from .config import ClusterConfig, Service
 from .inflight import SharedInFlight

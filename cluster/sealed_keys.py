@@ -23,6 +23,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -103,17 +104,17 @@ def _delete_expired(directory: Path, retired: dict[int, float], now: float) -> f
     return min((until for until in retired.values() if until > now), default=math.inf)
 
 
-def purge_expired(config_path: Path, clock: object = time.time) -> float:
+def purge_expired(config_path: Path, clock: Callable[[], float] = time.time) -> float:
     """Delete the private key files of retired keys past their window (the ring
     keeps naming them as expired); returns when the next retired key expires."""
     directory = keys_dir(config_path)
     if not (directory / _RING).exists():
         return math.inf
     _, retired = _read_ring(directory)
-    return _delete_expired(directory, retired, clock())  # type: ignore[operator]
+    return _delete_expired(directory, retired, clock())
 
 
-def load_ring(config_path: Path, clock: object = time.time) -> KeyRing | None:
+def load_ring(config_path: Path, clock: Callable[[], float] = time.time) -> KeyRing | None:
     """The key ring, or None where no keys were created (sealed requests are then refused).
 
     Retired keys past their window are not loaded, and their files are deleted."""
@@ -121,10 +122,10 @@ def load_ring(config_path: Path, clock: object = time.time) -> KeyRing | None:
     if not (directory / _RING).exists():
         return None
     current, retired = _read_ring(directory)
-    now = clock()  # type: ignore[operator]
+    now = clock()
     _delete_expired(directory, retired, now)
     live = [(load_private_key(_key_file(directory, k)), until) for k, until in retired.items() if until > now]
-    return KeyRing(load_private_key(_key_file(directory, current)), retired=live, clock=clock)  # type: ignore[arg-type]
+    return KeyRing(load_private_key(_key_file(directory, current)), retired=live, clock=clock)
 
 
 def rotate(config_path: Path, overlap: float = DEFAULT_OVERLAP) -> GatewayKey:

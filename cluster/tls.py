@@ -146,7 +146,9 @@ def gate_identity(tls_dir: Path) -> GateIdentity:
         info = identity.key.stat()
         identity.cert.stat()
     except FileNotFoundError:
-        raise TlsError(f"no TLS identity in {tls_dir}: run 'sluice-cluster tls init --config ...' as the gate's account") from None
+        raise TlsError(
+            f"no TLS identity in {tls_dir}: run 'sluice-cluster tls init --config ...' as the gate's account"
+        ) from None
     except OSError as exc:
         raise TlsError(f"cannot read the TLS identity in {tls_dir}: {exc.strerror}") from None
     if info.st_uid != os.geteuid():
@@ -232,7 +234,7 @@ def _self_signed(common_name: str, days: int, server: bool) -> tuple[bytes, byte
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
     if server:
         usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)  # and client: the scheduler probes with it

@@ -111,7 +111,7 @@ def _decode(data: bytes, max_bytes: int) -> dict[str, Any]:
         failure = "too_deep"
     if failure is not None:
         raise BodyRejected(failure, _NOT_JSON)
-    if _WHITESPACE.match(text, end).end() != len(text):  # type: ignore[union-attr]
+    if _WHITESPACE.match(text, end).end() != len(text):  # type: ignore[union-attr]  # `*` always matches
         raise BodyRejected("trailing_data", _NOT_JSON)
     if type(obj) is not dict:
         raise BodyRejected("not_object", _NOT_JSON)

@@ -119,7 +119,8 @@ class AuditRecord:
         if not isinstance(details, Mapping):
             raise ValueError("details")
         sig = item.get("sig")
-        return cls(int(item["seq"]), float(item["time"]), str(item["kind"]), str(item["actor"]),  # type: ignore[arg-type]
+        # int() and float() of whatever the JSON holds: a wrong type raises, which is the check.
+        return cls(int(item["seq"]), float(item["time"]), str(item["kind"]), str(item["actor"]),  # type: ignore[call-overload, arg-type]
                    str(item["subject"]), dict(details), str(item["prev"]), str(item["hash"]),
                    None if sig is None else str(sig))
 

@@ -83,13 +83,14 @@ __all__ = [
     "load_routes",
 ]
 
+from ._forms import SCALAR_KINDS, form_body, form_object
 from ._limits import (
     _BACKEND_PATH_RE,
     _METHODS,
     _NOT_JSON,
-    _TOO_LARGE,
     _POLICY,
     _ROUTE_ID_RE,
+    _TOO_LARGE,
     DEFAULT_ROUTES_PATH,
     MAX_INT_DIGITS,
     MAX_JSON_DEPTH,
@@ -98,11 +99,10 @@ from ._limits import (
     MAX_ROUTE_BODY_BYTES,
     SEALING_OVERHEAD,
 )
-from ._forms import SCALAR_KINDS, form_body, form_object
 from ._responses import DIALECTS, RESPONSES, SERVER_STATE_FIELDS, forward_responses, prepare_responses
-from .grammar import MAX_BODY_BYTES
 from ._schema import _ROUTE_KEYS, _Check, _Compiler, _fail
 from ._strict_json import _ENCODER, _as_bytes, _decode, _serialize, parse_json
+from .grammar import MAX_BODY_BYTES
 from .multipart import FormSpec, boundary_of, parse_form
 
 # ---------------------------------------------------------------------------

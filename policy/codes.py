@@ -223,6 +223,7 @@ _HTTP: Final = {
     "duplicate_content_length": (400, "The HTTP message has two Content-Length fields."),
     "conflicting_length": (400, "The HTTP message has both Content-Length and Transfer-Encoding."),
     "unsupported_transfer_encoding": (501, "The HTTP Transfer-Encoding is not supported."),
+    "transfer_encoding_http10": (400, "An HTTP/1.0 message may not use Transfer-Encoding."),
     "unexpected_informational": (400, "The HTTP answer has an unexpected informational status."),
     "body_truncated": (400, "The HTTP body ended before it was complete."),
     "bad_chunk_size": (400, "An HTTP chunk size is malformed."),

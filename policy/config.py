@@ -30,9 +30,12 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from .errors import InternalError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = ["ConfigError", "REQUIRED", "Table", "setting", "config_keys", "default", "build"]
 
@@ -69,6 +72,8 @@ class _Required:
 
 # The default of a key that must be given.
 REQUIRED: Final[Any] = _Required()
+
+_T = TypeVar("_T", bound="DataclassInstance")  # what build() builds: a dataclass
 
 # What each type rule asks for, as the message says it.
 _KINDS: Final[Mapping[type, str]] = {
@@ -207,7 +212,8 @@ def setting(
 
 
 def _spec(field: dataclasses.Field[Any]) -> dict[str, Any]:
-    return field.metadata.get("config", {"read": True})
+    spec: dict[str, Any] = field.metadata.get("config", {"read": True})
+    return spec
 
 
 def config_keys(cls: type, *extra: str) -> frozenset[str]:
@@ -257,7 +263,7 @@ def _read(table: Table, name: str, hint: Any, spec: dict[str, Any], default: Any
     raise TypeError(f"{table.dotted(name)}: no type rule for {kind!r}; read it yourself and pass it to build()")
 
 
-def build(cls: type, table: Table, base: Path | None = None, **given: Any) -> Any:
+def build(cls: type[_T], table: Table, base: Path | None = None, **given: Any) -> _T:
     """An instance of the dataclass ``cls`` with each field read from ``table``.
 
     A field takes its key's value, checked by the rule of its type and the

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from enum import IntEnum
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 from .errors import Disallowed
 from .grammar import MAX_COMMAND_LINE
@@ -24,6 +24,7 @@ __all__ = [
     "Kind",
     "Frame",
     "FrameDecoder",
+    "FrameWriter",
     "encode",
     "CLIENT_KINDS",
     "GATE_KINDS",
@@ -94,6 +95,19 @@ def encode(kind: Kind, stream: int, payload: bytes = b"") -> bytes:
     if not low <= len(payload) <= high:
         raise ValueError(f"{kind.name} payload of {len(payload)} bytes")
     return HEADER.pack(kind, stream, len(payload)) + payload
+
+
+class FrameWriter(Protocol):
+    """Where a session's frames are written: an :class:`asyncio.StreamWriter`, an SSH
+    channel's stdin (appliance side), or the gate's stdout when it is a file."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
 
 
 class FrameDecoder:

@@ -25,7 +25,7 @@ def _loop_factory(allow_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop]
         import uvloop
     except ImportError:
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 def run_event_loop(main: Coroutine[Any, Any, T], *, allow_uvloop: bool = True) -> T:

@@ -18,6 +18,7 @@ route and model the appliance saw match the inner request.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from .bhttp import DEFAULT_LIMITS, Limits, Request, decode_request
 from .errors import SealError
@@ -28,9 +29,17 @@ from .ohttp import (
     decapsulate_chunked_request,
     decapsulate_request,
 )
-from .replay import ReplayGuard
 
-__all__ = ["OpenedRequest", "open_request"]
+__all__ = ["OpenedRequest", "ReplayCheck", "open_request"]
+
+
+class ReplayCheck(Protocol):
+    """What a request's date and ``enc`` are checked with: a :class:`~sluice_sdk.replay.ReplayGuard`,
+    or a store shared by several processes (the gate's)."""
+
+    def check_date(self, date: bytes | str) -> None: ...
+
+    def check(self, enc: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +52,7 @@ class OpenedRequest:
 
 def open_request(
     keys: KeyLookup,
-    guard: ReplayGuard,
+    guard: ReplayCheck,
     body: bytes,
     *,
     chunked: bool,

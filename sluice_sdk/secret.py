@@ -37,4 +37,4 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable, as __eq__ is overridden (typeshed wants a method)

@@ -47,13 +47,15 @@ COLUMNS: Final = (
 
 def day_of(timestamp: float) -> str:
     """The UTC day of ``timestamp``, ``YYYY-MM-DD`` (the last one is remembered: rows come in order)."""
+    global _last_day
     day = int(timestamp // 86_400)
-    if day != _last_day[0]:
-        _last_day[:] = [day, datetime.datetime.fromtimestamp(day * 86_400, datetime.UTC).strftime("%Y-%m-%d")]
-    return _last_day[1]  # type: ignore[return-value]
+    last = _last_day
+    if day != last[0]:
+        last = _last_day = (day, datetime.datetime.fromtimestamp(day * 86_400, datetime.UTC).strftime("%Y-%m-%d"))
+    return last[1]
 
 
-_last_day: list[object] = [None, ""]
+_last_day: tuple[int | None, str] = (None, "")
 
 
 @dataclass(frozen=True, slots=True)

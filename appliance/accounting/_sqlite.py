@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 import queue
 import sqlite3
@@ -65,7 +66,15 @@ CHECKPOINT_EVERY: Final = 1.0
 # The write-ahead log is truncated to this size after a checkpoint.
 WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 
-_STOP: Final = object()
+
+
+class _Stop(enum.Enum):
+    """The writer's last item (an enum member, so that `is` tells it from a row for mypy too)."""
+
+    STOP = enum.auto()
+
+
+_STOP: Final = _Stop.STOP
 
 # Errors that mean "another connection holds a lock": worth waiting for, off the loop.
 _WAIT_ERRORS: Final = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_BUSY_SNAPSHOT", "SQLITE_BUSY_RECOVERY"})
@@ -123,7 +132,7 @@ class SqliteAccounting:
         self._threads: list[threading.Thread] = []
         self._slow_lock = threading.Lock()
         # Full mode: the writer thread's queue.
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[tuple[object, ...], asyncio.Future[None]] | _Stop] = queue.SimpleQueue()
 
     async def start(self) -> None:
         if self._started:
@@ -246,16 +255,16 @@ class SqliteAccounting:
                         break
                 if _STOP in batch:
                     stopping = True
-                    batch = [item for item in batch if item is not _STOP]
-                if not batch:
+                rows = [item for item in batch if item is not _STOP]
+                if not rows:
                     continue
                 error: BaseException | None = None
                 try:
-                    _commit(connection, [item[0] for item in batch])  # type: ignore[index]
+                    _commit(connection, [item[0] for item in rows])
                 except sqlite3.Error as exc:
                     error = exc
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                    loop.call_soon_threadsafe(_wake, [item[1] for item in batch], error)  # type: ignore[index]
+                    loop.call_soon_threadsafe(_wake, [item[1] for item in rows], error)
         finally:
             connection.close()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 import orjson
@@ -116,7 +116,7 @@ class OpenAIApi:
         ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
-    def _handler(self, route_id: str):  # type: ignore[no-untyped-def]
+    def _handler(self, route_id: str) -> Callable[[Request], Awaitable[Response]]:
         route = self._routes.get(route_id)
 
         async def handle(request: Request) -> Response:
@@ -167,7 +167,7 @@ class OpenAIApi:
             return error_response(503, "sealed_unavailable", {"Retry-After": "30"})
         return Response(configs, media_type=_OHTTP_KEYS, headers={"Cache-Control": f"max-age={int(self._keys.ttl)}"})
 
-    def _sealed_handler(self, route_id: str):  # type: ignore[no-untyped-def]
+    def _sealed_handler(self, route_id: str) -> Callable[[Request], Awaitable[Response]]:
         route = self._routes.get(route_id)
         # The same limit the gate applies to the sealed line (policy/bodies.py).
         limit = route.max_request_bytes(sealed=True)

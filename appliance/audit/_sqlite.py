@@ -55,7 +55,8 @@ _COLUMNS: Final = "seq, time, kind, actor, subject, details, prev, hash, sig"
 
 def _row(row: tuple[object, ...]) -> AuditRecord:
     seq, when, kind, actor, subject, details, prev, digest, sig = row
-    return AuditRecord(int(seq), float(when), str(kind), str(actor), str(subject),  # type: ignore[arg-type]
+    # int() and float() of whatever the row holds: a wrong type raises, which is the check.
+    return AuditRecord(int(seq), float(when), str(kind), str(actor), str(subject),  # type: ignore[call-overload, arg-type]
                        json.loads(str(details)), str(prev), str(digest), None if sig is None else str(sig))
 
 

@@ -151,8 +151,8 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
                 records = [r for r in records if _matches(r, query)]
         else:
             store, key = _store(args)
-            query = Query(args.since, args.until, tuple(args.kind), args.actor) if command == "list" else None
-            records, head = asyncio.run(_read(store, query))
+            wanted = Query(args.since, args.until, tuple(args.kind), args.actor) if command == "list" else None
+            records, head = asyncio.run(_read(store, wanted))
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"sluice audit: {exc}", file=sys.stderr)
         return 1

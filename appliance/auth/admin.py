@@ -16,6 +16,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._db import Database, PostgresDatabase, open_database
 from .base import IdentityUnavailable
@@ -24,6 +25,9 @@ from .keystore import KeyRequestError, KeyStore
 from .secret import read_secret_file
 from .sessions import SessionStore
 from .users import UserDirectory
+
+if TYPE_CHECKING:
+    from ..audit import AuditTrail
 
 __all__ = ["add_keys_arguments", "run_keys"]
 
@@ -75,7 +79,7 @@ def _names(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-def _audit_trail(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _audit_trail(args: argparse.Namespace) -> AuditTrail | None:
     """With ``--config``, key actions go to the audit trail beside the accounting (with ``--database``, only to the log)."""
     if not args.config:
         return None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -58,7 +58,7 @@ class IdentityServices:
     access: AccessPolicy
     keys: KeyStore | None = None
     users: UserDirectory | None = None
-    pages: Callable[[Callable[[Principal], object]], AccountPages] | None = None
+    pages: Callable[[Callable[[Principal], Awaitable[list[str] | None]]], AccountPages] | None = None
     # Models beside the clusters' that a principal may use (the external proxy's), for the account page.
     extra_models: Callable[[Principal], list[str]] | None = None
     _http: httpx2.AsyncClient | None = None
@@ -76,7 +76,7 @@ class IdentityServices:
                 return None
             return sorted({*self.access.visible(principal, names), *extra})
 
-        return self.pages(models).routes()  # type: ignore[arg-type]
+        return self.pages(models).routes()
 
     async def start(self) -> None:
         """Connect to the identity store (PostgreSQL) and check its schema; raises SchemaError, OSError."""
@@ -169,11 +169,11 @@ def build_identity(
         cookie = SessionCookieReader(session_secret, secure=auth.cookie_secure, max_age=int(sessions.lifetime))
         services.authenticator = BrowserSessionAuthenticator(services.authenticator, cookie, sessions, users, public_url)
 
-        def pages(models: Callable[[Principal], object]) -> AccountPages:
+        def pages(models: Callable[[Principal], Awaitable[list[str] | None]]) -> AccountPages:
             return AccountPages(
                 public_url=public_url, session_secret=session_secret, cookie_secure=auth.cookie_secure,
                 cookie_samesite=auth.cookie_samesite, sessions=sessions, users=users, keys=keys, access=access,
-                models=models, key_max_days=auth.key_max_days, oidc=oidc, header=header,  # type: ignore[arg-type]
+                models=models, key_max_days=auth.key_max_days, oidc=oidc, header=header,
                 header_logout_url=auth.trusted_header.logout_url if auth.trusted_header else None,
             )
 

@@ -50,7 +50,7 @@ import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, overload
 from urllib.parse import urlsplit
 
 from policy.config import ConfigError, Table, build, config_keys, default, setting
@@ -159,6 +159,10 @@ def check_url(url: str, where: str, *, origin_only: bool = False) -> str:
     return url.rstrip("/") if origin_only else url
 
 
+@overload
+def _header(table: Table, key: str, value: str) -> str: ...
+@overload
+def _header(table: Table, key: str, value: None) -> None: ...
 def _header(table: Table, key: str, value: str | None) -> str | None:
     if value is None:
         return None
@@ -184,8 +188,13 @@ def _trusted_header(data: Any, where: str) -> TrustedHeaderSettings:
         check_url(settings.logout_url, f"{where}.logout_url")
     if "#" in settings.issuer:
         raise table.error("issuer", "must not contain '#'")
-    headers = ("user_header", "groups_header", "email_header", "name_header")
-    return dataclasses.replace(settings, **{key: _header(table, key, getattr(settings, key)) for key in headers})
+    return dataclasses.replace(
+        settings,
+        user_header=_header(table, "user_header", settings.user_header),
+        groups_header=_header(table, "groups_header", settings.groups_header),
+        email_header=_header(table, "email_header", settings.email_header),
+        name_header=_header(table, "name_header", settings.name_header),
+    )
 
 
 def _auth(data: Any, base: Path) -> AuthSettings:

@@ -75,10 +75,12 @@ class PendingLogin:
     def from_dict(cls, data: Any) -> PendingLogin | None:
         if not isinstance(data, dict):
             return None
-        values = (data.get("state"), data.get("nonce"), data.get("verifier"), data.get("started"))
-        if not all(isinstance(v, str) for v in values[:3]) or not isinstance(values[3], int | float):
+        state, nonce, verifier, started = (data.get("state"), data.get("nonce"), data.get("verifier"),
+                                           data.get("started"))
+        if not (isinstance(state, str) and isinstance(nonce, str) and isinstance(verifier, str)) \
+                or not isinstance(started, int | float):
             return None
-        return cls(*values)  # type: ignore[arg-type]
+        return cls(state, nonce, verifier, started)
 
 
 @dataclass(frozen=True, slots=True)

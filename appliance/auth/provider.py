@@ -88,10 +88,12 @@ async def get_json(client: httpx2.AsyncClient, url: str, **kwargs: Any) -> Any:
         raise ProviderError("not JSON") from None
 
 
-def _endpoint(document: dict[str, Any], key: str, required: bool = True) -> str | None:
+def _optional_endpoint(document: dict[str, Any], key: str) -> str | None:
+    return None if document.get(key) is None else _endpoint(document, key)
+
+
+def _endpoint(document: dict[str, Any], key: str) -> str:
     value = document.get(key)
-    if value is None and not required:
-        return None
     if not isinstance(value, str):
         raise ProviderError(f"discovery lacks {key}")
     try:
@@ -105,11 +107,11 @@ def parse_metadata(issuer: str, document: Any) -> ProviderMetadata:
         raise ProviderError("discovery names another issuer")
     return ProviderMetadata(
         issuer,
-        _endpoint(document, "authorization_endpoint"),  # type: ignore[arg-type]
-        _endpoint(document, "token_endpoint"),  # type: ignore[arg-type]
-        _endpoint(document, "jwks_uri"),  # type: ignore[arg-type]
-        _endpoint(document, "userinfo_endpoint", False),
-        _endpoint(document, "end_session_endpoint", False),
+        _endpoint(document, "authorization_endpoint"),
+        _endpoint(document, "token_endpoint"),
+        _endpoint(document, "jwks_uri"),
+        _optional_endpoint(document, "userinfo_endpoint"),
+        _optional_endpoint(document, "end_session_endpoint"),
     )
 
 

@@ -152,7 +152,9 @@ class AccountPages:
     def _page(self, body: str, status: int = 200) -> Response:
         return HTMLResponse(body, status_code=status, headers=self._headers)
 
-    def _message(self, status: int, title: str, message: str, link: str = "/account/", link_text: str = "Your account") -> Response:
+    def _message(
+        self, status: int, title: str, message: str, link: str = "/account/", link_text: str = "Your account"
+    ) -> Response:
         return self._page(_render("message.html", title=title, message=message, link=link, link_text=link_text), status)
 
     def _redirect(self, url: str, status: int = 303) -> Response:

@@ -48,14 +48,16 @@ CURRENT: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar("sl
 
 def new_request_id() -> str:
     """``req_`` and 24 hex digits: random per process, then a counter (unique, and cheap)."""
-    return f"req_{_ids[0]}{next(_ids[1]):012x}"  # type: ignore[call-overload]
+    prefix, counter = _ids
+    return f"req_{prefix}{next(counter):012x}"
 
 
 def _new_id_source() -> None:
-    _ids[:] = [os.urandom(6).hex(), itertools.count(1)]
+    global _ids
+    _ids = (os.urandom(6).hex(), itertools.count(1))
 
 
-_ids: list[object] = []
+_ids: tuple[str, itertools.count[int]]
 _new_id_source()
 os.register_at_fork(after_in_child=_new_id_source)  # a forked worker gets ids of its own
 

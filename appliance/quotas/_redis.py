@@ -113,6 +113,7 @@ class RedisBackend:
         options: dict[str, Any] = {"connect_timeout": timeout, "stream_timeout": timeout, "retry_policy": NoRetryPolicy()}
         if password is not None:
             options["password"] = password
+        storage: Any  # a Redis storage: `bridge` (its client) is not on the base class limits types it as
         try:
             storage = storage_from_string(uri, wrap_exceptions=True, key_prefix=KEY_PREFIX, **options)
         except ConfigurationError as exc:
@@ -149,7 +150,7 @@ class RedisBackend:
                 await self._connection.ping()
                 for script in scripts:
                     await self._connection.script_load(script.script)
-        except (*self._errors, TimeoutError) as exc:
+        except self._errors + (TimeoutError,) as exc:
             log.warning(event_line("quota_storage_unreachable_at_start", error=type(exc).__name__))
         if self._renewer is None:
             self._renewer = asyncio.create_task(self._renew_forever())

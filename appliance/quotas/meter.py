@@ -30,7 +30,7 @@ from ..auth.secret import Secret
 from ..metering import Outcome, Ticket
 from ..metrics import Metrics
 from ..middleware.request_log import CURRENT, RequestInfo
-from ._memory import MemoryBackend
+from ._memory import Backend, MemoryBackend
 from .config import MeteringSettings
 from .errors import QuotaExceeded, QuotaUnavailable
 from .policy import load_policy
@@ -198,14 +198,14 @@ def build_meter(settings: MeteringSettings, metrics: Metrics | None = None) -> M
     if q.enabled:
         policy = load_policy(q.policy)
         if q.storage == "memory://":
-            backend: object = MemoryBackend()
+            backend: Backend = MemoryBackend()
         else:
             from ._redis import RedisBackend
 
             password = _read_secret(q.storage_password_file, "quotas.storage_password_file").reveal() \
                 if q.storage_password_file is not None else None
             backend = RedisBackend(q.storage, password, q.storage_timeout, q.lease_ttl)
-        quotas = Quotas(policy, backend, q.fail_open, q.storage_timeout)  # type: ignore[arg-type]
+        quotas = Quotas(policy, backend, q.fail_open, q.storage_timeout)
     accounting: Accounting | None = None
     a = settings.accounting
     if a.backend == "sqlite":

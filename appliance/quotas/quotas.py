@@ -185,7 +185,7 @@ class Quotas:
             lease = (yield ("acquire", limit)) if limit.amount > 0 else None
             if lease is None:
                 raise QuotaExceeded(limit.name, limit.scope, 1.0)
-            grant.leases.append((limit, lease))  # type: ignore[arg-type]
+            grant.leases.append((limit, lease))
         headers = grant.headers
         for kind, limits, amount in (("tokens", plan.tokens, cost), ("requests", plan.requests, 1)):
             binding: tuple[int, int, float] | None = None
@@ -194,13 +194,13 @@ class Quotas:
                     code = "max_tokens_over_quota" if kind == "tokens" else None
                     raise QuotaExceeded(limit.name, limit.scope, limit.window, code)
                 if amount:
-                    taken, remaining, reset = yield ("take", limit, amount)  # type: ignore[misc]
+                    taken, remaining, reset = yield ("take", limit, amount)
                     if not taken:
                         now = time.time()
                         raise QuotaExceeded(limit.name, limit.scope, min(limit.window, reset - now), None,
                                             ratelimit_headers(kind, (limit.amount, remaining, reset), now))
                 else:
-                    remaining, reset = yield ("remaining", limit)  # type: ignore[misc]
+                    remaining, reset = yield ("remaining", limit)
                 grant.taken.append((limit, amount))
                 if binding is None or remaining < binding[1]:
                     binding = (limit.amount, remaining, reset)

@@ -55,5 +55,6 @@ def hypercorn_config(server: ServerSettings, bind: str, graceful_timeout: float 
     config.backlog = LISTEN_BACKLOG
     config.read_timeout = None
     config.alpn_protocols = ["http/1.1"]
+    # The counter rides on the Config, the one object every connection's protocol sees (strict_h11._counter).
     config.sluice_connections = ConnectionCounter(server.max_connections)  # type: ignore[attr-defined]
     return config

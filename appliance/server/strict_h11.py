@@ -20,9 +20,9 @@ balancer), so:
 
 from __future__ import annotations
 
-import hypercorn.protocol
 import h11
-from hypercorn.events import Closed, RawData
+import hypercorn.protocol
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.h11 import H11Protocol
 
 from ..api.errors import error_body
@@ -72,7 +72,7 @@ class StrictH11Protocol(H11Protocol):
             self._counted = True
         await super().initiate()
 
-    async def handle(self, event: object) -> None:
+    async def handle(self, event: Event) -> None:
         if self._refused:
             return
         if isinstance(event, Closed) and self._counted:
@@ -80,7 +80,7 @@ class StrictH11Protocol(H11Protocol):
             counter = _counter(self.config)
             if counter is not None:
                 counter.open -= 1
-        await super().handle(event)  # type: ignore[arg-type]
+        await super().handle(event)
 
     async def _check_protocol(self, event: h11.Request) -> None:
         """Never switch to HTTP/2 here: that check is made (and refused) in :meth:`_create_stream`."""
@@ -102,4 +102,5 @@ class StrictH11Protocol(H11Protocol):
 
 def install() -> None:
     """Make Hypercorn use :class:`StrictH11Protocol` for every HTTP/1.1 connection in this process."""
-    hypercorn.protocol.H11Protocol = StrictH11Protocol  # type: ignore[misc]
+    # Replacing the class hypercorn.protocol imports (it names no __all__, so mypy calls it private).
+    hypercorn.protocol.H11Protocol = StrictH11Protocol  # type: ignore[attr-defined]

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import json
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Final, Protocol
 
-from policy.errors import BackendFailed, Overloaded, RelayedError, SluiceError, TransportError
-from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, MAX_STREAMS, FrameDecoder, Kind, encode
+from policy.errors import BackendFailed, Disallowed, Overloaded, RelayedError, SluiceError, TransportError
+from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, MAX_STREAMS, FrameDecoder, FrameWriter, Kind, encode
 from policy.grammar import Call, Ping, StreamCommand, stream_line
-from policy.errors import Disallowed
 
-__all__ = ["GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED", "LAST_WORD_WAIT", "ping_once"]
+__all__ = ["ByteReader", "GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERED", "LAST_WORD_WAIT", "ping_once"]
 
 # Response bytes held for one request whose client reads slower than the
 # model writes.  Past this the request is cancelled: a stalled client must
@@ -34,7 +34,15 @@ READ_SIZE: Final = 256 * 1024
 # answers at once; this only bounds a session that is slow or breaking.
 LAST_WORD_WAIT: Final = 2.0
 
-_END: Final = object()
+
+
+class _End(enum.Enum):
+    """The last piece of a reply (an enum member, so that `is` tells it from data for mypy too)."""
+
+    END = enum.auto()
+
+
+_END: Final = _End.END
 
 _MEDIA: Final = {
     b"json": "json", b"text": "text", b"sse": "sse", b"ohttp": "ohttp", b"ohttp-chunked": "ohttp-chunked"
@@ -81,7 +89,7 @@ class GateReply:
         self.usage: dict[str, int] | None = None
         self.produced_by: dict[str, str] = {}
         self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pieces: collections.deque[object] = collections.deque()
+        self._pieces: collections.deque[bytes | SluiceError | _End] = collections.deque()
         self._buffered = 0
         self._wake: asyncio.Future[None] | None = None
         self._finished = False
@@ -96,7 +104,7 @@ class GateReply:
         return self._finished
 
     # -- fed by the receiver --------------------------------------------
-    def _push(self, item: object) -> None:
+    def _push(self, item: bytes | SluiceError | _End) -> None:
         self._pieces.append(item)
         wake = self._wake
         if wake is not None and not wake.done():
@@ -179,8 +187,8 @@ class GateReply:
                     return
                 if isinstance(item, SluiceError):
                     raise item
-                self._buffered -= len(item)  # type: ignore[arg-type]
-                yield item  # type: ignore[misc]
+                self._buffered -= len(item)
+                yield item
             self._wake = asyncio.get_running_loop().create_future()
             try:
                 await self._wake
@@ -198,10 +206,16 @@ class GateReply:
             self._cancel(self.stream)
 
 
+class ByteReader(Protocol):
+    """What frames are read from: an :class:`asyncio.StreamReader`, or an SSH channel's stdout."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
 class FrameReceiver:
     """Reads gate frames from ``reader`` and feeds the replies they belong to."""
 
-    def __init__(self, reader: asyncio.StreamReader, on_release: Callable[[], None] | None = None) -> None:
+    def __init__(self, reader: ByteReader, on_release: Callable[[], None] | None = None) -> None:
         self._reader = reader
         self.replies: dict[int, GateReply] = {}
         # Streams we cancelled, until the gate's END (or ERROR) for them arrives.
@@ -277,7 +291,7 @@ class FrameReceiver:
 class MuxClient:
     """The appliance side of one mux session over ``reader``/``writer``."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+    def __init__(self, reader: ByteReader, writer: FrameWriter,
                  on_release: Callable[[], None] | None = None) -> None:
         self._writer = writer
         self._receiver = FrameReceiver(reader, on_release)

@@ -115,11 +115,11 @@ class _Slot:
         cluster = self._cluster
         while True:
             try:
-                async with asyncssh.connect(cluster.host, **connect_options(cluster)) as connection:  # type: ignore[arg-type]
+                async with asyncssh.connect(cluster.host, **connect_options(cluster)) as connection:
                     if cluster.mode == "mux":
                         process = await connection.create_process(command_line(Mux()), encoding=None,
                                                                   stderr=GATE_STDERR)
-                        self.client = MuxClient(process.stdout, process.stdin,  # type: ignore[arg-type]
+                        self.client = MuxClient(process.stdout, process.stdin,
                                                 self._spreader.released)
                     self.connection = connection
                     self.last_error = None
@@ -214,7 +214,7 @@ class SshTransport:
         except (OSError, asyncssh.Error):
             raise TransportError("gate_start_failed") from None
         self._exec_open += 1
-        receiver = FrameReceiver(process.stdout)  # type: ignore[arg-type]
+        receiver = FrameReceiver(process.stdout)
         reply = GateReply(1, lambda _stream: process.close())
         receiver.replies[1] = reply
         if isinstance(command, Call) and body:

@@ -21,7 +21,7 @@ from typing import Final
 from policy.bodies import load_routes
 from policy.errors import Disallowed
 from policy.events import event_line
-from policy.frames import Kind, encode
+from policy.frames import FrameWriter, Kind, encode
 from policy.grammar import MAX_BODY_BYTES, Call, Mux, SessionCommand, parse_command_line
 from policy.loop import run_event_loop
 
@@ -79,7 +79,7 @@ class _FileWriter:
         return False
 
 
-async def _stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _stdio() -> tuple[asyncio.StreamReader, FrameWriter]:
     """Async streams over fds 0 and 1.  Under sshd and the local pipe both are pipes
     or sockets; a file or /dev/null (a person testing by hand) is read or written
     directly, since the event loop cannot poll it."""
@@ -94,7 +94,7 @@ async def _stdio() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             reader.feed_data(stdin.read(MAX_BODY_BYTES + 1))
         reader.feed_eof()
     if not _pollable(1):
-        return reader, _FileWriter()  # type: ignore[return-value]
+        return reader, _FileWriter()
     transport, protocol = await loop.connect_write_pipe(
         asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0, closefd=False)
     )

@@ -13,7 +13,7 @@ import base64
 import json
 import logging
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from policy.bodies import RESPONSES, CheckedBody, RouteTable
 from policy.errors import (
@@ -30,7 +30,7 @@ from policy.errors import (
 )
 from policy.grammar import Call, Keys, Models, Ping, StreamCommand
 
-from ..backend_client import BackendPool
+from ..backend_client import BackendPool, BackendResponse
 from ..config import ClusterConfig
 from ..routing import Instance, Router
 from ..scheduler.availability import ModelStatus, model_statuses
@@ -41,6 +41,12 @@ from .provenance import Provenance
 from .responses import ResponsesUsageFilter
 from .sinks import Sink
 from .usage import SseUsageFilter, Usage, usage_from_json, with_audio
+
+if TYPE_CHECKING:  # the crypto modules load on the first sealed request, not before
+    from sluice_sdk.bhttp import Fields
+    from sluice_sdk.keys import KeyRing
+
+    from .sealed import SharedReplayGuard
 
 __all__ = ["Forwarder", "MAX_RESPONSE_BYTES"]
 
@@ -92,11 +98,11 @@ class _HeadSent:
         self._sink.error(error)
 
 
-def _inner_content_type(headers: object) -> str:
+def _inner_content_type(headers: Fields) -> str:
     """The sealed inner request's Content-Type (its form's boundary); "" when absent."""
-    for name, value in headers:  # type: ignore[attr-defined]
+    for name, value in headers:
         if name.lower() == b"content-type":
-            return value.decode("latin-1")  # type: ignore[no-any-return]
+            return value.decode("latin-1")
     return ""
 
 
@@ -114,11 +120,11 @@ class Forwarder:
         self._router = router
         self._pool = pool
         self._timeout = config.gate.request_timeout
-        self._ring: object | None = None
+        self._ring: KeyRing | None = None
         self._ring_stamp: object = None
         self._ring_checked = float("-inf")
         self._ring_expiry = float("inf")  # when a retired key's window ends (wall clock)
-        self._replay: object | None = None
+        self._replay: SharedReplayGuard | None = None
         self._provenance = Provenance(config.model_revisions(), pool)
         self._census_cache: tuple[dict[str, ModelCensus], dict[str, ModelStatus]] | None = None
         self._census_at = float("-inf")
@@ -156,7 +162,7 @@ class Forwarder:
             log.exception("internal error while serving a stream")  # no request data in the record
             sink.error(LocalError())
 
-    def _sealed_keys(self):  # type: ignore[no-untyped-def]
+    def _sealed_keys(self) -> KeyRing:
         """The key ring for sealed requests: loaded on first use (exec-mode gates that
         serve clear requests never import the crypto code), and again after a
         rotation (``ring.json`` changed; looked at no more than once a second) and
@@ -185,6 +191,8 @@ class Forwarder:
         from .sealed import SealingSink, open_sealed, sealed_error
 
         ring = self._sealed_keys()
+        if self._replay is None:  # never: _sealed_keys made it
+            raise SealedUnavailable()
         route = self._routes.get(call.route)
         opened = open_sealed(ring, self._replay, body, call.seal == "chunked", route.path)
         inner = opened.request.content
@@ -196,6 +204,7 @@ class Forwarder:
         except BodyRejected as exc:
             # About the sealed content: answered sealed, so the appliance learns nothing of it.
             sink.head(200, "ohttp-chunked" if call.seal == "chunked" else "ohttp")
+            # A sealed request comes in a session, so its sink is a FrameSink (which Sink does not promise).
             sink.body_nowait(sealed_error(opened.sealer, exc))  # type: ignore[attr-defined]
             sink.end(None)
             return
@@ -203,7 +212,8 @@ class Forwarder:
             raise BodyRejected("model_mismatch", 400)
         holder = Holder(self._held)  # an answer sealed whole is held until it is complete
         try:
-            await self._call(Call(call.route, call.model, len(inner)), inner, SealingSink(sink, opened.sealer, holder))  # type: ignore[arg-type]
+            sealing = SealingSink(sink, opened.sealer, holder)  # type: ignore[arg-type]  # a FrameSink, as above
+            await self._call(Call(call.route, call.model, len(inner)), inner, sealing)
         finally:
             holder.release()
 
@@ -223,6 +233,7 @@ class Forwarder:
                                         **census[model].to_json(), **statuses[model].to_json(),
                                         **self._provenance.listing(model)}
             # Ready instances are the ones this gate routes to (static backends too, not only scheduled jobs).
+            # to_json() is a JSON object (values typed `object`); its "instances" is a dict.
             entry["instances"] = {**census[model].to_json()["instances"],  # type: ignore[dict-item]
                                   "ready": len(self._router.instances(model))}
             data.append(entry)
@@ -295,6 +306,7 @@ class Forwarder:
             raise ModelNotFound()
         if call.route not in served:
             raise ModelNotFound("route_not_served")
+        instance: Instance | None  # None while none is held (nothing to release)
         instance, sink = await self._acquire(call.model, checked.stream, sink)
         headed = isinstance(sink, _HeadSent)
         refused = 0
@@ -314,7 +326,7 @@ class Forwarder:
                         # the instance is gone (ended since the table was written): try another
                         self._router.quarantine(instance)
                         self._router.release(instance)
-                        instance = None  # type: ignore[assignment]
+                        instance = None
                         instance, sink = await self._acquire(call.model, checked.stream, sink)
                         headed = isinstance(sink, _HeadSent)
                 try:
@@ -338,6 +350,7 @@ class Forwarder:
                             if data:
                                 await sink.body(data)
                             usage = with_audio(usage_from_json(data), checked) if response.status == 200 else None
+                            # Usage is token counts; the END frame also names who produced them (model, instance: strings).
                             sink.end({**usage, **produced_by} if usage is not None else None)  # type: ignore[dict-item]
                         finally:
                             holder.release()
@@ -350,11 +363,11 @@ class Forwarder:
                 self._router.release(instance)
 
     async def _stream(
-        self, response: object, sink: Sink, usage_filter: SseUsageFilter, checked: CheckedBody,
+        self, response: BackendResponse, sink: Sink, usage_filter: SseUsageFilter, checked: CheckedBody,
         produced_by: dict[str, str],
     ) -> None:
-        sink.head(response.status, "sse")  # type: ignore[attr-defined]
-        async for piece in response.iter_body():  # type: ignore[attr-defined]
+        sink.head(response.status, "sse")
+        async for piece in response.iter_body():
             events = usage_filter.feed(piece)
             if usage_filter.usage is not None:
                 sink.progress(usage_filter.usage)
@@ -364,16 +377,17 @@ class Forwarder:
         if rest:
             await sink.body(rest)
         usage = with_audio(usage_filter.usage, checked)
+        # Usage is token counts; the END frame also names who produced them (model, instance: strings).
         sink.end({**usage, **produced_by} if usage is not None else None)  # type: ignore[dict-item]
 
-async def _read_whole(response: object, holder: Holder) -> bytes:
+async def _read_whole(response: BackendResponse, holder: Holder) -> bytes:
     """A whole response body, counted in ``holder``: :class:`ResponseTooLarge` past
     MAX_RESPONSE_BYTES, :class:`~policy.errors.Overloaded` past the process's bound."""
-    declared = response.head.content_length  # type: ignore[attr-defined]
+    declared = response.head.content_length
     if declared is not None and declared > MAX_RESPONSE_BYTES:
         raise ResponseTooLarge()
     pieces: list[bytes] = []
-    async for piece in response.iter_body():  # type: ignore[attr-defined]
+    async for piece in response.iter_body():
         holder.take(len(piece))
         pieces.append(piece)
     return b"".join(pieces)

@@ -31,17 +31,20 @@ from typing import Final
 
 from policy.errors import BodyRejected, SluiceError
 from policy.events import event_line
-from sluice_sdk.bhttp import BhttpError, Response, ResponseStreamEncoder, encode_response
-from sluice_sdk.errors import SealError
+from sluice_sdk.bhttp import Response, ResponseStreamEncoder, encode_response
+from sluice_sdk.errors import BhttpError, SealError
 from sluice_sdk.gateway import OpenedRequest, open_request
-from sluice_sdk.ohttp import ChunkedResponseSealer, ResponseSealer
+from sluice_sdk.ohttp import ChunkedResponseSealer, KeyLookup, ResponseSealer
 from sluice_sdk.replay import ReplayGuard, retention
 
 from .bounds import Holder
 from .sinks import FrameSink
 from .usage import Usage
 
-__all__ = ["REPLAY_WINDOW", "REPLAY_PRUNE_INTERVAL", "REPLAY_PRUNE_BATCH", "REPLAY_CACHE_KIB", "PRUNE_SQL", "SharedReplayGuard", "SealingSink", "open_sealed", "sealed_error"]
+__all__ = [
+    "REPLAY_WINDOW", "REPLAY_PRUNE_INTERVAL", "REPLAY_PRUNE_BATCH", "REPLAY_CACHE_KIB", "PRUNE_SQL",
+    "SharedReplayGuard", "SealingSink", "open_sealed", "sealed_error",
+]
 
 log = logging.getLogger("sluice.gate")
 
@@ -120,10 +123,10 @@ class SharedReplayGuard:
             raise SealError from None  # fail closed
 
 
-def open_sealed(ring: object, guard: SharedReplayGuard, body: bytes, chunked: bool, path: str) -> OpenedRequest:
+def open_sealed(ring: KeyLookup, guard: SharedReplayGuard, body: bytes, chunked: bool, path: str) -> OpenedRequest:
     """The opened request, if it is a POST to ``path``; every failure is one short code."""
     try:
-        opened = open_request(ring, guard, body, chunked=chunked)  # type: ignore[arg-type]
+        opened = open_request(ring, guard, body, chunked=chunked)
     except (SealError, BhttpError):
         raise BodyRejected("sealed_invalid", 400) from None
     request = opened.request

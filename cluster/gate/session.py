@@ -19,7 +19,7 @@ from typing import Final
 
 from policy.errors import BodyRejected, Disallowed, Overloaded, PeerError, SluiceError
 from policy.events import event_line
-from policy.frames import CLIENT_KINDS, MAX_STREAMS, FrameDecoder, Kind, encode
+from policy.frames import CLIENT_KINDS, MAX_STREAMS, FrameDecoder, FrameWriter, Kind, encode
 from policy.grammar import MAX_BODY_BYTES, Call, StreamCommand, parse_stream_command
 
 from .sinks import FrameSink, StreamServer
@@ -135,10 +135,10 @@ class StreamTable:
         if isinstance(command, Call) and command.length > self._max_body(command):
             self._refused(stream, command, length, BodyRejected("body_too_large", 413))
             return None
-        if length == 0:
+        if length == 0 or not isinstance(command, Call):  # only a CALL has a body
             self.running.add(stream)
             return stream, command, b""
-        self._receiving[stream] = _Receiving(command, length, self._clock() + BODY_IDLE_TIMEOUT)  # type: ignore[arg-type]
+        self._receiving[stream] = _Receiving(command, length, self._clock() + BODY_IDLE_TIMEOUT)
         return None
 
     def _refused(self, stream: int, command: StreamCommand | None, length: int, error: SluiceError) -> None:
@@ -214,7 +214,7 @@ class MuxSession:
         self,
         forwarder: StreamServer,
         reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        writer: FrameWriter,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._forwarder = forwarder

@@ -12,7 +12,7 @@ module, and none of them imports another for its types.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from policy.errors import SluiceError
@@ -57,7 +57,7 @@ class FrameSink:
 
     __slots__ = ("_write", "_drain", "_stream", "_done", "_headed", "usage_so_far")
 
-    def __init__(self, write: Callable[[bytes], None], drain: Callable[[], object], stream: int) -> None:
+    def __init__(self, write: Callable[[bytes], None], drain: Callable[[], Awaitable[object]], stream: int) -> None:
         self._write = write
         self._drain = drain
         self._stream = stream
@@ -75,7 +75,7 @@ class FrameSink:
 
     async def body(self, data: bytes) -> None:
         self.body_nowait(data)
-        await self._drain()  # type: ignore[misc]
+        await self._drain()
 
     def body_nowait(self, data: bytes) -> None:
         """Write ``data`` as BODY frames without waiting for the pipe to drain."""

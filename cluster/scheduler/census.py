@@ -55,10 +55,10 @@ def model_census(config: ClusterConfig, models: list[str], now: float | None = N
     for backend in config.static:
         if backend.model in ready:
             ready[backend.model] += 1
-    for backend in ("slurm", "local"):
-        if not config.services_of(backend):
+    for kind in ("slurm", "local"):
+        if not config.services_of(kind):
             continue
-        state = read_state(state_path(config, backend))
+        state = read_state(state_path(config, kind))
         if state is None:
             continue
         for record in state.jobs.values():

@@ -30,20 +30,6 @@ from policy.events import event_line
 from ..backend_client import BackendPool
 from ..config import ClusterConfig, Service
 from ..routing import Instance, TableError, read_table, update_table
-from .load import LoadReport, account_load, read_gate_loads
-from .plan import (
-    DRAIN_GRACE,
-    JobView,
-    Load,
-    Phase,
-    ServiceState,
-    backoff,
-    decide,
-    effective_limits,
-)
-from .paths import load_dir, state_path
-from .phases import ENDED_STATES, RUNNING_STATES, phase_of, routable
-from .slurm import SlurmError
 from ..tls import (
     CLIENT_CERT,
     JobIdentity,
@@ -54,6 +40,20 @@ from ..tls import (
     make_job_identity,
     remove_job_identity,
 )
+from .load import LoadReport, account_load, read_gate_loads
+from .paths import load_dir, state_path
+from .phases import ENDED_STATES, RUNNING_STATES, phase_of, routable
+from .plan import (
+    DRAIN_GRACE,
+    JobView,
+    Load,
+    Phase,
+    ServiceState,
+    backoff,
+    decide,
+    effective_limits,
+)
+from .slurm import SlurmError
 from .state import MAX_STARTUPS, JobRecord, SchedulerState, ensure_private_dir, load_state, save_state
 
 __all__ = ["Backend", "Engine", "PassReport", "ObserveError"]

@@ -267,7 +267,7 @@ def _parse(path: Path, now: float, host: str) -> GateLoad | None:
 def read_gate_loads(directory: Path, now: float) -> list[GateLoad]:
     """Every gate's published load; unreadable files are skipped."""
     host = socket.gethostname().split(".")[0]
-    loads = []
+    loads: list[GateLoad] = []
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:

@@ -31,8 +31,8 @@ from ..backend_client import BackendPool
 from ..config import PLACEHOLDER, ClusterConfig, Service
 from ..tls import JobIdentity
 from .engine import Engine
-from .paths import lock_path, state_path
 from .lock import PassLock
+from .paths import lock_path, state_path
 from .state import JobRecord, ensure_private_dir, load_state, save_state
 from .template import tls_values
 

@@ -160,7 +160,8 @@ def backoff(service: Service, failures: int) -> float:
     """Seconds to wait before submitting again after ``failures`` failures in a row."""
     if failures <= 0:
         return 0.0
-    return min(service.backoff_max, service.backoff_base * 2 ** min(failures - 1, 30))
+    factor: int = 2 ** min(failures - 1, 30)
+    return min(service.backoff_max, service.backoff_base * factor)
 
 
 def _target(service: Service, limits: Limits, load: Load, state: ServiceState, now: float) -> tuple[int, float, list[str]]:

@@ -26,9 +26,9 @@ from policy.events import event_line
 
 from ..config import ClusterConfig
 from .engine import Engine, PassReport
-from .paths import lock_path
 from .local import LocalScheduler
 from .lock import PassLock
+from .paths import lock_path
 from .slurm_backend import SlurmBackend
 from .state import ensure_private_dir
 from .trigger import KICK_POLL, kick_path, kicked_since, touch

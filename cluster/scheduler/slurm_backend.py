@@ -12,11 +12,11 @@ from __future__ import annotations
 import sys
 
 from ..config import ClusterConfig, Service
+from ..tls import JobIdentity
 from .engine import node_host
 from .phases import ENDED_STATES, RUNNING_STATES
 from .slurm import SlurmCli
 from .state import JobRecord, ensure_private_dir
-from ..tls import JobIdentity
 from .template import render_job_script
 
 __all__ = ["SlurmBackend", "job_name", "sbatch_options"]

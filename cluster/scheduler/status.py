@@ -13,9 +13,9 @@ from typing import Any
 
 from ..config import ClusterConfig
 from ..routing import TableError, read_table
+from .lock import lock_holder
 from .paths import lock_path, state_path
 from .phases import phase_of, routable
-from .lock import lock_holder
 from .plan import effective_limits
 from .state import load_state
 

@@ -34,8 +34,8 @@ from typing import Final
 from policy.events import event_line
 
 from ..config import ClusterConfig
-from .paths import lock_path
 from .lock import is_locked
+from .paths import lock_path
 
 __all__ = ["kick_pass", "kick_path", "kicked_since", "KICK_FILE", "KICK_POLL", "SHARED_FILE_MODE"]
 

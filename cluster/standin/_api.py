@@ -361,10 +361,10 @@ class StandinApp:
         if not isinstance(messages, list) or not messages:
             raise _Invalid(400, "invalid_messages")
         texts = []
-        for message in messages:
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        for item in messages:
+            if not isinstance(item, dict) or not isinstance(item.get("role"), str):
                 raise _Invalid(400, "invalid_messages")
-            texts.append(_message_text(message.get("content")))
+            texts.append(_message_text(item.get("content")))
         max_tokens = _max_tokens(obj)
         stream = _stream_flag(obj)
         include_usage, continuous = _include_usage(obj, stream)

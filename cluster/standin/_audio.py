@@ -18,9 +18,8 @@ from typing import Any
 
 from cluster.standin._model import reply_words
 from policy.bodies import load_routes
-from policy.errors import BodyRejected
+from policy.errors import BodyRejected, PeerError
 from policy.multipart import parse_form
-from policy.errors import PeerError
 
 __all__ = ["WORDS_PER_SECOND", "DEFAULT_WORDS", "MAX_WORDS", "AudioError", "transcribe"]
 

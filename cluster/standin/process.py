@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 import selectors
-# A fixed argv that runs our own module, never through a shell:
-import subprocess  # nosec B404
+import subprocess  # nosec B404 - a fixed argv that runs our own module, never through a shell
 import sys
 import time
 from pathlib import Path

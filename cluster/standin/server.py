@@ -21,6 +21,7 @@ import logging
 import signal
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 from cluster._http1 import (
     LAST_CHUNK,
@@ -87,7 +88,7 @@ class _HttpConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- asyncio side
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, transport)  # a stream connection's transport is a Transport
         self._server._connections.add(self)
         self._arm_idle()
 

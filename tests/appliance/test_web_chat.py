@@ -4,7 +4,6 @@ the session-plus-CSRF authenticator for the page's API calls, and the demo's sig
 from __future__ import annotations
 
 import asyncio
-
 import hashlib
 import json
 from pathlib import Path

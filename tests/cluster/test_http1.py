@@ -219,6 +219,15 @@ def test_reject_conflicting_lengths() -> None:
         parse_request_head(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n")
 
 
+def test_reject_transfer_encoding_in_http10() -> None:
+    # RFC 9112 section 6.1 (found by the h11 differential: h11 refuses this response too)
+    with pytest.raises(RemoteProtocolError, match="transfer_encoding_http10"):
+        parse_response_head(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with pytest.raises(RemoteProtocolError, match="transfer_encoding_http10"):
+        parse_request_head(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert parse_response_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").chunked
+
+
 def test_reject_duplicate_content_length() -> None:
     with pytest.raises(RemoteProtocolError, match="duplicate_content_length"):
         parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")

@@ -17,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 
 from tests.conftest import free_port
@@ -200,7 +199,7 @@ def test_sign_in_stream_stop_reload_sign_out(context: Any, chat: ChatDemo) -> No
 
     # Sign out: the API refuses the page's calls from then on, even with the old token.
     csrf = session_csrf(page)
-    status = "fetch('/v1/models', {headers: {'X-Sluice-CSRF': %s}}).then(r => r.status)" % json.dumps(csrf)
+    status = f"fetch('/v1/models', {{headers: {{'X-Sluice-CSRF': {json.dumps(csrf)}}}}}).then(r => r.status)"
     assert page.evaluate(status) == 200
     page.click("#sign-out")
     page.wait_for_url("**/account/signed-out")
@@ -473,7 +472,7 @@ def test_oidc_sign_in_chat_and_sign_out(browser: Any, running: Running) -> None:
         wait_answered(page)
         assert page.locator(".message.assistant .bubble").last.inner_text() == "hello from alice"
         csrf = session_csrf(page)
-        status = "fetch('/v1/models', {headers: {'X-Sluice-CSRF': %s}}).then(r => r.status)" % json.dumps(csrf)
+        status = f"fetch('/v1/models', {{headers: {{'X-Sluice-CSRF': {json.dumps(csrf)}}}}}).then(r => r.status)"
         assert page.evaluate(status) == 200
         page.click("#sign-out")  # the form's CSP allows the provider's end-session redirect
         page.wait_for_url(running.provider.issuer + "/**")

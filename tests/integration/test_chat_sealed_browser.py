@@ -36,7 +36,16 @@ from tests.conftest import free_port, stop
 from tests.integration.browser import screenshot, watch
 from tests.integration.test_canary import hits
 from tests.integration.test_chat_browser import (  # noqa: F401 (browser and context are fixtures)
-    READY, answer_words, browser, context, open_chat, send, set_max_tokens, wait_answered, wait_for, wait_js,
+    READY,
+    answer_words,
+    browser,
+    context,
+    open_chat,
+    send,
+    set_max_tokens,
+    wait_answered,
+    wait_for,
+    wait_js,
 )
 from tests.integration.test_demo import KEY
 

@@ -30,7 +30,7 @@ def test_whole() -> None:
 def test_byte_by_byte() -> None:
     decoder = FrameDecoder(CLIENT_KINDS)
     got: list[Frame] = []
-    for i, byte in enumerate(_wire(FRAMES)):
+    for byte in _wire(FRAMES):
         got += decoder.feed(bytes([byte]))
     assert got == FRAMES
     assert decoder.buffered == 0

@@ -30,8 +30,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policy.bodies import DEFAULT_ROUTES_PATH, RESPONSES, load_routes
 from policy._responses import prepare_responses
+from policy.bodies import DEFAULT_ROUTES_PATH, RESPONSES, load_routes
 from policy.errors import BodyRejected
 
 DOC = tomllib.loads(DEFAULT_ROUTES_PATH.read_text())

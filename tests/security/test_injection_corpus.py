@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from policy.frames import Frame, Kind, encode
 from tests.cluster.gate.test_entry import Tripwire, gate_argv, gate_config, tripwire  # noqa: F401  (fixtures)
 from tests.conftest import ROOT, Cluster
 from tests.services.sshd import USER, Sshd
@@ -35,7 +34,6 @@ from threat_model.run_corpus import (
     check,
     check_answer,
     check_leaks,
-    converse,
     load_corpus,
     run_body_session,
     run_case,

@@ -60,6 +60,10 @@ def test_rows_are_committed_when_record_returns(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+# Not traced by coverage (scripts/test's unit run): tracing slows the 2000 tasks on the loop
+# more than the writer's SQLite work, so the rows can all be written in under 10 ticks
+# (seen in 2 of 3 coverage runs, main's code too) though nothing blocked the loop.
+@pytest.mark.no_cover
 def test_concurrent_rows_share_commits_and_the_loop_is_not_blocked(tmp_path: Path) -> None:
     path = tmp_path / "usage.db"
     writer_threads: set[str] = set()

@@ -28,10 +28,10 @@ def limits_of(plan_limits: tuple) -> list[tuple[str, str, int]]:  # type: ignore
 def test_packaged_default_policy_loads_and_limits_every_user() -> None:
     loaded = load_policy()
     plan = loaded.plan(Principal("alice", "alice-key"))
-    assert [l.name for l in plan.requests] == ["requests_per_minute"]
-    assert [l.name for l in plan.tokens] == ["tokens_per_minute", "tokens_per_day"]
-    assert [l.name for l in plan.slots] == ["concurrent_requests"]
-    assert {l.scope for l in (*plan.requests, *plan.tokens, *plan.slots)} == {"user"}
+    assert [limit.name for limit in plan.requests] == ["requests_per_minute"]
+    assert [limit.name for limit in plan.tokens] == ["tokens_per_minute", "tokens_per_day"]
+    assert [limit.name for limit in plan.slots] == ["concurrent_requests"]
+    assert {limit.scope for limit in (*plan.requests, *plan.tokens, *plan.slots)} == {"user"}
     assert loaded.reserve_tokens == 1024
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cluster.scheduler.census import ModelCensus, model_census
-from cluster.scheduler.paths import state_path
 from cluster.scheduler.load import LoadMeter
+from cluster.scheduler.paths import state_path
 
 from .test_engine import Harness
 

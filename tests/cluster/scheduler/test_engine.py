@@ -17,8 +17,8 @@ import pytest
 
 from cluster.config import ClusterConfig, load_config
 from cluster.scheduler.engine import CANCEL_RETRY, Engine
-from cluster.scheduler.paths import state_path
 from cluster.scheduler.load import LoadMeter
+from cluster.scheduler.paths import state_path
 from cluster.scheduler.plan import DRAIN_GRACE
 from cluster.scheduler.slurm import SlurmError, SlurmJob
 from cluster.scheduler.slurm_backend import SlurmBackend
