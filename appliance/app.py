@@ -86,8 +86,14 @@ class Appliance:
 
 def create_app(appliance: Appliance) -> Starlette:
     api = OpenAIApi(
-        appliance.clusters, appliance.auth, appliance.access, appliance.metering, appliance.routes, appliance.request_timeout,
-        appliance.output_ceilings, appliance.sealed_keys_ttl,
+        appliance.clusters,
+        appliance.auth,
+        appliance.access,
+        appliance.metering,
+        appliance.routes,
+        appliance.request_timeout,
+        appliance.output_ceilings,
+        appliance.sealed_keys_ttl,
     )
 
     async def healthz(_: Request) -> Response:
@@ -149,8 +155,11 @@ def create_app(appliance: Appliance) -> Starlette:
             Middleware(RequestLogMiddleware, access_log=appliance.access_log),
             *([Middleware(HttpMetricsMiddleware, metrics=appliance.metrics)] if appliance.metrics is not None else []),
             Middleware(BodyDeadlineMiddleware, timeout=appliance.body_timeout),
-            Middleware(ApiGuardMiddleware, public_url=appliance.public_url,
-                       form_paths=[r.path for r in appliance.routes.routes.values() if r.form is not None]),
+            Middleware(
+                ApiGuardMiddleware,
+                public_url=appliance.public_url,
+                form_paths=[r.path for r in appliance.routes.routes.values() if r.form is not None],
+            ),
             Middleware(NoStoreMiddleware),
         ],
         lifespan=lifespan,

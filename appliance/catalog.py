@@ -77,10 +77,16 @@ def model_info(item: Mapping[str, object], cluster: str) -> ModelInfo:
     if status not in MODEL_STATES:
         raise ValueError("model state")
     return ModelInfo(
+        str(item["id"]),
+        ready,
         # frozenset() of whatever the listing holds: TypeError when it is not a list, as documented above.
-        str(item["id"]), ready, frozenset(item["routes"]), cluster, str(status),  # type: ignore[call-overload]
-        _count(item, "instances", "ready") or 0, _count(item, "instances", "starting") or 0,
-        _count(item, "held") or 0, _count(item, "in_flight") or 0,
+        frozenset(item["routes"]),  # type: ignore[call-overload]
+        cluster,
+        str(status),
+        _count(item, "instances", "ready") or 0,
+        _count(item, "instances", "starting") or 0,
+        _count(item, "held") or 0,
+        _count(item, "in_flight") or 0,
         produced_by=tuple(sorted(produced_by(dict(item)).items())),
         estimated_wait=_count(item, "estimated_wait", most=MAX_WAIT),
     )

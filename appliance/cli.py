@@ -15,14 +15,21 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run the appliance, the gate and stand-in models on this machine")
     demo.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
-    demo.add_argument("--host", default="127.0.0.1",
-                      help="address to bind (default 127.0.0.1; the chat's one-click sign-in exists on loopback only)")
+    demo.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; the chat's one-click sign-in exists on loopback only)",
+    )
     demo.add_argument("--api-key", help="the demo API key (default: a new random one)")
     demo.add_argument("--mode", choices=("mux", "exec"), default="mux", help="gate protocol mode (default mux)")
     demo.add_argument("--sessions", type=int, default=1, help="mux sessions (gate processes) to spread requests over")
     demo.add_argument("--token-delay", type=float, default=0.02, help="seconds between streamed tokens")
-    demo.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="warning",
-                      help="JSON logs on stderr from this level (default warning; info adds a line per request)")
+    demo.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="JSON logs on stderr from this level (default warning; info adds a line per request)",
+    )
     serve = commands.add_parser("serve", help="run the appliance from its configuration file")
     serve.add_argument("--config", required=True, help="the appliance's TOML configuration")
     from .auth.admin import add_keys_arguments

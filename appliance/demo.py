@@ -101,8 +101,9 @@ async def _wait_ready(appliance: Appliance, stop: asyncio.Event) -> bool:
     return False
 
 
-async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_delay: float,
-                   log_level: str = "warning", host: str = "127.0.0.1") -> int:
+async def run_demo(
+    port: int, api_key: str, mode: str, sessions: int, token_delay: float, log_level: str = "warning", host: str = "127.0.0.1"
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -125,8 +126,16 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     # The gate's key for sealed requests, made by the cluster side's own command:
     # the appliance never holds (or imports the code that uses) that private key.
     create_keys = await asyncio.create_subprocess_exec(
-        sys.executable, "-I", "-m", "cluster.cli", "keys", "create", "--config", str(config_path),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-I",
+        "-m",
+        "cluster.cli",
+        "keys",
+        "create",
+        "--config",
+        str(config_path),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
     )
     if await create_keys.wait() != 0:
         print("sluice demo: could not create the gate's key for sealed requests", file=sys.stderr)
@@ -138,13 +147,25 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
     transport = LocalPipeTransport(gate_argv(config_path), mode=mode, sessions=sessions)
     url = demo_url(host, port)
     if not is_loopback(host):
-        print(f"sluice demo: {host} is not a loopback address: the chat's one-click sign-in is off, and the API key "
-              "and answers travel as plain http", file=sys.stderr, flush=True)
+        print(
+            f"sluice demo: {host} is not a loopback address: the chat's one-click sign-in is off, and the API key "
+            "and answers travel as plain http",
+            file=sys.stderr,
+            flush=True,
+        )
     identity = demo_identity(runtime, url, host, keys)
     server_settings = ServerSettings(host=host, port=port)
-    appliance = Appliance(ClusterSet.single(transport), identity.authenticator, identity.access, metering=meter,
-                          metrics=metrics, metrics_token=metrics_token, extensions=[ChatPage(), identity],
-                          body_timeout=server_settings.body_timeout, public_url=url)
+    appliance = Appliance(
+        ClusterSet.single(transport),
+        identity.authenticator,
+        identity.access,
+        metering=meter,
+        metrics=metrics,
+        metrics_token=metrics_token,
+        extensions=[ChatPage(), identity],
+        body_timeout=server_settings.body_timeout,
+        public_url=url,
+    )
     config = hypercorn_config(server_settings, url.removeprefix("http://"), graceful_timeout=3.0)
     # Starlette is an ASGI 3 app; its ASGI types and Hypercorn's are declared apart and do not match.
     server = asyncio.create_task(serve(create_app(appliance), config, shutdown_trigger=stop.wait))  # type: ignore[arg-type]
@@ -156,8 +177,7 @@ async def run_demo(port: int, api_key: str, mode: str, sessions: int, token_dela
             print(f"  base URL: {url}/v1", flush=True)
             print(f"  API key:  {api_key}", flush=True)
             print(f"  models:   {', '.join(DEMO_MODELS)} (gate in {mode} mode)", flush=True)
-            print(f"  metrics:  curl -H 'Authorization: Bearer {metrics_token}' {url}/metrics",
-                  flush=True)
+            print(f"  metrics:  curl -H 'Authorization: Bearer {metrics_token}' {url}/metrics", flush=True)
             print(f"  usage:    sluice usage --database {runtime / 'usage.db'}", flush=True)
             print(f"  audit:    sluice audit --database {runtime / 'usage.db'}", flush=True)
             print("Press Ctrl-C to stop.", flush=True)

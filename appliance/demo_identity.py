@@ -68,17 +68,24 @@ def demo_identity(runtime: Path, public_url: str, host: str, operator_keys: ApiK
     secure = False
     log.warning(event_line("unsafe_insecure_cookies", reason="sluice demo serves plain http"))
     cookie = SessionCookieReader(secret, secure=secure, max_age=int(SESSION_LIFETIME))
-    authenticator = BrowserSessionAuthenticator(ChainAuthenticator(operator_keys, keys), cookie, sessions, users,
-                                                public_url)
+    authenticator = BrowserSessionAuthenticator(ChainAuthenticator(operator_keys, keys), cookie, sessions, users, public_url)
     access = UnsafeAllowAll()
     log.warning(event_line("unsafe_allow_all", reason="sluice demo: every signed-in user may use every model"))
     demo_user = DEMO_USER if is_loopback(host) else None
 
     def pages(models: Callable[[Principal], Awaitable[list[str] | None]]) -> AccountPages:
         return AccountPages(
-            public_url=public_url, session_secret=secret, cookie_secure=secure, cookie_samesite="strict",
-            sessions=sessions, users=users, keys=keys, access=access, models=models,
-            key_max_days=KEY_MAX_DAYS, demo_user=demo_user,
+            public_url=public_url,
+            session_secret=secret,
+            cookie_secure=secure,
+            cookie_samesite="strict",
+            sessions=sessions,
+            users=users,
+            keys=keys,
+            access=access,
+            models=models,
+            key_max_days=KEY_MAX_DAYS,
+            demo_user=demo_user,
         )
 
     return IdentityServices(authenticator, access, keys, users, pages=pages, _db=db)

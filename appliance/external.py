@@ -134,8 +134,9 @@ class _Upstream:
 
     def plan(self, user: str) -> Plan:
         """This upstream's limits for ``user``: requests per minute, and requests in flight overall."""
-        per_user = Limit("requests_per_minute", "user", subject("x", f"{self.settings.name}\0{user}"),
-                         self.settings.requests_per_minute, 60)
+        per_user = Limit(
+            "requests_per_minute", "user", subject("x", f"{self.settings.name}\0{user}"), self.settings.requests_per_minute, 60
+        )
         return Plan((per_user,), (), self._slots)
 
 
@@ -160,8 +161,9 @@ class ExternalProxy:
             upstream = _Upstream(settings, key)
             for model in settings.models:
                 self._upstreams[model] = upstream
-        self._client = httpx2.AsyncClient(transport=transport, follow_redirects=False, trust_env=False,
-                                          timeout=httpx2.Timeout(30.0, read=None))
+        self._client = httpx2.AsyncClient(
+            transport=transport, follow_redirects=False, trust_env=False, timeout=httpx2.Timeout(30.0, read=None)
+        )
 
     def allowed(self, principal: Principal, model: str, route_id: str | None = None) -> bool:
         upstream = self._upstreams.get(model)
@@ -194,8 +196,10 @@ class ExternalProxy:
 
         return [
             Route("/external/v1/models", list_models, methods=["GET"]),
-            *(Route(f"/external/v1{path}", self._handler(appliance, route_id), methods=["POST"])
-              for route_id, path in ROUTE_PATHS.items()),
+            *(
+                Route(f"/external/v1{path}", self._handler(appliance, route_id), methods=["POST"])
+                for route_id, path in ROUTE_PATHS.items()
+            ),
         ]
 
     def _handler(self, appliance: Appliance, route_id: str) -> Callable[[Request], Awaitable[Response]]:
@@ -230,21 +234,33 @@ class ExternalProxy:
             except SluiceError as exc:
                 return from_error(exc)
             log.info(event_line("external_request", upstream=limits.name, route=route_id))
-            return await self._forward(upstream, route_id, body, checked.stream, checked.include_usage,
-                                       _Settle(ticket, self._limits, grant), started)
+            return await self._forward(
+                upstream, route_id, body, checked.stream, checked.include_usage, _Settle(ticket, self._limits, grant), started
+            )
 
         return handle
 
     async def _forward(
-        self, upstream: _Upstream, route_id: str, body: bytes, stream: bool, include_usage: bool, ticket: Ticket,
+        self,
+        upstream: _Upstream,
+        route_id: str,
+        body: bytes,
+        stream: bool,
+        include_usage: bool,
+        ticket: Ticket,
         started: float,
     ) -> Response:
         """Send to the upstream; settle ``ticket`` exactly once, whatever happens."""
         limits = upstream.settings
         request = self._client.build_request(
-            "POST", limits.base_url + ROUTE_PATHS[route_id], content=body,
-            headers={"Authorization": f"Bearer {upstream.key.reveal()}", "Content-Type": "application/json",
-                     "Accept": "text/event-stream" if stream else "application/json"},
+            "POST",
+            limits.base_url + ROUTE_PATHS[route_id],
+            content=body,
+            headers={
+                "Authorization": f"Bearer {upstream.key.reveal()}",
+                "Content-Type": "application/json",
+                "Accept": "text/event-stream" if stream else "application/json",
+            },
         )
         response: httpx2.Response | None = None
         handed_over = False
@@ -253,9 +269,7 @@ class ExternalProxy:
                 response = await self._client.send(request, stream=True)
                 if response.status_code != 200:
                     status, code = _map_status(response.status_code)
-                    log.warning(
-                        event_line("external_upstream_error", upstream=limits.name, status=response.status_code)
-                    )
+                    log.warning(event_line("external_upstream_error", upstream=limits.name, status=response.status_code))
                     await ticket.settle(Outcome(status, latency=time.monotonic() - started))
                     return error_response(status, code, {**ticket.headers, **({"Retry-After": "5"} if status == 429 else {})})
                 if stream:
@@ -286,8 +300,9 @@ class ExternalProxy:
                 if response is not None:
                     await response.aclose()
         usage = _usage(bytes(data))
-        await ticket.settle(Outcome(200, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
-                                    time.monotonic() - started))
+        await ticket.settle(
+            Outcome(200, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), time.monotonic() - started)
+        )
         return Response(bytes(data), media_type="application/json", headers=ticket.headers)
 
     async def _relay(
@@ -316,17 +331,26 @@ class ExternalProxy:
                     yield buffer
         except (TimeoutError, httpx2.HTTPError):
             status = 502
-            yield (b'data: {"error":{"message":"The model server failed to answer.","type":"server_error",'
-                   b'"param":null,"code":"backend_failed"}}\n\n')
+            yield (
+                b'data: {"error":{"message":"The model server failed to answer.","type":"server_error",'
+                b'"param":null,"code":"backend_failed"}}\n\n'
+            )
         except BaseException:
             status = 499
             raise
         finally:
             await asyncio.shield(response.aclose())
-            await asyncio.shield(ticket.settle(Outcome(
-                status, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
-                time.monotonic() - started, first,
-            )))
+            await asyncio.shield(
+                ticket.settle(
+                    Outcome(
+                        status,
+                        usage.get("prompt_tokens", 0),
+                        usage.get("completion_tokens", 0),
+                        time.monotonic() - started,
+                        first,
+                    )
+                )
+            )
 
 
 class _Settle:
@@ -379,5 +403,3 @@ def _event_usage(event: bytes) -> tuple[dict[str, int], bool] | None:
         return None
     usage = {k: v for k, v in obj["usage"].items() if k in ("prompt_tokens", "completion_tokens") and type(v) is int}
     return usage, obj.get("choices") == []
-
-

@@ -65,42 +65,72 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.http_requests = Counter(
-            "sluice_http_requests_total", "HTTP requests answered, by route and status.", ("path", "status"),
-            registry=registry)
+            "sluice_http_requests_total", "HTTP requests answered, by route and status.", ("path", "status"), registry=registry
+        )
         self.http_duration = Histogram(
-            "sluice_http_request_duration_seconds", "Time from a request's arrival to its last response byte.",
-            ("path",), buckets=LATENCY_BUCKETS, registry=registry)
+            "sluice_http_request_duration_seconds",
+            "Time from a request's arrival to its last response byte.",
+            ("path",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.requests = Counter(
-            "sluice_requests_total", "Requests admitted to a model, by route, model and final status.",
-            ("route", "model", "status"), registry=registry)
+            "sluice_requests_total",
+            "Requests admitted to a model, by route, model and final status.",
+            ("route", "model", "status"),
+            registry=registry,
+        )
         self.latency = Histogram(
-            "sluice_request_duration_seconds", "End-to-end time of admitted requests, to the last byte.",
-            ("route", "model"), buckets=LATENCY_BUCKETS, registry=registry)
+            "sluice_request_duration_seconds",
+            "End-to-end time of admitted requests, to the last byte.",
+            ("route", "model"),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.first_token = Histogram(
             "sluice_time_to_first_token_seconds",
             "Time to the first content of a clear streamed answer (keepalives of a held stream do not count).",
-            ("route", "model"), buckets=FIRST_TOKEN_BUCKETS, registry=registry)
+            ("route", "model"),
+            buckets=FIRST_TOKEN_BUCKETS,
+            registry=registry,
+        )
         self.token_rate = Histogram(
             "sluice_output_tokens_per_second",
             "Completion tokens per second of generation (after the first token for streams), by route and model.",
-            ("route", "model"), buckets=TOKEN_RATE_BUCKETS, registry=registry)
+            ("route", "model"),
+            buckets=TOKEN_RATE_BUCKETS,
+            registry=registry,
+        )
         self.tokens = Counter(
-            "sluice_tokens_total", "Tokens the gates reported, by route, model and type (prompt, completion).",
-            ("route", "model", "type"), registry=registry)
+            "sluice_tokens_total",
+            "Tokens the gates reported, by route, model and type (prompt, completion).",
+            ("route", "model", "type"),
+            registry=registry,
+        )
         self.in_flight = Gauge(
-            "sluice_requests_in_flight", "Admitted requests not yet finished, by model (queued or answering).",
-            ("model",), registry=registry)
+            "sluice_requests_in_flight",
+            "Admitted requests not yet finished, by model (queued or answering).",
+            ("model",),
+            registry=registry,
+        )
         self.quota_rejections = Counter(
-            "sluice_quota_rejections_total", "Requests refused by a quota, by limit and scope (user, key, group).",
-            ("limit", "scope"), registry=registry)
+            "sluice_quota_rejections_total",
+            "Requests refused by a quota, by limit and scope (user, key, group).",
+            ("limit", "scope"),
+            registry=registry,
+        )
         self.quota_storage_errors = Counter(
             "sluice_quota_storage_errors_total",
             "Admissions that found the quota storage unreachable, by what happened (denied, unmetered).",
-            ("outcome",), registry=registry)
+            ("outcome",),
+            registry=registry,
+        )
         self.accounting_errors = Counter(
-            "sluice_accounting_errors_total", "Usage rows that could not be written.", registry=registry)
+            "sluice_accounting_errors_total", "Usage rows that could not be written.", registry=registry
+        )
         self.accounting_backlog = Gauge(
-            "sluice_accounting_backlog", "Usage rows handed to the store and not yet committed.", registry=registry)
+            "sluice_accounting_backlog", "Usage rows handed to the store and not yet committed.", registry=registry
+        )
 
     def render(self, extra: Iterable[Metric] = ()) -> bytes:
         """The text exposition of these metrics and of ``extra`` (families read at scrape time)."""
@@ -110,19 +140,27 @@ class Metrics:
 
     async def cluster_metrics(self, clusters: ClusterSet) -> list[Metric]:
         """Read at scrape time: each cluster's gate pool, and each model's state as its gate lists it."""
-        up = GaugeMetricFamily("sluice_cluster_up", "1 if the cluster's gate answered its latest model listing.",
-                               labels=("cluster",))
-        ready = GaugeMetricFamily("sluice_model_ready", "1 if the model has a ready instance, by cluster.",
-                                  labels=("cluster", "model"))
-        instances = GaugeMetricFamily("sluice_model_instances",
-                                      "Instances of the model by state (ready, starting), by cluster.",
-                                      labels=("cluster", "model", "state"))
-        held = GaugeMetricFamily("sluice_gate_held_requests",
-                                 "Requests waiting in the gates' hold queue for an instance of the model to start.",
-                                 labels=("cluster", "model"))
-        gate_in_flight = GaugeMetricFamily("sluice_gate_requests_in_flight",
-                                           "Requests the gates are answering for the model, over all gate processes.",
-                                           labels=("cluster", "model"))
+        up = GaugeMetricFamily(
+            "sluice_cluster_up", "1 if the cluster's gate answered its latest model listing.", labels=("cluster",)
+        )
+        ready = GaugeMetricFamily(
+            "sluice_model_ready", "1 if the model has a ready instance, by cluster.", labels=("cluster", "model")
+        )
+        instances = GaugeMetricFamily(
+            "sluice_model_instances",
+            "Instances of the model by state (ready, starting), by cluster.",
+            labels=("cluster", "model", "state"),
+        )
+        held = GaugeMetricFamily(
+            "sluice_gate_held_requests",
+            "Requests waiting in the gates' hold queue for an instance of the model to start.",
+            labels=("cluster", "model"),
+        )
+        gate_in_flight = GaugeMetricFamily(
+            "sluice_gate_requests_in_flight",
+            "Requests the gates are answering for the model, over all gate processes.",
+            labels=("cluster", "model"),
+        )
         pool: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
         for name, catalog in clusters.catalogs.items():
             for key, value in catalog.transport.stats().items():
@@ -151,11 +189,11 @@ def _pool_metric(key: str) -> CounterMetricFamily | GaugeMetricFamily:
     """A transport statistic as a metric: ``..._total`` keys are counters, the rest gauges."""
     name = f"sluice_gate_{key.lower()}"
     if key.endswith("_total"):
-        return CounterMetricFamily(name, f"The transport to the gate: {key[:-6].replace('_', ' ')} so far.",
-                                   labels=("cluster",))
+        return CounterMetricFamily(name, f"The transport to the gate: {key[:-6].replace('_', ' ')} so far.", labels=("cluster",))
     if key == "slots":
-        return GaugeMetricFamily(name, "The transport to the gate: connections configured (sessions of them usable).",
-                                 labels=("cluster",))
+        return GaugeMetricFamily(
+            name, "The transport to the gate: connections configured (sessions of them usable).", labels=("cluster",)
+        )
     return GaugeMetricFamily(name, f"The transport to the gate: open {key}.", labels=("cluster",))
 
 

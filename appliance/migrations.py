@@ -36,8 +36,19 @@ from typing import Any, Final
 
 from policy.errors import InternalError
 
-__all__ = ["ACCOUNTING", "IDENTITY", "STORES", "SchemaError", "Step", "check_version", "latest",
-           "postgres_upgrade", "postgres_version", "sqlite_upgrade", "sqlite_version"]
+__all__ = [
+    "ACCOUNTING",
+    "IDENTITY",
+    "STORES",
+    "SchemaError",
+    "Step",
+    "check_version",
+    "latest",
+    "postgres_upgrade",
+    "postgres_version",
+    "sqlite_upgrade",
+    "sqlite_version",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +66,8 @@ class SchemaError(InternalError, RuntimeError):
 # Column names `user` and `groups` are keywords in PostgreSQL: always written quoted.
 IDENTITY: Final = (
     Step(
-        1, "users, API keys and web sessions",
+        1,
+        "users, API keys and web sessions",
         sqlite="""
 CREATE TABLE IF NOT EXISTS users (
     "user" TEXT PRIMARY KEY, email TEXT, name TEXT, "groups" TEXT NOT NULL, source TEXT NOT NULL,
@@ -92,7 +104,8 @@ CREATE INDEX sessions_expires ON sessions(expires);
 
 ACCOUNTING: Final = (
     Step(
-        1, "usage rows",
+        1,
+        "usage rows",
         sqlite="""
 CREATE TABLE IF NOT EXISTS usage (
     id INTEGER PRIMARY KEY, time REAL NOT NULL, day TEXT NOT NULL, request_id TEXT NOT NULL,
@@ -112,7 +125,8 @@ CREATE INDEX IF NOT EXISTS usage_by_day ON usage (day, user_id, model);
 """,
     ),
     Step(
-        2, "one row per request id (replicas replay their journals idempotently)",
+        2,
+        "one row per request id (replicas replay their journals idempotently)",
         # SQLite: one appliance writes, and never replays; a unique index would add a page to
         # every commit on the request path, so it gets none (a no-op step keeps the numbers aligned).
         sqlite="SELECT 1;",
@@ -122,7 +136,8 @@ CREATE UNIQUE INDEX usage_request_id ON usage (request_id);
 """,
     ),
     Step(
-        3, "audio length, model revision and backend version of each request",
+        3,
+        "audio length, model revision and backend version of each request",
         sqlite="""
 ALTER TABLE usage ADD COLUMN audio_ms INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE usage ADD COLUMN model_revision TEXT;
@@ -154,14 +169,17 @@ def check_version(store: str, version: int, where: str, upgrade_hint: bool = Tru
     if version > newest:
         raise SchemaError(
             f"{where}: the {store} schema is version {version}, newer than this Sluice knows ({newest}); "
-            "run the Sluice release that upgraded it (or newer)")
+            "run the Sluice release that upgraded it (or newer)"
+        )
     if version < newest and upgrade_hint:
         raise SchemaError(
             f"{where}: the {store} schema is version {version}, this Sluice needs {newest}; "
-            "run `sluice db upgrade --config <the appliance's configuration>` (once, from one machine)")
+            "run `sluice db upgrade --config <the appliance's configuration>` (once, from one machine)"
+        )
 
 
 # -- SQLite -----------------------------------------------------------------------------------
+
 
 def sqlite_version(connection: sqlite3.Connection, store: str) -> int:
     connection.execute(_VERSION_TABLE)
@@ -182,7 +200,9 @@ def sqlite_upgrade(connection: sqlite3.Connection, store: str, where: str) -> li
             connection.executescript("BEGIN IMMEDIATE;" + step.sqlite)
             connection.execute(
                 "INSERT INTO schema_version (store, version) VALUES (?, ?)"
-                " ON CONFLICT(store) DO UPDATE SET version = excluded.version", (store, step.version))
+                " ON CONFLICT(store) DO UPDATE SET version = excluded.version",
+                (store, step.version),
+            )
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -193,6 +213,7 @@ def sqlite_upgrade(connection: sqlite3.Connection, store: str, where: str) -> li
 
 
 # -- PostgreSQL (asyncpg connections) -----------------------------------------------------------
+
 
 async def postgres_version(connection: Any, store: str) -> int:
     exists = await connection.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
@@ -217,7 +238,10 @@ async def postgres_upgrade(connection: Any, store: str, where: str) -> list[int]
                 await connection.execute(step.postgresql)
                 await connection.execute(
                     "INSERT INTO schema_version (store, version) VALUES ($1, $2)"
-                    " ON CONFLICT (store) DO UPDATE SET version = excluded.version", store, step.version)
+                    " ON CONFLICT (store) DO UPDATE SET version = excluded.version",
+                    store,
+                    step.version,
+                )
             applied.append(step.version)
         return applied
     finally:

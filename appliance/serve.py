@@ -113,8 +113,7 @@ async def run_server(settings: Settings, config_path: Path | None = None) -> int
         try:
             await meter.start()
         except (OSError, sqlite3.Error, RuntimeError) as exc:  # the accounting store cannot be opened (or its schema)
-            logging.getLogger("sluice.metering").error(
-                event_line("metering_start_failed", error=type(exc).__name__))
+            logging.getLogger("sluice.metering").error(event_line("metering_start_failed", error=type(exc).__name__))
             print(f"sluice: cannot start accounting: {exc}", file=sys.stderr)
             return 2
     # Audit trail (appliance/audit): beside the accounting; the configuration and unsafe modes first.

@@ -82,8 +82,18 @@ def status_document(samples: list[Sample]) -> dict[str, Any]:
 
     def model(sample: Sample) -> dict[str, Any]:
         key = (sample.labels.get("cluster", ""), sample.labels.get("model", ""))
-        return models.setdefault(key, {"cluster": key[0], "model": key[1], "ready": False, "instances_ready": 0,
-                                       "instances_starting": 0, "held": 0, "in_flight": 0})
+        return models.setdefault(
+            key,
+            {
+                "cluster": key[0],
+                "model": key[1],
+                "ready": False,
+                "instances_ready": 0,
+                "instances_starting": 0,
+                "held": 0,
+                "in_flight": 0,
+            },
+        )
 
     for sample in _by(samples, "sluice_model_ready"):
         model(sample)["ready"] = sample.value == 1
@@ -101,8 +111,10 @@ def status_document(samples: list[Sample]) -> dict[str, Any]:
     return {
         "clusters": [{"cluster": name, **info} for name, info in sorted(clusters.items())],
         "models": [models[k] for k in sorted(models)],
-        "queue": {"held": sum(m["held"] for m in models.values()),
-                  "in_flight": int(sum(s.value for s in _by(samples, "sluice_requests_in_flight")))},
+        "queue": {
+            "held": sum(m["held"] for m in models.values()),
+            "in_flight": int(sum(s.value for s in _by(samples, "sluice_requests_in_flight"))),
+        },
         "quota_refusals": {k: int(v) for k, v in sorted(refusals.items())},
         "requests_total": int(requests),
         "accounting_backlog": int(backlog),
@@ -119,24 +131,47 @@ def _table(headers: list[str], rows: list[list[object]]) -> list[str]:
 
 def format_status(document: dict[str, Any]) -> str:
     lines = ["CLUSTERS"]
-    lines += _table(["CLUSTER", "GATE", "SESSIONS", "STREAMS", "RECONNECTS", "FAILURES"], [
-        [c["cluster"], "up" if c.get("up") else "DOWN", f"{c.get('sessions', 0)}/{c['slots']}" if "slots" in c
-         else c.get("sessions", 0), c.get("streams", 0), c.get("reconnects"), c.get("connect_failures")]
-        for c in document["clusters"]
-    ])
+    lines += _table(
+        ["CLUSTER", "GATE", "SESSIONS", "STREAMS", "RECONNECTS", "FAILURES"],
+        [
+            [
+                c["cluster"],
+                "up" if c.get("up") else "DOWN",
+                f"{c.get('sessions', 0)}/{c['slots']}" if "slots" in c else c.get("sessions", 0),
+                c.get("streams", 0),
+                c.get("reconnects"),
+                c.get("connect_failures"),
+            ]
+            for c in document["clusters"]
+        ],
+    )
     lines += ["", "MODELS"]
-    lines += _table(["CLUSTER", "MODEL", "STATE", "READY", "STARTING", "HELD", "IN_FLIGHT"], [
-        [m["cluster"], m["model"], "ready" if m["ready"] else ("starting" if m["instances_starting"] else "down"),
-         m["instances_ready"], m["instances_starting"], m["held"], m["in_flight"]]
-        for m in document["models"]
-    ])
+    lines += _table(
+        ["CLUSTER", "MODEL", "STATE", "READY", "STARTING", "HELD", "IN_FLIGHT"],
+        [
+            [
+                m["cluster"],
+                m["model"],
+                "ready" if m["ready"] else ("starting" if m["instances_starting"] else "down"),
+                m["instances_ready"],
+                m["instances_starting"],
+                m["held"],
+                m["in_flight"],
+            ]
+            for m in document["models"]
+        ],
+    )
     queue = document["queue"]
     lines += ["", f"QUEUE  held at the gates: {queue['held']}  in flight at this appliance: {queue['in_flight']}"]
     refusals = document["quota_refusals"]
-    lines += ["", "QUOTA REFUSALS (since start)  " + (
-        "  ".join(f"{k}: {v}" for k, v in refusals.items()) if refusals else "none")]
-    lines += [f"requests answered since start: {document['requests_total']}; "
-              f"accounting rows not yet committed: {document['accounting_backlog']}"]
+    lines += [
+        "",
+        "QUOTA REFUSALS (since start)  " + ("  ".join(f"{k}: {v}" for k, v in refusals.items()) if refusals else "none"),
+    ]
+    lines += [
+        f"requests answered since start: {document['requests_total']}; "
+        f"accounting rows not yet committed: {document['accounting_backlog']}"
+    ]
     return "\n".join(lines)
 
 
@@ -179,8 +214,11 @@ def fetch_metrics(base_url: str, token_file: Path | None) -> str:
             page: bytes = answer.read(MAX_PAGE)
             return page.decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
-        hint = {401: "the metrics token was refused", 403: "/metrics is closed (no [metrics] token_file)",
-                404: "no /metrics here (is it on the admin listener?)"}.get(exc.code, f"HTTP {exc.code}")
+        hint = {
+            401: "the metrics token was refused",
+            403: "/metrics is closed (no [metrics] token_file)",
+            404: "no /metrics here (is it on the admin listener?)",
+        }.get(exc.code, f"HTTP {exc.code}")
         raise ValueError(hint) from None
     except (urllib.error.URLError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)

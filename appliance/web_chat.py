@@ -85,9 +85,11 @@ def load_chat_files(directory: Path = CHAT_DIR) -> dict[str, ChatFile]:
 def content_security_policy(form_origins: Iterable[str] = ()) -> str:
     """The chat's CSP.  ``form_origins``: where the sign-out form may lead (the OIDC issuer)."""
     targets = ["'self'", *sorted({_origin(url) for url in form_origins if url})]
-    return ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-            "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; "
-            f"form-action {' '.join(targets)}; frame-ancestors 'none'")
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        "connect-src 'self'; font-src 'self'; manifest-src 'self'; base-uri 'none'; "
+        f"form-action {' '.join(targets)}; frame-ancestors 'none'"
+    )
 
 
 def _origin(url: str) -> str:

@@ -29,7 +29,10 @@ def start_demo(key: str, *options: str) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "appliance.cli", "demo", "--port", str(port), "--api-key", key, *options],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
     )
     assert process.stdout is not None
     for line in process.stdout:
@@ -49,7 +52,9 @@ def wrk(url: str, key: str, connections: int, seconds: int, workdir: Path, body:
     threads = 1 if connections == 1 else 2
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         raise SystemExit(f"errors during the run against {url} with {connections} in flight:\n{out}")

@@ -97,8 +97,7 @@ def browser_first_tokens(url: str, runs: int) -> list[float]:
 
 
 def _body() -> dict[str, object]:
-    return {"model": "standin-chat", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS,
-            "stream": True}
+    return {"model": "standin-chat", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS, "stream": True}
 
 
 def httpx_first_tokens(url: str, key: str, runs: int) -> list[float]:
@@ -123,9 +122,25 @@ def curl_first_bytes(url: str, key: str, runs: int) -> list[float]:
     for _ in range(runs):
         # The key goes on curl's command line: a throwaway demo key, on this machine only.
         out = subprocess.run(  # noqa: S603 (fixed argv, no shell)
-            ["curl", "-s", "-N", "-o", "/dev/null", "-w", "%{time_starttransfer}", "-H", f"Authorization: Bearer {key}",
-             "-H", "Content-Type: application/json", "-d", json.dumps(_body()), f"{url}/v1/chat/completions"],
-            capture_output=True, text=True, check=True,
+            [
+                "curl",
+                "-s",
+                "-N",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{time_starttransfer}",
+                "-H",
+                f"Authorization: Bearer {key}",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                json.dumps(_body()),
+                f"{url}/v1/chat/completions",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         times.append(float(out.stdout))
     return times

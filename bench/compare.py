@@ -59,6 +59,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 # -- CPU accounting from /proc ----------------------------------------------------------------
 
+
 def _children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -104,20 +105,25 @@ class Gateway:
 
 def _serve_roles(serve: int) -> Callable[[], dict[str, list[int]]]:
     """`sluice serve`: the appliance process itself, and the gates it runs as children (pipe transport)."""
+
     def roles() -> dict[str, list[int]]:
         tree = _children()
         return {"appliance": [serve], "gate": [p for p in _tree(serve, tree) if p != serve]}
+
     return roles
 
 
 def _ssh_roles(serve: int, sshd_pid: int) -> Callable[[], dict[str, list[int]]]:
     """Over SSH: the appliance, and sshd with the gates it starts (one tree: exited gates land in sshd's cutime)."""
+
     def roles() -> dict[str, list[int]]:
         return {"appliance": [serve], "sshd+gate": _tree(sshd_pid, _children())}
+
     return roles
 
 
 # -- the paths --------------------------------------------------------------------------------
+
 
 def _wait_ok(url: str, timeout: float = 60) -> None:
     import httpx2
@@ -149,7 +155,9 @@ def backend(workdir: Path) -> Iterator[tuple[str, str]]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "cluster.standin", "--port", str(port), "--model", MODEL, "--kind", "chat"],
-        stdout=subprocess.PIPE, env={**os.environ, "SLUICE_BACKEND_TOKEN": token}, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "SLUICE_BACKEND_TOKEN": token},
+        cwd=ROOT,
     )
     assert process.stdout is not None
     process.stdout.readline()
@@ -163,27 +171,59 @@ def _appliance_toml(workdir: Path, name: str, port: int, cluster: str, key: str)
     (workdir / "quotas.toml").write_text(QUOTAS)
     (workdir / "metrics.token").write_text(secrets.token_urlsafe(24))
     config = workdir / f"{name}.toml"
-    config.write_text("\n".join([
-        "[server]", 'host = "127.0.0.1"', f"port = {port}", "", cluster, "",
-        "[[api_keys]]", 'user = "bench"', f'key_id = "{name}"', f'sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"',
-        "",
-        "[quotas]", 'policy = "quotas.toml"', 'storage = "memory://"', "",
-        "[accounting]", 'backend = "sqlite"', f'path = "{workdir / (name + "-usage.db")}"', "",
-        "[metrics]", 'token_file = "metrics.token"', "",
-        "[logging]", 'level = "info"', "requests = true", "",
-    ]))
+    config.write_text(
+        "\n".join(
+            [
+                "[server]",
+                'host = "127.0.0.1"',
+                f"port = {port}",
+                "",
+                cluster,
+                "",
+                "[[api_keys]]",
+                'user = "bench"',
+                f'key_id = "{name}"',
+                f'sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"',
+                "",
+                "[quotas]",
+                'policy = "quotas.toml"',
+                'storage = "memory://"',
+                "",
+                "[accounting]",
+                'backend = "sqlite"',
+                f'path = "{workdir / (name + "-usage.db")}"',
+                "",
+                "[metrics]",
+                'token_file = "metrics.token"',
+                "",
+                "[logging]",
+                'level = "info"',
+                "requests = true",
+                "",
+            ]
+        )
+    )
     return config
 
 
 @contextmanager
-def sluice(workdir: Path, name: str, cluster: str, roles: Callable[[int], Callable[[], dict[str, list[int]]]],
-           ) -> Iterator[Gateway]:
+def sluice(
+    workdir: Path,
+    name: str,
+    cluster: str,
+    roles: Callable[[int], Callable[[], dict[str, list[int]]]],
+) -> Iterator[Gateway]:
     key = "sk-bench-" + secrets.token_urlsafe(24)
     port = free_port()
     config = _appliance_toml(workdir, name, port, cluster, key)
     log = (workdir / f"{name}.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)], cwd=workdir,
-                               stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)],
+        cwd=workdir,
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         _wait_ok(f"http://127.0.0.1:{port}/readyz")
         yield Gateway(name, f"http://127.0.0.1:{port}/v1/chat/completions", key, roles(process.pid))
@@ -199,11 +239,20 @@ def _pipe_cluster(gate_config: Path) -> str:
 
 
 def _ssh_cluster(sshd: object, mode: str) -> str:
-    return "\n".join([
-        "[[clusters]]", 'name = "hpc"', 'transport = "ssh"', f'mode = "{mode}"', 'host = "127.0.0.1"',
-        f"port = {sshd.port}", 'user = "sluicegate"', f'client_key = "{sshd.client_key}"',  # type: ignore[attr-defined]
-        f'known_hosts = "{sshd.known_hosts}"', "connections = 2",  # type: ignore[attr-defined]
-    ])
+    return "\n".join(
+        [
+            "[[clusters]]",
+            'name = "hpc"',
+            'transport = "ssh"',
+            f'mode = "{mode}"',
+            'host = "127.0.0.1"',
+            f"port = {sshd.port}",
+            'user = "sluicegate"',
+            f'client_key = "{sshd.client_key}"',  # type: ignore[attr-defined]
+            f'known_hosts = "{sshd.known_hosts}"',
+            "connections = 2",  # type: ignore[attr-defined]
+        ]
+    )
 
 
 @contextmanager
@@ -216,13 +265,23 @@ def litellm(executable: str, workdir: Path, api_base: str, token: str) -> Iterat
         f"      api_base: {api_base}/v1\n      api_key: {token}\ngeneral_settings:\n  master_key: {key}\n"
     )
     log = (workdir / "litellm.log").open("wb")
-    process = subprocess.Popen([executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-                                "--num_workers", "2"], cwd=workdir, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-                               env={**os.environ, "LITELLM_LOG": "ERROR"}, start_new_session=True)
+    process = subprocess.Popen(
+        [executable, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "2"],
+        cwd=workdir,
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "LITELLM_LOG": "ERROR"},
+        start_new_session=True,
+    )
     try:
         _wait_ok(f"http://127.0.0.1:{port}/health/liveliness", timeout=120)
-        yield Gateway("LiteLLM proxy, 2 workers", f"http://127.0.0.1:{port}/v1/chat/completions", key,
-                      lambda: {"litellm": _tree(process.pid, _children())})
+        yield Gateway(
+            "LiteLLM proxy, 2 workers",
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            key,
+            lambda: {"litellm": _tree(process.pid, _children())},
+        )
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -233,6 +292,7 @@ def litellm(executable: str, workdir: Path, api_base: str, token: str) -> Iterat
 
 
 # -- runs and the table -----------------------------------------------------------------------
+
 
 @dataclass
 class Sample:
@@ -257,15 +317,20 @@ def _median_range(values: list[float], digits: int = 0) -> str:
 def report(results: dict[tuple[str, str, int], list[Sample]], rounds: int, seconds: int, plot: Path | None) -> None:
     print(f"\n{os.cpu_count()} cores; {rounds} interleaved rounds of {seconds} s per row; median (min-max)")
     print(f"\n{'path':<34} {'body':<8} {'conns':>5} {'req/s':>22} {'p50 ms':>20} {'gateway CPU ms/request':<40}")
-    direct_p50 = {body: statistics.median(s.p50 for s in samples)
-                  for (name, body, c), samples in results.items() if name == "backend directly" and c == 1}
+    direct_p50 = {
+        body: statistics.median(s.p50 for s in samples)
+        for (name, body, c), samples in results.items()
+        if name == "backend directly" and c == 1
+    }
     for (name, body, connections), samples in results.items():
         roles = sorted({role for sample in samples for role in sample.cpu_ms})
         cpu = ", ".join(f"{role} {statistics.median(s.cpu_ms.get(role, 0.0) for s in samples):.3f}" for role in roles)
         total = statistics.median(sum(s.cpu_ms.values()) for s in samples)
         cpu = f"{total:.3f} ({cpu})" if roles else "-"
-        print(f"{name:<34} {body:<8} {connections:>5} {_median_range([s.rps for s in samples]):>22} "
-              f"{_median_range([s.p50 for s in samples], 3):>20} {cpu}")
+        print(
+            f"{name:<34} {body:<8} {connections:>5} {_median_range([s.rps for s in samples]):>22} "
+            f"{_median_range([s.p50 for s in samples], 3):>20} {cpu}"
+        )
     print()
     for (name, body, connections), samples in results.items():
         if connections == 1 and name != "backend directly" and body in direct_p50:
@@ -277,8 +342,10 @@ def report(results: dict[tuple[str, str, int], list[Sample]], rounds: int, secon
             mine = [s.rps for (n, b, c), ss in results.items() if n == ssh and b == body and c > 1 for s in ss]
             theirs = [s.rps for (n, b, c), ss in results.items() if n == other and b == body and c > 1 for s in ss]
             if mine and theirs:
-                print(f"{ssh} / {other} ({body}, many connections): "
-                      f"{statistics.median(mine) / statistics.median(theirs):.1f}x requests/s")
+                print(
+                    f"{ssh} / {other} ({body}, many connections): "
+                    f"{statistics.median(mine) / statistics.median(theirs):.1f}x requests/s"
+                )
     if plot is not None:
         _plot(results, plot)
 
@@ -319,8 +386,10 @@ def main() -> int:
         api_base, token = stack.enter_context(backend(workdir))
         gate_config = workdir / "cluster.toml"
         (workdir / "chat.token").write_text(token)
-        gate_toml = (f'[gate]\nrouting_table = "routing.json"\n[[backends]]\nmodel = "{MODEL}"\n'
-                     f'url = "{api_base}"\nroutes = ["chat", "completions"]\ntoken_file = "chat.token"\n')
+        gate_toml = (
+            f'[gate]\nrouting_table = "routing.json"\n[[backends]]\nmodel = "{MODEL}"\n'
+            f'url = "{api_base}"\nroutes = ["chat", "completions"]\ntoken_file = "chat.token"\n'
+        )
         gate_config.write_text(gate_toml)
         gateways = [Gateway("backend directly", f"{api_base}/v1/chat/completions", token)]
         gateways.append(stack.enter_context(sluice(workdir, "pipe", _pipe_cluster(gate_config), _serve_roles)))
@@ -333,8 +402,9 @@ def main() -> int:
             stack.callback(server.stop)
             listener = int((server.dir / "sshd.pid").read_text())
             for mode, label in (("mux", "Sluice over real sshd (mux)"), ("exec", "SSH exec per request (exec mode)")):
-                gateway = stack.enter_context(sluice(workdir, f"ssh-{mode}", _ssh_cluster(server, mode),
-                                                     lambda pid: _ssh_roles(pid, listener)))
+                gateway = stack.enter_context(
+                    sluice(workdir, f"ssh-{mode}", _ssh_cluster(server, mode), lambda pid: _ssh_roles(pid, listener))
+                )
                 gateway.name = label
                 gateways.append(gateway)
         else:
@@ -345,8 +415,7 @@ def main() -> int:
             wrk(gateway.url, gateway.key, 4, 1, workdir, body=PLAIN)
         for _ in range(args.rounds):
             for gateway in gateways:
-                plan = [("plain", PLAIN, 1), ("plain", PLAIN, args.connections),
-                        ("stream", STREAMED, args.connections)]
+                plan = [("plain", PLAIN, 1), ("plain", PLAIN, args.connections), ("stream", STREAMED, args.connections)]
                 for body_name, body, connections in plan:
                     sample = measure(gateway, body, connections, args.seconds, workdir)
                     results.setdefault((gateway.name, body_name, connections), []).append(sample)

@@ -46,20 +46,42 @@ QUOTAS = "[user]\nrequests_per_minute = 100000000\ntokens_per_minute = 100000000
 
 
 def _body(gate: list[str], redis: RedisServer, name: str) -> str:
-    return "\n".join([
-        local_cluster_toml(gate), "[auth]", 'database_dsn_file = "db.dsn"', "",
-        "[access]", 'policy = "access.toml"', "",
-        "[quotas]", 'policy = "quotas.toml"', f'storage = "{redis.url}"', "storage_timeout = 2", "",
-        "[accounting]", 'backend = "postgresql"', 'dsn_file = "db.dsn"', f'journal = "{name}.journal"', "",
-        "[logging]", "requests = false", "",
-    ])
+    return "\n".join(
+        [
+            local_cluster_toml(gate),
+            "[auth]",
+            'database_dsn_file = "db.dsn"',
+            "",
+            "[access]",
+            'policy = "access.toml"',
+            "",
+            "[quotas]",
+            'policy = "quotas.toml"',
+            f'storage = "{redis.url}"',
+            "storage_timeout = 2",
+            "",
+            "[accounting]",
+            'backend = "postgresql"',
+            'dsn_file = "db.dsn"',
+            f'journal = "{name}.journal"',
+            "",
+            "[logging]",
+            "requests = false",
+            "",
+        ]
+    )
 
 
 def _cli(workdir: Path, gate: list[str], redis: RedisServer, *argv: str) -> str:
     config = workdir / "setup.toml"
     config.write_text("[server]\nport = 1\n" + _body(gate, redis, "setup"))
-    done = subprocess.run([sys.executable, "-m", "appliance.cli", *argv, "--config", str(config)], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", *argv, "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout.strip()
 
 
@@ -72,8 +94,11 @@ def replicas(seconds: int, workdir: Path) -> list[tuple[str, int, dict[str, floa
     try:
         cluster = write_static_config(workdir, [("standin-chat", "127.0.0.1", standin.port, standin.token, ["chat"])])
         gate = [sys.executable, "-m", "cluster.cli", "gate", "--config", str(cluster), "--local-pipe"]
-        for name, text in (("db.dsn", postgres.dsn()), ("access.toml", '[groups.bench]\nmodels = ["*"]\n'),
-                           ("quotas.toml", QUOTAS)):
+        for name, text in (
+            ("db.dsn", postgres.dsn()),
+            ("access.toml", '[groups.bench]\nmodels = ["*"]\n'),
+            ("quotas.toml", QUOTAS),
+        ):
             (workdir / name).write_text(text)
             (workdir / name).chmod(0o600)
         _cli(workdir, gate, redis, "db", "upgrade")
@@ -105,8 +130,7 @@ async def _record_cost(store: object, rounds: int) -> tuple[float, float]:
     from appliance.accounting import UsageRow
 
     def row(n: int) -> UsageRow:
-        return UsageRow(time.time(), f"req_bench_{id(store)}_{n}", "bench", "k", "m", "chat", 200, 10, 5, 3.0, None,
-                        False)
+        return UsageRow(time.time(), f"req_bench_{id(store)}_{n}", "bench", "k", "m", "chat", 200, 10, 5, 3.0, None, False)
 
     await store.start()  # type: ignore[attr-defined]
     try:
@@ -118,8 +142,12 @@ async def _record_cost(store: object, rounds: int) -> tuple[float, float]:
         sequential = (time.perf_counter() - started) / rounds
         started = time.perf_counter()
         for batch in range(rounds // 64):
-            await asyncio.gather(*(store.record(row(rounds + batch * 64 + i), True)  # type: ignore[attr-defined]
-                                   for i in range(64)))
+            await asyncio.gather(
+                *(
+                    store.record(row(rounds + batch * 64 + i), True)  # type: ignore[attr-defined]
+                    for i in range(64)
+                )
+            )
         concurrent = (time.perf_counter() - started) / (rounds // 64 * 64)
     finally:
         await store.aclose()  # type: ignore[attr-defined]
@@ -133,6 +161,7 @@ def accounting_cost(workdir: Path, rounds: int) -> list[tuple[str, float, float]
     postgres = PostgresServer()
     results = []
     try:
+
         async def upgrade() -> None:
             import asyncpg
 

@@ -54,7 +54,10 @@ def main() -> int:
     port = free_port()
     backend = subprocess.Popen(
         [sys.executable, "-m", "cluster.standin", "--port", str(port), "--model", "standin-chat", "--kind", "chat"],
-        stdout=subprocess.PIPE, env={**os.environ, "SLUICE_BACKEND_TOKEN": token}, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "SLUICE_BACKEND_TOKEN": token},
+        text=True,
+        cwd=ROOT,
     )
     assert backend.stdout is not None
     backend.stdout.readline()

@@ -36,8 +36,9 @@ def fixtures() -> dict[str, str]:
     config = KeyConfig.decode(bytes.fromhex(VECTOR["key_config"]))
     gateway = GatewayKey(config, _hazmat.private_key_from_bytes(0x20, bytes.fromhex(VECTOR["gateway_private_key"])))
     content = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * (SIZE - 60)}]}).encode()
-    request = bhttp.encode_request(bhttp.Request(b"POST", b"https", b"sluice", b"/v1/chat/completions",
-                                                 ((b"content-type", b"application/json"),), content))
+    request = bhttp.encode_request(
+        bhttp.Request(b"POST", b"https", b"sluice", b"/v1/chat/completions", ((b"content-type", b"application/json"),), content)
+    )
     ephemeral = bytes.fromhex(VECTOR["ephemeral_private_key"])
     enc_request, _ = ohttp._encapsulate_request(config, request, ephemeral)
     _, sealer = ohttp.decapsulate_request(gateway, enc_request)
@@ -52,8 +53,14 @@ def fixtures() -> dict[str, str]:
     for _ in range(64):
         stream += response_sealer.write(encoder.data(b"z" * (SIZE // 64)))
     stream += response_sealer.close(encoder.end())
-    return {"config": VECTOR["key_config"], "ephemeral": ephemeral.hex(), "request": request.hex(),
-            "enc_request": enc_request.hex(), "enc_response": enc_response.hex(), "stream": stream.hex()}
+    return {
+        "config": VECTOR["key_config"],
+        "ephemeral": ephemeral.hex(),
+        "request": request.hex(),
+        "enc_request": enc_request.hex(),
+        "enc_response": enc_response.hex(),
+        "stream": stream.hex(),
+    }
 
 
 BENCH = """

@@ -109,8 +109,12 @@ class Load:
     def __init__(self, url: str, key: str) -> None:
         from sluice_sdk import fetch_fingerprint, sealed_openai_client
 
-        self.http = httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60,
-                                 limits=httpx2.Limits(max_connections=WORKERS * 2, max_keepalive_connections=WORKERS))
+        self.http = httpx2.Client(
+            base_url=url,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+            limits=httpx2.Limits(max_connections=WORKERS * 2, max_keepalive_connections=WORKERS),
+        )
         self.sealed = sealed_openai_client(f"{url}/v1", key, fetch_fingerprint(f"{url}/v1"))
         self.outcomes: collections.Counter[str] = collections.Counter()
         self.lock = threading.Lock()
@@ -120,8 +124,7 @@ class Load:
             self.outcomes[outcome] += 1
 
     def plain(self) -> None:
-        response = self.http.post("/v1/chat/completions",
-                                  json={"model": "standin-chat", "messages": MESSAGES, "max_tokens": 8})
+        response = self.http.post("/v1/chat/completions", json={"model": "standin-chat", "messages": MESSAGES, "max_tokens": 8})
         self._count("plain ok" if response.status_code == 200 else f"plain {response.status_code}")
 
     def streamed(self) -> None:
@@ -189,8 +192,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, help="requests per second (default: half the measured capacity)")
-    parser.add_argument("--warmup", type=float, default=60.0,
-                        help="seconds of the mix before the first sample (lazy imports, pools, caches)")
+    parser.add_argument(
+        "--warmup", type=float, default=60.0, help="seconds of the mix before the first sample (lazy imports, pools, caches)"
+    )
     parser.add_argument("--mix", default="0.5,0.3,0.2", help="shares of plain, streamed and sealed requests")
     args = parser.parse_args()
     shares = [float(x) for x in args.mix.split(",")]
@@ -206,8 +210,11 @@ def main() -> int:
         load.outcomes.clear()
         time.sleep(2)
         start = snapshot(demo.pid)  # after every path (plain, streamed, sealed) has run at the soak's rate
-        print(f"capacity: {measured:.0f} plain requests/s; soak: {rate:.1f} requests/s for {args.minutes:g} min "
-              f"after {args.warmup:g} s of warm-up, mix plain/streamed/sealed {args.mix}", flush=True)
+        print(
+            f"capacity: {measured:.0f} plain requests/s; soak: {rate:.1f} requests/s for {args.minutes:g} min "
+            f"after {args.warmup:g} s of warm-up, mix plain/streamed/sealed {args.mix}",
+            flush=True,
+        )
         warm: dict[int, tuple[str, int, int]] = {}
 
         def sample() -> None:
@@ -229,16 +236,20 @@ def main() -> int:
     for outcome, count in sorted(load.outcomes.items()):
         print(f"  {outcome:<32} {count}")
     print(f"errors: {sum(errors.values())}")
-    print(f"\n{'process':<24} {'pid':>7} {'RSS start':>10} {'RSS 1/3':>9} {'RSS end':>9} {'growth':>7} "
-          f"{'since 1/3':>9} {'fds start':>9} {'fds end':>8}")
+    print(
+        f"\n{'process':<24} {'pid':>7} {'RSS start':>10} {'RSS 1/3':>9} {'RSS end':>9} {'growth':>7} "
+        f"{'since 1/3':>9} {'fds start':>9} {'fds end':>8}"
+    )
     for pid in sorted(set(start) | set(end)):
         name = (start.get(pid) or end[pid])[0]
         before, middle, after = start.get(pid), warm.get(pid), end.get(pid)
         if before and after:
             growth = (after[1] - before[1]) / before[1] * 100 if before[1] else 0.0
             late = (after[1] - middle[1]) / middle[1] * 100 if middle and middle[1] else 0.0
-            print(f"{name:<24} {pid:>7} {before[1] / 1024:>8.1f}Mi {(middle or before)[1] / 1024:>7.1f}Mi "
-                  f"{after[1] / 1024:>7.1f}Mi {growth:>6.1f}% {late:>8.1f}% {before[2]:>9} {after[2]:>8}")
+            print(
+                f"{name:<24} {pid:>7} {before[1] / 1024:>8.1f}Mi {(middle or before)[1] / 1024:>7.1f}Mi "
+                f"{after[1] / 1024:>7.1f}Mi {growth:>6.1f}% {late:>8.1f}% {before[2]:>9} {after[2]:>8}"
+            )
         else:
             which = "started during the run" if after else "ended during the run"
             values = after or before

@@ -20,8 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cluster.gate.usage import MAX_EVENT_BYTES, SseUsageFilter  # noqa: E402
 from policy.errors import BackendFailed  # noqa: E402
 
-EVENT = (b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":" word"}}],'
-         b'"usage":{"prompt_tokens":12,"completion_tokens":%d}}')
+EVENT = (
+    b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":" word"}}],'
+    b'"usage":{"prompt_tokens":12,"completion_tokens":%d}}'
+)
 
 
 def _run(data: bytes, piece: int) -> float:
@@ -47,8 +49,10 @@ def main() -> None:
     for size in (MAX_EVENT_BYTES // 4, MAX_EVENT_BYTES // 2, MAX_EVENT_BYTES):
         data = b"data: " + b"x" * size
         seconds = _run(data, 64)
-        print(f"{'unframed, to ' + str(size // 1024) + ' KiB':<28}{64:>8}{len(data) / 2**20:>8.2f}{seconds:>9.3f}"
-              f"{len(data) / 2**20 / seconds:>9.1f}")
+        print(
+            f"{'unframed, to ' + str(size // 1024) + ' KiB':<28}{64:>8}{len(data) / 2**20:>8.2f}{seconds:>9.3f}"
+            f"{len(data) / 2**20 / seconds:>9.1f}"
+        )
 
 
 if __name__ == "__main__":

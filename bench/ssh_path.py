@@ -56,8 +56,12 @@ key_id = "bench"
 sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"
 """
     )
-    process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import httpx2
 
     deadline = time.monotonic() + 30
@@ -84,7 +88,9 @@ def main() -> int:
     port = free_port()
     backend = subprocess.Popen(
         [sys.executable, "-m", "cluster.standin", "--port", str(port), "--model", "standin-chat", "--kind", "chat"],
-        stdout=subprocess.PIPE, env={**os.environ, "SLUICE_BACKEND_TOKEN": token}, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "SLUICE_BACKEND_TOKEN": token},
+        cwd=ROOT,
     )
     assert backend.stdout is not None
     backend.stdout.readline()

@@ -45,8 +45,7 @@ def _head(path: Path) -> Head | None:
         return None
 
 
-def append_event(directory: Path, kind: str, subject: str = "", key: bytes | None = None,
-                 **details: Detail) -> AuditRecord:
+def append_event(directory: Path, kind: str, subject: str = "", key: bytes | None = None, **details: Detail) -> AuditRecord:
     """Chain and write one record of ``kind`` done by this account to ``subject``."""
     directory.mkdir(mode=0o700, exist_ok=True)
     path = directory / AUDIT_FILE

@@ -81,8 +81,13 @@ def _keys(args: argparse.Namespace) -> int:
         elif args.action == "rotate":
             overlap = sealed_keys.DEFAULT_OVERLAP if args.overlap is None else args.overlap
             key = sealed_keys.rotate(config, overlap)
-            _audited(audit_dir, "sealed_keys_rotated", f"key:{key.key_id}", fingerprint=key.config.fingerprint(),
-                         overlap_s=int(overlap))
+            _audited(
+                audit_dir,
+                "sealed_keys_rotated",
+                f"key:{key.key_id}",
+                fingerprint=key.config.fingerprint(),
+                overlap_s=int(overlap),
+            )
             print(f"key {key.key_id} is current, fingerprint {key.config.fingerprint()}")
         else:
             for row in sealed_keys.describe(config):
@@ -104,8 +109,11 @@ def _tls(args: argparse.Namespace) -> int:
         return 2
     print(f"{'created' if made else 'kept'} the gate's TLS key {identity.key} and certificate {identity.cert}")
     if not config.split_accounts:
-        print("warning: single-account mode: jobs run as this account and can read this key "
-              "(see docs/operator-slurm.md, Two accounts)", file=sys.stderr)
+        print(
+            "warning: single-account mode: jobs run as this account and can read this key "
+            "(see docs/operator-slurm.md, Two accounts)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -57,9 +57,7 @@ TEMPLATES_DIR: Final = Path(__file__).resolve().parent / "templates"
 
 # Placeholders the scheduler itself fills in a job template; operator
 # variables (``vars``) may not shadow them.
-BUILTIN_PLACEHOLDERS: Final = frozenset(
-    {"port", "token", "model", "job_name", "python", "tls_keyfile", "tls_certfile", "tls_ca"}
-)
+BUILTIN_PLACEHOLDERS: Final = frozenset({"port", "token", "model", "job_name", "python", "tls_keyfile", "tls_certfile", "tls_ca"})
 
 # The job's TLS files (see cluster/tls.py): a template or local command must
 # pass all three to its server, unless the service says unsafe_plain_http.
@@ -335,8 +333,9 @@ def _static(data: Any, where: str, base: Path) -> StaticBackend:
         if not token or not token.isprintable() or " " in token:
             raise ConfigError(f"{where}.token_file must hold one printable token")
     port = url.port or (443 if https else 80)
-    return StaticBackend(_model(table.data.get("model"), where), url.hostname, port, _routes(table, where), token, pin,
-                         _revision(table, where))
+    return StaticBackend(
+        _model(table.data.get("model"), where), url.hostname, port, _routes(table, where), token, pin, _revision(table, where)
+    )
 
 
 def _time_limit(value: Any, where: str) -> int | None:
@@ -410,9 +409,7 @@ def template_placeholders(text: str) -> set[str]:
     return set(PLACEHOLDER.findall(text))
 
 
-def _template(
-    table: Table, where: str, base: Path, plain: bool
-) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+def _template(table: Table, where: str, base: Path, plain: bool) -> tuple[str, str, tuple[tuple[str, str], ...]]:
     name = table.get("template", str, None)
     path_value = table.get("template_file", str, None)
     if name is not None and path_value is not None:

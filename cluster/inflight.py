@@ -56,8 +56,9 @@ def _alive(key: str) -> bool:
 
 
 class SharedInFlight:
-    def __init__(self, directory: Path, alive: Callable[[str], bool] = _alive,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, directory: Path, alive: Callable[[str], bool] = _alive, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._path = directory / "inflight.json"
         self._key = f"{os.getpid()}:{process_start(os.getpid())}"
         self._alive = alive
@@ -84,8 +85,9 @@ class SharedInFlight:
             return {}
         try:
             document = json.loads(data)
-            return {str(k): {str(i): int(n) for i, n in v.items() if int(n) > 0}
-                    for k, v in document.items() if isinstance(v, dict)}
+            return {
+                str(k): {str(i): int(n) for i, n in v.items() if int(n) > 0} for k, v in document.items() if isinstance(v, dict)
+            }
         except (ValueError, TypeError, AttributeError):
             return {}  # torn by a crash mid-write: the counts restart from what the live gates do next
 

@@ -125,9 +125,7 @@ def _table_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # closing the file releases the lock
 
 
-def update_table(
-    path: Path, models: Mapping[str, Iterable[Instance]], known: set[str], lock: Path, mode: int = 0o600
-) -> bool:
+def update_table(path: Path, models: Mapping[str, Iterable[Instance]], known: set[str], lock: Path, mode: int = 0o600) -> bool:
     """Set the entries of ``models``, drop models not in ``known``, keep the others.
 
     Several writers may share a table (each owns its models); the merge runs

@@ -152,8 +152,9 @@ def describe(config_path: Path) -> list[dict[str, object]]:
     if ring is None:
         return []
     _, retired = _read_ring(keys_dir(config_path))
-    rows: list[dict[str, object]] = [{"key_id": ring.current.key_id, "fingerprint": ring.current.config.fingerprint(),
-                                      "state": "current"}]
+    rows: list[dict[str, object]] = [
+        {"key_id": ring.current.key_id, "fingerprint": ring.current.config.fingerprint(), "state": "current"}
+    ]
     for key_id, until in sorted(retired.items()):
         state = "retired, accepted until " + time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(until))
         if until <= time.time():

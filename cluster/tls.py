@@ -134,6 +134,7 @@ def check_pin(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, pin: str) -> boo
 
 # ---------------------------------------------------------------- contexts (stdlib)
 
+
 def gate_identity(tls_dir: Path) -> GateIdentity:
     """The gate's identity in ``tls_dir``; :class:`TlsError` if missing or unsafe.
 
@@ -225,6 +226,7 @@ class GateContext:
 
 # ---------------------------------------------------------------- key making (cryptography)
 
+
 def _self_signed(common_name: str, days: int, server: bool) -> tuple[bytes, bytes, str]:
     """(key PEM, certificate PEM, pin) of a new P-256 key and its self-signed certificate."""
     from cryptography import x509
@@ -249,8 +251,15 @@ def _self_signed(common_name: str, days: int, server: bool) -> tuple[bytes, byte
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )  # fmt: skip

@@ -58,8 +58,7 @@ def prepare_responses(obj: dict[str, Any]) -> dict[str, Any]:
     items = out.get("input")
     if type(items) is list and any(type(item) is dict and "type" not in item and "role" in item for item in items):
         out["input"] = [
-            {"type": _MESSAGE, **item} if type(item) is dict and "type" not in item and "role" in item else item
-            for item in items
+            {"type": _MESSAGE, **item} if type(item) is dict and "type" not in item and "role" in item else item for item in items
         ]
     return out
 

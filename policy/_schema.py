@@ -45,9 +45,7 @@ _KEYWORDS: Final[Mapping[str, tuple[frozenset[str], frozenset[str]]]] = {
 }
 _REF_KEYWORDS: Final = frozenset({"ref", "nullable"})
 _UNION_KEYWORDS: Final = frozenset({"one_of", "discriminator", "nullable"})
-_ROUTE_KEYS: Final = frozenset(
-    {"path", "method", "max_body_bytes", "stream", "max_depth", "fields", "required"}
-)
+_ROUTE_KEYS: Final = frozenset({"path", "method", "max_body_bytes", "stream", "max_depth", "fields", "required"})
 
 
 def _noop(_value: Any) -> None:
@@ -114,12 +112,7 @@ class _Compiler:
 
     def _strings(self, spec: Mapping[str, Any], key: str, where: str) -> list[str]:
         value = spec[key]
-        if (
-            type(value) is not list
-            or not value
-            or any(type(v) is not str for v in value)
-            or len(set(value)) != len(value)
-        ):
+        if type(value) is not list or not value or any(type(v) is not str for v in value) or len(set(value)) != len(value):
             self.fail(f"{where}.{key}", "must be a non-empty list of distinct strings")
         return value
 
@@ -181,9 +174,7 @@ class _Compiler:
         self._memo[memo_key] = node
         return node
 
-    def _string(
-        self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool
-    ) -> _Node:
+    def _string(self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool) -> _Node:
         hi = self._count(spec, "max_length", where)
         lo = self._optional_count(spec, "min_length", where, 0)
         if lo > hi:
@@ -241,9 +232,7 @@ class _Compiler:
         bounds = []
         for key in ("min", "max"):
             value = spec[key]
-            ok = type(value) is int or (
-                not integer and type(value) is float and math.isfinite(value)
-            )
+            ok = type(value) is int or (not integer and type(value) is float and math.isfinite(value))
             if not ok:
                 wanted = "an integer" if integer else "a finite number"
                 self.fail(f"{where}.{key}", f"must be {wanted}")
@@ -252,9 +241,7 @@ class _Compiler:
             self.fail(f"{where}.min", "is above max")
         return bounds[0], bounds[1]
 
-    def _integer(
-        self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool
-    ) -> _Node:
+    def _integer(self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool) -> _Node:
         lo, hi = self._bounds(spec, where, integer=True)
 
         def check(value: Any) -> None:
@@ -273,9 +260,7 @@ class _Compiler:
             fast=None if nullable else ("int", lo, hi),
         )
 
-    def _number(
-        self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool
-    ) -> _Node:
+    def _number(self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool) -> _Node:
         lo, hi = self._bounds(spec, where, integer=False)
 
         def check(value: Any) -> None:
@@ -289,27 +274,21 @@ class _Compiler:
 
         return _Node(check, "number", _kinds(frozenset({int, float}), nullable), nullable=nullable)
 
-    def _boolean(
-        self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool
-    ) -> _Node:
+    def _boolean(self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool) -> _Node:
         def check(value: Any) -> None:
             if type(value) is not bool and not (value is None and nullable):
                 raise _wrong_type()
 
         return _Node(check, "boolean", _kinds(frozenset({bool}), nullable), nullable=nullable)
 
-    def _null(
-        self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool
-    ) -> _Node:
+    def _null(self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool) -> _Node:
         def check(value: Any) -> None:
             if value is not None:
                 raise _wrong_type()
 
         return _Node(check, "null", frozenset({_NONE}), nullable=True)
 
-    def _array(
-        self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool
-    ) -> _Node:
+    def _array(self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool) -> _Node:
         hi = self._count(spec, "max_items", where)
         lo = self._optional_count(spec, "min_items", where, 0)
         if lo > hi:
@@ -365,16 +344,11 @@ class _Compiler:
         kinds = _kinds(frozenset({list}), nullable)
         return _Node(check, "array", kinds, item=item, nullable=nullable)
 
-    def _object(
-        self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool
-    ) -> _Node:
+    def _object(self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool) -> _Node:
         fields = spec["fields"]
         if not isinstance(fields, dict) or not fields:
             self.fail(f"{where}.fields", "must be a non-empty table of field schemas")
-        children = {
-            name: self.compile(sub, f"{where}.fields.{name}", depth + 1, max_depth)
-            for name, sub in fields.items()
-        }
+        children = {name: self.compile(sub, f"{where}.fields.{name}", depth + 1, max_depth) for name, sub in fields.items()}
         required: tuple[str, ...] = ()
         if "required" in spec:
             required = tuple(self._strings(spec, "required", where))
@@ -407,9 +381,7 @@ class _Compiler:
             nullable=nullable,
         )
 
-    def _map(
-        self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool
-    ) -> _Node:
+    def _map(self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool) -> _Node:
         most = self._count(spec, "max_fields", where, low=1)
         keys = self.compile(spec["keys"], f"{where}.keys", depth + 1, max_depth)
         if keys.kind != "string" or keys.nullable:
@@ -430,9 +402,7 @@ class _Compiler:
 
         return _Node(check, "map", _kinds(frozenset({dict}), nullable), nullable=nullable)
 
-    def _json(
-        self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool
-    ) -> _Node:
+    def _json(self, spec: Mapping[str, Any], where: str, depth: int, max_depth: int, nullable: bool) -> _Node:
         max_len = self._count(spec, "max_length", where)
         max_items = self._count(spec, "max_items", where)
         max_key = self._count(spec, "max_key_length", where, low=1)
@@ -485,10 +455,7 @@ class _Compiler:
         discriminator = spec.get("discriminator")
         if discriminator is not None and type(discriminator) is not str:
             self.fail(f"{where}.discriminator", "must be a field name")
-        alts = [
-            self.compile(sub, f"{where}.one_of[{i}]", depth, max_depth)
-            for i, sub in enumerate(options)
-        ]
+        alts = [self.compile(sub, f"{where}.one_of[{i}]", depth, max_depth) for i, sub in enumerate(options)]
         by_kind: dict[type, list[_Node]] = {}
         for alt in alts:
             for kind in alt.kinds:

@@ -70,9 +70,7 @@ _DECODER: Final = json.JSONDecoder(
 # RFC 8259 whitespace; anything else after the value is trailing data.
 _WHITESPACE: Final = re.compile(r"[ \t\n\r]*")
 # The one serialization the gate forwards: compact, UTF-8, no NaN.
-_ENCODER: Final = json.JSONEncoder(
-    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
-)
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False)
 
 
 def _as_bytes(data: bytes) -> bytes:

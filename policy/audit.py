@@ -63,12 +63,22 @@ __all__ = [
 GENESIS: Final = "0" * 64
 
 # The events the trail records: a closed set, so that a typo is an error, not a new kind.
-KINDS: Final = frozenset({
-    "sign_in", "sign_out", "groups_changed",
-    "key_created", "key_scoped", "key_revoked", "key_expired",
-    "config_loaded", "unsafe_mode",
-    "sealed_keys_created", "sealed_keys_rotated", "sealed_keys_retired",
-})
+KINDS: Final = frozenset(
+    {
+        "sign_in",
+        "sign_out",
+        "groups_changed",
+        "key_created",
+        "key_scoped",
+        "key_revoked",
+        "key_expired",
+        "config_loaded",
+        "unsafe_mode",
+        "sealed_keys_created",
+        "sealed_keys_rotated",
+        "sealed_keys_retired",
+    }
+)
 
 # Bounds on what a record carries: ids and names, never text of any length.
 MAX_FIELD: Final = 256
@@ -110,8 +120,17 @@ class AuditRecord:
     sig: str | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"seq": self.seq, "time": self.time, "kind": self.kind, "actor": self.actor, "subject": self.subject,
-                "details": dict(self.details), "prev": self.prev, "hash": self.hash, "sig": self.sig}
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "kind": self.kind,
+            "actor": self.actor,
+            "subject": self.subject,
+            "details": dict(self.details),
+            "prev": self.prev,
+            "hash": self.hash,
+            "sig": self.sig,
+        }
 
     @classmethod
     def from_json(cls, item: Mapping[str, object]) -> AuditRecord:
@@ -120,9 +139,17 @@ class AuditRecord:
             raise ValueError("details")
         sig = item.get("sig")
         # int() and float() of whatever the JSON holds: a wrong type raises, which is the check.
-        return cls(int(item["seq"]), float(item["time"]), str(item["kind"]), str(item["actor"]),  # type: ignore[call-overload, arg-type]
-                   str(item["subject"]), dict(details), str(item["prev"]), str(item["hash"]),
-                   None if sig is None else str(sig))
+        return cls(
+            int(item["seq"]),  # type: ignore[call-overload]  # a wrong type raises: the check
+            float(item["time"]),  # type: ignore[arg-type]  # likewise
+            str(item["kind"]),
+            str(item["actor"]),
+            str(item["subject"]),
+            dict(details),
+            str(item["prev"]),
+            str(item["hash"]),
+            None if sig is None else str(sig),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,11 +170,17 @@ class Problem:
         return f"record {self.seq}: {self.what}" if self.seq else self.what
 
 
-def canonical(seq: int, when: float, kind: str, actor: str, subject: str, details: Mapping[str, Detail],
-              prev: str) -> bytes:
+def canonical(seq: int, when: float, kind: str, actor: str, subject: str, details: Mapping[str, Detail], prev: str) -> bytes:
     """The bytes a record's hash covers (the same whoever writes them)."""
-    document = {"seq": seq, "time": repr(float(when)), "kind": kind, "actor": actor, "subject": subject,
-                "details": dict(details), "prev": prev}
+    document = {
+        "seq": seq,
+        "time": repr(float(when)),
+        "kind": kind,
+        "actor": actor,
+        "subject": subject,
+        "details": dict(details),
+        "prev": prev,
+    }
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -155,8 +188,7 @@ def _sign(key: bytes | None, message: str) -> str | None:
     return None if key is None else hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-def _record_hash(seq: int, when: float, kind: str, actor: str, subject: str, details: Mapping[str, Detail],
-                 prev: str) -> str:
+def _record_hash(seq: int, when: float, kind: str, actor: str, subject: str, details: Mapping[str, Detail], prev: str) -> str:
     return hashlib.sha256(canonical(seq, when, kind, actor, subject, details, prev)).hexdigest()
 
 
@@ -165,8 +197,9 @@ def chain(previous: Head | None, event: AuditEvent, key: bytes | None = None) ->
     seq = 1 if previous is None else previous.seq + 1
     prev = GENESIS if previous is None else previous.hash
     digest = _record_hash(seq, event.time, event.kind, event.actor, event.subject, event.details, prev)
-    return AuditRecord(seq, event.time, event.kind, event.actor, event.subject, dict(event.details), prev, digest,
-                       _sign(key, digest))
+    return AuditRecord(
+        seq, event.time, event.kind, event.actor, event.subject, dict(event.details), prev, digest, _sign(key, digest)
+    )
 
 
 def head_of(record: AuditRecord, key: bytes | None = None) -> Head:
@@ -186,8 +219,7 @@ def verify(records: Iterable[AuditRecord], head: Head | None, key: bytes | None 
     for record in records:
         if record.seq != expected_seq:
             problems.append(Problem(record.seq, "missing_before" if record.seq > expected_seq else "out_of_order"))
-        digest = _record_hash(record.seq, record.time, record.kind, record.actor, record.subject, record.details,
-                              record.prev)
+        digest = _record_hash(record.seq, record.time, record.kind, record.actor, record.subject, record.details, record.prev)
         if not hmac.compare_digest(digest, record.hash):
             problems.append(Problem(record.seq, "altered"))
         if not hmac.compare_digest(record.prev, prev):

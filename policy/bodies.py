@@ -180,8 +180,9 @@ class Route:
         if force_usage and stream:
             obj = {**obj, "stream_include_usage": True}
         body, media = form_body(obj, form, self.form.file_field)
-        return CheckedBody(obj["model"], stream, include_usage, None, body, content_type=media,
-                           audio_seconds=form.file.audio.seconds)
+        return CheckedBody(
+            obj["model"], stream, include_usage, None, body, content_type=media, audio_seconds=form.file.audio.seconds
+        )
 
     def max_request_bytes(self, sealed: bool) -> int:
         """The most bytes a request to this route may declare: the one limit that

@@ -129,11 +129,12 @@ _BODIES: Final = {
     "bad_value": (422, "A request field has a value this endpoint does not accept."),
     "stream_not_allowed": (422, "This endpoint does not stream."),
     "stream_options_without_stream": (422, "stream_options is only allowed with stream: true."),
-    "store_not_supported": (
-        422, "Sluice is stateless and stores no responses: send store: false or leave it out."),
+    "store_not_supported": (422, "Sluice is stateless and stores no responses: send store: false or leave it out."),
     "server_state_not_supported": (
-        422, "Sluice is stateless: previous_response_id, conversation, background and stored prompts need "
-             "state kept on the server, which Sluice never keeps. Send the whole conversation in input."),
+        422,
+        "Sluice is stateless: previous_response_id, conversation, background and stored prompts need "
+        "state kept on the server, which Sluice never keeps. Send the whole conversation in input.",
+    ),
     "bad_content_type": (415, "The request must be multipart/form-data with a boundary."),
     "bad_boundary": (400, "The multipart body does not use the boundary its Content-Type names."),
     "no_final_boundary": (400, "The multipart body does not end with its closing boundary."),
@@ -154,8 +155,10 @@ _FRONT: Final = {
     "invalid_api_key": (401, "Invalid or missing API key."),
     "invalid_model_header": (400, "The Sluice-Model header is missing or not a valid model name."),
     "unsupported_media_type": (
-        415, "Content-Type must be application/json (audio: multipart/form-data; sealed "
-             "requests: message/ohttp-req or message/ohttp-chunked-req)."),
+        415,
+        "Content-Type must be application/json (audio: multipart/form-data; sealed "
+        "requests: message/ohttp-req or message/ohttp-chunked-req).",
+    ),
     "foreign_origin": (403, "Requests from another site's pages are not accepted."),
     "form_needs_api_key": (403, "A form upload must carry an API key in the Authorization header."),
     "body_timeout": (408, "The request body did not arrive in time."),

@@ -184,7 +184,6 @@ class Table:
         return Table(data, self.dotted(key), known)
 
 
-
 def setting(
     default: Any = REQUIRED,
     *,
@@ -201,8 +200,15 @@ def setting(
 
     ``read=False`` marks a field the reader works out itself (never a key).
     """
-    spec = {"low": low, "high": high, "choices": None if choices is None else tuple(choices),
-            "must_exist": must_exist, "max_length": max_length, "max_items": max_items, "read": read}
+    spec = {
+        "low": low,
+        "high": high,
+        "choices": None if choices is None else tuple(choices),
+        "must_exist": must_exist,
+        "max_length": max_length,
+        "max_items": max_items,
+        "read": read,
+    }
     metadata = {"config": spec}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)

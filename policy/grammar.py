@@ -52,9 +52,7 @@ _protocol = re.escape(PROTOCOL)
 
 # route-id = %s"chat" / %s"completions" / %s"embeddings" / %s"responses"
 #          / %s"rerank" / %s"score" / %s"transcriptions" / %s"translations"
-ROUTE_IDS: Final = (
-    "chat", "completions", "embeddings", "responses", "rerank", "score", "transcriptions", "translations"
-)
+ROUTE_IDS: Final = ("chat", "completions", "embeddings", "responses", "rerank", "score", "transcriptions", "translations")
 _route_id = "(?:" + "|".join(ROUTE_IDS) + ")"
 
 # name-start = ALPHA / DIGIT

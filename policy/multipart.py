@@ -329,8 +329,16 @@ def build_form(fields: Iterable[tuple[str, str]], file_field: str, audio: AudioF
     kind = audio.audio.kind.encode("ascii")
     out += [
         dash,
-        b'\r\nContent-Disposition: form-data; name="', file_field.encode("ascii"), b'"; filename="audio.', kind,
-        b'"\r\nContent-Type: ', audio.audio.media_type.encode("ascii"), b"\r\n\r\n", audio.data, _CRLF,
-        dash, b"--\r\n",
+        b'\r\nContent-Disposition: form-data; name="',
+        file_field.encode("ascii"),
+        b'"; filename="audio.',
+        kind,
+        b'"\r\nContent-Type: ',
+        audio.audio.media_type.encode("ascii"),
+        b"\r\n\r\n",
+        audio.data,
+        _CRLF,
+        dash,
+        b"--\r\n",
     ]
     return b"".join(out)

@@ -261,9 +261,7 @@ def setup_sender(
     return SenderContext(enc, ctx)
 
 
-def setup_receiver(
-    kem_id: int, kdf_id: int, aead_id: int, private_key: PrivateKey, enc: bytes, info: bytes
-) -> ReceiverContext:
+def setup_receiver(kem_id: int, kdf_id: int, aead_id: int, private_key: PrivateKey, enc: bytes, info: bytes) -> ReceiverContext:
     """``SetupBaseR(enc, skR, info)``; :class:`SealError` if ``enc`` is not a valid encapsulation."""
     if private_key.kem_id != kem_id:
         raise SealError from None

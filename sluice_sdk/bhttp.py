@@ -254,9 +254,7 @@ def encode_request(request: Request, *, truncate: bool = False) -> bytes:
     ``truncate`` leaves out empty trailing parts (RFC 9292 Section 3.8), as the
     RFC 9458 Appendix A request does; the default writes every length.
     """
-    control = b"".join(
-        _length_prefixed(p) for p in (request.method, request.scheme, request.authority, request.path)
-    )
+    control = b"".join(_length_prefixed(p) for p in (request.method, request.scheme, request.authority, request.path))
     tail = _known_tail(request.headers, request.content, request.trailers, truncate)
     return encode_varint(_KNOWN_REQUEST) + control + tail
 
@@ -507,8 +505,21 @@ class ResponseStreamDecoder:
     Any error leaves the decoder failed: every later call raises again.
     """
 
-    __slots__ = ("_limits", "_buf", "_pos", "_state", "_status", "_fields", "_section_bytes", "_informational",
-                 "_chunk_left", "_content", "_total", "_failed", "_known")
+    __slots__ = (
+        "_limits",
+        "_buf",
+        "_pos",
+        "_state",
+        "_status",
+        "_fields",
+        "_section_bytes",
+        "_informational",
+        "_chunk_left",
+        "_content",
+        "_total",
+        "_failed",
+        "_known",
+    )
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits

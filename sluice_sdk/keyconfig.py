@@ -116,12 +116,7 @@ class KeyConfig:
     def encode(self) -> bytes:
         """The RFC 9458 Section 3.1 encoding."""
         algorithms = b"".join(struct.pack("!HH", s.kdf_id, s.aead_id) for s in self.symmetric)
-        return (
-            struct.pack("!BH", self.key_id, self.kem_id)
-            + self.public_key
-            + struct.pack("!H", len(algorithms))
-            + algorithms
-        )
+        return struct.pack("!BH", self.key_id, self.kem_id) + self.public_key + struct.pack("!H", len(algorithms)) + algorithms
 
     @classmethod
     def decode(cls, data: bytes) -> KeyConfig:
@@ -161,9 +156,7 @@ def _decode_one(data: bytes, offset: int) -> tuple[KeyConfig, int]:
         raise KeyConfigError("symmetric algorithms length must be 4..65532 and a multiple of 4")
     if len(data) - offset < sym_len:
         raise KeyConfigError("key configuration is truncated")
-    symmetric = tuple(
-        SymmetricAlgorithm(*struct.unpack_from("!HH", data, offset + i)) for i in range(0, sym_len, 4)
-    )
+    symmetric = tuple(SymmetricAlgorithm(*struct.unpack_from("!HH", data, offset + i)) for i in range(0, sym_len, 4))
     return KeyConfig(key_id, kem_id, public_key, symmetric), offset + sym_len
 
 

@@ -131,9 +131,7 @@ def _client_setup(config: KeyConfig, label: bytes, ephemeral: bytes | None) -> t
         raise KeyConfigError("key configuration offers no suite this SDK uses (X25519, HKDF-SHA256, AES-128-GCM)")
     hdr = _header(config.key_id, config.kem_id, *_CLIENT_SUITE)
     try:
-        ctx = _hazmat.setup_sender(
-            config.kem_id, *_CLIENT_SUITE, config.public_key, label + b"\x00" + hdr, _ephemeral=ephemeral
-        )
+        ctx = _hazmat.setup_sender(config.kem_id, *_CLIENT_SUITE, config.public_key, label + b"\x00" + hdr, _ephemeral=ephemeral)
     except SealError:
         raise KeyConfigError("the key configuration's public key is not usable") from None
     return hdr, ctx
@@ -520,9 +518,7 @@ class ChunkedResponseSealer:
         self._init(ctx, enc, kdf_id, aead_id, response_nonce)
         return self
 
-    def _init(
-        self, ctx: _hazmat.ReceiverContext, enc: bytes, kdf_id: int, aead_id: int, response_nonce: bytes
-    ) -> None:
+    def _init(self, ctx: _hazmat.ReceiverContext, enc: bytes, kdf_id: int, aead_id: int, response_nonce: bytes) -> None:
         size = _entropy_len(aead_id)
         if len(response_nonce) != size:
             raise SealError from None
@@ -620,9 +616,7 @@ class ChunkedResponseOpener:
             response_nonce = bytes(self._head[:size])
             data = bytes(self._head[size:])
             self._head.clear()
-            self._key, self._nonce = _hazmat.response_key_and_nonce(
-                kdf_id, aead_id, self._secret, self._enc + response_nonce
-            )
+            self._key, self._nonce = _hazmat.response_key_and_nonce(kdf_id, aead_id, self._secret, self._enc + response_nonce)
             self._reader = _ChunkReader(_hazmat.aead_sizes(aead_id)[2], self._open_chunk)
         return self._reader.feed(data)
 

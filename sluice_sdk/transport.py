@@ -333,9 +333,7 @@ class _Core:
             raise _refusal(request, f"the body is larger than {MAX_REQUEST_CONTENT} bytes")
         model, streaming = _inspect_body(request, content)
         content_type = request.headers.get("content-type", "")
-        media_type = (
-            content_type.encode("latin-1") if content_type.lower().startswith(FORM_MEDIA_TYPE) else b"application/json"
-        )
+        media_type = content_type.encode("latin-1") if content_type.lower().startswith(FORM_MEDIA_TYPE) else b"application/json"
         inner = Request(b"POST", _INNER_SCHEME, _INNER_AUTHORITY, route.path, ((b"content-type", media_type),), content)
         message = _padded(encode_request(with_date(inner)), self.pad_to)
         opener: ResponseOpener | ChunkedResponseOpener
@@ -410,11 +408,7 @@ def _inspect_body(request: httpx2.Request, content: bytes) -> tuple[str, bool]:
 
 def _checked_model(request: httpx2.Request, model: object) -> str:
     """``model`` if it can travel in the clear as ``Sluice-Model``; a refusal otherwise."""
-    if (
-        not isinstance(model, str)
-        or not 0 < len(model) <= _MAX_MODEL
-        or not all("\x21" <= c <= "\x7e" for c in model)
-    ):
+    if not isinstance(model, str) or not 0 < len(model) <= _MAX_MODEL or not all("\x21" <= c <= "\x7e" for c in model):
         raise _refusal(request, "the body names no valid model (printable ASCII, no spaces)")
     return model
 
@@ -525,9 +519,7 @@ def _read_sync(response: httpx2.Response, limit: int) -> bytes | None:
 
 
 class _OpenedSyncStream(httpx2.SyncByteStream):
-    def __init__(
-        self, outer: httpx2.Response, chunks: Iterator[bytes], reader: _StreamReader, first: list[bytes]
-    ) -> None:
+    def __init__(self, outer: httpx2.Response, chunks: Iterator[bytes], reader: _StreamReader, first: list[bytes]) -> None:
         self._outer = outer
         self._chunks = chunks
         self._reader = reader
@@ -643,9 +635,7 @@ async def _read_async(response: httpx2.Response, limit: int) -> bytes | None:
 
 
 class _OpenedAsyncStream(httpx2.AsyncByteStream):
-    def __init__(
-        self, outer: httpx2.Response, chunks: AsyncIterator[bytes], reader: _StreamReader, first: list[bytes]
-    ) -> None:
+    def __init__(self, outer: httpx2.Response, chunks: AsyncIterator[bytes], reader: _StreamReader, first: list[bytes]) -> None:
         self._outer = outer
         self._chunks = chunks
         self._reader = reader

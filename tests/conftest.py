@@ -45,8 +45,21 @@ def start_standin(model: str, kind: str, token_delay: float = 0.0) -> Standin:
     token = secrets.token_urlsafe(16)
     env = {**os.environ, "SLUICE_BACKEND_TOKEN": token}
     process = subprocess.Popen(
-        [sys.executable, "-m", "cluster.standin", "--host", "127.0.0.1", "--port", "0", "--model", model, "--kind", kind,
-         "--token-delay", str(token_delay)],
+        [
+            sys.executable,
+            "-m",
+            "cluster.standin",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--model",
+            model,
+            "--kind",
+            kind,
+            "--token-delay",
+            str(token_delay),
+        ],
         stdout=subprocess.PIPE,
         env=env,
         cwd=ROOT,
@@ -86,7 +99,7 @@ class Cluster:
 
 def write_static_config(directory: Path, backends: list[tuple[str, str, int, str | None, list[str]]]) -> Path:
     """backends: (model, host, port, token, routes)."""
-    lines = ['[gate]', 'routing_table = "routing.json"', "request_timeout = 30", ""]
+    lines = ["[gate]", 'routing_table = "routing.json"', "request_timeout = 30", ""]
     for index, (model, host, port, token, routes) in enumerate(backends):
         lines += ["[[backends]]", f'model = "{model}"', f'url = "http://{host}:{port}"', f"routes = {routes!r}".replace("'", '"')]
         if token is not None:

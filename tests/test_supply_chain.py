@@ -22,8 +22,11 @@ REQUIREMENTS = ROOT / "requirements"
 LOCKS = ("build.lock", "cluster.lock", "appliance.lock", "test.lock")
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)", re.M)
 # Which pyproject extras each lock is compiled from (scripts/lock).
-LOCK_EXTRAS = {"cluster.lock": ("cluster",), "appliance.lock": ("appliance", "postgres"),
-               "test.lock": ("appliance", "postgres", "cluster", "test")}
+LOCK_EXTRAS = {
+    "cluster.lock": ("cluster",),
+    "appliance.lock": ("appliance", "postgres"),
+    "test.lock": ("appliance", "postgres", "cluster", "test"),
+}
 
 
 def _pins(text: str) -> dict[str, str]:
@@ -82,9 +85,26 @@ def test_reject_a_tampered_hash(tmp_path: Path) -> None:
     tampered.write_text(re.sub(r"sha256:[0-9a-f]{64}", "sha256:" + "0" * 64, entry) + "\n")
 
     def download(requirements: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-                               "--require-hashes", "--only-binary=:all:", "-d", str(tmp_path / requirements.stem),
-                               "-r", str(requirements)], capture_output=True, text=True, timeout=120, check=False)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--require-hashes",
+                "--only-binary=:all:",
+                "-d",
+                str(tmp_path / requirements.stem),
+                "-r",
+                str(requirements),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     refused = download(tampered)
     assert refused.returncode != 0

@@ -93,6 +93,7 @@ _FRAME_KINDS: Final = {"OPEN": Kind.OPEN, "DATA": Kind.DATA, "CANCEL": Kind.CANC
 
 # -- the corpus ----------------------------------------------------------------------
 
+
 def decode_value(value: Any) -> bytes:
     """A corpus value as bytes.
 
@@ -106,7 +107,7 @@ def decode_value(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, dict) and len(value) == 1:
-        (key, inner), = value.items()
+        ((key, inner),) = value.items()
         if key == "b64":
             return base64.b64decode(inner, validate=True)
         if key == "json":
@@ -169,8 +170,14 @@ def _case(file: str, defaults: Mapping[str, Any], raw: Mapping[str, Any], accept
     answer = "accepted" if expect == "accepted" else entry["answer"]
     carrier = entry["carrier"]
     common: dict[str, Any] = {
-        "file": file, "id": entry["id"], "attacks": entry["attacks"], "expect": expect, "answer": answer,
-        "carrier": carrier, "no_marker": entry.get("no_marker", ""), "ssh_expect": entry.get("ssh_expect", ""),
+        "file": file,
+        "id": entry["id"],
+        "attacks": entry["attacks"],
+        "expect": expect,
+        "answer": answer,
+        "carrier": carrier,
+        "no_marker": entry.get("no_marker", ""),
+        "ssh_expect": entry.get("ssh_expect", ""),
         "status_class": entry.get("status_class", "4"),
     }
     if carrier == "exec":
@@ -179,13 +186,22 @@ def _case(file: str, defaults: Mapping[str, Any], raw: Mapping[str, Any], accept
     if carrier == "open":
         return Case(**common, command=b"sluice/1 mux", stdin=encode(Kind.OPEN, 1, decode_value(entry["input"])))
     if carrier == "frames":
-        return Case(**common, command=b"sluice/1 mux", stdin=_frames(entry["input"]),
-                    eof_after_write=bool(entry.get("eof_after_write", False)))
+        return Case(
+            **common,
+            command=b"sluice/1 mux",
+            stdin=_frames(entry["input"]),
+            eof_after_write=bool(entry.get("eof_after_write", False)),
+        )
     if carrier == "body":
         body = decode_value(entry["input"]).replace(ACCEPT_MODEL_PLACEHOLDER.encode(), accept_model.encode())
         model = entry["model"].replace(ACCEPT_MODEL_PLACEHOLDER, accept_model)
-        return Case(**common, stdin=body, route=entry["route"], model=model,
-                    command=f"sluice/1 call {entry['route']} {model} {len(body)}".encode())
+        return Case(
+            **common,
+            stdin=body,
+            route=entry["route"],
+            model=model,
+            command=f"sluice/1 call {entry['route']} {model} {len(body)}".encode(),
+        )
     raise ValueError(f"{file}: {entry['id']}: unknown carrier {carrier!r}")
 
 
@@ -205,6 +221,7 @@ def load_corpus(directory: Path = CORPUS_DIR, accept_model: str = "standin-chat"
 
 # -- targets -------------------------------------------------------------------------
 
+
 class LocalGate:
     """A gate command on this machine, run as sshd runs the forced command."""
 
@@ -219,8 +236,12 @@ class LocalGate:
             env["SSH_ORIGINAL_COMMAND"] = command  # bytes: what sshd would put there, verbatim
         # The operator's gate argv, no shell; request bytes only in the environment and on stdin.
         return subprocess.Popen(  # nosec B603
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=env, cwd=self.cwd,  # type: ignore[arg-type]
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=self.cwd,  # type: ignore[arg-type]
         )
 
 
@@ -231,31 +252,50 @@ class SshGate:
     no global file, no key learning); there is deliberately no way to relax that.
     """
 
-    def __init__(self, host: str, identity: Path, known_hosts: Path, user: str | None = None,
-                 port: int | None = None, ssh: str = "ssh") -> None:
+    def __init__(
+        self, host: str, identity: Path, known_hosts: Path, user: str | None = None, port: int | None = None, ssh: str = "ssh"
+    ) -> None:
         if not known_hosts.is_file():
-            raise ValueError(f"known_hosts file {known_hosts} does not exist: pin the gate's host key first "
-                             f"(ssh-keyscan -H gate-host > {known_hosts}, then compare the fingerprint)")
+            raise ValueError(
+                f"known_hosts file {known_hosts} does not exist: pin the gate's host key first "
+                f"(ssh-keyscan -H gate-host > {known_hosts}, then compare the fingerprint)"
+            )
         if not identity.is_file():
             raise ValueError(f"identity file {identity} does not exist")
         if host.startswith("-"):
             raise ValueError("the host must not start with '-'")
         self.argv = [
-            ssh, "-T", "-x", "-a",
-            "-i", str(identity),
-            "-o", "IdentitiesOnly=yes",
-            "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", f"UserKnownHostsFile={known_hosts}",
-            "-o", "GlobalKnownHostsFile=/dev/null",
-            "-o", "UpdateHostKeys=no",
-            "-o", "CheckHostIP=no",
-            "-o", "ClearAllForwardings=yes",
-            "-o", "PermitLocalCommand=no",
+            ssh,
+            "-T",
+            "-x",
+            "-a",
+            "-i",
+            str(identity),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            f"UserKnownHostsFile={known_hosts}",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+            "-o",
+            "UpdateHostKeys=no",
+            "-o",
+            "CheckHostIP=no",
+            "-o",
+            "ClearAllForwardings=yes",
+            "-o",
+            "PermitLocalCommand=no",
             # A shared master connection would skip this invocation's host key check.
-            "-o", "ControlMaster=no",
-            "-o", "ControlPath=none",
-            "-o", "LogLevel=ERROR",
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "ControlPath=none",
+            "-o",
+            "LogLevel=ERROR",
         ]
         if user is not None:
             self.argv += ["-l", user]
@@ -268,11 +308,15 @@ class SshGate:
         # on either side sees it (the forced command gets it in SSH_ORIGINAL_COMMAND).
         argv: list[str | bytes] = [*self.argv] + ([command] if command is not None else [])
         return subprocess.Popen(  # nosec B603
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
 
 
 # -- one conversation ----------------------------------------------------------------
+
 
 @dataclass
 class Result:
@@ -283,8 +327,15 @@ class Result:
     undecodable: str = ""  # the gate wrote something that is not gate frames
 
 
-def converse(target: LocalGate | SshGate, command: bytes | None, data: bytes, *, eof_after_write: bool = True,
-             done: Callable[[list[Frame]], bool] = lambda frames: False, timeout: float = CASE_TIMEOUT) -> Result:
+def converse(
+    target: LocalGate | SshGate,
+    command: bytes | None,
+    data: bytes,
+    *,
+    eof_after_write: bool = True,
+    done: Callable[[list[Frame]], bool] = lambda frames: False,
+    timeout: float = CASE_TIMEOUT,
+) -> Result:
     """Start the gate with ``command``, write ``data``, read frames until ``done`` or end of output.
 
     With ``eof_after_write`` stdin is closed as soon as ``data`` is written (exec
@@ -387,7 +438,7 @@ def run_body_session(target: LocalGate | SshGate, cases: Sequence[Case]) -> tupl
         streams[stream] = case
         wire += encode(Kind.OPEN, stream, f"call {case.route} {case.model} {len(case.stdin)}".encode())
         for start in range(0, len(case.stdin), 65536):
-            wire += encode(Kind.DATA, stream, case.stdin[start:start + 65536])
+            wire += encode(Kind.DATA, stream, case.stdin[start : start + 65536])
 
     def finished(frames: list[Frame]) -> bool:
         ended = {f.stream for f in frames if f.kind in (Kind.END, Kind.ERROR)}
@@ -399,6 +450,7 @@ def run_body_session(target: LocalGate | SshGate, cases: Sequence[Case]) -> tupl
 
 
 # -- the verdict ---------------------------------------------------------------------
+
 
 def check_answer(case: Case, frames: list[Frame], expect: str | None = None) -> list[str]:
     """Problems with ``frames`` as the answer to ``case`` (empty: as expected)."""
@@ -454,6 +506,7 @@ def check(case: Case, result: Result, *, over_ssh: bool = False) -> list[str]:
 
 # -- the command line ----------------------------------------------------------------
 
+
 def _select(cases: Iterable[Case], only: Sequence[str]) -> list[Case]:
     chosen = [c for c in cases if not only or c.id in only or c.file in only]
     missing = set(only) - {c.id for c in chosen} - {c.file for c in chosen}
@@ -468,14 +521,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Send the Sluice injection corpus to a gate and check every answer.",
     )
     parser.add_argument("--corpus", type=Path, default=CORPUS_DIR, help="folder of *.json case files")
-    parser.add_argument("--accept-model", default="standin-chat",
-                        help="a model the target serves on the chat route, for the 'accepted as data' cases")
+    parser.add_argument(
+        "--accept-model",
+        default="standin-chat",
+        help="a model the target serves on the chat route, for the 'accepted as data' cases",
+    )
     parser.add_argument("--only", action="append", default=[], help="a case id or file name (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     sub = parser.add_subparsers(dest="target")
     local = sub.add_parser("local", help="run a gate command on this machine (as sshd would)")
-    local.add_argument("gate", nargs=argparse.REMAINDER,
-                       help="the gate command after --, e.g. -- sluice-cluster gate --config cluster.toml")
+    local.add_argument(
+        "gate", nargs=argparse.REMAINDER, help="the gate command after --, e.g. -- sluice-cluster gate --config cluster.toml"
+    )
     remote = sub.add_parser("ssh", help="reach a deployed gate with ssh(1)")
     remote.add_argument("host")
     remote.add_argument("--identity", type=Path, required=True, help="the appliance's private key")

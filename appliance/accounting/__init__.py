@@ -32,8 +32,13 @@ def __getattr__(name: str) -> object:
     raise AttributeError(name)
 
 
-def open_accounting(backend: str, path: str | None = None, dsn: str | Secret | None = None,
-                    synchronous: str = "normal", journal: str | None = None) -> Accounting:
+def open_accounting(
+    backend: str,
+    path: str | None = None,
+    dsn: str | Secret | None = None,
+    synchronous: str = "normal",
+    journal: str | None = None,
+) -> Accounting:
     """The configured accounting store (not yet started)."""
     if backend == "sqlite":
         if path is None:

@@ -55,7 +55,7 @@ class Journal:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -85,7 +85,7 @@ class Journal:
                     values = json.loads(line)
                     missing = len(COLUMNS) - len(values) if isinstance(values, list) else -1
                     if 0 <= missing <= len(_ADDED_DEFAULTS):
-                        rows.append(tuple(values) + _ADDED_DEFAULTS[len(_ADDED_DEFAULTS) - missing:])
+                        rows.append(tuple(values) + _ADDED_DEFAULTS[len(_ADDED_DEFAULTS) - missing :])
         return rows
 
     def done(self, path: Path) -> None:

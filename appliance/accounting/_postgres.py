@@ -192,7 +192,7 @@ class PostgresAccounting:
             async with asyncio.timeout(RECORD_TIMEOUT * 10), self._pool.acquire() as connection:
                 async with connection.transaction():
                     for start in range(0, len(rows), REPLAY_BATCH):
-                        await connection.executemany(_INSERT, rows[start:start + REPLAY_BATCH])
+                        await connection.executemany(_INSERT, rows[start : start + REPLAY_BATCH])
             await asyncio.to_thread(journal.done, path)
             total += len(rows)
 
@@ -209,8 +209,17 @@ class PostgresAccounting:
         sql = _numbered(REPORT_SQL.format(filters=filters))
         records = await self._pool.fetch(sql, since, until, *params)
         return [
-            ReportRow(r[0], r[1], r[2], int(r[3]), int(r[4] or 0), int(r[5] or 0), int(r[6] or 0), int(r[7] or 0),
-                      round(float(r[8] or 0.0), 3))
+            ReportRow(
+                r[0],
+                r[1],
+                r[2],
+                int(r[3]),
+                int(r[4] or 0),
+                int(r[5] or 0),
+                int(r[6] or 0),
+                int(r[7] or 0),
+                round(float(r[8] or 0.0), 3),
+            )
             for r in records
         ]
 

@@ -31,17 +31,43 @@ class UsageRow:
 
     def values(self) -> tuple[object, ...]:
         return (
-            self.time, day_of(self.time), self.request_id, self.user, self.key_id, self.model, self.route,
-            self.status, self.prompt_tokens, self.completion_tokens, self.latency_ms, self.first_token_ms,
-            1 if self.sealed else 0, self.audio_ms, self.model_revision, self.backend_version,
+            self.time,
+            day_of(self.time),
+            self.request_id,
+            self.user,
+            self.key_id,
+            self.model,
+            self.route,
+            self.status,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.latency_ms,
+            self.first_token_ms,
+            1 if self.sealed else 0,
+            self.audio_ms,
+            self.model_revision,
+            self.backend_version,
         )
 
 
 # Column order of UsageRow.values(); `day` (UTC, YYYY-MM-DD) is derived, for the reports.
 COLUMNS: Final = (
-    "time", "day", "request_id", "user_id", "key_id", "model", "route", "status",
-    "prompt_tokens", "completion_tokens", "latency_ms", "first_token_ms", "sealed", "audio_ms",
-    "model_revision", "backend_version",
+    "time",
+    "day",
+    "request_id",
+    "user_id",
+    "key_id",
+    "model",
+    "route",
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "first_token_ms",
+    "sealed",
+    "audio_ms",
+    "model_revision",
+    "backend_version",
 )
 
 
@@ -72,7 +98,15 @@ class ReportRow:
 
 
 REPORT_COLUMNS: Final = (
-    "day", "user", "model", "requests", "errors", "sealed", "prompt_tokens", "completion_tokens", "mean_latency_ms",
+    "day",
+    "user",
+    "model",
+    "requests",
+    "errors",
+    "sealed",
+    "prompt_tokens",
+    "completion_tokens",
+    "mean_latency_ms",
 )
 
 # The report, per day, user and model; placeholders are rewritten per driver.
@@ -94,7 +128,6 @@ class Accounting(Protocol):
         """
         ...
 
-    async def report(self, since: str, until: str, user: str | None = None, model: str | None = None) -> list[ReportRow]:
-        ...
+    async def report(self, since: str, until: str, user: str | None = None, model: str | None = None) -> list[ReportRow]: ...
 
     async def aclose(self) -> None: ...

@@ -67,7 +67,6 @@ CHECKPOINT_EVERY: Final = 1.0
 WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 
 
-
 class _Stop(enum.Enum):
     """The writer's last item (an enum member, so that `is` tells it from a row for mypy too)."""
 
@@ -144,14 +143,12 @@ class SqliteAccounting:
                 os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         if self._synchronous == "full":
             connection = await asyncio.to_thread(connect, self.path, "full")
-            self._threads = [threading.Thread(target=self._write, args=(connection,), name="sluice-accounting",
-                                              daemon=True)]
+            self._threads = [threading.Thread(target=self._write, args=(connection,), name="sluice-accounting", daemon=True)]
         else:
             connection = await asyncio.to_thread(connect, self.path, "normal", 0)
             connection.execute("PRAGMA wal_autocheckpoint = 0")
             self._connection = connection
-            self._threads = [threading.Thread(target=self._checkpoint, name="sluice-accounting-checkpoint",
-                                              daemon=True)]
+            self._threads = [threading.Thread(target=self._checkpoint, name="sluice-accounting-checkpoint", daemon=True)]
         for thread in self._threads:
             thread.start()
         self._started = True
@@ -310,8 +307,9 @@ def report(path: str | Path, since: str, until: str, user: str | None = None, mo
         sql = REPORT_SQL.format(filters=filters)
         cursor = connection.execute(sql, (since, until, *params))
         return [
-            ReportRow(day, who, what, int(n), int(errors or 0), int(sealed or 0), int(p or 0), int(c or 0),
-                      round(float(lat or 0.0), 3))
+            ReportRow(
+                day, who, what, int(n), int(errors or 0), int(sealed or 0), int(p or 0), int(c or 0), round(float(lat or 0.0), 3)
+            )
             for day, who, what, n, errors, sealed, p, c, lat in cursor
         ]
     finally:

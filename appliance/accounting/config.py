@@ -57,8 +57,11 @@ def parse_accounting(data: Any, base: Path) -> AccountingSettings:
         raise ConfigError("accounting.path and accounting.synchronous are for the sqlite backend", key="accounting")
     journal = table.path("journal", base, None)
     if journal is None:
-        raise table.error("journal", "is required with the postgresql backend: a file on this replica's own disk "
-                          "where usage rows wait while the database is away")
+        raise table.error(
+            "journal",
+            "is required with the postgresql backend: a file on this replica's own disk "
+            "where usage rows wait while the database is away",
+        )
     if not journal.parent.is_dir():
         raise table.error("journal", f": the directory {journal.parent} does not exist; create it or name another")
     return AccountingSettings("postgresql", dsn_file=dsn_file, journal=journal, audit_key_file=audit_key_file)

@@ -38,14 +38,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--config", help="the appliance's TOML configuration (its [accounting] table)")
     source.add_argument("--database", help="a SQLite accounting database, directly")
     today = datetime.datetime.now(datetime.UTC).date()
-    parser.add_argument("--since", type=_day, default=(today - datetime.timedelta(days=30)).isoformat(),
-                        help="first day, YYYY-MM-DD, UTC (default: 30 days ago)")
+    parser.add_argument(
+        "--since",
+        type=_day,
+        default=(today - datetime.timedelta(days=30)).isoformat(),
+        help="first day, YYYY-MM-DD, UTC (default: 30 days ago)",
+    )
     parser.add_argument("--until", type=_day, default=today.isoformat(), help="last day, YYYY-MM-DD, UTC (default: today)")
     parser.add_argument("--user", help="only this user")
     parser.add_argument("--model", help="only this model")
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default table)")
-    parser.add_argument("--plot", metavar="FILE.png",
-                        help="also draw requests and tokens per day and model into this PNG (extra 'plot')")
+    parser.add_argument(
+        "--plot", metavar="FILE.png", help="also draw requests and tokens per day and model into this PNG (extra 'plot')"
+    )
 
 
 def render(rows: Sequence[ReportRow], kind: str, out: IO[str]) -> None:
@@ -152,12 +157,12 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sluice usage", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sluice usage", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

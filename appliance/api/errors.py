@@ -29,6 +29,7 @@ _TYPES: Final = {
     429: "rate_limit_error",
 }
 
+
 def error_body(status: int, code: str) -> bytes:
     """The JSON error document for ``status`` and ``code``."""
     message = message_for(code, status)

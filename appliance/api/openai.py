@@ -112,7 +112,8 @@ class OpenAIApi:
         names = getattr(self._access, "names", NO_NAMES)
         data += [  # aliases of the models the caller may use, naming their target
             {**model_entry(models[target]), "id": alias, "alias_of": target}
-            for alias, target in sorted(names.aliases.items()) if target in visible
+            for alias, target in sorted(names.aliases.items())
+            if target in visible
         ]
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
@@ -127,9 +128,7 @@ class OpenAIApi:
             try:
                 body = await read_body(request, route.max_request_bytes(sealed=False))
                 content_type = request.headers.get("content-type", "")
-                checked = (
-                    route.check_form(body, content_type=content_type) if route.form is not None else route.check(body)
-                )
+                checked = route.check_form(body, content_type=content_type) if route.form is not None else route.check(body)
                 names = getattr(self._access, "names", NO_NAMES)
                 model = names.resolve(checked.model)  # an alias: everything below sees the real model
                 if model != checked.model:
@@ -145,8 +144,9 @@ class OpenAIApi:
                 ticket = await self._metering.admit(principal, route_id, model, reservation.tokens, False)
             except SluiceError as exc:
                 return from_error(exc)
-            response = await self._forward(ticket, info.cluster, Call(route_id, model, len(body)), body, started,
-                                           info.produced_by)
+            response = await self._forward(
+                ticket, info.cluster, Call(route_id, model, len(body)), body, started, info.produced_by
+            )
             if response.status_code == 503 and info.estimated_wait is not None:
                 response.headers["Retry-After"] = str(max(1, info.estimated_wait))  # the model is starting
             response.headers.update(names.headers(model))
@@ -202,7 +202,12 @@ class OpenAIApi:
         return handle
 
     async def _forward(
-        self, ticket: Ticket, cluster: str, call: Call, body: bytes, started: float,
+        self,
+        ticket: Ticket,
+        cluster: str,
+        call: Call,
+        body: bytes,
+        started: float,
         produced: tuple[tuple[str, str], ...] = (),
     ) -> Response:
         """Send ``call`` to its cluster; settle ``ticket`` exactly once, whatever happens.
@@ -248,8 +253,13 @@ def model_entry(info: ModelInfo) -> dict[str, object]:
     """One ``/v1/models`` entry: OpenAI's shape plus the model's state (extra fields are allowed),
     with the estimated wait in seconds while it is not ready."""
     entry: dict[str, object] = {
-        "id": info.id, "object": "model", "created": 0, "owned_by": "sluice", "status": info.status,
-        "routes": sorted(info.routes), "ready_instances": info.instances_ready,
+        "id": info.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "sluice",
+        "status": info.status,
+        "routes": sorted(info.routes),
+        "ready_instances": info.instances_ready,
         "starting_instances": info.instances_starting,
     }
     if info.estimated_wait is not None and info.status != "ready":

@@ -65,8 +65,9 @@ async def fetch_configs(clusters: ClusterSet) -> bytes:
 class KeyConfigCache:
     """The gates' key configurations, fetched at most once per TTL (single-flight)."""
 
-    def __init__(self, fetch: Callable[[], Awaitable[bytes]], ttl: float = KEYS_TTL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, fetch: Callable[[], Awaitable[bytes]], ttl: float = KEYS_TTL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._fetch = fetch
         self.ttl = ttl
         self._clock = clock
@@ -99,8 +100,13 @@ class KeyConfigCache:
 class AddressLimiter:
     """At most ``limit`` calls per ``window`` seconds per client address (a fixed window, bounded memory)."""
 
-    def __init__(self, limit: int = PER_ADDRESS, window: float = WINDOW, max_addresses: int = MAX_ADDRESSES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limit: int = PER_ADDRESS,
+        window: float = WINDOW,
+        max_addresses: int = MAX_ADDRESSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._limit = limit
         self._window = window
         self._max = max_addresses

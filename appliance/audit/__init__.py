@@ -39,7 +39,6 @@ log = logging.getLogger("sluice.security")
 MAX_QUEUED: Final = 10_000
 
 
-
 class _Stop(enum.Enum):
     """The writer's last item (an enum member, so that `is` tells it from an event for mypy too)."""
 
@@ -56,8 +55,13 @@ class AuditStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-def open_store(backend: str, path: str | Path | None = None, dsn: str | Secret | None = None, key: bytes | None = None,
-               read_only: bool = False) -> AuditStore:
+def open_store(
+    backend: str,
+    path: str | Path | None = None,
+    dsn: str | Secret | None = None,
+    key: bytes | None = None,
+    read_only: bool = False,
+) -> AuditStore:
     """The audit store beside the accounting: the same SQLite file or PostgreSQL database."""
     if backend == "sqlite":
         if path is None:

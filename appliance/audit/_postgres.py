@@ -68,8 +68,9 @@ class PostgresAuditStore:
                     await connection.execute(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
                     await connection.execute(SCHEMA)
                     # the empty trail's head: every append then locks this one row
-                    await connection.execute("INSERT INTO audit_head (id, seq, hash, sig) VALUES (1, 0, $1, NULL) "
-                                             "ON CONFLICT (id) DO NOTHING", GENESIS)
+                    await connection.execute(
+                        "INSERT INTO audit_head (id, seq, hash, sig) VALUES (1, 0, $1, NULL) ON CONFLICT (id) DO NOTHING", GENESIS
+                    )
             except BaseException:
                 await connection.close()
                 raise
@@ -87,12 +88,18 @@ class PostgresAuditStore:
             record = chain(Head(int(found[0]), str(found[1]), found[2]), event, self._key)
             await db.execute(
                 f"INSERT INTO audit ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",  # nosec B608
-                record.seq, record.time, record.kind, record.actor, record.subject,
-                json.dumps(dict(record.details), sort_keys=True), record.prev, record.hash, record.sig,
+                record.seq,
+                record.time,
+                record.kind,
+                record.actor,
+                record.subject,
+                json.dumps(dict(record.details), sort_keys=True),
+                record.prev,
+                record.hash,
+                record.sig,
             )
             head = head_of(record, self._key)
-            await db.execute("UPDATE audit_head SET seq = $1, hash = $2, sig = $3 WHERE id = 1",
-                             head.seq, head.hash, head.sig)
+            await db.execute("UPDATE audit_head SET seq = $1, hash = $2, sig = $3 WHERE id = 1", head.seq, head.hash, head.sig)
         return record
 
     async def records(self, query: Query | None = None) -> list[AuditRecord]:
@@ -103,9 +110,7 @@ class PostgresAuditStore:
         db = await self._db()
         where, params = (query or Query()).sql("$")
         rows = await db.fetch(f"SELECT {_COLUMNS} FROM audit{where} ORDER BY stored", *params)  # nosec B608
-        return [
-            AuditRecord(int(r[0]), float(r[1]), r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8]) for r in rows
-        ]
+        return [AuditRecord(int(r[0]), float(r[1]), r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8]) for r in rows]
 
     async def head(self) -> Head | None:
         async with self._lock:

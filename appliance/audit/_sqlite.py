@@ -56,8 +56,17 @@ _COLUMNS: Final = "seq, time, kind, actor, subject, details, prev, hash, sig"
 def _row(row: tuple[object, ...]) -> AuditRecord:
     seq, when, kind, actor, subject, details, prev, digest, sig = row
     # int() and float() of whatever the row holds: a wrong type raises, which is the check.
-    return AuditRecord(int(seq), float(when), str(kind), str(actor), str(subject),  # type: ignore[call-overload, arg-type]
-                       json.loads(str(details)), str(prev), str(digest), None if sig is None else str(sig))
+    return AuditRecord(
+        int(seq),  # type: ignore[call-overload]  # a wrong type raises: the check
+        float(when),  # type: ignore[arg-type]  # likewise
+        str(kind),
+        str(actor),
+        str(subject),
+        json.loads(str(details)),
+        str(prev),
+        str(digest),
+        None if sig is None else str(sig),
+    )
 
 
 class SqliteAuditStore:
@@ -67,8 +76,9 @@ class SqliteAuditStore:
         if read_only:
             if not self.path.is_file():
                 raise FileNotFoundError(f"no database at {self.path}")
-            self._db = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True, isolation_level=None,
-                                       check_same_thread=False)
+            self._db = sqlite3.connect(
+                f"file:{self.path.resolve()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
         else:
             if not self.path.exists():  # nobody else's business: readable by its owner only
                 with contextlib.suppress(FileExistsError):
@@ -87,12 +97,24 @@ class SqliteAuditStore:
             record = chain(None if found is None else Head(*found), event, self._key)
             db.execute(
                 f"INSERT INTO audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # nosec B608 (fixed columns)
-                (record.seq, record.time, record.kind, record.actor, record.subject,
-                 json.dumps(dict(record.details), sort_keys=True), record.prev, record.hash, record.sig),
+                (
+                    record.seq,
+                    record.time,
+                    record.kind,
+                    record.actor,
+                    record.subject,
+                    json.dumps(dict(record.details), sort_keys=True),
+                    record.prev,
+                    record.hash,
+                    record.sig,
+                ),
             )
             head = head_of(record, self._key)
-            db.execute("INSERT INTO audit_head (id, seq, hash, sig) VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE "
-                       "SET seq = excluded.seq, hash = excluded.hash, sig = excluded.sig", (head.seq, head.hash, head.sig))
+            db.execute(
+                "INSERT INTO audit_head (id, seq, hash, sig) VALUES (1, ?, ?, ?) ON CONFLICT(id) DO UPDATE "
+                "SET seq = excluded.seq, hash = excluded.hash, sig = excluded.sig",
+                (head.seq, head.hash, head.sig),
+            )
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):

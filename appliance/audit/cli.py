@@ -51,8 +51,13 @@ def _expected_head(text: str) -> Head:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", nargs="?", choices=("list", "verify"), default="list",
-                        help="list and filter the trail (default), or verify its chain")
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "verify"),
+        default="list",
+        help="list and filter the trail (default), or verify its chain",
+    )
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", help="the appliance's TOML configuration (its [accounting] table)")
     where.add_argument("--database", help="a SQLite accounting database, directly")
@@ -63,8 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", type=_kind, action="append", default=[], help="list: only this kind (repeatable)")
     parser.add_argument("--actor", help="list: only events by this actor")
     parser.add_argument("--json", action="store_true", help="list: one JSON object per line")
-    parser.add_argument("--expect-head", type=_expected_head,
-                        help="verify: SEQ:HASH of the head as recorded elsewhere (a security log line, a copy)")
+    parser.add_argument(
+        "--expect-head",
+        type=_expected_head,
+        help="verify: SEQ:HASH of the head as recorded elsewhere (a security log line, a copy)",
+    )
 
 
 def read_jsonl(path: Path) -> tuple[list[AuditRecord], Head | None]:
@@ -130,8 +138,10 @@ def render(records: list[AuditRecord], as_json: bool, out: IO[str]) -> None:
             out.write(json.dumps(record.to_json(), sort_keys=True) + "\n")
         return
     rows = [["SEQ", "TIME", "KIND", "ACTOR", "SUBJECT", "DETAILS"]]
-    rows += [[str(r.seq), _when(r.time), r.kind, r.actor, r.subject,
-              " ".join(f"{k}={v}" for k, v in sorted(r.details.items()))] for r in records]
+    rows += [
+        [str(r.seq), _when(r.time), r.kind, r.actor, r.subject, " ".join(f"{k}={v}" for k, v in sorted(r.details.items()))]
+        for r in records
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         out.write("  ".join([c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[-1]]).rstrip() + "\n")
@@ -171,14 +181,20 @@ def run(args: argparse.Namespace, out: IO[str] | None = None) -> int:
     if problems:
         return 1
     signed = "signed, signatures checked" if key is not None else "unsigned (no key given)"
-    print(f"audit trail intact: {len(records)} records, {signed}; head "
-          f"{head.seq if head else 0}:{head.hash if head else '-'}", file=out)
+    print(
+        f"audit trail intact: {len(records)} records, {signed}; head {head.seq if head else 0}:{head.hash if head else '-'}",
+        file=out,
+    )
     return 0
 
 
 def _matches(record: AuditRecord, query: Query) -> bool:
-    return ((query.since is None or record.time >= query.since) and (query.until is None or record.time < query.until)
-            and (not query.kinds or record.kind in query.kinds) and (query.actor is None or record.actor == query.actor))
+    return (
+        (query.since is None or record.time >= query.since)
+        and (query.until is None or record.time < query.until)
+        and (not query.kinds or record.kind in query.kinds)
+        and (query.actor is None or record.actor == query.actor)
+    )
 
 
 def _extends(records: list[AuditRecord], expected: Head) -> bool:

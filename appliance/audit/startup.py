@@ -47,8 +47,14 @@ def open_trail(accounting: AccountingSettings) -> AuditTrail | None:
 def record_start(settings: Settings, config_path: Path | None, actor: str = "sluice serve") -> None:
     """``config_loaded`` (with the file's SHA-256: a changed configuration shows), then each unsafe mode."""
     digest = hashlib.sha256(config_path.read_bytes()).hexdigest() if config_path is not None else None
-    audit_event("config_loaded", actor, str(config_path or "")[:256], sha256=digest,
-                clusters=len(settings.clusters), sign_in=settings.identity.users_sign_in)
+    audit_event(
+        "config_loaded",
+        actor,
+        str(config_path or "")[:256],
+        sha256=digest,
+        clusters=len(settings.clusters),
+        sign_in=settings.identity.users_sign_in,
+    )
     for mode in unsafe_modes(settings):
         audit_event("unsafe_mode", actor, mode)
 

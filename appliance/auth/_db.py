@@ -33,8 +33,7 @@ from ..migrations import check_version, latest, postgres_version, sqlite_upgrade
 from .base import IdentityUnavailable
 from .secret import Secret, carried
 
-__all__ = ["SCHEMA_VERSION", "Database", "PostgresDatabase", "SqliteDatabase", "numbered", "open_database",
-           "postgres_driver"]
+__all__ = ["SCHEMA_VERSION", "Database", "PostgresDatabase", "SqliteDatabase", "numbered", "open_database", "postgres_driver"]
 
 SCHEMA_VERSION: Final = latest("identity")
 

@@ -99,9 +99,7 @@ def parse_access_policy(data: Mapping[str, Any], where: str = "access policy") -
         exact, prefixes = set(), []
         for pattern in models:
             if not isinstance(pattern, str) or not _PATTERN_RE.fullmatch(pattern):
-                raise AccessPolicyError(
-                    f"{where}: groups.{group!r}.models: {pattern!r} is not a model name or 'prefix*'"
-                )
+                raise AccessPolicyError(f"{where}: groups.{group!r}.models: {pattern!r} is not a model name or 'prefix*'")
             if pattern.endswith("*"):
                 prefixes.append(pattern[:-1])
             else:

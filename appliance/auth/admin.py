@@ -130,10 +130,16 @@ async def _run_keys(args: argparse.Namespace) -> int:
         if args.keys_command == "list":
             now = time.time()
             for info in await keys.list_keys(args.user):
-                row = {"id": info.id, "owner": info.owner, "name": info.name,
-                       "models": list(info.scope) if info.scope else None, "created": int(info.created),
-                       "expires": None if info.expires is None else int(info.expires), "state": info.state(now),
-                       "created_by": info.created_by}
+                row = {
+                    "id": info.id,
+                    "owner": info.owner,
+                    "name": info.name,
+                    "models": list(info.scope) if info.scope else None,
+                    "created": int(info.created),
+                    "expires": None if info.expires is None else int(info.expires),
+                    "state": info.state(now),
+                    "created_by": info.created_by,
+                }
                 if args.json:
                     print(json.dumps(row))
                 else:

@@ -84,8 +84,12 @@ class BrowserSessionAuthenticator:
         self._origin = public_url.rstrip("/")
 
     def _refuse(self, connection: HTTPConnection, reason: str) -> None:
-        security_event("api_csrf_rejected", reason=reason, path=connection.url.path,
-                       peer=connection.client.host if connection.client else None)
+        security_event(
+            "api_csrf_rejected",
+            reason=reason,
+            path=connection.url.path,
+            peer=connection.client.host if connection.client else None,
+        )
 
     async def authenticate(self, connection: HTTPConnection) -> Principal | None:
         if "authorization" in connection.headers:

@@ -116,9 +116,7 @@ def build_identity(
 
     access: AccessPolicy
     if settings.unsafe_allow_all:
-        log.warning(
-            event_line("unsafe_allow_all", reason="[access] unsafe_allow_all = true: every caller may use every model")
-        )
+        log.warning(event_line("unsafe_allow_all", reason="[access] unsafe_allow_all = true: every caller may use every model"))
         access = UnsafeAllowAll()
     else:
         try:
@@ -150,8 +148,7 @@ def build_identity(
         header = TrustedHeaderAuthenticator(auth.trusted_header, users)
         log.info(event_line("trusted_header_mode", proxies=",".join(str(n) for n in auth.trusted_header.proxies)))
 
-    services = IdentityServices(ChainAuthenticator(operator_keys, keys, jwt, header), access, keys, users,
-                                _http=http, _db=db)
+    services = IdentityServices(ChainAuthenticator(operator_keys, keys, jwt, header), access, keys, users, _http=http, _db=db)
     if settings.users_sign_in:
         if auth.session_secret_file is None or auth.public_url is None or db is None:  # parse_identity ensures these
             raise ConfigError("auth.database, auth.public_url and auth.session_secret_file are required")
@@ -171,9 +168,18 @@ def build_identity(
 
         def pages(models: Callable[[Principal], Awaitable[list[str] | None]]) -> AccountPages:
             return AccountPages(
-                public_url=public_url, session_secret=session_secret, cookie_secure=auth.cookie_secure,
-                cookie_samesite=auth.cookie_samesite, sessions=sessions, users=users, keys=keys, access=access,
-                models=models, key_max_days=auth.key_max_days, oidc=oidc, header=header,
+                public_url=public_url,
+                session_secret=session_secret,
+                cookie_secure=auth.cookie_secure,
+                cookie_samesite=auth.cookie_samesite,
+                sessions=sessions,
+                users=users,
+                keys=keys,
+                access=access,
+                models=models,
+                key_max_days=auth.key_max_days,
+                oidc=oidc,
+                header=header,
                 header_logout_url=auth.trusted_header.logout_url if auth.trusted_header else None,
             )
 

@@ -53,12 +53,10 @@ class JwtAuthenticator:
             claims = await self._verifier.verify(token, self._audience, scope=self._scope)
             identity = identity_from_claims(self._verifier.issuer, claims, self._claims)
         except TokenRejected as exc:
-            security_event("bearer_jwt_rejected", reason=exc.reason,
-                           peer=connection.client.host if connection.client else None)
+            security_event("bearer_jwt_rejected", reason=exc.reason, peer=connection.client.host if connection.client else None)
             return None
         except ValueError:
-            security_event("bearer_jwt_rejected", reason="bad_claims",
-                           peer=connection.client.host if connection.client else None)
+            security_event("bearer_jwt_rejected", reason="bad_claims", peer=connection.client.host if connection.client else None)
             return None
         if self._users is not None:
             await self._users.seen(identity, "jwt")

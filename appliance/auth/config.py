@@ -251,8 +251,9 @@ def parse_identity(data: dict[str, Any], base: Path) -> IdentitySettings:
     settings = IdentitySettings(auth, oidc, access, unsafe_allow_all)
     if settings.users_sign_in:
         if not auth.has_database:
-            raise ConfigError("auth.database (or auth.database_dsn_file) is required when users sign in "
-                              "([oidc] or [auth.trusted_header])")
+            raise ConfigError(
+                "auth.database (or auth.database_dsn_file) is required when users sign in ([oidc] or [auth.trusted_header])"
+            )
         for key in ("public_url", "session_secret_file"):
             if getattr(auth, key) is None:
                 raise ConfigError(f"auth.{key} is required when users sign in ([oidc] or [auth.trusted_header])")

@@ -115,7 +115,8 @@ class KeyStore:
             raise KeyRequestError("the expiry must be in the future")
         row = await self._db.fetchone(
             "SELECT COUNT(*) FROM api_keys WHERE owner = ? AND revoked IS NULL AND (expires IS NULL OR expires > ?)",
-            owner, now,
+            owner,
+            now,
         )
         live = row[0] if row is not None else 0
         if live >= MAX_KEYS_PER_USER:
@@ -126,8 +127,14 @@ class KeyStore:
             added = await self._db.execute(
                 "INSERT INTO api_keys (id, digest, owner, name, scope, created, expires, revoked, created_by) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (id) DO NOTHING",
-                key_id, _digest(key), owner, name, None if checked_scope is None else json.dumps(checked_scope),
-                now, None if expires is None else float(expires), created_by,
+                key_id,
+                _digest(key),
+                owner,
+                name,
+                None if checked_scope is None else json.dumps(checked_scope),
+                now,
+                None if expires is None else float(expires),
+                created_by,
             )
             if added != 1:
                 continue
@@ -139,11 +146,13 @@ class KeyStore:
 
     async def list_keys(self, owner: str | None = None) -> list[KeyInfo]:
         query = "SELECT id, owner, name, scope, created, expires, revoked, created_by FROM api_keys"
-        rows = (await self._db.fetchall(query + " WHERE owner = ? ORDER BY created", owner) if owner is not None
-                else await self._db.fetchall(query + " ORDER BY owner, created"))
+        rows = (
+            await self._db.fetchall(query + " WHERE owner = ? ORDER BY created", owner)
+            if owner is not None
+            else await self._db.fetchall(query + " ORDER BY owner, created")
+        )
         return [
-            KeyInfo(r[0], r[1], r[2], None if r[3] is None else tuple(json.loads(r[3])), r[4], r[5], r[6], r[7])
-            for r in rows
+            KeyInfo(r[0], r[1], r[2], None if r[3] is None else tuple(json.loads(r[3])), r[4], r[5], r[6], r[7]) for r in rows
         ]
 
     async def revoke(self, key_id: str, owner: str | None = None) -> bool:
@@ -183,7 +192,8 @@ class KeyStore:
         # One round trip: the key and its owner's groups (a shared database is across the network).
         row = await self._db.fetchone(
             'SELECT k.digest, k.owner, k.scope, k.expires, k.revoked, u."groups", u.source, u.refreshed '
-            'FROM api_keys k LEFT JOIN users u ON u."user" = k.owner WHERE k.id = ?', match.group(1)
+            'FROM api_keys k LEFT JOIN users u ON u."user" = k.owner WHERE k.id = ?',
+            match.group(1),
         )
         stored = bytes(row[0]) if row is not None else _DUMMY_DIGEST
         if not hmac.compare_digest(stored, _digest(key)) or row is None:
@@ -196,7 +206,6 @@ class KeyStore:
         return Principal(
             owner,
             key_id=match.group(1),
-            groups=frozenset() if groups is None else self.users.groups_now(frozenset(json.loads(groups)), source,
-                                                                           refreshed),
+            groups=frozenset() if groups is None else self.users.groups_now(frozenset(json.loads(groups)), source, refreshed),
             scope=None if scope is None else frozenset(json.loads(scope)),
         )

@@ -75,10 +75,10 @@ class PendingLogin:
     def from_dict(cls, data: Any) -> PendingLogin | None:
         if not isinstance(data, dict):
             return None
-        state, nonce, verifier, started = (data.get("state"), data.get("nonce"), data.get("verifier"),
-                                           data.get("started"))
-        if not (isinstance(state, str) and isinstance(nonce, str) and isinstance(verifier, str)) \
-                or not isinstance(started, int | float):
+        state, nonce, verifier, started = (data.get("state"), data.get("nonce"), data.get("verifier"), data.get("started"))
+        if not (isinstance(state, str) and isinstance(nonce, str) and isinstance(verifier, str)) or not isinstance(
+            started, int | float
+        ):
             return None
         return cls(state, nonce, verifier, started)
 
@@ -133,7 +133,9 @@ class OidcClient:
         )
         async with self._oauth_client() as client:
             url, _ = client.create_authorization_url(
-                metadata.authorization_endpoint, state=pending.state, code_verifier=pending.verifier,
+                metadata.authorization_endpoint,
+                state=pending.state,
+                code_verifier=pending.verifier,
                 nonce=pending.nonce,
             )
         return url, pending
@@ -159,8 +161,11 @@ class OidcClient:
         async with self._oauth_client() as client:
             try:
                 token = await client.fetch_token(
-                    metadata.token_endpoint, grant_type="authorization_code", code=code,
-                    code_verifier=pending.verifier, redirect_uri=self.redirect_uri,
+                    metadata.token_endpoint,
+                    grant_type="authorization_code",
+                    code=code,
+                    code_verifier=pending.verifier,
+                    redirect_uri=self.redirect_uri,
                 )
             except (OAuthError, httpx2.HTTPError, ValueError):
                 raise LoginFailed("token_request_failed") from None
@@ -182,9 +187,7 @@ class OidcClient:
             raise LoginFailed("bad_claims") from None
         return SignIn(identity, id_token)
 
-    async def _with_userinfo(
-        self, endpoint: str | None, token: Mapping[str, Any], claims: dict[str, Any]
-    ) -> dict[str, Any]:
+    async def _with_userinfo(self, endpoint: str | None, token: Mapping[str, Any], claims: dict[str, Any]) -> dict[str, Any]:
         """Claims the ID token lacks, from the userinfo endpoint (same subject only)."""
         names = self.settings.claims
         wanted = [n for n in (names.email, names.name, names.groups) if n not in claims]

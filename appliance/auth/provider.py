@@ -48,9 +48,15 @@ PROVIDER_TIMEOUT: Final = 10.0
 
 # Which JWK key type (and curve) each allowed algorithm needs: HS/RS confusion is refused here too.
 KTY_FOR_ALG: Final = {
-    "RS256": ("RSA", None), "RS384": ("RSA", None), "RS512": ("RSA", None),
-    "PS256": ("RSA", None), "PS384": ("RSA", None), "PS512": ("RSA", None),
-    "ES256": ("EC", "P-256"), "ES384": ("EC", "P-384"), "ES512": ("EC", "P-521"),
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "PS512": ("RSA", None),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "ES512": ("EC", "P-521"),
     "EdDSA": ("OKP", None),
 }
 
@@ -162,8 +168,9 @@ def _keys(document: Any) -> list[tuple[str | None, str, str | None, str | None, 
             continue
         kid = jwk.get("kid")
         alg = jwk.get("alg")
-        keys.append((kid if isinstance(kid, str) else None, jwk["kty"], jwk.get("crv"),
-                     alg if isinstance(alg, str) else None, key))
+        keys.append(
+            (kid if isinstance(kid, str) else None, jwk["kty"], jwk.get("crv"), alg if isinstance(alg, str) else None, key)
+        )
     return keys
 
 
@@ -205,7 +212,8 @@ class JwksCache:
     def _find(self, kid: str | None, alg: str) -> PyJWK | None:
         kty, crv = KTY_FOR_ALG[alg]
         candidates = [
-            key for (k, t, c, a, key) in self._keys
+            key
+            for (k, t, c, a, key) in self._keys
             if t == kty and (crv is None or c == crv) and (a is None or a == alg) and (kid is None or k == kid)
         ]
         # Without a kid, only an unambiguous key set will do.

@@ -41,16 +41,18 @@ class SessionStore:
         await self._db.execute("DELETE FROM sessions WHERE expires <= ?", now)
         await self._db.execute(
             'INSERT INTO sessions (digest, "user", created, expires, id_token) VALUES (?, ?, ?, ?, ?)',
-            _digest(session_id), user, now, now + self.lifetime, id_token,
+            _digest(session_id),
+            user,
+            now,
+            now + self.lifetime,
+            id_token,
         )
         return session_id
 
     async def get(self, session_id: object) -> WebSession | None:
         if not isinstance(session_id, str) or len(session_id) > 128:
             return None
-        row = await self._db.fetchone(
-            'SELECT "user", expires, id_token FROM sessions WHERE digest = ?', _digest(session_id)
-        )
+        row = await self._db.fetchone('SELECT "user", expires, id_token FROM sessions WHERE digest = ?', _digest(session_id))
         if row is None or row[1] <= self._clock():
             return None
         return WebSession(row[0], row[1], row[2])

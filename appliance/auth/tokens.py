@@ -33,9 +33,7 @@ from policy.errors import PeerError
 __all__ = ["ALLOWED_ALGORITHMS", "MAX_TOKEN_CHARS", "TokenRejected", "TokenVerifier", "looks_like_jwt"]
 
 # Asymmetric signature algorithms only.  "none" and HS* are not in this set and cannot be configured.
-ALLOWED_ALGORITHMS: Final = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
+ALLOWED_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
 
 # Real access and ID tokens are 1 to 4 KiB; a bound keeps base64 and JSON decoding cheap.
 MAX_TOKEN_CHARS: Final = 16 * 1024
@@ -92,9 +90,7 @@ class TokenVerifier:
         self._leeway = leeway
         self._clock = clock
 
-    async def verify(
-        self, token: str, audience: str, *, nonce: str | None = None, scope: str | None = None
-    ) -> dict[str, Any]:
+    async def verify(self, token: str, audience: str, *, nonce: str | None = None, scope: str | None = None) -> dict[str, Any]:
         """The claims of ``token``; raises TokenRejected."""
         if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or not looks_like_jwt(token):
             raise TokenRejected("malformed")
@@ -123,7 +119,9 @@ class TokenVerifier:
                 options={
                     "require": ["iss", "sub", "aud", "exp", "iat"],
                     # The times are checked below, against our (injectable) clock.
-                    "verify_exp": False, "verify_nbf": False, "verify_iat": False,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
                 },
             )
         except jwt_errors.InvalidSignatureError:

@@ -77,8 +77,9 @@ class TrustedHeaderAuthenticator:
             return None
         if not self.trusted_peer(connection):
             client = connection.client
-            security_event("trusted_header_spoofed", peer=client.host if client else None, header=present[0],
-                           path=connection.url.path)
+            security_event(
+                "trusted_header_spoofed", peer=client.host if client else None, header=present[0], path=connection.url.path
+            )
             raise HeaderSpoofed
         settings = self._settings
         value = headers.get(settings.user_header, "").strip()

@@ -60,7 +60,12 @@ class UserDirectory:
             'INSERT INTO users ("user", email, name, "groups", source, refreshed) VALUES (?, ?, ?, ?, ?, ?) '
             'ON CONFLICT ("user") DO UPDATE SET email = excluded.email, name = excluded.name, '
             '"groups" = excluded."groups", source = excluded.source, refreshed = excluded.refreshed',
-            identity.user, identity.email, identity.name, json.dumps(sorted(identity.groups)), source, now,
+            identity.user,
+            identity.email,
+            identity.name,
+            json.dumps(sorted(identity.groups)),
+            source,
+            now,
         )
         if len(self._memo) > MAX_MEMO:
             self._memo.clear()
@@ -78,8 +83,7 @@ class UserDirectory:
         row = await self._db.fetchone('SELECT "groups" FROM users WHERE "user" = ?', user)
         before = frozenset(json.loads(row[0])) if row is not None else frozenset()
         if row is not None and before != groups or row is None and groups:
-            audit_event("groups_changed", source, user[:256], added=names(groups - before),
-                        removed=names(before - groups))
+            audit_event("groups_changed", source, user[:256], added=names(groups - before), removed=names(before - groups))
 
     async def set_groups(self, user: str, groups: frozenset[str]) -> None:
         """An operator's assignment (service accounts): does not age, until the user signs in."""
@@ -89,13 +93,13 @@ class UserDirectory:
             'INSERT INTO users ("user", email, name, "groups", source, refreshed) VALUES (?, NULL, NULL, ?, \'admin\', ?) '
             'ON CONFLICT ("user") DO UPDATE SET "groups" = excluded."groups", source = \'admin\', '
             "refreshed = excluded.refreshed",
-            user, json.dumps(sorted(groups)), self._clock(),
+            user,
+            json.dumps(sorted(groups)),
+            self._clock(),
         )
 
     async def get(self, user: str) -> UserRecord | None:
-        row = await self._db.fetchone(
-            'SELECT "user", email, name, "groups", source, refreshed FROM users WHERE "user" = ?', user
-        )
+        row = await self._db.fetchone('SELECT "user", email, name, "groups", source, refreshed FROM users WHERE "user" = ?', user)
         if row is None:
             return None
         return UserRecord(row[0], row[1], row[2], frozenset(json.loads(row[3])), row[4], row[5])

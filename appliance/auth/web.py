@@ -142,7 +142,10 @@ class AccountPages:
         if self._demo_user is not None:
             routes.append(Route("/demo-sign-in", self.demo_sign_in, methods=["POST"]))
         middleware = Middleware(
-            SessionCookieMiddleware, secret=self._secret, secure=self._secure, samesite=self._samesite,
+            SessionCookieMiddleware,
+            secret=self._secret,
+            secure=self._secure,
+            samesite=self._samesite,
             max_age=int(self._sessions.lifetime),
         )
         return [Mount("/account", routes=routes, middleware=[middleware])]
@@ -226,31 +229,55 @@ class AccountPages:
             state = key.state(now)
             revoke = ""
             if state == "active":
-                revoke = (f'<form method="post" action="/account/keys/{html.escape(key.id)}/revoke">'
-                          f'<input type="hidden" name="csrf" value="{html.escape(self._csrf(request))}">'
-                          '<button type="submit">Revoke</button></form>')
-            cells = [key.name, key.id, ", ".join(key.scope) if key.scope else "all you may use", _date(key.created),
-                     _date(key.expires), state]
-            rows.append(f'<tr id="key-{html.escape(key.id)}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-                        + f"<td>{revoke}</td></tr>")
+                revoke = (
+                    f'<form method="post" action="/account/keys/{html.escape(key.id)}/revoke">'
+                    f'<input type="hidden" name="csrf" value="{html.escape(self._csrf(request))}">'
+                    '<button type="submit">Revoke</button></form>'
+                )
+            cells = [
+                key.name,
+                key.id,
+                ", ".join(key.scope) if key.scope else "all you may use",
+                _date(key.created),
+                _date(key.expires),
+                state,
+            ]
+            rows.append(
+                f'<tr id="key-{html.escape(key.id)}">'
+                + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+                + f"<td>{revoke}</td></tr>"
+            )
         keys = _Markup(
             '<table id="keys"><tr><th>Name</th><th>Id</th><th>Models</th><th>Created</th><th>Expires</th>'
-            "<th>State</th><th></th></tr>" + "".join(rows) + "</table>" if rows else '<p id="keys">No keys yet.</p>'
+            "<th>State</th><th></th></tr>" + "".join(rows) + "</table>"
+            if rows
+            else '<p id="keys">No keys yet.</p>'
         )
-        choices = _Markup("".join(
-            f'<label><input type="checkbox" name="model" value="{html.escape(m)}"> {html.escape(m)}</label><br>'
-            for m in models or []
-        ) or "<p>No models to choose from.</p>")
+        choices = _Markup(
+            "".join(
+                f'<label><input type="checkbox" name="model" value="{html.escape(m)}"> {html.escape(m)}</label><br>'
+                for m in models or []
+            )
+            or "<p>No models to choose from.</p>"
+        )
         display = (record.name or record.email) if record else None
-        return self._page(_render(
-            "account.html",
-            display=display or principal.user, user=principal.user,
-            groups=", ".join(sorted(principal.groups)) or "none",
-            csrf=self._csrf(request),
-            models=_list(models or [], "models", "None right now." if models is not None else "The cluster is not reachable."),
-            keys=keys, model_choices=choices, base_url=self.public_url,
-            key_max_days=self._key_max_days, key_default_days=min(DEFAULT_KEY_DAYS, self._key_max_days),
-        ))
+        return self._page(
+            _render(
+                "account.html",
+                display=display or principal.user,
+                user=principal.user,
+                groups=", ".join(sorted(principal.groups)) or "none",
+                csrf=self._csrf(request),
+                models=_list(
+                    models or [], "models", "None right now." if models is not None else "The cluster is not reachable."
+                ),
+                keys=keys,
+                model_choices=choices,
+                base_url=self.public_url,
+                key_max_days=self._key_max_days,
+                key_default_days=min(DEFAULT_KEY_DAYS, self._key_max_days),
+            )
+        )
 
     # -- the web chat's view of the session (JSON) -------------------------------------
 
@@ -263,17 +290,26 @@ class AccountPages:
         except HeaderSpoofed:
             return JSONResponse({"signed_in": False, "error": "identity_header_refused"}, 401, headers=self._headers)
         if principal is None:
-            return JSONResponse({
-                "signed_in": False,
-                "sign_in": "/account/login" if self._oidc is not None else None,
-                "demo_sign_in": "/account/demo-sign-in" if self._demo_user is not None else None,
-            }, headers=self._headers)
+            return JSONResponse(
+                {
+                    "signed_in": False,
+                    "sign_in": "/account/login" if self._oidc is not None else None,
+                    "demo_sign_in": "/account/demo-sign-in" if self._demo_user is not None else None,
+                },
+                headers=self._headers,
+            )
         record = await self._users.get(principal.user)
-        return JSONResponse({
-            "signed_in": True, "user": principal.user,
-            "display": ((record.name or record.email) if record else None) or principal.user,
-            "csrf": self._csrf(request), "sign_out": "/account/logout", "account": "/account/",
-        }, headers=self._headers)
+        return JSONResponse(
+            {
+                "signed_in": True,
+                "user": principal.user,
+                "display": ((record.name or record.email) if record else None) or principal.user,
+                "csrf": self._csrf(request),
+                "sign_out": "/account/logout",
+                "account": "/account/",
+            },
+            headers=self._headers,
+        )
 
     async def demo_sign_in(self, request: Request) -> Response:
         """`sluice demo` on loopback: sign in as the demo user with one click (a same-origin POST)."""
@@ -310,10 +346,10 @@ class AccountPages:
                 raise LoginFailed("repeated_parameter")
             sign_in = await self._oidc.finish(pending, params)
         except LoginFailed as exc:
-            security_event("oidc_login_failed", reason=exc.reason,
-                           peer=request.client.host if request.client else None)
-            return self._message(400, "Sign-in failed", f"The sign-in could not be completed ({exc.reason}).",
-                                 "/account/login", "Try again")
+            security_event("oidc_login_failed", reason=exc.reason, peer=request.client.host if request.client else None)
+            return self._message(
+                400, "Sign-in failed", f"The sign-in could not be completed ({exc.reason}).", "/account/login", "Try again"
+            )
         except ProviderError:
             return self._message(503, "Sign-in unavailable", "The identity provider cannot be reached; try again shortly.")
         identity = sign_in.identity
@@ -374,15 +410,23 @@ class AccountPages:
         if not all(self._access.allows(Principal(principal.user, groups=principal.groups), m) for m in scope):
             return self._message(400, "Not created", "A key can only be limited to models you may use.")
         try:
-            key, info = await self._keys.create(principal.user, str(values.get("name", "")), scope or None,
-                                          time.time() + days * 86400, created_by="web")
+            key, info = await self._keys.create(
+                principal.user, str(values.get("name", "")), scope or None, time.time() + days * 86400, created_by="web"
+            )
         except KeyRequestError as exc:
             return self._message(400, "Not created", str(exc))
         log.info(event_line("api_key_created", user=principal.user, key_id=info.id))
-        return self._page(_render(
-            "key_created.html", name=info.name, key=key, key_id=info.id, expires=_date(info.expires),
-            scope=", ".join(info.scope) if info.scope else "every model you may use", base_url=self.public_url,
-        ))
+        return self._page(
+            _render(
+                "key_created.html",
+                name=info.name,
+                key=key,
+                key_id=info.id,
+                expires=_date(info.expires),
+                scope=", ".join(info.scope) if info.scope else "every model you may use",
+                base_url=self.public_url,
+            )
+        )
 
     async def revoke_key(self, request: Request) -> Response:
         try:
@@ -398,4 +442,3 @@ class AccountPages:
             log.info(event_line("api_key_revoked", user=principal.user, key_id=key_id))
             return self._redirect("/account/")
         return self._message(404, "No such key", "You have no active key with that id.")
-

@@ -90,9 +90,17 @@ class BodyDeadlineMiddleware:
 async def _answer(send: Send, status: int, code: str) -> None:
     body = error_body(status, code)
     try:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
     except OSError:
         pass  # the client is gone already

@@ -205,8 +205,13 @@ class MemoryBackend:
 
     def now_operations(self) -> dict[str, Callable[..., Any]]:
         """The synchronous operations by the names :class:`Backend` gives their async forms."""
-        return {"take": self.take_now, "adjust": self.adjust_now, "remaining": self.remaining_now,
-                "acquire": self.acquire_now, "release": self.release_now}
+        return {
+            "take": self.take_now,
+            "adjust": self.adjust_now,
+            "remaining": self.remaining_now,
+            "acquire": self.acquire_now,
+            "release": self.release_now,
+        }
 
     async def take(self, limit: Limit, cost: int) -> tuple[bool, int, float]:
         return self.take_now(limit, cost)

@@ -50,7 +50,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS[1]: the lease set.  ARGV: limit, lease ttl (ms), lease id.  Returns 1 if taken.
-ACQUIRE: Final = _NOW + """
+ACQUIRE: Final = (
+    _NOW
+    + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
     return 0
@@ -59,9 +61,12 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return 1
 """
+)
 
 # KEYS[1]: the lease set.  ARGV: lease ttl (ms), lease ids...  Extends the leases still there.
-RENEW: Final = _NOW + """
+RENEW: Final = (
+    _NOW
+    + """
 local ttl = tonumber(ARGV[1])
 for i = 2, #ARGV do
     redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[i])
@@ -69,6 +74,7 @@ end
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
 return 0
 """
+)
 
 # KEYS: previous window, current window.  ARGV: window (s), delta.
 # Shifts the windows first exactly as limits' own scripts do, then charges the
@@ -133,7 +139,10 @@ class RedisBackend:
         # Every exception the client can raise for a storage that is not there.
         exceptions = storage.bridge.base_exceptions
         self._errors: tuple[type[BaseException], ...] = (
-            StorageError, OSError, TimeoutError, *(exceptions if isinstance(exceptions, tuple) else (exceptions,)),
+            StorageError,
+            OSError,
+            TimeoutError,
+            *(exceptions if isinstance(exceptions, tuple) else (exceptions,)),
         )
 
     async def start(self) -> None:

@@ -71,8 +71,11 @@ def parse_quotas(data: Any, base: Path) -> QuotaSettings:
     fail_open = table.choice("on_storage_error", ("deny", "unsafe-allow"), "deny") == "unsafe-allow"
     settings: QuotaSettings = build(QuotaSettings, table, base, fail_open=fail_open)
     if not settings.storage.startswith(_STORAGE_SCHEMES):
-        raise table.error("storage", 'must be "memory://" or a Redis URL ("async+redis://host:port/db"); '
-                          "put a password in storage_password_file, not in the URL")
+        raise table.error(
+            "storage",
+            'must be "memory://" or a Redis URL ("async+redis://host:port/db"); '
+            "put a password in storage_password_file, not in the URL",
+        )
     if "@" in settings.storage:
         raise table.error("storage", "must not hold a password: use quotas.storage_password_file")
     if settings.policy is not None:

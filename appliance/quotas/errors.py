@@ -17,8 +17,9 @@ class QuotaExceeded(PeerError):
 
     status = 429
 
-    def __init__(self, limit: str, scope: str, retry_after: float, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, limit: str, scope: str, retry_after: float, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(code or f"{limit}_exceeded", 429)
         self.limit = limit
         self.scope = scope

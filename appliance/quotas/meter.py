@@ -46,8 +46,16 @@ _NO_HEADERS: dict[str, str] = {}
 class _Ticket:
     __slots__ = ("_grant", "_info", "_meter", "_model", "_principal", "_route", "_sealed", "_settled", "_since")
 
-    def __init__(self, meter: Meter, principal: Principal, route: str, model: str, sealed: bool,
-                 grant: Grant | None, info: RequestInfo | None) -> None:
+    def __init__(
+        self,
+        meter: Meter,
+        principal: Principal,
+        route: str,
+        model: str,
+        sealed: bool,
+        grant: Grant | None,
+        info: RequestInfo | None,
+    ) -> None:
         self._meter = meter
         self._principal = principal
         self._route = route
@@ -95,11 +103,21 @@ class _Ticket:
             info.sealed = sealed
         if meter.accounting is not None:
             row = UsageRow(
-                self._since, info.id if info is not None else "", self._principal.user, self._principal.key_id,
-                self._model, self._route, outcome.status, outcome.prompt_tokens, outcome.completion_tokens,
+                self._since,
+                info.id if info is not None else "",
+                self._principal.user,
+                self._principal.key_id,
+                self._model,
+                self._route,
+                outcome.status,
+                outcome.prompt_tokens,
+                outcome.completion_tokens,
                 round(outcome.latency * 1000, 3),
-                None if outcome.first_token is None else round(outcome.first_token * 1000, 3), sealed,
-                outcome.audio_ms, outcome.model_revision, outcome.backend_version,
+                None if outcome.first_token is None else round(outcome.first_token * 1000, 3),
+                sealed,
+                outcome.audio_ms,
+                outcome.model_revision,
+                outcome.backend_version,
             )
             if metrics is not None:
                 metrics.accounting_backlog.inc()
@@ -128,8 +146,9 @@ def token_rate(outcome: Outcome) -> float | None:
 class Meter:
     """Quotas (optional), accounting (optional) and metrics (optional) as one Metering."""
 
-    def __init__(self, quotas: Quotas | None = None, accounting: Accounting | None = None,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, quotas: Quotas | None = None, accounting: Accounting | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.quotas = quotas
         self.accounting = accounting
         self.metrics = metrics
@@ -151,15 +170,13 @@ class Meter:
         await self.start()
         return self
 
-    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
 
     async def admit(self, principal: Principal, route: str, model: str, max_tokens: int | None, sealed: bool) -> Ticket:
         info = CURRENT.get()
         if info is not None:
-            info.user, info.key_id, info.model, info.route, info.sealed = (
-                principal.user, principal.key_id, model, route, sealed)
+            info.user, info.key_id, info.model, info.route, info.sealed = (principal.user, principal.key_id, model, route, sealed)
         grant: Grant | None = None
         metrics = self.metrics
         if self.quotas is not None:
@@ -202,8 +219,11 @@ def build_meter(settings: MeteringSettings, metrics: Metrics | None = None) -> M
         else:
             from ._redis import RedisBackend
 
-            password = _read_secret(q.storage_password_file, "quotas.storage_password_file").reveal() \
-                if q.storage_password_file is not None else None
+            password = (
+                _read_secret(q.storage_password_file, "quotas.storage_password_file").reveal()
+                if q.storage_password_file is not None
+                else None
+            )
             backend = RedisBackend(q.storage, password, q.storage_timeout, q.lease_ttl)
         quotas = Quotas(policy, backend, q.fail_open, q.storage_timeout)
     accounting: Accounting | None = None
@@ -211,8 +231,11 @@ def build_meter(settings: MeteringSettings, metrics: Metrics | None = None) -> M
     if a.backend == "sqlite":
         accounting = open_accounting("sqlite", path=str(a.path), synchronous=a.synchronous)
     elif a.backend == "postgresql" and a.dsn_file is not None:
-        accounting = open_accounting("postgresql", dsn=_read_secret(a.dsn_file, "accounting.dsn_file"),
-                                     journal=None if a.journal is None else str(a.journal))
+        accounting = open_accounting(
+            "postgresql",
+            dsn=_read_secret(a.dsn_file, "accounting.dsn_file"),
+            journal=None if a.journal is None else str(a.journal),
+        )
     else:
         log.warning(event_line("accounting_disabled", hint="add an [accounting] table to record usage"))
     return Meter(quotas, accounting, metrics)

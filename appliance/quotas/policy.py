@@ -118,9 +118,7 @@ class QuotaPolicy:
     group_total: Mapping[str, Limits] = field(default_factory=dict)
     users: Mapping[str, Limits] = field(default_factory=dict)
     keys: Mapping[str, Limits] = field(default_factory=dict)
-    _cache: dict[tuple[str, str | None, frozenset[str]], Plan] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    _cache: dict[tuple[str, str | None, frozenset[str]], Plan] = field(default_factory=dict, compare=False, repr=False)
 
     def plan(self, principal: Principal) -> Plan:
         """The limits that apply to ``principal`` (cached)."""

@@ -197,8 +197,13 @@ class Quotas:
                     taken, remaining, reset = yield ("take", limit, amount)
                     if not taken:
                         now = time.time()
-                        raise QuotaExceeded(limit.name, limit.scope, min(limit.window, reset - now), None,
-                                            ratelimit_headers(kind, (limit.amount, remaining, reset), now))
+                        raise QuotaExceeded(
+                            limit.name,
+                            limit.scope,
+                            min(limit.window, reset - now),
+                            None,
+                            ratelimit_headers(kind, (limit.amount, remaining, reset), now),
+                        )
                 else:
                     remaining, reset = yield ("remaining", limit)
                 grant.taken.append((limit, amount))
@@ -249,6 +254,7 @@ class Quotas:
         rows: list[dict[str, object]] = []
         for limit in (*plan.requests, *plan.tokens):
             remaining, reset = await self.backend.remaining(limit)
-            rows.append({"limit": limit.name, "scope": limit.scope, "amount": limit.amount,
-                         "remaining": remaining, "reset": reset})
+            rows.append(
+                {"limit": limit.name, "scope": limit.scope, "amount": limit.amount, "remaining": remaining, "reset": reset}
+            )
         return rows

@@ -30,8 +30,10 @@ from ..api.errors import error_body
 __all__ = ["ConnectionCounter", "StrictH11Protocol", "install"]
 
 _BUSY_BODY = error_body(503, "too_many_connections")
-_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
-         b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY))
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
 
 
 class ConnectionCounter:
@@ -50,8 +52,10 @@ def _counter(config: object) -> ConnectionCounter | None:
 
 
 def _h2c(event: h11.Request) -> bool:
-    return any(name.lower() in (b"upgrade", b"http2-settings") and (name.lower() != b"upgrade" or b"h2c" in value.lower())
-               for name, value in event.headers)
+    return any(
+        name.lower() in (b"upgrade", b"http2-settings") and (name.lower() != b"upgrade" or b"h2c" in value.lower())
+        for name, value in event.headers
+    )
 
 
 class StrictH11Protocol(H11Protocol):

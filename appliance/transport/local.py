@@ -66,8 +66,14 @@ def _pipes(process: asyncio.subprocess.Process) -> tuple[asyncio.StreamWriter, a
 class LocalPipeTransport:
     """Runs ``gate_argv`` (which must include ``--local-pipe``) as the gate."""
 
-    def __init__(self, gate_argv: Sequence[str], mode: str = "mux", sessions: int = 1,
-                 spreader: StreamSpreader | None = None, ping_deadline: float = PING_DEADLINE) -> None:
+    def __init__(
+        self,
+        gate_argv: Sequence[str],
+        mode: str = "mux",
+        sessions: int = 1,
+        spreader: StreamSpreader | None = None,
+        ping_deadline: float = PING_DEADLINE,
+    ) -> None:
         if mode not in ("mux", "exec"):
             raise ValueError("mode must be 'mux' or 'exec'")
         self._argv = tuple(gate_argv)
@@ -193,4 +199,3 @@ class LocalPipeTransport:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
-

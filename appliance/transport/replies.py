@@ -35,7 +35,6 @@ READ_SIZE: Final = 256 * 1024
 LAST_WORD_WAIT: Final = 2.0
 
 
-
 class _End(enum.Enum):
     """The last piece of a reply (an enum member, so that `is` tells it from data for mypy too)."""
 
@@ -44,9 +43,7 @@ class _End(enum.Enum):
 
 _END: Final = _End.END
 
-_MEDIA: Final = {
-    b"json": "json", b"text": "text", b"sse": "sse", b"ohttp": "ohttp", b"ohttp-chunked": "ohttp-chunked"
-}
+_MEDIA: Final = {b"json": "json", b"text": "text", b"sse": "sse", b"ohttp": "ohttp", b"ohttp-chunked": "ohttp-chunked"}
 
 
 # What produced an answer (cluster/gate/provenance.py), as the END frame names it; the same
@@ -79,8 +76,21 @@ def _parse_error(payload: bytes) -> SluiceError:
 class GateReply:
     """The gate's answer to one request: a head, body pieces, then usage or an error."""
 
-    __slots__ = ("stream", "status", "media", "usage", "produced_by", "_head", "_pieces", "_buffered", "_wake",
-                 "_finished", "_cancel", "_last", "awaiting_last")
+    __slots__ = (
+        "stream",
+        "status",
+        "media",
+        "usage",
+        "produced_by",
+        "_head",
+        "_pieces",
+        "_buffered",
+        "_wake",
+        "_finished",
+        "_cancel",
+        "_last",
+        "awaiting_last",
+    )
 
     def __init__(self, stream: int, cancel: Callable[[int], None]) -> None:
         self.stream = stream
@@ -291,8 +301,7 @@ class FrameReceiver:
 class MuxClient:
     """The appliance side of one mux session over ``reader``/``writer``."""
 
-    def __init__(self, reader: ByteReader, writer: FrameWriter,
-                 on_release: Callable[[], None] | None = None) -> None:
+    def __init__(self, reader: ByteReader, writer: FrameWriter, on_release: Callable[[], None] | None = None) -> None:
         self._writer = writer
         self._receiver = FrameReceiver(reader, on_release)
         self._next_id = 1

@@ -48,8 +48,9 @@ PING_DEADLINE: Final = 15.0
 class StreamSpreader:
     """Chooses a session for each new stream: least busy with room, else a bounded wait."""
 
-    def __init__(self, max_streams: int = MAX_SESSION_STREAMS, queue_max: int = QUEUE_MAX,
-                 queue_wait: float = QUEUE_WAIT) -> None:
+    def __init__(
+        self, max_streams: int = MAX_SESSION_STREAMS, queue_max: int = QUEUE_MAX, queue_wait: float = QUEUE_WAIT
+    ) -> None:
         self.max_streams = max_streams
         self.queue_max = queue_max
         self.queue_wait = queue_wait
@@ -86,8 +87,9 @@ class StreamSpreader:
                 self.waiting -= 1
 
 
-async def ping_sessions(sessions: Sequence[MuxClient], timeout: float, deadline: float,
-                        background: set[asyncio.Task[bool]]) -> bool:
+async def ping_sessions(
+    sessions: Sequence[MuxClient], timeout: float, deadline: float, background: set[asyncio.Task[bool]]
+) -> bool:
     """Ping every session; True when one answered within ``timeout``.
 
     Each ping goes on for up to ``deadline`` seconds in the background (held

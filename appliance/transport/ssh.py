@@ -117,10 +117,8 @@ class _Slot:
             try:
                 async with asyncssh.connect(cluster.host, **connect_options(cluster)) as connection:
                     if cluster.mode == "mux":
-                        process = await connection.create_process(command_line(Mux()), encoding=None,
-                                                                  stderr=GATE_STDERR)
-                        self.client = MuxClient(process.stdout, process.stdin,
-                                                self._spreader.released)
+                        process = await connection.create_process(command_line(Mux()), encoding=None, stderr=GATE_STDERR)
+                        self.client = MuxClient(process.stdout, process.stdin, self._spreader.released)
                     self.connection = connection
                     self.last_error = None
                     backoff = BACKOFF_START

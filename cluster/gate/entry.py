@@ -86,9 +86,7 @@ async def _stdio() -> tuple[asyncio.StreamReader, FrameWriter]:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**20)
     if _pollable(0):
-        await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0, closefd=False)
-        )
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0, closefd=False))
     else:
         with os.fdopen(0, "rb", buffering=0, closefd=False) as stdin:
             reader.feed_data(stdin.read(MAX_BODY_BYTES + 1))

@@ -229,13 +229,20 @@ class Forwarder:
         census, statuses = self._census(sorted(ready))
         data = []
         for model in sorted(ready):
-            entry: dict[str, object] = {"id": model, "ready": ready[model], "routes": list(self._router.routes[model]),
-                                        **census[model].to_json(), **statuses[model].to_json(),
-                                        **self._provenance.listing(model)}
+            entry: dict[str, object] = {
+                "id": model,
+                "ready": ready[model],
+                "routes": list(self._router.routes[model]),
+                **census[model].to_json(),
+                **statuses[model].to_json(),
+                **self._provenance.listing(model),
+            }
             # Ready instances are the ones this gate routes to (static backends too, not only scheduled jobs).
             # to_json() is a JSON object (values typed `object`); its "instances" is a dict.
-            entry["instances"] = {**census[model].to_json()["instances"],  # type: ignore[dict-item]
-                                  "ready": len(self._router.instances(model))}
+            entry["instances"] = {
+                **census[model].to_json()["instances"],  # type: ignore[dict-item]
+                "ready": len(self._router.instances(model)),
+            }
             data.append(entry)
         return {"object": "list", "data": data}
 
@@ -315,8 +322,15 @@ class Forwarder:
                 while True:
                     try:
                         response = await self._pool.request(
-                            instance.host, instance.port, instance.token, route.method, route.path, checked.body,
-                            self._timeout, checked.content_type, pin=instance.pin,
+                            instance.host,
+                            instance.port,
+                            instance.token,
+                            route.method,
+                            route.path,
+                            checked.body,
+                            self._timeout,
+                            checked.content_type,
+                            pin=instance.pin,
                         )
                         break
                     except BackendFailed as exc:
@@ -338,7 +352,8 @@ class Forwarder:
                         raise PeerError("backend_rejected", response.status) if response.status != 200 else BackendFailed()
                     if response.content_type.startswith("text/event-stream"):
                         usage_filter = (
-                            ResponsesUsageFilter() if route.dialect == RESPONSES
+                            ResponsesUsageFilter()
+                            if route.dialect == RESPONSES
                             else SseUsageFilter(checked.include_usage, checked.continuous_usage)
                         )
                         await self._stream(response, sink, usage_filter, checked, produced_by)
@@ -363,7 +378,11 @@ class Forwarder:
                 self._router.release(instance)
 
     async def _stream(
-        self, response: BackendResponse, sink: Sink, usage_filter: SseUsageFilter, checked: CheckedBody,
+        self,
+        response: BackendResponse,
+        sink: Sink,
+        usage_filter: SseUsageFilter,
+        checked: CheckedBody,
         produced_by: dict[str, str],
     ) -> None:
         sink.head(response.status, "sse")
@@ -379,6 +398,7 @@ class Forwarder:
         usage = with_audio(usage_filter.usage, checked)
         # Usage is token counts; the END frame also names who produced them (model, instance: strings).
         sink.end({**usage, **produced_by} if usage is not None else None)  # type: ignore[dict-item]
+
 
 async def _read_whole(response: BackendResponse, holder: Holder) -> bytes:
     """A whole response body, counted in ``holder``: :class:`ResponseTooLarge` past

@@ -73,7 +73,13 @@ class Provenance:
         try:
             async with asyncio.timeout(VERSION_TIMEOUT):
                 response = await self._pool.request(
-                    instance.host, instance.port, instance.token, "GET", "/version", b"", VERSION_TIMEOUT,
+                    instance.host,
+                    instance.port,
+                    instance.token,
+                    "GET",
+                    "/version",
+                    b"",
+                    VERSION_TIMEOUT,
                     pin=instance.pin,
                 )
                 try:

@@ -22,9 +22,7 @@ __all__ = ["ResponsesUsageFilter", "FINAL_EVENTS"]
 # stand inside a JSON string, whose quotes are escaped).
 FINAL_EVENTS: Final = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _FINAL_MARKERS: Final = tuple(
-    marker
-    for name in sorted(FINAL_EVENTS)
-    for marker in (b"event: " + name.encode() + b"\n", b'"type":"' + name.encode() + b'"')
+    marker for name in sorted(FINAL_EVENTS) for marker in (b"event: " + name.encode() + b"\n", b'"type":"' + name.encode() + b'"')
 )
 
 

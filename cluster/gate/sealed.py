@@ -42,8 +42,15 @@ from .sinks import FrameSink
 from .usage import Usage
 
 __all__ = [
-    "REPLAY_WINDOW", "REPLAY_PRUNE_INTERVAL", "REPLAY_PRUNE_BATCH", "REPLAY_CACHE_KIB", "PRUNE_SQL",
-    "SharedReplayGuard", "SealingSink", "open_sealed", "sealed_error",
+    "REPLAY_WINDOW",
+    "REPLAY_PRUNE_INTERVAL",
+    "REPLAY_PRUNE_BATCH",
+    "REPLAY_CACHE_KIB",
+    "PRUNE_SQL",
+    "SharedReplayGuard",
+    "SealingSink",
+    "open_sealed",
+    "sealed_error",
 ]
 
 log = logging.getLogger("sluice.gate")
@@ -73,9 +80,7 @@ _SCHEMA: Final = (
 )
 PRUNE_SQL: Final = "DELETE FROM seen WHERE rowid IN (SELECT rowid FROM seen WHERE expires <= ? ORDER BY expires LIMIT ?)"
 
-_MEDIA_TYPES: Final = {
-    "json": b"application/json", "sse": b"text/event-stream", "text": b"text/plain; charset=utf-8"
-}
+_MEDIA_TYPES: Final = {"json": b"application/json", "sse": b"text/event-stream", "text": b"text/plain; charset=utf-8"}
 
 
 class SharedReplayGuard:

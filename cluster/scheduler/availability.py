@@ -63,9 +63,7 @@ def _typical(service: Service, startups: list[float]) -> float:
     return statistics.median(startups) if startups else service.warmup_timeout
 
 
-def status_of(
-    service: Service, records: list[JobRecord], startups: list[float], ready_instances: int, now: float
-) -> ModelStatus:
+def status_of(service: Service, records: list[JobRecord], startups: list[float], ready_instances: int, now: float) -> ModelStatus:
     """The status of one scheduled model."""
     if ready_instances > 0:
         return ModelStatus("ready", ready_instances, None)
@@ -95,8 +93,7 @@ def model_statuses(config: ClusterConfig, ready: dict[str, int], now: float | No
     """Every configured model's status; ``ready`` counts the routing table's instances per model."""
     now = time.time() if now is None else now
     statuses = {
-        backend.model: ModelStatus("ready" if ready.get(backend.model) else "unavailable", ready.get(backend.model, 0),
-                                   None)
+        backend.model: ModelStatus("ready" if ready.get(backend.model) else "unavailable", ready.get(backend.model, 0), None)
         for backend in config.static
     }
     for backend in ("slurm", "local"):

@@ -77,6 +77,4 @@ def model_census(config: ClusterConfig, models: list[str], now: float | None = N
             if model in held:
                 held[model] += count["held"]
                 in_flight[model] += count["in_flight"]
-    return {
-        m: ModelCensus(ready[m], starting[m], max(0, int(held[m])), max(0, int(in_flight[m]))) for m in models
-    }
+    return {m: ModelCensus(ready[m], starting[m], max(0, int(held[m])), max(0, int(in_flight[m]))) for m in models}

@@ -386,4 +386,3 @@ class Engine:
         known = set(self._config.model_routes())
         config = self._config
         update_table(config.gate.routing_table, table, known, config.gate.state / "table.lock", table_mode(config))
-

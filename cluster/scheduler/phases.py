@@ -39,9 +39,4 @@ def phase_of(record: JobRecord) -> Phase:
 
 
 def routable(record: JobRecord) -> bool:
-    return (
-        phase_of(record) is Phase.READY
-        and record.cancelled is None
-        and record.probe_failures == 0
-        and record.host is not None
-    )
+    return phase_of(record) is Phase.READY and record.cancelled is None and record.probe_failures == 0 and record.host is not None

@@ -141,9 +141,7 @@ def limits_at(service: Service, when: datetime) -> Limits:
         if period.start < period.end:
             active = day in period.days and period.start <= minute < period.end
         else:  # wraps past midnight (or, with start == end, lasts 24 hours)
-            active = (day in period.days and minute >= period.start) or (
-                (day - 1) % 7 in period.days and minute < period.end
-            )
+            active = (day in period.days and minute >= period.start) or ((day - 1) % 7 in period.days and minute < period.end)
         if active:
             return Limits(period.min_instances, period.max_instances)
     return Limits(service.min_instances, service.max_instances)

@@ -120,9 +120,7 @@ def parse_squeue(text: str, prefix: str) -> dict[str, SlurmJob]:
             raise SlurmError("garbled squeue fields")
         if not _REASON.fullmatch(reason) or job_id in jobs:
             raise SlurmError("garbled squeue fields")
-        jobs[job_id] = SlurmJob(
-            job_id, state, reason, node, parse_time_left(time_left), name, parse_start_time(start_time)
-        )
+        jobs[job_id] = SlurmJob(job_id, state, reason, node, parse_time_left(time_left), name, parse_start_time(start_time))
     return jobs
 
 
@@ -191,9 +189,7 @@ class SlurmCli:
 
     async def squeue(self) -> dict[str, SlurmJob]:
         """Our jobs, in any state Slurm still remembers; :class:`SlurmError` if not known."""
-        out = await self._run(
-            [self._settings.squeue, "--me", "--states=all", "--noheader", f"--format={SQUEUE_FORMAT}"]
-        )
+        out = await self._run([self._settings.squeue, "--me", "--states=all", "--noheader", f"--format={SQUEUE_FORMAT}"])
         # latin-1 never fails: someone else's job name may hold any bytes; our
         # lines are checked field by field against ASCII patterns anyway.
         text = out.decode("latin-1")

@@ -104,8 +104,10 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 def format_status(document: dict[str, Any]) -> str:
     parts = []
     if document.get("accounts") == "single":
-        parts.append("WARNING single-account mode: jobs run as the gate's account and can read its keys "
-                     "(docs/operator-slurm.md, Two accounts)")
+        parts.append(
+            "WARNING single-account mode: jobs run as the gate's account and can read its keys "
+            "(docs/operator-slurm.md, Two accounts)"
+        )
     if document.get("unsafe_plain_http"):
         parts.append(f"WARNING plain HTTP (every path open on the cluster network): {', '.join(document['unsafe_plain_http'])}")
     for name, info in document["backends"].items():

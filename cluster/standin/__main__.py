@@ -19,8 +19,7 @@ BEARER_ENV = "SLUICE_BACKEND_TOKEN"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cluster.standin",
-        description="Stand-in OpenAI-compatible model server. "
-        f"Set {BEARER_ENV} in the environment to require a bearer token.",
+        description=f"Stand-in OpenAI-compatible model server. Set {BEARER_ENV} in the environment to require a bearer token.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, required=True, help="port to listen on; 0 picks a free one")
@@ -32,8 +31,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ssl-keyfile", help="serve TLS with this key (PEM)")
     parser.add_argument("--ssl-certfile", help="and this certificate (PEM)")
     parser.add_argument("--ssl-ca-certs", help="client certificates accepted (PEM)")
-    parser.add_argument("--ssl-cert-reqs", type=int, choices=(0, 1, 2), default=0,
-                        help="0: no client certificate asked, 1: optional, 2: required (vLLM's values)")
+    parser.add_argument(
+        "--ssl-cert-reqs",
+        type=int,
+        choices=(0, 1, 2),
+        default=0,
+        help="0: no client certificate asked, 1: optional, 2: required (vLLM's values)",
+    )
     return parser
 
 

@@ -261,7 +261,7 @@ whitespace-led word per token: the test-only way to make the stand-in emit given
 def _echo_tokens(text: str, max_tokens: int) -> tuple[list[str], str] | None:
     if not text.startswith(ECHO_PREFIX):
         return None
-    tokens = re.findall(r"\s*\S+\s*?", text[len(ECHO_PREFIX):]) or [""]
+    tokens = re.findall(r"\s*\S+\s*?", text[len(ECHO_PREFIX) :]) or [""]
     return tokens[:max_tokens], ("length" if len(tokens) > max_tokens else "stop")
 
 
@@ -423,8 +423,7 @@ class StandinApp:
                 for delta in _chat_call_deltas(position, call):
                     yield chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
-        tail = [chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}],
-                      usage if continuous else None)]
+        tail = [chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}], usage if continuous else None)]
         if include_usage:
             tail.append(chunk([], usage))
         tail.append(_DONE_EVENT)
@@ -499,8 +498,7 @@ class StandinApp:
                     yield chunk([{"index": index, "text": text, "logprobs": None, "finish_reason": None}], so_far)
 
         tail = [
-            chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": finish}],
-                  usage if continuous else None)
+            chunk([{"index": index, "text": "", "logprobs": None, "finish_reason": finish}], usage if continuous else None)
             for index, (_, finish) in enumerate(results)
         ]
         if include_usage:

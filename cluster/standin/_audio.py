@@ -77,8 +77,16 @@ def transcribe(path: str, body: bytes, model: str, new_id: Any) -> tuple[str, by
         return "text/plain; charset=utf-8", cue.encode()
     if response_format == "verbose_json":
         segment = {
-            "id": 0, "seek": 0, "start": 0.0, "end": round(duration, 3), "text": text, "tokens": [],
-            "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 1.0, "no_speech_prob": 0.0,
+            "id": 0,
+            "seek": 0,
+            "start": 0.0,
+            "end": round(duration, 3),
+            "text": text,
+            "tokens": [],
+            "temperature": 0.0,
+            "avg_logprob": 0.0,
+            "compression_ratio": 1.0,
+            "no_speech_prob": 0.0,
         }
         document: dict[str, Any] = {
             "task": "translate" if path.endswith("translations") else "transcribe",
@@ -102,16 +110,28 @@ def _events(words: list[str], model: str, ident: str, include_usage: bool) -> It
     created = int(time.time())
 
     def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
-        obj: dict[str, Any] = {"id": ident, "object": "transcription.chunk", "created": created, "model": model,
-                               "choices": choices}
+        obj: dict[str, Any] = {
+            "id": ident,
+            "object": "transcription.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+        }
         if usage is not None:
             obj["usage"] = usage
         return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
     for index, word in enumerate(words):
         last = index == len(words) - 1
-        yield chunk([{"delta": {"content": word if index == 0 else " " + word},
-                      "finish_reason": "stop" if last else None, "stop_reason": None}])
+        yield chunk(
+            [
+                {
+                    "delta": {"content": word if index == 0 else " " + word},
+                    "finish_reason": "stop" if last else None,
+                    "stop_reason": None,
+                }
+            ]
+        )
     if include_usage:
         yield chunk([], {"prompt_tokens": 0, "completion_tokens": len(words), "total_tokens": len(words)})
     yield b"data: [DONE]\n\n"

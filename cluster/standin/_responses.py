@@ -100,9 +100,7 @@ def _call_item(item_id: str, call: ToolCall, arguments: str, status: str) -> dic
 class _Answer:
     """The words or tool calls of one response, and the response object around them."""
 
-    def __init__(
-        self, obj: dict[str, Any], texts: list[str], max_tokens: int, model: str, new_id: Callable[[str], str]
-    ) -> None:
+    def __init__(self, obj: dict[str, Any], texts: list[str], max_tokens: int, model: str, new_id: Callable[[str], str]) -> None:
         prompt = "\n".join(texts)
         self.calls = tool_calls(obj, prompt)
         self.words, finish = ([], "stop") if self.calls else reply_words(prompt, max_tokens)
@@ -170,34 +168,49 @@ def response_events(
         yield _event("response.in_progress", {"response": answer.response("in_progress")}, sequence)
         if answer.calls:
             for index, (item_id, call) in enumerate(zip(answer.item_ids, answer.calls, strict=True)):
-                yield _event("response.output_item.added",
-                             {"output_index": index, "item": _call_item(item_id, call, "", "in_progress")}, sequence)
+                yield _event(
+                    "response.output_item.added",
+                    {"output_index": index, "item": _call_item(item_id, call, "", "in_progress")},
+                    sequence,
+                )
                 for piece in call.pieces:
-                    yield _event("response.function_call_arguments.delta",
-                                 {"item_id": item_id, "output_index": index, "delta": piece}, sequence)
-                yield _event("response.function_call_arguments.done",
-                             {"item_id": item_id, "output_index": index, "name": call.name,
-                              "arguments": call.arguments}, sequence)
-                yield _event("response.output_item.done",
-                             {"output_index": index, "item": _call_item(item_id, call, call.arguments, "completed")},
-                             sequence)
+                    yield _event(
+                        "response.function_call_arguments.delta",
+                        {"item_id": item_id, "output_index": index, "delta": piece},
+                        sequence,
+                    )
+                yield _event(
+                    "response.function_call_arguments.done",
+                    {"item_id": item_id, "output_index": index, "name": call.name, "arguments": call.arguments},
+                    sequence,
+                )
+                yield _event(
+                    "response.output_item.done",
+                    {"output_index": index, "item": _call_item(item_id, call, call.arguments, "completed")},
+                    sequence,
+                )
         else:
             item_id = answer.item_ids[0]
             where = {"item_id": item_id, "output_index": 0, "content_index": 0}
-            yield _event("response.output_item.added",
-                         {"output_index": 0, "item": _message_item(item_id, "", "in_progress")}, sequence)
-            yield _event("response.content_part.added",
-                         {**where, "part": {"type": "output_text", "text": "", "annotations": []}}, sequence)
+            yield _event(
+                "response.output_item.added", {"output_index": 0, "item": _message_item(item_id, "", "in_progress")}, sequence
+            )
+            yield _event(
+                "response.content_part.added", {**where, "part": {"type": "output_text", "text": "", "annotations": []}}, sequence
+            )
             for index, word in enumerate(answer.words):
-                yield _event("response.output_text.delta",
-                             {**where, "delta": word if index == 0 else " " + word, "logprobs": []}, sequence)
+                yield _event(
+                    "response.output_text.delta", {**where, "delta": word if index == 0 else " " + word, "logprobs": []}, sequence
+                )
             text = answer.text()
             yield _event("response.output_text.done", {**where, "text": text, "logprobs": []}, sequence)
-            yield _event("response.content_part.done",
-                         {**where, "part": {"type": "output_text", "text": text, "annotations": []}}, sequence)
+            yield _event(
+                "response.content_part.done",
+                {**where, "part": {"type": "output_text", "text": text, "annotations": []}},
+                sequence,
+            )
             status = "incomplete" if answer.incomplete else "completed"
-            yield _event("response.output_item.done",
-                         {"output_index": 0, "item": _message_item(item_id, text, status)}, sequence)
+            yield _event("response.output_item.done", {"output_index": 0, "item": _message_item(item_id, text, status)}, sequence)
         final = "response.incomplete" if answer.incomplete else "response.completed"
         yield _event(final, {"response": answer.response()}, sequence)
 

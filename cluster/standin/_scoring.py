@@ -52,14 +52,10 @@ def rerank_reply(obj: dict[str, Any], model: str, ident: str) -> dict[str, Any]:
     top_n = obj.get("top_n") or 0
     if type(top_n) is not int or top_n < 0:
         raise ScoringError("invalid_top_n")
-    scored = sorted(
-        ((pair_score(query, doc), index) for index, doc in enumerate(documents)), key=lambda s: (-s[0], s[1])
-    )
+    scored = sorted(((pair_score(query, doc), index) for index, doc in enumerate(documents)), key=lambda s: (-s[0], s[1]))
     if top_n:
         scored = scored[:top_n]
-    results = [
-        {"index": index, "document": {"text": documents[index]}, "relevance_score": score} for score, index in scored
-    ]
+    results = [{"index": index, "document": {"text": documents[index]}, "relevance_score": score} for score, index in scored]
     tokens = sum(count_words(query) + count_words(doc) for doc in documents)
     return {"id": ident, "model": model, "usage": {"total_tokens": tokens}, "results": results}
 

@@ -71,8 +71,16 @@ class StandinProcess:
         ]
         if tls is not None:
             key, cert, clients = tls
-            self._argv += ["--ssl-keyfile", str(key), "--ssl-certfile", str(cert), "--ssl-ca-certs", str(clients),
-                           "--ssl-cert-reqs", "2"]
+            self._argv += [
+                "--ssl-keyfile",
+                str(key),
+                "--ssl-certfile",
+                str(cert),
+                "--ssl-ca-certs",
+                str(clients),
+                "--ssl-cert-reqs",
+                "2",
+            ]
         self._token = token
         self._ready_timeout = ready_timeout
         self._proc: subprocess.Popen[bytes] | None = None

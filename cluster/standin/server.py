@@ -66,6 +66,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 def _expects_continue(head: RequestHead) -> bool:
     """``Expect: 100-continue`` (curl sends it for large bodies); other expectations are ignored."""
     return any(name == b"expect" and value.lower() == b"100-continue" for name, value in head.headers)
+
+
 _STREAM_EXTRA = (("cache-control", "no-cache"),)
 
 
@@ -190,9 +192,7 @@ class _HttpConnection(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
-        head = build_response_head(
-            reply.status, reply.content_type, len(reply.body), close=close, extra=reply.extra
-        )
+        head = build_response_head(reply.status, reply.content_type, len(reply.body), close=close, extra=reply.extra)
         transport.write(head + reply.body)
         if close:
             self._closing = True
@@ -210,9 +210,7 @@ class _HttpConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- streams
 
     def _start_stream(self, stream: EventStream, *, keep_alive: bool, counted: bool) -> None:
-        head = build_response_head(
-            200, "text/event-stream", None, chunked=True, close=not keep_alive, extra=_STREAM_EXTRA
-        )
+        head = build_response_head(200, "text/event-stream", None, chunked=True, close=not keep_alive, extra=_STREAM_EXTRA)
         delay = self._server.app.config.token_delay
         if delay <= 0:
             # nothing to pace: one write, no task
@@ -369,8 +367,6 @@ async def serve(
         await server.aclose()
 
 
-def run(
-    config: StandinConfig, host: str, port: int, on_ready: Callable[[int], None], tls: ssl.SSLContext | None = None
-) -> None:
+def run(config: StandinConfig, host: str, port: int, on_ready: Callable[[int], None], tls: ssl.SSLContext | None = None) -> None:
     """Run :func:`serve` on a fresh event loop (uvloop's when importable)."""
     run_event_loop(serve(config, host, port, on_ready, tls))

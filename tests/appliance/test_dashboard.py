@@ -18,8 +18,9 @@ from .test_metrics_gate_counts import LISTING, ListingTransport
 DASHBOARD: Final = Path(__file__).resolve().parents[2] / "docs" / "grafana" / "sluice.json"
 
 # PromQL words that look like names: aggregation modifiers, binary operators, set operators.
-_KEYWORDS: Final = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
-                              "and", "or", "unless", "inf", "nan"})
+_KEYWORDS: Final = frozenset(
+    {"by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool", "and", "or", "unless", "inf", "nan"}
+)
 _GROUPING: Final = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENT: Final = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
@@ -32,7 +33,7 @@ def metric_names(expr: str) -> set[str]:
     text = _GROUPING.sub(" ", text)  # by (model), on (cluster), ...
     names = set()
     for match in _IDENT.finditer(text):
-        rest = text[match.end():].lstrip()
+        rest = text[match.end() :].lstrip()
         before = text[: match.start()]
         if rest.startswith("(") or match.group() in _KEYWORDS:
             continue  # a function or an aggregation, or a keyword
@@ -80,5 +81,3 @@ def test_every_dashboard_query_names_an_existing_metric() -> None:
 @pytest.mark.parametrize("expr", dashboard_queries())
 def test_dashboard_queries_are_balanced(expr: str) -> None:
     assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}")
-
-

@@ -14,8 +14,12 @@ from appliance.quotas import MemoryBackend, QuotaExceeded, QuotaPolicy, Quotas
 
 
 def test_rate_limit_is_per_user_and_in_flight_per_upstream_on_the_quota_engine() -> None:
-    upstream = _Upstream(ExternalUpstream("partner", "https://x.example", Path("k"), ("m",), frozenset({"g"}),
-                                          requests_per_minute=3, max_concurrent=4), Secret("k"))
+    upstream = _Upstream(
+        ExternalUpstream(
+            "partner", "https://x.example", Path("k"), ("m",), frozenset({"g"}), requests_per_minute=3, max_concurrent=4
+        ),
+        Secret("k"),
+    )
 
     async def scenario() -> None:
         limits = Quotas(QuotaPolicy(), MemoryBackend())

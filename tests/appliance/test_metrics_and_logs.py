@@ -108,8 +108,15 @@ def test_admin_app_serves_metrics_only() -> None:
 def log_stream() -> Iterator[io.StringIO]:
     stream = io.StringIO()
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level, logging.getLogger("asyncssh").level, logging._srcfile,  # type: ignore[attr-defined]
-             logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    saved = (
+        root.handlers[:],
+        root.level,
+        logging.getLogger("asyncssh").level,
+        logging._srcfile,  # type: ignore[attr-defined]
+        logging.logThreads,
+        logging.logProcesses,
+        logging.logMultiprocessing,
+    )
     configure_logging("info", stream)
     try:
         yield stream
@@ -197,7 +204,11 @@ def test_request_ids_and_the_request_line(log_stream: io.StringIO) -> None:
     assert inside["request_id"] == ids[0]
     requests = [line for line in lines if line.get("event") == "request"]
     assert [(r["path"], r["status"]) for r in requests] == [
-        ("/v1/hello/{name}", 200), ("/stream", 200), ("other", 404), ("/boom", 500)]
+        ("/v1/hello/{name}", 200),
+        ("/stream", 200),
+        ("other", 404),
+        ("/boom", 500),
+    ]
     assert requests[0]["request_id"] == ids[0] and requests[0]["user"] == "alice" and requests[0]["prompt_tokens"] == 3
     assert requests[0]["method"] == "GET" and isinstance(requests[0]["latency_ms"], float)
     assert "user" not in requests[1]
@@ -208,8 +219,9 @@ def test_request_ids_and_the_request_line(log_stream: io.StringIO) -> None:
 
 
 def test_request_line_can_be_turned_off(log_stream: io.StringIO) -> None:
-    app = Starlette(routes=[Route("/x", lambda _: Response("ok"))],
-                    middleware=[Middleware(RequestLogMiddleware, access_log=False)])
+    app = Starlette(
+        routes=[Route("/x", lambda _: Response("ok"))], middleware=[Middleware(RequestLogMiddleware, access_log=False)]
+    )
     with TestClient(app) as client:
         assert client.get("/x").headers["x-request-id"]
     assert _lines(log_stream) == []

@@ -45,8 +45,7 @@ class ListingTransport:
 LISTING = {
     "object": "list",
     "data": [
-        {"id": "chat", "ready": True, "routes": ["chat"], "instances": {"ready": 2, "starting": 1}, "held": 4,
-         "in_flight": 7},
+        {"id": "chat", "ready": True, "routes": ["chat"], "instances": {"ready": 2, "starting": 1}, "held": 4, "in_flight": 7},
         {"id": "old-gate", "ready": False, "routes": ["chat"]},  # a gate from before the counts
     ],
 }

@@ -25,10 +25,12 @@ def test_a_database_from_before_versions_is_upgraded_in_place(tmp_path: Path) ->
     # The identity file as the first release wrote it: its own tables, PRAGMA user_version, no schema_version.
     path = tmp_path / "auth.sqlite3"
     old = sqlite3.connect(path)
-    old.executescript("CREATE TABLE users (user TEXT PRIMARY KEY, email TEXT, name TEXT, groups TEXT NOT NULL,"
-                      " source TEXT NOT NULL, refreshed REAL NOT NULL);"
-                      "INSERT INTO users VALUES ('alice', NULL, NULL, '[\"staff\"]', 'admin', 1.0);"
-                      "PRAGMA user_version = 1;")
+    old.executescript(
+        "CREATE TABLE users (user TEXT PRIMARY KEY, email TEXT, name TEXT, groups TEXT NOT NULL,"
+        " source TEXT NOT NULL, refreshed REAL NOT NULL);"
+        "INSERT INTO users VALUES ('alice', NULL, NULL, '[\"staff\"]', 'admin', 1.0);"
+        "PRAGMA user_version = 1;"
+    )
     old.close()
     db = open_database(path)
     assert sqlite_version(db.connection, "identity") == latest("identity")
@@ -60,25 +62,29 @@ def test_an_accounting_file_of_an_older_release_gains_the_provenance_columns(tmp
     path = tmp_path / "usage.db"
     old = sqlite3.connect(path, isolation_level=None)
     old.executescript(migrations.ACCOUNTING[0].sqlite + migrations.ACCOUNTING[1].sqlite + _VERSION_2)
-    old.execute("INSERT INTO usage (time, day, request_id, user_id, key_id, model, route, status, prompt_tokens,"
-                " completion_tokens, latency_ms, first_token_ms, sealed) VALUES"
-                " (1.0, '1970-01-01', 'old', 'alice', NULL, 'm', 'chat', 200, 1, 2, 3.0, NULL, 0)")
+    old.execute(
+        "INSERT INTO usage (time, day, request_id, user_id, key_id, model, route, status, prompt_tokens,"
+        " completion_tokens, latency_ms, first_token_ms, sealed) VALUES"
+        " (1.0, '1970-01-01', 'old', 'alice', NULL, 'm', 'chat', 200, 1, 2, 3.0, NULL, 0)"
+    )
     old.close()
     accounting = SqliteAccounting(path)
 
     async def write() -> None:
         await accounting.start()
         try:
-            await accounting.record(UsageRow(2.0, "new", "alice", None, "m", "transcriptions", 200, 4, 5, 6.0, None,
-                                             False, 1500, "rev-1", "standin-1"))
+            await accounting.record(
+                UsageRow(
+                    2.0, "new", "alice", None, "m", "transcriptions", 200, 4, 5, 6.0, None, False, 1500, "rev-1", "standin-1"
+                )
+            )
         finally:
             await accounting.aclose()
 
     asyncio.run(write())
     with sqlite3.connect(path) as db:
         assert sqlite_version(db, "accounting") == latest("accounting")
-        rows = db.execute("SELECT request_id, audio_ms, model_revision, backend_version FROM usage"
-                          " ORDER BY time").fetchall()
+        rows = db.execute("SELECT request_id, audio_ms, model_revision, backend_version FROM usage ORDER BY time").fetchall()
     assert rows == [("old", 0, None, None), ("new", 1500, "rev-1", "standin-1")]
 
 
@@ -91,5 +97,7 @@ def test_a_journal_of_an_older_release_replays_with_the_added_columns(tmp_path: 
     assert Journal.read(journal) == [(*old_row, 0, None, None), tuple(new_row)]
 
 
-_VERSION_2 = ("CREATE TABLE schema_version (store TEXT PRIMARY KEY, version INTEGER NOT NULL);"
-              "INSERT INTO schema_version VALUES ('accounting', 2);")
+_VERSION_2 = (
+    "CREATE TABLE schema_version (store TEXT PRIMARY KEY, version INTEGER NOT NULL);"
+    "INSERT INTO schema_version VALUES ('accounting', 2);"
+)

@@ -38,8 +38,17 @@ def test_document_and_table() -> None:
     document = status_document(parse_exposition(PAGE))
     assert document["clusters"][0] == {"cluster": "hpc", "up": True, "sessions": 1, "slots": 2, "reconnects": 3}
     assert document["clusters"][1] == {"cluster": "old", "up": False}
-    assert document["models"] == [{"cluster": "hpc", "model": "big", "ready": False, "instances_ready": 0,
-                                   "instances_starting": 1, "held": 4, "in_flight": 0}]
+    assert document["models"] == [
+        {
+            "cluster": "hpc",
+            "model": "big",
+            "ready": False,
+            "instances_ready": 0,
+            "instances_starting": 1,
+            "held": 4,
+            "in_flight": 0,
+        }
+    ]
     assert document["queue"] == {"held": 4, "in_flight": 4}
     assert document["quota_refusals"] == {"requests_per_minute/user": 7}
     text = format_status(document)

@@ -42,11 +42,14 @@ def chat_app() -> Starlette:
         return JSONResponse({"ok": True}, headers={"Cache-Control": "no-cache"})
 
     appliance = SimpleNamespace(routes=load_routes())
-    return Starlette(routes=[*page.routes(appliance), Route("/v1/models", api), Route("/v1/sealed/keys", api)],  # type: ignore[arg-type]
-                     middleware=[Middleware(NoStoreMiddleware)])
+    return Starlette(
+        routes=[*page.routes(appliance), Route("/v1/models", api), Route("/v1/sealed/keys", api)],  # type: ignore[arg-type]
+        middleware=[Middleware(NoStoreMiddleware)],
+    )
 
 
 # -- files, headers, manifest ---------------------------------------------------------------
+
 
 def test_page_headers_are_strict() -> None:
     with TestClient(chat_app()) as client:
@@ -55,9 +58,15 @@ def test_page_headers_are_strict() -> None:
             assert response.status_code == 200, path
             csp = response.headers["content-security-policy"]
             assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
-            for directive in ("default-src 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'",
-                              "frame-ancestors 'none'", "base-uri 'none'",
-                              "form-action 'self' https://idp.example.org"):
+            for directive in (
+                "default-src 'none'",
+                "script-src 'self'",
+                "style-src 'self'",
+                "connect-src 'self'",
+                "frame-ancestors 'none'",
+                "base-uri 'none'",
+                "form-action 'self' https://idp.example.org",
+            ):
                 assert directive in csp, (path, directive)
             assert response.headers["x-content-type-options"] == "nosniff"
             assert response.headers["x-frame-options"] == "DENY"
@@ -87,8 +96,18 @@ def test_etag_answers_304() -> None:
         assert again.status_code == 304 and again.content == b""
 
 
-@pytest.mark.parametrize("path", ["/chat/../demo.py", "/chat/%2e%2e/demo.py", "/chat/app.js.bak", "/chat/",
-                                  "/chat/..%2fweb_chat.py", "/chat/manifest.json/x", "/index.html"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/chat/../demo.py",
+        "/chat/%2e%2e/demo.py",
+        "/chat/app.js.bak",
+        "/chat/",
+        "/chat/..%2fweb_chat.py",
+        "/chat/manifest.json/x",
+        "/index.html",
+    ],
+)
 def test_reject_names_outside_the_allowlist(path: str) -> None:
     with TestClient(chat_app()) as client:
         assert client.get(path).status_code == 404
@@ -119,12 +138,21 @@ def test_page_limits_come_from_the_route_policy() -> None:
 
 # -- model states in /v1/models -------------------------------------------------------------
 
+
 def test_model_entries_carry_the_state() -> None:
-    info = model_info({"id": "m", "ready": False, "routes": ["chat"], "status": "starting",
-                       "instances": {"ready": 0, "starting": 1}}, "c")
-    assert model_entry(info) == {"id": "m", "object": "model", "created": 0, "owned_by": "sluice",
-                                 "status": "starting", "routes": ["chat"], "ready_instances": 0,
-                                 "starting_instances": 1}
+    info = model_info(
+        {"id": "m", "ready": False, "routes": ["chat"], "status": "starting", "instances": {"ready": 0, "starting": 1}}, "c"
+    )
+    assert model_entry(info) == {
+        "id": "m",
+        "object": "model",
+        "created": 0,
+        "owned_by": "sluice",
+        "status": "starting",
+        "routes": ["chat"],
+        "ready_instances": 0,
+        "starting_instances": 1,
+    }
     older = model_info({"id": "m", "ready": True, "routes": ["chat"]}, "c")  # a gate without states
     assert older.status == "ready" and model_entry(older)["ready_instances"] == 0
     assert model_entry(ModelInfo("m", False, frozenset(), "c"))["status"] == "unavailable"
@@ -137,6 +165,7 @@ def test_reject_bad_model_states(status: object) -> None:
 
 
 # -- the page's API calls: session cookie plus CSRF header ------------------------------------
+
 
 class Inner:
     async def authenticate(self, connection: HTTPConnection) -> Principal | None:
@@ -157,8 +186,16 @@ def connection(cookie: str | None = None, method: str = "POST", **headers: str) 
     raw = [(k.replace("_", "-").lower().encode(), v.encode()) for k, v in headers.items()]
     if cookie is not None:
         raw.append((b"cookie", f"sluice-session={cookie}".encode()))
-    return HTTPConnection({"type": "http", "method": method, "path": "/v1/chat/completions", "headers": raw,
-                           "query_string": b"", "client": ("127.0.0.1", 1)})
+    return HTTPConnection(
+        {
+            "type": "http",
+            "method": method,
+            "path": "/v1/chat/completions",
+            "headers": raw,
+            "query_string": b"",
+            "client": ("127.0.0.1", 1),
+        }
+    )
 
 
 async def _who(auth: BrowserSessionAuthenticator, conn: HTTPConnection) -> str | None:
@@ -188,16 +225,19 @@ def test_reject_session_cookie_without_the_csrf_header(browser_auth: tuple) -> N
     assert run(_who(auth, connection(cookie, method="GET"))) is None
 
 
-@pytest.mark.parametrize("headers", [
-    {"origin": "http://127.0.0.1:9999"},
-    {"origin": "http://localhost:8080"},
-    {"sec_fetch_site": "same-site"},
-    {"sec_fetch_site": "cross-site"},
-    {"origin": "null"},  # null without the browser's word that it is same-origin
-    {"content_type": "text/plain"},
-    {"content_type": "application/x-www-form-urlencoded"},
-    {"content_type": "multipart/form-data; boundary=x"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"origin": "http://127.0.0.1:9999"},
+        {"origin": "http://localhost:8080"},
+        {"sec_fetch_site": "same-site"},
+        {"sec_fetch_site": "cross-site"},
+        {"origin": "null"},  # null without the browser's word that it is same-origin
+        {"content_type": "text/plain"},
+        {"content_type": "application/x-www-form-urlencoded"},
+        {"content_type": "multipart/form-data; boundary=x"},
+    ],
+)
 def test_reject_cross_site_shapes(browser_auth: tuple, headers: dict[str, str]) -> None:  # type: ignore[type-arg]
     auth, _, cookie = browser_auth
     sent = {"x_sluice_csrf": "token-123", "content_type": "application/json", **headers}
@@ -233,6 +273,7 @@ def test_same_origin_rules() -> None:
 
 
 # -- the demo's sign-in: loopback only ------------------------------------------------------------
+
 
 def demo_client(tmp_path: Path, host: str) -> TestClient:
     url = demo_url(host, 8080)
@@ -270,8 +311,12 @@ def test_reject_demo_sign_in_off_loopback(tmp_path: Path, host: str) -> None:
 
 def test_reject_demo_sign_in_from_another_origin(tmp_path: Path) -> None:
     with demo_client(tmp_path, "127.0.0.1") as client:
-        for headers in ({"Origin": "http://127.0.0.1:9999"}, {}, {"Sec-Fetch-Site": "cross-site"},
-                        {"Origin": "null", "Sec-Fetch-Site": "same-site"}):
+        for headers in (
+            {"Origin": "http://127.0.0.1:9999"},
+            {},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Origin": "null", "Sec-Fetch-Site": "same-site"},
+        ):
             response = client.post("/account/demo-sign-in", headers=headers, follow_redirects=False)
             assert response.status_code == 403, headers
         assert client.get("/account/session").json()["signed_in"] is False
@@ -312,10 +357,13 @@ def test_sign_out_from_a_no_referrer_page(tmp_path: Path) -> None:
     with demo_client(tmp_path, "127.0.0.1") as client:
         client.post("/account/demo-sign-in", headers={"Origin": "http://127.0.0.1:8080"})
         csrf = client.get("/account/session").json()["csrf"]
-        refused = client.post("/account/logout", data={"csrf": csrf}, headers={"Origin": "null"},
-                              follow_redirects=False)
+        refused = client.post("/account/logout", data={"csrf": csrf}, headers={"Origin": "null"}, follow_redirects=False)
         assert refused.status_code == 403 and client.get("/account/session").json()["signed_in"]
-        done = client.post("/account/logout", data={"csrf": csrf},
-                           headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"}, follow_redirects=False)
+        done = client.post(
+            "/account/logout",
+            data={"csrf": csrf},
+            headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"},
+            follow_redirects=False,
+        )
         assert done.status_code == 303 and done.headers["location"] == "/account/signed-out"
         assert client.get("/account/session").json()["signed_in"] is False

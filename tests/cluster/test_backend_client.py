@@ -295,9 +295,7 @@ def test_token_required(secured: StandinProcess) -> None:
         assert await status(pool, None, "/health") == 200
         assert await status(pool, None, "/stats") == 401
         assert await status(pool, TOKEN, "/stats") == 200
-        async with await pool.request(
-            HOST, secured.port, TOKEN, "POST", "/v1/chat/completions", chat_body("hi"), 5.0
-        ) as resp:
+        async with await pool.request(HOST, secured.port, TOKEN, "POST", "/v1/chat/completions", chat_body("hi"), 5.0) as resp:
             assert resp.status == 200
             await resp.read(1 << 20)
         assert pool.stats()["connects"] == 1  # 401s keep the connection alive too
@@ -651,6 +649,7 @@ def test_connection_not_reused(response: bytes) -> None:
 def test_reject_bytes_after_the_body() -> None:
     """Bytes beyond the declared length that arrive with the response (a lying length,
     garbage, a smuggled second response) fail it; the connection is never reused."""
+
     async def server_side(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
         writer.write(OK_RESPONSE + b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
@@ -703,7 +702,7 @@ def test_request_sent_exactly() -> None:
             await pool.aclose()
         assert seen == [
             b"POST /v1/x HTTP/1.1\r\nhost: 127.0.0.1:%d\r\nauthorization: Bearer tok\r\n"
-            b"content-type: application/json\r\ncontent-length: 7\r\n\r\n{\"a\":1}" % server.port
+            b'content-type: application/json\r\ncontent-length: 7\r\n\r\n{"a":1}' % server.port
         ]
 
     asyncio.run(scenario())

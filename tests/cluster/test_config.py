@@ -84,8 +84,10 @@ def test_reject_service_mistakes(tmp_path: Path, extra: str, message: str) -> No
     [
         ("#!/bin/sh\nexec server --port {port}\n", "must use {token}"),
         ("#!/bin/sh\nexport KEY={token}\nexec server\n", "must use {port}"),
-        ("#!/bin/sh\nexport KEY={token}\nexec server --port {port} {model_dir} {tls_keyfile} {tls_certfile} {tls_ca}\n",
-         "uses {model_dir}"),
+        (
+            "#!/bin/sh\nexport KEY={token}\nexec server --port {port} {model_dir} {tls_keyfile} {tls_certfile} {tls_ca}\n",
+            "uses {model_dir}",
+        ),
         ("#!/bin/sh\nexport KEY={token}\nexec server --port {port}\n", "must use {tls_keyfile}"),
         ("#!/bin/sh\nexport KEY={token}\nexec server --port {port} {tls_keyfile} {tls_certfile}\n", "must use {tls_ca}"),
         ("exec server --port {port} {token}\n", "must start with #!"),
@@ -140,7 +142,9 @@ def test_renew_before_needs_a_time_limit(tmp_path: Path) -> None:
 
 
 def test_two_models_may_not_share_a_job_name(tmp_path: Path) -> None:
-    text = BASE + '[services."a/b"]\nbackend = "slurm"\nroutes = ["chat"]\n[services."a:b"]\nbackend = "slurm"\nroutes = ["chat"]\n'
+    text = (
+        BASE + '[services."a/b"]\nbackend = "slurm"\nroutes = ["chat"]\n[services."a:b"]\nbackend = "slurm"\nroutes = ["chat"]\n'
+    )
     (tmp_path / "cluster.toml").write_text(text)
     with pytest.raises(ConfigError, match="differ only"):
         load_config(tmp_path / "cluster.toml")

@@ -93,14 +93,7 @@ def tr_body(make: type[BodyDecoder] | object, data: bytes, expected: bytes) -> N
 
 # --------------------------------------------------------------------------- response heads
 
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\n"
-    b"Content-Type: application/json\r\n"
-    b"Content-Length: 13\r\n"
-    b"X-Empty:\r\n"
-    b"X-Spaces: \t a  b \t\r\n"
-    b"\r\n"
-)
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\nX-Empty:\r\nX-Spaces: \t a  b \t\r\n\r\n"
 
 
 def test_response_head_fields() -> None:
@@ -233,9 +226,7 @@ def test_reject_duplicate_content_length() -> None:
         parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
 
 
-@pytest.mark.parametrize(
-    "value", [b"-1", b"+5", b"1 2", b"5,5", b"0x10", b"", b"1.0", b"\xd9\xa1", b"1" * 19, b"five"]
-)
+@pytest.mark.parametrize("value", [b"-1", b"+5", b"1 2", b"5,5", b"0x10", b"", b"1.0", b"\xd9\xa1", b"1" * 19, b"five"])
 def test_reject_invalid_content_length(value: bytes) -> None:
     with pytest.raises(RemoteProtocolError):
         parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\n")
@@ -505,7 +496,7 @@ def test_close_delimited_decoder() -> None:
     assert decoder.done
 
 
-CHUNKED = b"5\r\nhello\r\n1;name=value;q=\"a \\\" b\"\r\n \r\nB\r\nworld, more\r\n0\r\n\r\n"
+CHUNKED = b'5\r\nhello\r\n1;name=value;q="a \\" b"\r\n \r\nB\r\nworld, more\r\n0\r\n\r\n'
 
 
 def test_chunked_decoder() -> None:
@@ -606,7 +597,9 @@ def test_response_body_decoder_choice() -> None:
         return parse_response_head(data)
 
     assert isinstance(response_body_decoder(head(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n"), "GET"), LengthDecoder)
-    assert isinstance(response_body_decoder(head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"), "POST"), ChunkedDecoder)
+    assert isinstance(
+        response_body_decoder(head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"), "POST"), ChunkedDecoder
+    )
     assert isinstance(response_body_decoder(head(b"HTTP/1.1 200 OK\r\n\r\n"), "GET"), CloseDelimitedDecoder)
     assert response_body_decoder(head(b"HTTP/1.1 204 No Content\r\n\r\n"), "GET").done
     assert response_body_decoder(head(b"HTTP/1.1 304 Not Modified\r\n\r\n"), "GET").done

@@ -28,10 +28,8 @@ from cluster._http1 import (
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-!#$%&'*+.^_`|~",
-                min_size=1, max_size=12)
-VALUE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20).map(
-    lambda s: s.strip(" "))
+TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-!#$%&'*+.^_`|~", min_size=1, max_size=12)
+VALUE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20).map(lambda s: s.strip(" "))
 # Bytes a hostile or broken peer slips into heads and chunk lines.
 NOISE = st.sampled_from([b"", b"\n", b"\r", b" ", b"\t", b"\x00", b"\x7f", b":", b"\r\n", b"0", b";", b"x"])
 
@@ -62,7 +60,7 @@ def responses(draw: st.DrawFn) -> bytes:
         sizes = draw(st.lists(st.integers(1, 8), max_size=5))
         chunks, pos = [], 0
         for size in sizes:
-            piece = body[pos:pos + size]
+            piece = body[pos : pos + size]
             pos += size
             if piece:
                 ext = draw(st.sampled_from([b"", b";a=b", b";x"]))
@@ -75,7 +73,7 @@ def responses(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):  # one mutation somewhere
         at = draw(st.integers(0, len(message)))
         cut = draw(st.integers(0, 2))
-        message = message[:at] + draw(NOISE) + message[at + cut:]
+        message = message[:at] + draw(NOISE) + message[at + cut :]
     return message
 
 
@@ -116,8 +114,9 @@ def ours(message: bytes, splits: list[int]) -> tuple[int, list[tuple[bytes, byte
 def theirs(message: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
     """(status, headers, body) per h11, or None if h11 refuses or the message is incomplete."""
     connection = h11.Connection(h11.CLIENT)
-    connection.send(h11.Request(method="POST", target="/v1/chat/completions",
-                                headers=[("Host", "backend"), ("Content-Length", "0")]))
+    connection.send(
+        h11.Request(method="POST", target="/v1/chat/completions", headers=[("Host", "backend"), ("Content-Length", "0")])
+    )
     connection.send(h11.EndOfMessage())
     connection.receive_data(message)
     connection.receive_data(b"")
@@ -159,21 +158,25 @@ def test_whatever_we_accept_h11_reads_the_same(message: bytes, data: st.DataObje
 def test_the_generator_reaches_both_sides() -> None:
     """Sanity of the generator: plain messages are accepted by both, our documented refusals by us only."""
     good = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-    assert ours(good, []) == theirs(good) == (200, [(b"content-type", b"application/json"),
-                                                   (b"content-length", b"2")], b"{}")
+    assert ours(good, []) == theirs(good) == (200, [(b"content-type", b"application/json"), (b"content-length", b"2")], b"{}")
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x\r\nhi\r\n0\r\nT: v\r\n\r\n"
     assert ours(chunked, []) == theirs(chunked) == (200, [(b"transfer-encoding", b"chunked")], b"hi")
-    for strict in (b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",             # bare LF: h11 reads it, we refuse
-                   b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n"):  # obs-fold
+    for strict in (
+        b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",  # bare LF: h11 reads it, we refuse
+        b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    ):  # obs-fold
         assert ours(strict, []) is None
         assert theirs(strict) is not None
 
 
-@pytest.mark.parametrize("message", [
-    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n0\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}",
+    ],
+)
 def test_reject_framing_h11_reads_differently_or_not_at_all(message: bytes) -> None:
     assert ours(message, []) is None

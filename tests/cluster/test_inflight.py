@@ -39,8 +39,12 @@ def test_two_gates_in_one_file_balance_and_a_dead_gates_counts_go(tmp_path: Path
     alive = {"1:1": True, "2:2": True}
     first, second = SharedInFlight(tmp_path, alive=alive.__getitem__), SharedInFlight(tmp_path, alive=alive.__getitem__)
     first._key, second._key = "1:1", "2:2"
-    picks = [first.acquire(["a", "b"], {}), second.acquire(["a", "b"], {}), first.acquire(["a", "b"], {}),
-             second.acquire(["a", "b"], {})]
+    picks = [
+        first.acquire(["a", "b"], {}),
+        second.acquire(["a", "b"], {}),
+        first.acquire(["a", "b"], {}),
+        second.acquire(["a", "b"], {}),
+    ]
     assert sorted(picks) == ["a", "a", "b", "b"]  # each gate sees the other's requests
     second.release(picks[1])
     assert first.acquire(["a", "b"], {}) == picks[1]
@@ -67,16 +71,25 @@ def test_several_gate_processes_balance_by_outstanding_requests(tmp_path: Path) 
     b = start_standin("standin-chat", "chat", token_delay=0.05)
     try:
         (tmp_path / "cluster.toml").write_text(CONFIG)
-        write_table(tmp_path / "routing.json", {"standin-chat": [
-            Instance("local:a", "127.0.0.1", a.port, a.token), Instance("local:b", "127.0.0.1", b.port, b.token)]})
-        body = json.dumps({"model": "standin-chat", "messages": [{"role": "user", "content": "x"}],
-                           "max_tokens": 80, "stream": True}).encode()  # about 4 s each
+        write_table(
+            tmp_path / "routing.json",
+            {
+                "standin-chat": [
+                    Instance("local:a", "127.0.0.1", a.port, a.token),
+                    Instance("local:b", "127.0.0.1", b.port, b.token),
+                ]
+            },
+        )
+        body = json.dumps(
+            {"model": "standin-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 80, "stream": True}
+        ).encode()  # about 4 s each
         env = {"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": f"sluice/1 call chat standin-chat {len(body)}"}
         argv = [sys.executable, "-m", "cluster.cli", "gate", "--config", str(tmp_path / "cluster.toml"), "--local-pipe"]
         gates = []
         for _ in range(8):
-            gate = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    env=env, cwd=ROOT)
+            gate = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT
+            )
             assert gate.stdin is not None
             gate.stdin.write(body)
             gate.stdin.close()

@@ -185,14 +185,17 @@ def test_a_reader_never_sees_a_half_written_table(tmp_path: Path) -> None:
 def test_model_status_for_listings(tmp_path: Path) -> None:
     """What /v1/models shows: ready, scaled to zero (a request is held), unavailable, starting."""
     cfg = config(tmp_path)
-    (tmp_path / "extra.toml").write_text(CONFIG.format(hold_timeout=5.0) + """
+    (tmp_path / "extra.toml").write_text(
+        CONFIG.format(hold_timeout=5.0)
+        + """
 [services.kept]
 backend = "local"
 routes = ["chat"]
 command = ["true"]
 min_instances = 1
 unsafe_plain_http = true
-""")
+"""
+    )
     kept = load_config(tmp_path / "extra.toml")
     router = Router(cfg)
 

@@ -84,7 +84,9 @@ def _get(path: str, token: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode()
 
 
-async def _pool_get(context: ssl.SSLContext | None, port: int, pin: str | None, token: str | None, path: str) -> tuple[int, bytes]:
+async def _pool_get(
+    context: ssl.SSLContext | None, port: int, pin: str | None, token: str | None, path: str
+) -> tuple[int, bytes]:
     pool = BackendPool(tls=context)
     try:
         response = await pool.request("127.0.0.1", port, token, "GET", path, b"", 10, pin=pin)

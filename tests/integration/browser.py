@@ -24,8 +24,14 @@ __all__ = ["ARTIFACTS", "CHROMIUM", "CHROMIUM_ARGS", "Watch", "launch_browser", 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 # Collects CSP violations inside the page, from before any of its scripts run.
 _CSP_LISTENER = """

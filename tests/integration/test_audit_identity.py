@@ -26,8 +26,14 @@ def running(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 def _audit(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "appliance.cli", "audit", *args, "--config", str(config)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "audit", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_web_sign_in_keys_and_sign_out_are_audited(running: Running) -> None:
@@ -47,8 +53,12 @@ def test_web_sign_in_keys_and_sign_out_are_audited(running: Running) -> None:
     user = next(r["actor"] for r in records if r["kind"] == "sign_in")
     mine = [(r["kind"], r["subject"]) for r in records[2:] if user in (r["actor"], r["subject"], r["details"].get("owner"))]
     assert mine == [
-        ("groups_changed", user), ("sign_in", user), ("key_created", key_id(key)), ("key_scoped", key_id(key)),
-        ("key_revoked", key_id(key)), ("sign_out", user),
+        ("groups_changed", user),
+        ("sign_in", user),
+        ("key_created", key_id(key)),
+        ("key_scoped", key_id(key)),
+        ("key_revoked", key_id(key)),
+        ("sign_out", user),
     ]
     assert key not in listing.stdout
     verified = _audit(running.config, "verify")

@@ -31,10 +31,12 @@ def test_two_writers_one_chain_and_tampering_found(dsn: str) -> None:  # noqa: F
     async def scenario() -> None:
         first = open_store("postgresql", dsn=dsn, key=KEY)
         second = open_store("postgresql", dsn=dsn, key=KEY)  # a second replica
-        await asyncio.gather(*(
-            (first if n % 2 else second).append(AuditEvent("key_created", f"replica{n % 2}", f"key{n}", {}, 1e9 + n))
-            for n in range(20)
-        ))
+        await asyncio.gather(
+            *(
+                (first if n % 2 else second).append(AuditEvent("key_created", f"replica{n % 2}", f"key{n}", {}, 1e9 + n))
+                for n in range(20)
+            )
+        )
         records = await first.records()
         assert [r.seq for r in records] == list(range(1, 21))
         assert verify(records, await first.head(), KEY) == []
@@ -73,19 +75,39 @@ def test_sluice_serve_audits_into_postgres(dsn: str, cluster: Cluster, tmp_path:
 
     (tmp_path / "usage.dsn").write_text(asyncio.run(fresh_database()))
     (tmp_path / "usage.dsn").chmod(0o600)
-    body = "\n".join([local_cluster_toml(cluster.gate_argv()),
-                      '[accounting]\nbackend = "postgresql"\ndsn_file = "usage.dsn"\njournal = "usage.journal"', ""])
+    body = "\n".join(
+        [
+            local_cluster_toml(cluster.gate_argv()),
+            '[accounting]\nbackend = "postgresql"\ndsn_file = "usage.dsn"\njournal = "usage.journal"',
+            "",
+        ]
+    )
     (tmp_path / "appliance.toml").write_text(body)
     config = str(tmp_path / "appliance.toml")
-    upgraded = subprocess.run([sys.executable, "-m", "appliance.cli", "db", "upgrade", "--config", config],
-                              capture_output=True, text=True, cwd=ROOT, check=False)
+    upgraded = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "db", "upgrade", "--config", config],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert upgraded.returncode == 0, upgraded.stderr
     served = start_serve(tmp_path, "appliance", free_port(), body)
     served.stop()
-    listing = subprocess.run([sys.executable, "-m", "appliance.cli", "audit", "--config", config, "--json"],
-                             capture_output=True, text=True, cwd=ROOT, check=False)
+    listing = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "audit", "--config", config, "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert listing.returncode == 0, listing.stderr
     assert [json.loads(line)["kind"] for line in listing.stdout.splitlines()] == ["config_loaded"]
-    verified = subprocess.run([sys.executable, "-m", "appliance.cli", "audit", "verify", "--config", config],
-                              capture_output=True, text=True, cwd=ROOT, check=False)
+    verified = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "audit", "verify", "--config", config],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert verified.returncode == 0 and "intact: 1 records" in verified.stdout

@@ -55,25 +55,38 @@ def new_canary() -> str:
 
 # -- what every mode gets: the canary in every place a client can put it ---------------------
 
+
 def send_everything(base: str, key: str, canary: str, limited_key: str | None = None) -> tuple[dict[str, int], str]:
     """Every route and mode, and every kind of error, each carrying ``canary``.
 
     Returns the status of each, and the request id of the first chat request.
     """
     seen: dict[str, int] = {}
-    auth = {"Authorization": f"Bearer {key}", "User-Agent": canary, "X-Request-Id": canary,
-            "X-Forwarded-For": canary, "Cookie": f"session={canary}"}
-    chat = {"model": "standin-chat", "max_tokens": 8, "user": canary, "stop": [canary],
-            "messages": [{"role": "system", "content": f"system {canary}"}, {"role": "user", "content": f"say {canary}"}]}
+    auth = {
+        "Authorization": f"Bearer {key}",
+        "User-Agent": canary,
+        "X-Request-Id": canary,
+        "X-Forwarded-For": canary,
+        "Cookie": f"session={canary}",
+    }
+    chat = {
+        "model": "standin-chat",
+        "max_tokens": 8,
+        "user": canary,
+        "stop": [canary],
+        "messages": [{"role": "system", "content": f"system {canary}"}, {"role": "user", "content": f"say {canary}"}],
+    }
     with httpx2.Client(base_url=base, headers=auth, timeout=60) as client:
         first = client.post("/v1/chat/completions", json=chat)
         seen["chat"], request_id = first.status_code, first.headers["x-request-id"]
         with client.stream("POST", "/v1/chat/completions", json={**chat, "stream": True}) as stream:
             seen["chat_stream"] = stream.status_code
             assert "[DONE]" in "".join(stream.iter_text())
-        with client.stream("POST", "/v1/chat/completions",
-                           json={**chat, "stream": True, "max_tokens": 2000,
-                                 "stream_options": {"include_usage": True}}) as stream:
+        with client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={**chat, "stream": True, "max_tokens": 2000, "stream_options": {"include_usage": True}},
+        ) as stream:
             seen["chat_stream_abandoned"] = stream.status_code
             next(stream.iter_bytes())  # then go away mid-answer
         completion = {"model": "standin-chat", "prompt": f"complete {canary}", "max_tokens": 6, "user": canary}
@@ -81,33 +94,45 @@ def send_everything(base: str, key: str, canary: str, limited_key: str | None = 
         with client.stream("POST", "/v1/completions", json={**completion, "stream": True}) as stream:
             seen["completions_stream"] = stream.status_code
             "".join(stream.iter_text())
-        seen["embeddings"] = client.post("/v1/embeddings", json={"model": "standin-embed",
-                                                                 "input": [canary, f"two {canary}"]}).status_code
+        seen["embeddings"] = client.post(
+            "/v1/embeddings", json={"model": "standin-embed", "input": [canary, f"two {canary}"]}
+        ).status_code
         seen.update(send_new_routes(client, canary))
         seen["models"] = client.get(f"/v1/models?{canary}={canary}").status_code
         # Errors, each with the canary where a careless gateway would echo or log it.
         seen["unknown_field"] = client.post("/v1/chat/completions", json={**chat, canary: canary}).status_code
-        seen["bad_value"] = client.post("/v1/chat/completions", json={
-            **chat, "messages": [{"role": canary, "content": canary}]}).status_code
+        seen["bad_value"] = client.post(
+            "/v1/chat/completions", json={**chat, "messages": [{"role": canary, "content": canary}]}
+        ).status_code
         seen["wrong_type"] = client.post("/v1/chat/completions", json={**chat, "max_tokens": canary}).status_code
-        seen["not_json"] = client.post("/v1/chat/completions", content=f'{{"model": "standin-chat", "{canary}'.encode(),
-                                       headers={"Content-Type": "application/json"}).status_code
+        seen["not_json"] = client.post(
+            "/v1/chat/completions",
+            content=f'{{"model": "standin-chat", "{canary}'.encode(),
+            headers={"Content-Type": "application/json"},
+        ).status_code
         seen["unknown_model"] = client.post("/v1/chat/completions", json={**chat, "model": canary}).status_code
         # Refused on its Content-Length: the server may answer and close before the upload ends,
         # so this one has a connection of its own.
         try:
-            seen["too_large"] = httpx2.post(f"{base}/v1/embeddings", headers={**auth, "Content-Type": "application/json"},
-                                           content=(canary * (5 * 2**20 // len(canary))).encode(), timeout=60).status_code
+            seen["too_large"] = httpx2.post(
+                f"{base}/v1/embeddings",
+                headers={**auth, "Content-Type": "application/json"},
+                content=(canary * (5 * 2**20 // len(canary))).encode(),
+                timeout=60,
+            ).status_code
         except httpx2.RemoteProtocolError:
             seen["too_large"] = 413
         seen["unknown_path"] = client.post(f"/v1/{canary}?{canary}=1", json=chat).status_code
         seen["wrong_method"] = client.get(f"/v1/chat/completions?q={canary}").status_code
-        seen["bad_key"] = client.post("/v1/chat/completions", json=chat,
-                                      headers={"Authorization": f"Bearer sk-{canary}-{canary}"}).status_code
+        seen["bad_key"] = client.post(
+            "/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer sk-{canary}-{canary}"}
+        ).status_code
         seen["bad_metrics_token"] = client.get("/metrics", headers={"Authorization": f"Bearer {canary}"}).status_code
         if limited_key is not None:  # a quota refusal of a request full of the canary
-            statuses = [client.post("/v1/chat/completions", json=chat,
-                                    headers={"Authorization": f"Bearer {limited_key}"}).status_code for _ in range(3)]
+            statuses = [
+                client.post("/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {limited_key}"}).status_code
+                for _ in range(3)
+            ]
             seen["quota_refused"] = statuses[-1]
     return seen, request_id
 
@@ -122,30 +147,40 @@ def canary_wav(canary: str) -> bytes:
 def send_new_routes(client: httpx2.Client, canary: str) -> dict[str, int]:
     """Responses, rerank, score and audio, each carrying the canary, and their refusals."""
     seen: dict[str, int] = {}
-    responses = {"model": "standin-chat", "instructions": f"be {canary}", "user": canary, "max_output_tokens": 8,
-                 "input": [{"role": "user", "content": f"say {canary}"}]}
+    responses = {
+        "model": "standin-chat",
+        "instructions": f"be {canary}",
+        "user": canary,
+        "max_output_tokens": 8,
+        "input": [{"role": "user", "content": f"say {canary}"}],
+    }
     seen["responses"] = client.post("/v1/responses", json=responses).status_code
     with client.stream("POST", "/v1/responses", json={**responses, "stream": True}) as stream:
         seen["responses_stream"] = stream.status_code
         assert "response." in "".join(stream.iter_text())
     seen["responses_stateful"] = client.post("/v1/responses", json={**responses, "previous_response_id": canary}).status_code
-    seen["rerank"] = client.post("/v1/rerank", json={"model": "standin-embed", "query": canary,
-                                                     "documents": [canary, f"two {canary}"]}).status_code
-    seen["score"] = client.post("/v1/score", json={"model": "standin-embed", "text_1": canary,
-                                                   "text_2": [f"x {canary}"]}).status_code
+    seen["rerank"] = client.post(
+        "/v1/rerank", json={"model": "standin-embed", "query": canary, "documents": [canary, f"two {canary}"]}
+    ).status_code
+    seen["score"] = client.post(
+        "/v1/score", json={"model": "standin-embed", "text_1": canary, "text_2": [f"x {canary}"]}
+    ).status_code
     audio = canary_wav(canary)
     form = {"model": "standin-chat", "prompt": f"about {canary}", "response_format": "verbose_json"}
     files = {"file": (f"{canary}.wav", audio, "audio/wav")}
     seen["transcription"] = client.post("/v1/audio/transcriptions", data=form, files=files).status_code
     seen["translation"] = client.post("/v1/audio/translations", data=form, files=files).status_code
-    with client.stream("POST", "/v1/audio/transcriptions", data={**form, "stream": "true",
-                                                                "response_format": "json"}, files=files) as stream:
+    with client.stream(
+        "POST", "/v1/audio/transcriptions", data={**form, "stream": "true", "response_format": "json"}, files=files
+    ) as stream:
         seen["transcription_stream"] = stream.status_code
         "".join(stream.iter_text())
-    seen["audio_bad_filename"] = client.post("/v1/audio/transcriptions", data=form,
-                                             files={"file": (f"../{canary}.wav", audio)}).status_code
-    seen["audio_not_audio"] = client.post("/v1/audio/transcriptions", data=form,
-                                          files={"file": ("a.wav", canary.encode() * 10)}).status_code
+    seen["audio_bad_filename"] = client.post(
+        "/v1/audio/transcriptions", data=form, files={"file": (f"../{canary}.wav", audio)}
+    ).status_code
+    seen["audio_not_audio"] = client.post(
+        "/v1/audio/transcriptions", data=form, files={"file": ("a.wav", canary.encode() * 10)}
+    ).status_code
     return seen
 
 
@@ -154,31 +189,57 @@ def send_sealed(base: str, canary: str) -> None:
     from sluice_sdk import fetch_fingerprint, sealed_openai_client
 
     with sealed_openai_client(f"{base}/v1", KEY, fetch_fingerprint(f"{base}/v1")) as client:
-        answer = client.chat.completions.create(model="standin-chat", max_tokens=6, user=canary,
-                                                messages=[{"role": "user", "content": f"sealed {canary}"}])
+        answer = client.chat.completions.create(
+            model="standin-chat", max_tokens=6, user=canary, messages=[{"role": "user", "content": f"sealed {canary}"}]
+        )
         assert answer.usage is not None
-        chunks = list(client.chat.completions.create(model="standin-chat", max_tokens=6, stream=True,
-                                                     messages=[{"role": "user", "content": f"sealed {canary}"}]))
+        chunks = list(
+            client.chat.completions.create(
+                model="standin-chat", max_tokens=6, stream=True, messages=[{"role": "user", "content": f"sealed {canary}"}]
+            )
+        )
         assert chunks
         assert len(client.embeddings.create(model="standin-embed", input=[f"sealed {canary}"]).data) == 1
         assert client.responses.create(model="standin-chat", input=f"sealed {canary}", max_output_tokens=6).output
-        text = client.audio.transcriptions.create(model="standin-chat", file=(f"{canary}.wav", canary_wav(canary)),
-                                                  prompt=f"sealed {canary}")
+        text = client.audio.transcriptions.create(
+            model="standin-chat", file=(f"{canary}.wav", canary_wav(canary)), prompt=f"sealed {canary}"
+        )
         assert text.text
 
 
 EXPECTED = {
-    "chat": 200, "chat_stream": 200, "chat_stream_abandoned": 200, "completions": 200, "completions_stream": 200,
-    "embeddings": 200, "models": 200, "unknown_field": 422, "bad_value": 422, "wrong_type": 422, "not_json": 400,
-    "unknown_model": 404, "too_large": 413, "unknown_path": 404, "wrong_method": 405, "bad_key": 401,
+    "chat": 200,
+    "chat_stream": 200,
+    "chat_stream_abandoned": 200,
+    "completions": 200,
+    "completions_stream": 200,
+    "embeddings": 200,
+    "models": 200,
+    "unknown_field": 422,
+    "bad_value": 422,
+    "wrong_type": 422,
+    "not_json": 400,
+    "unknown_model": 404,
+    "too_large": 413,
+    "unknown_path": 404,
+    "wrong_method": 405,
+    "bad_key": 401,
     "bad_metrics_token": 401,
-    "responses": 200, "responses_stream": 200, "responses_stateful": 422, "rerank": 200, "score": 200,
-    "transcription": 200, "translation": 200, "transcription_stream": 200, "audio_bad_filename": 400,
+    "responses": 200,
+    "responses_stream": 200,
+    "responses_stateful": 422,
+    "rerank": 200,
+    "score": 200,
+    "transcription": 200,
+    "translation": 200,
+    "transcription_stream": 200,
+    "audio_bad_filename": 400,
     "audio_not_audio": 400,
 }
 
 
 # -- the search ---------------------------------------------------------------------------------
+
 
 def files_under(roots: Iterable[Path], since: float | None = None) -> Iterator[Path]:
     for root in roots:
@@ -224,14 +285,18 @@ def redis_hits(redis: RedisServer, canary: str) -> list[str]:
     found = [k for k in keys if canary in k]
     for key in keys:
         kind = redis.cli("TYPE", key)
-        value = {"string": ("GET", key), "zset": ("ZRANGE", key, "0", "-1", "WITHSCORES"),
-                 "list": ("LRANGE", key, "0", "-1")}.get(kind)
+        value = {
+            "string": ("GET", key),
+            "zset": ("ZRANGE", key, "0", "-1", "WITHSCORES"),
+            "list": ("LRANGE", key, "0", "-1"),
+        }.get(kind)
         if value and canary in redis.cli(*value):
             found.append(key)
     return found
 
 
 # -- the local pipe: the demo, mux and exec ----------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["mux", "exec"])
 def test_canary_through_the_demo(mode: str, tmp_path: Path) -> None:
@@ -243,9 +308,28 @@ def test_canary_through_the_demo(mode: str, tmp_path: Path) -> None:
     stdout, stderr = work / "demo.stdout", work / "demo.stderr"
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "appliance.cli", "demo", "--port", str(port), "--api-key", KEY, "--mode", mode,
-             "--token-delay", "0.002", "--log-level", "debug"],
-            cwd=work, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "appliance.cli",
+                "demo",
+                "--port",
+                str(port),
+                "--api-key",
+                KEY,
+                "--mode",
+                mode,
+                "--token-delay",
+                "0.002",
+                "--log-level",
+                "debug",
+            ],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         deadline = time.monotonic() + 90
         while "Sluice demo ready" not in stdout.read_text():
@@ -254,17 +338,31 @@ def test_canary_through_the_demo(mode: str, tmp_path: Path) -> None:
         seen, request_id = send_everything(f"http://127.0.0.1:{port}", KEY, canary)
         assert seen == EXPECTED
         send_sealed(f"http://127.0.0.1:{port}", canary)
-        token = next(line.split("Bearer ")[1].split("'")[0] for line in stdout.read_text().splitlines()
-                     if "metrics:" in line)
+        token = next(line.split("Bearer ")[1].split("'")[0] for line in stdout.read_text().splitlines() if "metrics:" in line)
         metrics = httpx2.get(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": f"Bearer {token}"})
         assert metrics.status_code == 200 and canary not in metrics.text
         # While it runs: its runtime directory (accounting database, -wal and -shm, the gate's
         # configuration and routing table, the scheduler's state) is in TMPDIR.
         databases = list((work / "tmp").glob("sluice-demo-*/usage.db*"))
         assert {p.name for p in databases} >= {"usage.db", "usage.db-wal"}
-        rows = json.loads(subprocess.run(
-            [sys.executable, "-m", "appliance.cli", "usage", "--database", str(databases[0].with_name("usage.db")),
-             "--format", "json"], capture_output=True, text=True, cwd=ROOT, check=True).stdout)
+        rows = json.loads(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "appliance.cli",
+                    "usage",
+                    "--database",
+                    str(databases[0].with_name("usage.db")),
+                    "--format",
+                    "json",
+                ],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                check=True,
+            ).stdout
+        )
         assert sum(r["requests"] for r in rows) >= 6
         found, searched = hits(canary, [work])
         assert searched >= 8 and found == [], found
@@ -283,15 +381,27 @@ def test_canary_through_the_demo(mode: str, tmp_path: Path) -> None:
 
 # -- over SSH: `sluice serve`, mux and exec ------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def sshd(cluster: Cluster) -> Iterator[Sshd]:
-    toml = "\n".join([
-        "[gate]", 'routing_table = "routing.json"', "request_timeout = 30",
-        "[[backends]]", 'model = "standin-chat"', f'url = "http://127.0.0.1:{cluster.chat.port}"',
-        'routes = ["chat", "completions", "responses", "transcriptions", "translations"]', 'token_file = "chat.token"',
-        "[[backends]]", 'model = "standin-embed"', f'url = "http://127.0.0.1:{cluster.embed.port}"',
-        'routes = ["embeddings", "rerank", "score"]', 'token_file = "embed.token"', "",
-    ])
+    toml = "\n".join(
+        [
+            "[gate]",
+            'routing_table = "routing.json"',
+            "request_timeout = 30",
+            "[[backends]]",
+            'model = "standin-chat"',
+            f'url = "http://127.0.0.1:{cluster.chat.port}"',
+            'routes = ["chat", "completions", "responses", "transcriptions", "translations"]',
+            'token_file = "chat.token"',
+            "[[backends]]",
+            'model = "standin-embed"',
+            f'url = "http://127.0.0.1:{cluster.embed.port}"',
+            'routes = ["embeddings", "rerank", "score"]',
+            'token_file = "embed.token"',
+            "",
+        ]
+    )
     server = Sshd(toml, {"chat.token": cluster.chat.token, "embed.token": cluster.embed.token})
     try:
         yield server
@@ -312,16 +422,32 @@ def _serve_over_ssh(sshd: Sshd, redis: RedisServer, directory: Path, mode: str) 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "quotas.toml").write_text('[users."limited"]\nrequests_per_minute = 2\n')
     (directory / "metrics.token").write_text(METRICS_TOKEN)
-    body = "\n".join([
-        "[[clusters]]", 'name = "hpc"', 'transport = "ssh"', f'mode = "{mode}"', 'host = "127.0.0.1"',
-        f"port = {sshd.port}", f'user = "{USER}"', f"client_key = {toml_string(str(sshd.client_key))}",
-        f"known_hosts = {toml_string(str(sshd.known_hosts))}", "connections = 2", "keepalive_interval = 1",
-        api_keys_toml({KEY: ("canary-user", "canary-key"), LIMITED: ("limited", "limited-key")}),
-        "[quotas]", 'policy = "quotas.toml"', f'storage = "{redis.url}"',
-        "[accounting]", 'path = "usage.db"',
-        "[metrics]", 'token_file = "metrics.token"',
-        "[logging]", 'level = "debug"', "",
-    ])
+    body = "\n".join(
+        [
+            "[[clusters]]",
+            'name = "hpc"',
+            'transport = "ssh"',
+            f'mode = "{mode}"',
+            'host = "127.0.0.1"',
+            f"port = {sshd.port}",
+            f'user = "{USER}"',
+            f"client_key = {toml_string(str(sshd.client_key))}",
+            f"known_hosts = {toml_string(str(sshd.known_hosts))}",
+            "connections = 2",
+            "keepalive_interval = 1",
+            api_keys_toml({KEY: ("canary-user", "canary-key"), LIMITED: ("limited", "limited-key")}),
+            "[quotas]",
+            'policy = "quotas.toml"',
+            f'storage = "{redis.url}"',
+            "[accounting]",
+            'path = "usage.db"',
+            "[metrics]",
+            'token_file = "metrics.token"',
+            "[logging]",
+            'level = "debug"',
+            "",
+        ]
+    )
     served = start_serve(directory, "appliance", free_port(), body)
     deadline = time.monotonic() + 20
     while httpx2.get(f"{served.url}/readyz", timeout=10).status_code != 200:

@@ -132,8 +132,9 @@ def send(page: Any, text: str) -> None:
 
 
 def wait_answered(page: Any, timeout: float = 20.0) -> None:
-    wait_for(lambda: page.evaluate("document.body.dataset.finished === document.body.dataset.started"),
-             timeout, "the answer to finish")
+    wait_for(
+        lambda: page.evaluate("document.body.dataset.finished === document.body.dataset.started"), timeout, "the answer to finish"
+    )
 
 
 def answer_words(page: Any) -> int:
@@ -150,6 +151,7 @@ def session_csrf(page: Any) -> str:
 
 
 # -- the whole path: sign in, stream, stop, reload, sign out ------------------------------------
+
 
 def test_sign_in_stream_stop_reload_sign_out(context: Any, chat: ChatDemo) -> None:
     page = open_chat(context, chat)
@@ -213,6 +215,7 @@ def test_sign_in_stream_stop_reload_sign_out(context: Any, chat: ChatDemo) -> No
 
 # -- export, delete all, import; hostile imports change nothing ------------------------------
 
+
 def _conversations(page: Any) -> list[dict[str, Any]]:
     script = """import('/chat/store.js').then(s => s.listConversations())"""
     return sorted(page.evaluate(script), key=lambda c: c["id"])  # type: ignore[no-any-return]
@@ -256,17 +259,40 @@ def test_export_delete_all_import_and_reject_hostile_files(context: Any, chat: C
     hostile: dict[str, tuple[str, str]] = {
         "corrupt": (exported.read_text()[:200], "not valid JSON"),
         "version": (json.dumps({**document, "version": 2}), "version 2 is not supported"),
-        "proto": ('{"format":"sluice-chat-export","version":1,"conversations":[{"id":"p","title":"t",'
-                  '"messages":[],"__proto__":{"polluted":true}}]}', 'unexpected field "__proto__"'),
-        "constructor": (json.dumps({**document, "constructor": {"prototype": {"polluted": True}}}),
-                        'unexpected field "constructor"'),
-        "huge": (json.dumps({**document, "conversations": [
-            {**good, "id": "huge", "messages": [{"role": "user", "content": "x" * 1_000_001}]}]}), "longer than"),
-        "script-title": (json.dumps({**document, "conversations": [
-            {**good, "id": "s", "title": "<script>alert(1)</script>"}]}), "titles are plain text"),
-        "half-good": (json.dumps({**document, "conversations": [
-            {**good, "id": "new-one"}, {**good, "id": "bad", "messages": [{"role": "system", "content": "x"}]}]}),
-            "role"),
+        "proto": (
+            '{"format":"sluice-chat-export","version":1,"conversations":[{"id":"p","title":"t",'
+            '"messages":[],"__proto__":{"polluted":true}}]}',
+            'unexpected field "__proto__"',
+        ),
+        "constructor": (
+            json.dumps({**document, "constructor": {"prototype": {"polluted": True}}}),
+            'unexpected field "constructor"',
+        ),
+        "huge": (
+            json.dumps(
+                {
+                    **document,
+                    "conversations": [{**good, "id": "huge", "messages": [{"role": "user", "content": "x" * 1_000_001}]}],
+                }
+            ),
+            "longer than",
+        ),
+        "script-title": (
+            json.dumps({**document, "conversations": [{**good, "id": "s", "title": "<script>alert(1)</script>"}]}),
+            "titles are plain text",
+        ),
+        "half-good": (
+            json.dumps(
+                {
+                    **document,
+                    "conversations": [
+                        {**good, "id": "new-one"},
+                        {**good, "id": "bad", "messages": [{"role": "system", "content": "x"}]},
+                    ],
+                }
+            ),
+            "role",
+        ),
         "not-export": ('{"hello": "world"}', "unexpected field"),
     }
     for name, (text, reason) in hostile.items():
@@ -352,18 +378,20 @@ def test_reject_cross_site_requests_from_another_origin(context: Any, chat: Chat
 
 # -- XSS: model output is text -----------------------------------------------------------------
 
-HOSTILE_OUTPUT = "\n".join([
-    "<script>alert('script')</script>",
-    "<img src=x onerror=\"alert('img')\">",
-    "<svg onload=\"alert('svg')\"><circle r=\"5\"/></svg>",
-    "[click me](javascript:alert('link')) and [data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
-    f"![tracker]({'http://evil.example.org/pixel.png'}) <a href=\"http://evil.example.org/\">a</a>",
-    "<iframe src=\"http://evil.example.org/\"></iframe> &lt;b&gt; &amp; &#60;script&#62;",
-    "<style>body{display:none}</style> <link rel=stylesheet href=http://evil.example.org/x.css>",
-    "```html\n<script>alert('code')</script>\n```",
-    "L" * 5000,
-    "END-OF-HOSTILE",
-])
+HOSTILE_OUTPUT = "\n".join(
+    [
+        "<script>alert('script')</script>",
+        "<img src=x onerror=\"alert('img')\">",
+        '<svg onload="alert(\'svg\')"><circle r="5"/></svg>',
+        "[click me](javascript:alert('link')) and [data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+        f'![tracker]({"http://evil.example.org/pixel.png"}) <a href="http://evil.example.org/">a</a>',
+        '<iframe src="http://evil.example.org/"></iframe> &lt;b&gt; &amp; &#60;script&#62;',
+        "<style>body{display:none}</style> <link rel=stylesheet href=http://evil.example.org/x.css>",
+        "```html\n<script>alert('code')</script>\n```",
+        "L" * 5000,
+        "END-OF-HOSTILE",
+    ]
+)
 
 
 def test_model_output_is_shown_as_inert_text(context: Any, chat: ChatDemo) -> None:
@@ -377,11 +405,16 @@ def test_model_output_is_shown_as_inert_text(context: Any, chat: ChatDemo) -> No
     bubble = page.locator(".message.assistant .bubble").last
     assert "END-OF-HOSTILE" in bubble.inner_text()
     text = bubble.inner_text()
-    for visible in ("<script>alert('script')</script>", "<img src=x onerror=", "<svg onload=", "&lt;b&gt;",
-                    "javascript:alert('link')", "[image not loaded: tracker]"):
+    for visible in (
+        "<script>alert('script')</script>",
+        "<img src=x onerror=",
+        "<svg onload=",
+        "&lt;b&gt;",
+        "javascript:alert('link')",
+        "[image not loaded: tracker]",
+    ):
         assert visible in text, visible
-    elements = page.evaluate(
-        "Array.from(document.querySelectorAll('.message .bubble *')).map(e => e.tagName.toLowerCase())")
+    elements = page.evaluate("Array.from(document.querySelectorAll('.message .bubble *')).map(e => e.tagName.toLowerCase())")
     assert not set(elements) & {"script", "img", "svg", "a", "iframe", "style", "link", "object", "embed"}
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # long lines wrap
     time.sleep(0.5)
@@ -394,11 +427,30 @@ def test_model_output_is_shown_as_inert_text(context: Any, chat: ChatDemo) -> No
 
 # -- accessibility, keyboard, screenshots ------------------------------------------------------
 
-MARKDOWN_SAMPLE = "\n".join([
-    "/echo ## A heading", "", "Some **bold**, *italic* and `code`.", "", "- one", "- two", "", "1. first", "2. second",
-    "", "> a quote", "", "| model | state |", "|---|---|", "| standin | ready |", "",
-    "```python", "def hello():", "    return 'world'", "```",
-])
+MARKDOWN_SAMPLE = "\n".join(
+    [
+        "/echo ## A heading",
+        "",
+        "Some **bold**, *italic* and `code`.",
+        "",
+        "- one",
+        "- two",
+        "",
+        "1. first",
+        "2. second",
+        "",
+        "> a quote",
+        "",
+        "| model | state |",
+        "|---|---|",
+        "| standin | ready |",
+        "",
+        "```python",
+        "def hello():",
+        "    return 'world'",
+        "```",
+    ]
+)
 
 
 def test_accessibility_keyboard_and_screenshots(context: Any, chat: ChatDemo) -> None:
@@ -447,6 +499,7 @@ def test_accessibility_keyboard_and_screenshots(context: Any, chat: ChatDemo) ->
 
 
 # -- sign-in through the real OpenID provider (`sluice serve` with [oidc]) -------------------------
+
 
 def test_oidc_sign_in_chat_and_sign_out(browser: Any, running: Running) -> None:
     context = browser.new_context(viewport={"width": 1280, "height": 800})
@@ -503,8 +556,9 @@ export async function sealedFetch(path, init, keyConfig, fetchImpl) {
 
 
 def test_sealed_key_is_pinned_and_a_changed_key_refused_until_accepted(context: Any, chat: ChatDemo) -> None:
-    context.route(chat.url + "/chat/seal.js", lambda route: route.fulfill(
-        status=200, content_type="text/javascript", body=STUB_SEAL))
+    context.route(
+        chat.url + "/chat/seal.js", lambda route: route.fulfill(status=200, content_type="text/javascript", body=STUB_SEAL)
+    )
     page = open_chat(context, chat)
     seen = watch(page, chat.url)
     page.click("#settings-toggle")
@@ -552,8 +606,10 @@ def test_sealing_unavailable_says_why(context: Any, chat: ChatDemo) -> None:
 # -- personas, image attachments, search, rename, delete ------------------------------------------
 
 # A 1x1 PNG.
-PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c63f8cf"
-                    "c0f01f0005000201e2b0c5c30000000049454e44ae426082")
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154789c63f8cf"
+    "c0f01f0005000201e2b0c5c30000000049454e44ae426082"
+)
 
 
 def test_personas_images_search_rename_and_delete(context: Any, chat: ChatDemo) -> None:
@@ -606,7 +662,10 @@ def test_personas_images_search_rename_and_delete(context: Any, chat: ChatDemo) 
     page.keyboard.press("Enter")
     page.fill("#conversation-list input", "Ships <b>renamed</b>")
     page.press("#conversation-list input", "Enter")
-    wait_js(page, "Array.from(document.querySelectorAll('#conversation-list .open')).some(b => b.textContent === 'Ships b renamed /b')")
+    wait_js(
+        page,
+        "Array.from(document.querySelectorAll('#conversation-list .open')).some(b => b.textContent === 'Ships b renamed /b')",
+    )
     page.locator("#conversation-list li", has_text="Ships b renamed /b").hover()
     page.get_by_role("button", name="Delete Ships b renamed /b").click()
     page.click("#confirm-ok")

@@ -72,8 +72,9 @@ class SealedDemo:
     def usage(self) -> list[tuple[str, str, int, int, int, int]]:
         """(user, model, status, prompt_tokens, completion_tokens, sealed) of every accounted request."""
         with contextlib.closing(sqlite3.connect(self.runtime / "usage.db")) as db:
-            return list(db.execute(
-                "SELECT user_id, model, status, prompt_tokens, completion_tokens, sealed FROM usage ORDER BY id"))
+            return list(
+                db.execute("SELECT user_id, model, status, prompt_tokens, completion_tokens, sealed FROM usage ORDER BY id")
+            )
 
     def gate_fingerprint(self) -> str:
         """The current key's fingerprint as the gate's side says it (``sluice-cluster keys list``)."""
@@ -97,14 +98,14 @@ def record(page: Any) -> Wire:
 
     def on_request(request: Any) -> None:
         if "/v1/" in request.url:
-            wire.sent.append((request.method, request.url, request.headers.get("content-type", ""),
-                              request.post_data_buffer or b""))
+            wire.sent.append(
+                (request.method, request.url, request.headers.get("content-type", ""), request.post_data_buffer or b"")
+            )
 
     def on_response(response: Any) -> None:
         if "/v1/sealed/" in response.url and response.request.method == "POST":
             headers = response.headers
-            wire.answers.append((response.url, response.status, headers.get("content-type", ""),
-                                 headers.get("x-request-id", "")))
+            wire.answers.append((response.url, response.status, headers.get("content-type", ""), headers.get("x-request-id", "")))
 
     page.on("request", on_request)
     page.on("response", on_response)
@@ -119,10 +120,30 @@ def sealed_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SealedDemo
     env = {**os.environ, "TMPDIR": str(work / "tmp"), "PYTHONDONTWRITEBYTECODE": "1"}
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "appliance.cli", "demo", "--port", str(free_port()), "--api-key", KEY,
-             "--mode", "mux", "--token-delay", str(TOKEN_DELAY), "--log-level", "debug"],
-            cwd=work, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "appliance.cli",
+                "demo",
+                "--port",
+                str(free_port()),
+                "--api-key",
+                KEY,
+                "--mode",
+                "mux",
+                "--token-delay",
+                str(TOKEN_DELAY),
+                "--log-level",
+                "debug",
+            ],
+            cwd=work,
+            env=env,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
     try:
+
         def printed() -> list[str] | None:
             if process.poll() is not None:
                 raise RuntimeError("the demo stopped: " + stderr.read_text()[-3000:])
@@ -192,14 +213,17 @@ def test_sealed_chat_streams_and_the_gateway_sees_only_ciphertext(context: Any, 
     ]
     assert all(len(body) >= 1024 for *_, body in posts)  # padded to the 1 KiB bucket
     assert [(status, kind) for _, status, kind, _ in wire.answers] == [
-        (200, "message/ohttp-chunked-res"), (200, "message/ohttp-res")]
+        (200, "message/ohttp-chunked-res"),
+        (200, "message/ohttp-res"),
+    ]
     for method, url, kind, body in wire.sent:
         assert canary.encode() not in body and canary not in url, (method, url)
         assert method == "GET" or kind in SEALED_TYPES, (method, url, kind)
 
     # Accounted (sealed, with the gate's token counts) ...
-    rows = wait_for(lambda: sealed_demo.usage()[accounted:] if len(sealed_demo.usage()) >= accounted + 2 else None,
-                    10, "both usage rows")
+    rows = wait_for(
+        lambda: sealed_demo.usage()[accounted:] if len(sealed_demo.usage()) >= accounted + 2 else None, 10, "both usage rows"
+    )
     assert rows == [("demo#demo", "standin-chat", 200, 26, 25, 1), ("demo#demo", "standin-chat", 200, 3, 2, 1)]
     # ... and the canary nowhere the appliance or the gate writes: logs, database, runtime files.
     metrics = httpx2.get(f"{sealed_demo.url}/metrics", headers={"Authorization": f"Bearer {sealed_demo.metrics_token}"})
@@ -222,15 +246,18 @@ def test_sealed_chat_streams_and_the_gateway_sees_only_ciphertext(context: Any, 
 
 
 def test_reject_a_swapped_key_until_accepted_and_the_gate_refuses_what_was_sealed_to_it(
-        context: Any, sealed_demo: SealedDemo) -> None:
+    context: Any, sealed_demo: SealedDemo
+) -> None:
     canary = "canary-" + uuid.uuid4().hex
     page = open_chat(context, sealed_demo)  # type: ignore[arg-type]
     seen = watch(page, sealed_demo.url)
     pinned = turn_sealing_on(page)
     # The appliance now serves a key of its own (the gate does not hold it).
     impostor = generate_key(1).config
-    context.route(sealed_demo.url + "/v1/sealed/keys", lambda route: route.fulfill(
-        status=200, content_type="application/ohttp-keys", body=encode_key_configs([impostor])))
+    context.route(
+        sealed_demo.url + "/v1/sealed/keys",
+        lambda route: route.fulfill(status=200, content_type="application/ohttp-keys", body=encode_key_configs([impostor])),
+    )
     page.reload()
     page.wait_for_selector(READY, state="attached")
     assert "key changed" in page.inner_text("#notice") and not page.is_checked("#sealed")
@@ -249,12 +276,12 @@ def test_reject_a_swapped_key_until_accepted_and_the_gate_refuses_what_was_seale
     set_max_tokens(page, 8)
     send(page, f"/echo {canary}")
     wait_answered(page)
-    assert page.inner_text("#notice") == (
-        "The request failed (400, sealed_invalid): The sealed request could not be opened.")
+    assert page.inner_text("#notice") == ("The request failed (400, sealed_invalid): The sealed request could not be opened.")
     assert page.locator(".message.assistant").count() == 0
     posts = wire.posts()
     assert [(url.removeprefix(sealed_demo.url), kind) for _, url, kind, _ in posts] == [
-        ("/v1/sealed/chat/completions", "message/ohttp-chunked-req")]
+        ("/v1/sealed/chat/completions", "message/ohttp-chunked-req")
+    ]
     assert canary.encode() not in posts[0][3]
     rows = wait_for(lambda: sealed_demo.usage()[accounted:], 10, "the refusal's usage row")
     assert [(status, completion, sealed) for _, _, status, _, completion, sealed in rows] == [(400, 0, 1)]

@@ -26,13 +26,19 @@ def test_models_merge_and_requests_route_to_their_cluster(cluster: Cluster, tmp_
     try:
         (tmp_path / "a").mkdir()
         (tmp_path / "b").mkdir()
-        config_a = write_static_config(tmp_path / "a", [
-            ("standin-chat", "127.0.0.1", cluster.chat.port, cluster.chat.token, ["chat", "completions"]),
-        ])
-        config_b = write_static_config(tmp_path / "b", [
-            ("other-chat", "127.0.0.1", other.port, other.token, ["chat"]),
-            ("standin-embed", "127.0.0.1", cluster.embed.port, cluster.embed.token, ["embeddings"]),
-        ])
+        config_a = write_static_config(
+            tmp_path / "a",
+            [
+                ("standin-chat", "127.0.0.1", cluster.chat.port, cluster.chat.token, ["chat", "completions"]),
+            ],
+        )
+        config_b = write_static_config(
+            tmp_path / "b",
+            [
+                ("other-chat", "127.0.0.1", other.port, other.token, ["chat"]),
+                ("standin-embed", "127.0.0.1", cluster.embed.port, cluster.embed.token, ["embeddings"]),
+            ],
+        )
         port = free_port()
         clusters = ""
         for name, config in (("alpha", config_a), ("beta", config_b)):
@@ -44,8 +50,12 @@ def test_models_merge_and_requests_route_to_their_cluster(cluster: Cluster, tmp_
             f'[[api_keys]]\nuser = "u"\nkey_id = "k"\nsha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n'
             "[access]\nunsafe_allow_all = true\n"
         )
-        process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(appliance)], cwd=ROOT,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--config", str(appliance)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -59,8 +69,9 @@ def test_models_merge_and_requests_route_to_their_cluster(cluster: Cluster, tmp_
                 assert {m.id for m in client.models.list()} == {"standin-chat", "other-chat", "standin-embed"}
                 served_before = other.stats()["served"]
                 for model in ("standin-chat", "other-chat"):
-                    answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}],
-                                                            max_tokens=2)
+                    answer = client.chat.completions.create(
+                        model=model, messages=[{"role": "user", "content": "x"}], max_tokens=2
+                    )
                     assert answer.model == model
                 assert other.stats()["served"] == served_before + 1
                 assert len(client.embeddings.create(model="standin-embed", input="x").data) == 1

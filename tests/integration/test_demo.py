@@ -65,9 +65,25 @@ def _alive(pid: int) -> bool:
 def start_demo(mode: str, token_delay: float = 0.002, host: str = "127.0.0.1") -> Demo:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", "demo", "--port", str(port), "--api-key", KEY, "--mode", mode,
-         "--token-delay", str(token_delay), "--host", host],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli",
+            "demo",
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+            "--mode",
+            mode,
+            "--token-delay",
+            str(token_delay),
+            "--host",
+            host,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
     )
     assert process.stdout is not None
     deadline = time.monotonic() + 90
@@ -138,7 +154,10 @@ def test_chat_stream(demo: Demo) -> None:
 
 def test_chat_stream_with_usage(demo: Demo) -> None:
     stream = demo.client().chat.completions.create(
-        model="standin-chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, stream=True,
+        model="standin-chat",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=5,
+        stream=True,
         stream_options={"include_usage": True},
     )
     usage = [c.usage for c in stream if c.usage is not None]
@@ -178,8 +197,12 @@ def test_wrong_route_for_model(demo: Demo) -> None:
 
 
 def _post(demo: Demo, content: bytes, path: str = "/v1/chat/completions") -> httpx2.Response:
-    return httpx2.post(f"{demo.url}{path}", content=content,
-                      headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}, timeout=30)
+    return httpx2.post(
+        f"{demo.url}{path}",
+        content=content,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        timeout=30,
+    )
 
 
 @pytest.mark.parametrize(
@@ -246,9 +269,13 @@ def test_sealed_openai_client_through_the_demo(demo: Demo) -> None:
         )
         assert answer.choices[0].message.content == plain.choices[0].message.content
         assert answer.usage is not None and answer.usage.completion_tokens == 12
-        pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
-            model="standin-chat", messages=[{"role": "user", "content": "Hello there"}], max_tokens=12, stream=True)
-            if c.choices]
+        pieces = [
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(
+                model="standin-chat", messages=[{"role": "user", "content": "Hello there"}], max_tokens=12, stream=True
+            )
+            if c.choices
+        ]
         assert "".join(pieces).split() == (plain.choices[0].message.content or "").split()
         assert len(client.embeddings.create(model="standin-embed", input=["one"]).data) == 1
         assert {m.id for m in client.models.list()} == {"standin-chat", "standin-embed"}

@@ -23,8 +23,7 @@ def test_responses_plain(demo: Demo) -> None:
     answer = demo.client().responses.create(model="standin-chat", input="Hello there", max_output_tokens=12)
     assert answer.output_text and len(answer.output_text.split()) == 12
     assert answer.usage is not None and answer.usage.output_tokens == 12 and answer.usage.input_tokens == 2
-    raw = demo.client().responses.with_raw_response.create(model="standin-chat", input="Hello there",
-                                                           max_output_tokens=12)
+    raw = demo.client().responses.with_raw_response.create(model="standin-chat", input="Hello there", max_output_tokens=12)
     assert raw.headers["sluice-store"] == "false"
     assert raw.parse().output_text == answer.output_text
 
@@ -33,9 +32,11 @@ def test_responses_stream(demo: Demo) -> None:
     plain = demo.client().responses.create(
         model="standin-chat", input=[{"role": "user", "content": "Hello there"}], max_output_tokens=12
     )
-    events = list(demo.client().responses.create(
-        model="standin-chat", input=[{"role": "user", "content": "Hello there"}], max_output_tokens=12, stream=True
-    ))
+    events = list(
+        demo.client().responses.create(
+            model="standin-chat", input=[{"role": "user", "content": "Hello there"}], max_output_tokens=12, stream=True
+        )
+    )
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
     assert len(deltas) == 12 and "".join(deltas) == plain.output_text
     assert events[0].type == "response.created"
@@ -61,8 +62,12 @@ def test_responses_parallel_tool_calls_stream_unchanged(demo: Demo) -> None:
 
 
 def test_chat_parallel_tool_calls_stream_unchanged(demo: Demo) -> None:
-    kwargs = {"model": "standin-chat", "messages": [{"role": "user", "content": "What now?"}], "tools": CHAT_TOOLS,
-              "tool_choice": "required"}
+    kwargs = {
+        "model": "standin-chat",
+        "messages": [{"role": "user", "content": "What now?"}],
+        "tools": CHAT_TOOLS,
+        "tool_choice": "required",
+    }
     plain = demo.client().chat.completions.create(**kwargs)  # type: ignore[call-overload]
     message = plain.choices[0].message
     assert plain.choices[0].finish_reason == "tool_calls" and message.tool_calls and len(message.tool_calls) == 2
@@ -98,8 +103,12 @@ def test_reject_server_state(demo: Demo, extra: dict[str, object], code: str) ->
 
 
 def test_responses_route_not_served_by_embeddings(demo: Demo) -> None:
-    response = httpx2.post(f"{demo.url}/v1/responses", json={"model": "standin-embed", "input": "x"},
-                           headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    response = httpx2.post(
+        f"{demo.url}/v1/responses",
+        json={"model": "standin-embed", "input": "x"},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
     assert response.status_code == 404 and response.json()["error"]["code"] == "route_not_served"
 
 
@@ -111,9 +120,11 @@ def test_sealed_responses(demo: Demo) -> None:
     with sealed_openai_client(f"{demo.url}/v1", KEY, fingerprint) as client:
         answer = client.responses.create(model="standin-chat", input="Hello there", max_output_tokens=9)
         assert answer.output_text == plain.output_text
-        deltas = [e.delta for e in client.responses.create(
-            model="standin-chat", input="Hello there", max_output_tokens=9, stream=True)
-            if e.type == "response.output_text.delta"]
+        deltas = [
+            e.delta
+            for e in client.responses.create(model="standin-chat", input="Hello there", max_output_tokens=9, stream=True)
+            if e.type == "response.output_text.delta"
+        ]
         assert "".join(deltas) == plain.output_text
 
 
@@ -123,8 +134,7 @@ def _post(demo: Demo, path: str, body: dict[str, object]) -> httpx2.Response:
 
 def test_rerank(demo: Demo) -> None:
     documents = ["the cat sat", "a dog ran", "stocks fell today", "cats purr"]
-    response = _post(demo, "/v1/rerank", {"model": "standin-embed", "query": "cats", "documents": documents,
-                                          "top_n": 3})
+    response = _post(demo, "/v1/rerank", {"model": "standin-embed", "query": "cats", "documents": documents, "top_n": 3})
     assert response.status_code == 200, response.text
     answer = response.json()
     scores = [r["relevance_score"] for r in answer["results"]]
@@ -157,9 +167,7 @@ def test_score(demo: Demo) -> None:
         ("/v1/score", {"model": "standin-embed", "text_1": "q", "text_2": "d", "extra": 1}, 422, "unknown_field"),
     ],
 )
-def test_reject_scoring_bodies_outside_the_policy(
-    demo: Demo, path: str, body: dict[str, object], status: int, code: str
-) -> None:
+def test_reject_scoring_bodies_outside_the_policy(demo: Demo, path: str, body: dict[str, object], status: int, code: str) -> None:
     response = _post(demo, path, body)
     assert response.status_code == status and response.json()["error"]["code"] == code
 
@@ -197,7 +205,9 @@ def test_transcription_text_formats(demo: Demo, response_format: str) -> None:
     from tests.audio_files import wav
 
     text = demo.client().audio.transcriptions.create(
-        model="standin-chat", file=("speech.wav", wav(2.0)), response_format=response_format  # type: ignore[arg-type]
+        model="standin-chat",
+        file=("speech.wav", wav(2.0)),
+        response_format=response_format,  # type: ignore[arg-type]
     )
     assert isinstance(text, str) and text.strip()
     if response_format == "vtt":
@@ -210,8 +220,13 @@ def test_transcription_verbose_json_with_words(demo: Demo) -> None:
     from tests.audio_files import wav
 
     answer = demo.client().audio.transcriptions.create(
-        model="standin-chat", file=("speech.wav", wav(2.0)), response_format="verbose_json",
-        timestamp_granularities=["word", "segment"], language="en", temperature=0.0, prompt="a meeting",
+        model="standin-chat",
+        file=("speech.wav", wav(2.0)),
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+        language="en",
+        temperature=0.0,
+        prompt="a meeting",
     )
     assert answer.duration == 2.0 and answer.words is not None and len(answer.words) == 5
 
@@ -220,8 +235,10 @@ def test_transcription_stream(demo: Demo) -> None:
     from tests.audio_files import wav
 
     response = httpx2.post(
-        f"{demo.url}/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"},
-        files={"file": ("speech.wav", wav(2.0), "audio/wav")}, data={"model": "standin-chat", "stream": "true"},
+        f"{demo.url}/v1/audio/transcriptions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        files={"file": ("speech.wav", wav(2.0), "audio/wav")},
+        data={"model": "standin-chat", "stream": "true"},
         timeout=30,
     )
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
@@ -232,8 +249,12 @@ def test_transcription_stream(demo: Demo) -> None:
 
 
 def _form(demo: Demo, content: bytes, content_type: str) -> httpx2.Response:
-    return httpx2.post(f"{demo.url}/v1/audio/transcriptions", content=content,
-                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": content_type}, timeout=30)
+    return httpx2.post(
+        f"{demo.url}/v1/audio/transcriptions",
+        content=content,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": content_type},
+        timeout=30,
+    )
 
 
 def test_reject_bad_audio_forms_at_the_appliance(demo: Demo) -> None:
@@ -279,12 +300,14 @@ def test_answers_name_revision_and_backend_version(demo: Demo) -> None:
     plain = httpx2.post(f"{demo.url}/v1/chat/completions", json=body, headers=headers, timeout=30)
     assert plain.headers["sluice-model-revision"] == "standin-weights-1"
     assert plain.headers["sluice-backend-version"] == "sluice-standin-1"
-    with httpx2.stream("POST", f"{demo.url}/v1/chat/completions", json={**body, "stream": True}, headers=headers,
-                       timeout=30) as streamed:
+    with httpx2.stream(
+        "POST", f"{demo.url}/v1/chat/completions", json={**body, "stream": True}, headers=headers, timeout=30
+    ) as streamed:
         assert streamed.headers["sluice-model-revision"] == "standin-weights-1"
         "".join(streamed.iter_text())
-    embedded = httpx2.post(f"{demo.url}/v1/embeddings", json={"model": "standin-embed", "input": "x"},
-                           headers=headers, timeout=30)
+    embedded = httpx2.post(
+        f"{demo.url}/v1/embeddings", json={"model": "standin-embed", "input": "x"}, headers=headers, timeout=30
+    )
     assert "sluice-model-revision" not in embedded.headers  # none configured
     assert embedded.headers["sluice-backend-version"] == "sluice-standin-1"
 

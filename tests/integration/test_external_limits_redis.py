@@ -19,16 +19,21 @@ pytestmark = pytest.mark.integration
 
 def test_external_limits_hold_across_two_replicas() -> None:
     redis = RedisServer()
-    upstream = _Upstream(ExternalUpstream("partner", "https://x.example", Path("k"), ("m",), frozenset({"g"}),
-                                          requests_per_minute=3, max_concurrent=2), Secret("k"))
+    upstream = _Upstream(
+        ExternalUpstream(
+            "partner", "https://x.example", Path("k"), ("m",), frozenset({"g"}), requests_per_minute=3, max_concurrent=2
+        ),
+        Secret("k"),
+    )
 
     async def scenario() -> None:
         replicas = [Quotas(QuotaPolicy(), RedisBackend(redis.url, timeout=2)) for _ in range(2)]
         for replica in replicas:
             await replica.start()
         try:
-            results = await asyncio.gather(*(replicas[i % 2].admit_plan(upstream.plan("alice")) for i in range(10)),
-                                           return_exceptions=True)
+            results = await asyncio.gather(
+                *(replicas[i % 2].admit_plan(upstream.plan("alice")) for i in range(10)), return_exceptions=True
+            )
             admitted = [r for r in results if not isinstance(r, BaseException)]
             refused = [r for r in results if isinstance(r, QuotaExceeded)]
             # Two in flight at most over both replicas (the slots), not two per replica.

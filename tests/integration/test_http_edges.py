@@ -76,8 +76,10 @@ def _status(data: bytes) -> int:
 
 
 def _post(path: str, body: bytes, extra: str = "", content_type: str = "application/json") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
 
 
 def _no_internal_errors(served: Served) -> None:
@@ -110,8 +112,11 @@ def test_reject_method_not_exactly_registered(served: Served, method: str) -> No
 
 
 def test_reject_h2c_upgrade(served: Served) -> None:
-    reply = _exchange(served, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\n"
-                              b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+    reply = _exchange(
+        served,
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
     assert _status(reply) == 400, reply[:200]
     assert b"101" not in reply.split(b"\r\n", 1)[0]
 
@@ -144,7 +149,9 @@ def test_reject_foreign_origin(served: Served, origin: str) -> None:
 
 def test_same_origin_json_passes(served: Served) -> None:
     """What the web chat sends: JSON with its own origin."""
-    request = _post("/v1/chat/completions", CHAT, "").replace(b"Host: 127.0.0.1\r\n", f"Host: 127.0.0.1:{served.port}\r\n".encode())
+    request = _post("/v1/chat/completions", CHAT, "").replace(
+        b"Host: 127.0.0.1\r\n", f"Host: 127.0.0.1:{served.port}\r\n".encode()
+    )
     request = request.replace(b"\r\n\r\n", f"\r\nOrigin: http://127.0.0.1:{served.port}\r\n\r\n".encode(), 1)
     assert _status(_exchange(served, request)) == 200
 
@@ -209,8 +216,10 @@ def test_reject_body_cut_by_disconnect(served: Served) -> None:
 
 
 def test_reject_malformed_chunking(served: Served) -> None:
-    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
-               "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"mod\r\nzz-not-hex\r\n").encode()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+        'Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"mod\r\nzz-not-hex\r\n'
+    ).encode()
     reply = _exchange(served, request)
     assert reply == b"" or 400 <= _status(reply) < 500, reply[:200]
     time.sleep(0.5)

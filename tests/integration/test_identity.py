@@ -71,8 +71,7 @@ class Running:
         return found
 
 
-def _config(directory: Path, port: int, cluster: Cluster, provider: OidcProvider, external: Standin,
-            extra: str = "") -> Path:
+def _config(directory: Path, port: int, cluster: Cluster, provider: OidcProvider, external: Standin, extra: str = "") -> Path:
     (directory / "session.key").write_text(base64.b64encode(bytes(range(48))).decode())
     (directory / "session.key").chmod(0o600)
     (directory / "external.key").write_text(external.token)
@@ -82,7 +81,8 @@ def _config(directory: Path, port: int, cluster: Cluster, provider: OidcProvider
     (directory / "oidc-secret").chmod(0o600)
     gate = json.dumps(cluster.gate_argv())
     config = directory / "appliance.toml"
-    config.write_text(f"""
+    config.write_text(
+        f"""
 [server]
 port = {port}
 keepalive_interval = 1
@@ -127,7 +127,9 @@ groups = ["staff"]
 routes = ["chat"]
 requests_per_minute = 4
 max_tokens = 40
-""" + extra)
+"""
+        + extra
+    )
     return config
 
 
@@ -146,8 +148,12 @@ def run_identity_appliance(cluster: Cluster, directory: Path, extra_toml: str = 
     config = _config(directory, port, cluster, provider, external, extra_toml)
     log = directory / "appliance.log"
     with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)],
-                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sink)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -173,6 +179,7 @@ def run_identity_appliance(cluster: Cluster, directory: Path, extra_toml: str = 
 
 
 # -- helpers ------------------------------------------------------------------------------
+
 
 def sign_in(running: Running, sub: str) -> httpx2.Client:
     """A browser-like client signed in as ``sub`` through the provider."""
@@ -222,6 +229,7 @@ def chat(client: openai.OpenAI, model: str = "standin-chat") -> str:
 
 # -- the done-when --------------------------------------------------------------------------
 
+
 def test_login_key_openai_and_losing_access(running: Running) -> None:
     browser = sign_in(running, "alice")
     page = browser.get("/account/").text
@@ -262,6 +270,7 @@ def test_login_key_openai_and_losing_access(running: Running) -> None:
 
 
 # -- sign-in, session and keys ------------------------------------------------------------------
+
 
 def test_session_cookie_flags_and_logout(running: Running) -> None:
     client = httpx2.Client(base_url=running.url, timeout=30)
@@ -314,8 +323,14 @@ def test_reject_forged_callback_and_csrf(running: Running) -> None:
     browser = sign_in(running, "alice")
     assert browser.post("/account/keys", data={"csrf": "wrong", "name": "x", "expires_days": "1"}).status_code == 403
     page = browser.get("/account/").text
-    assert browser.post("/account/keys", data={"csrf": csrf(page), "name": "x", "expires_days": "1"},
-                        headers={"Origin": "https://evil.example"}).status_code == 403
+    assert (
+        browser.post(
+            "/account/keys",
+            data={"csrf": csrf(page), "name": "x", "expires_days": "1"},
+            headers={"Origin": "https://evil.example"},
+        ).status_code
+        == 403
+    )
     browser.close()
 
 
@@ -329,8 +344,9 @@ def test_scoped_key_and_expiry_bounds(running: Running) -> None:
     page = browser.get("/account/").text
     too_long = browser.post("/account/keys", data={"csrf": csrf(page), "name": "x", "expires_days": "4000"})
     assert too_long.status_code == 400
-    not_allowed = browser.post("/account/keys", data={"csrf": csrf(page), "name": "x", "expires_days": "1",
-                                                      "model": "secret-model"})
+    not_allowed = browser.post(
+        "/account/keys", data={"csrf": csrf(page), "name": "x", "expires_days": "1", "model": "secret-model"}
+    )
     assert not_allowed.status_code == 400
     browser.close()
 
@@ -346,23 +362,35 @@ def test_user_without_groups_sees_nothing(running: Running) -> None:
 
 def test_admin_cli_create_list_revoke(running: Running) -> None:
     cli = [sys.executable, "-m", "appliance.cli", "keys"]
-    made = subprocess.run([*cli, "create", "--config", str(running.config), "--user", "svc-batch", "--name", "batch",
-                           "--groups", "embedders"], cwd=ROOT, capture_output=True, text=True, check=True)
+    made = subprocess.run(
+        [*cli, "create", "--config", str(running.config), "--user", "svc-batch", "--name", "batch", "--groups", "embedders"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     key = made.stdout.strip()
     client = running.client(key)
     assert [m.id for m in client.models.list()] == ["standin-embed"]
-    listing = subprocess.run([*cli, "list", "--config", str(running.config), "--user", "svc-batch", "--json"],
-                             cwd=ROOT, capture_output=True, text=True, check=True)
+    listing = subprocess.run(
+        [*cli, "list", "--config", str(running.config), "--user", "svc-batch", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = [json.loads(line) for line in listing.stdout.splitlines()]
     assert [r["id"] for r in rows] == [key_id(key)] and key not in listing.stdout
-    subprocess.run([*cli, "revoke", "--config", str(running.config), "--user", "svc-batch"], cwd=ROOT, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*cli, "revoke", "--config", str(running.config), "--user", "svc-batch"], cwd=ROOT, check=True, capture_output=True
+    )
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
     client.close()
 
 
 # -- Bearer JWT access tokens from the provider ------------------------------------------------
+
 
 def test_bearer_jwt_from_the_provider(running: Running) -> None:
     token = running.provider.tokens(API_AUDIENCE, "alice")["id_token"]
@@ -397,10 +425,18 @@ def test_reject_bad_bearer_tokens(running: Running) -> None:
     import hmac
 
     unsigned = _forge({"alg": "HS256", "typ": "JWT"}, claims).rsplit(".", 1)[0]
-    confusion = unsigned + "." + base64.urlsafe_b64encode(
-        hmac.new(public_pem, unsigned.encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
-    for name, token in [("wrong audience", wrong_audience), ("wrong issuer", wrong_issuer), ("tampered", tampered),
-                        ("alg none", none_alg), ("HS256 confusion", confusion)]:
+    confusion = (
+        unsigned
+        + "."
+        + base64.urlsafe_b64encode(hmac.new(public_pem, unsigned.encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
+    )
+    for name, token in [
+        ("wrong audience", wrong_audience),
+        ("wrong issuer", wrong_issuer),
+        ("tampered", tampered),
+        ("alg none", none_alg),
+        ("HS256 confusion", confusion),
+    ]:
         response = httpx2.get(f"{running.url}/v1/models", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert response.status_code == 401, name
     reasons = {e.get("reason") for e in running.events() if e.get("event") == "bearer_jwt_rejected"}
@@ -408,6 +444,7 @@ def test_reject_bad_bearer_tokens(running: Running) -> None:
 
 
 # -- trusted-header mode ------------------------------------------------------------------------
+
 
 def test_trusted_header_from_the_proxy(running: Running) -> None:
     headers = {"X-Remote-User": "carol", "X-Remote-Groups": "embedders, other"}
@@ -436,6 +473,7 @@ def test_reject_trusted_header_spoofed_from_elsewhere(running: Running) -> None:
 
 # -- external models -----------------------------------------------------------------------------
 
+
 def test_external_model_route(running: Running) -> None:
     browser = sign_in(running, "alice")
     key = create_key(browser, "external")
@@ -444,8 +482,13 @@ def test_external_model_route(running: Running) -> None:
     external = running.client(key, external=True)
     assert [m.id for m in external.models.list()] == ["ext-chat"]
     assert chat(external, "ext-chat")
-    pieces = [c.choices[0].delta.content or "" for c in external.chat.completions.create(
-        model="ext-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True) if c.choices]
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in external.chat.completions.create(
+            model="ext-chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3, stream=True
+        )
+        if c.choices
+    ]
     assert "".join(pieces).strip()
     # Never through the gate: unknown on /v1, and cluster models are unknown on the external route.
     with pytest.raises(openai.NotFoundError):
@@ -458,8 +501,9 @@ def test_external_model_route(running: Running) -> None:
     # Every field that sets output length counts: a larger max_tokens beside a small max_completion_tokens,
     # and n choices of an allowed length (2 x 30 > 40).
     with pytest.raises(openai.UnprocessableEntityError):
-        external.chat.completions.create(model="ext-chat", messages=[{"role": "user", "content": "x"}], max_tokens=41,
-                                         max_completion_tokens=10)
+        external.chat.completions.create(
+            model="ext-chat", messages=[{"role": "user", "content": "x"}], max_tokens=41, max_completion_tokens=10
+        )
     with pytest.raises(openai.UnprocessableEntityError):
         external.chat.completions.create(model="ext-chat", messages=[{"role": "user", "content": "x"}], max_tokens=30, n=2)
     assert chat(external, "ext-chat")
@@ -468,8 +512,12 @@ def test_external_model_route(running: Running) -> None:
         chat(external, "ext-chat")
     assert running.external.stats()["served"] - served_before == 4
     # Route policy first: a body outside routes.toml never reaches the upstream.
-    response = httpx2.post(f"{running.url}/external/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                          json={"model": "ext-chat", "messages": [], "evil": 1}, timeout=10)
+    response = httpx2.post(
+        f"{running.url}/external/v1/chat/completions",
+        headers={"Authorization": f"Bearer {key}"},
+        json={"model": "ext-chat", "messages": [], "evil": 1},
+        timeout=10,
+    )
     assert response.status_code == 422
 
 
@@ -488,7 +536,9 @@ def test_reject_logout_reading_a_body_without_a_session(running: Running) -> Non
 
     port = int(running.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"POST /account/logout HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                     b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000000\r\n\r\ncsrf=")
+        sock.sendall(
+            b"POST /account/logout HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000000\r\n\r\ncsrf="
+        )
         head = sock.recv(65536)  # no more body is coming: an answer now means none was waited for
     assert head.startswith(b"HTTP/1.1 401 "), head[:100]

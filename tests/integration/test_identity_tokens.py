@@ -46,8 +46,7 @@ def verify(provider: OidcProvider, token: str, offset: float = 0.0, **kwargs: An
     async def run() -> dict[str, Any]:
         async with httpx2.AsyncClient() as client:
             discovered = Provider(provider.issuer, client)
-            verifier = TokenVerifier(provider.issuer, discovered.jwks, ("RS256",), leeway=0,
-                                     clock=lambda: time.time() + offset)
+            verifier = TokenVerifier(provider.issuer, discovered.jwks, ("RS256",), leeway=0, clock=lambda: time.time() + offset)
             return await verifier.verify(token, AUDIENCE, **kwargs)
 
     return asyncio.run(run())
@@ -93,7 +92,8 @@ def test_reject_tampered_none_and_key_confusion(provider: OidcProvider) -> None:
     none = b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
     assert rejected(provider, f"{none}.{payload}.") == "algorithm_not_allowed"
     public = jwt.PyJWK(provider.jwks()["keys"][0]).key.public_bytes(  # type: ignore[union-attr]
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     unsigned = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + payload
     confused = unsigned + "." + b64(hmac.new(public, unsigned.encode(), hashlib.sha256).digest())
     assert rejected(provider, confused) == "algorithm_not_allowed"

@@ -215,9 +215,9 @@ def test_reject_a_job_touching_the_gates_keys_code_home_and_authorized_keys(acco
         ("replace", sshd.config),
     ]  # fmt: skip
     allowed = [
-        ("read", accounts.gate_tls / "client.crt"),   # public: each job's clients.pem lists it
-        ("read", accounts.spool / "routing.json"),    # its own jobs' entries (it writes them)
-        ("create", accounts.spool / "probe"),         # the spool is shared (see the operator guide)
+        ("read", accounts.gate_tls / "client.crt"),  # public: each job's clients.pem lists it
+        ("read", accounts.spool / "routing.json"),  # its own jobs' entries (it writes them)
+        ("create", accounts.spool / "probe"),  # the spool is shared (see the operator guide)
     ]
     results = probe_as(JOBS_USER, denied + allowed)
     for action, path in denied:

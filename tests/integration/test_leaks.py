@@ -28,8 +28,12 @@ from tests.conftest import Cluster, free_port
 pytestmark = pytest.mark.integration
 
 KEY = "sk-leak-test-" + "x" * 20
-LONG = {"model": "standin-chat", "messages": [{"role": "user", "content": "tell a long story"}],
-        "max_tokens": 4000, "stream": True}
+LONG = {
+    "model": "standin-chat",
+    "messages": [{"role": "user", "content": "tell a long story"}],
+    "max_tokens": 4000,
+    "stream": True,
+}
 
 
 async def _gate_in_flight(appliance: Appliance) -> dict[str, object]:
@@ -45,8 +49,9 @@ async def _settled(appliance: Appliance, cluster: Cluster, baseline_tasks: int) 
             streams = appliance.clusters.stats()["streams"]
             tasks = len(asyncio.all_tasks()) - baseline_tasks
             gate = await _gate_in_flight(appliance)
-            stats = (await client.get(f"{cluster.chat.url}/stats",
-                                      headers={"Authorization": f"Bearer {cluster.chat.token}"})).json()
+            stats = (
+                await client.get(f"{cluster.chat.url}/stats", headers={"Authorization": f"Bearer {cluster.chat.token}"})
+            ).json()
             state = {
                 "appliance_streams": streams,
                 "gate_in_flight": gate["in_flight"],
@@ -62,8 +67,12 @@ async def _settled(appliance: Appliance, cluster: Cluster, baseline_tasks: int) 
 async def _scenario(cluster: Cluster, mode: str) -> None:
     keys = ApiKeyStore()
     keys.add(KEY, "leak", "leak")
-    appliance = Appliance(ClusterSet.single(LocalPipeTransport(cluster.gate_argv(), mode=mode)), ApiKeyAuthenticator(keys),
-                          UnsafeAllowAll(), keepalive_interval=60)
+    appliance = Appliance(
+        ClusterSet.single(LocalPipeTransport(cluster.gate_argv(), mode=mode)),
+        ApiKeyAuthenticator(keys),
+        UnsafeAllowAll(),
+        keepalive_interval=60,
+    )
     port = free_port()
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
@@ -93,7 +102,11 @@ async def _scenario(cluster: Cluster, mode: str) -> None:
                 async for _ in response.aiter_bytes():
                     break
         assert await _settled(appliance, cluster, baseline) == {
-            "appliance_streams": 0, "gate_in_flight": 0, "backend_active": 0, "tasks": 0}
+            "appliance_streams": 0,
+            "gate_in_flight": 0,
+            "backend_active": 0,
+            "tasks": 0,
+        }
 
         # 2. A slow reader does not hold up others, and frees everything when it leaves.
         async with httpx2.AsyncClient(timeout=30) as slow, httpx2.AsyncClient(timeout=30) as fast:
@@ -106,7 +119,11 @@ async def _scenario(cluster: Cluster, mode: str) -> None:
                     await asyncio.sleep(0.2)
                     await chunks.__anext__()
         assert await _settled(appliance, cluster, baseline) == {
-            "appliance_streams": 0, "gate_in_flight": 0, "backend_active": 0, "tasks": 0}
+            "appliance_streams": 0,
+            "gate_in_flight": 0,
+            "backend_active": 0,
+            "tasks": 0,
+        }
     finally:
         stop.set()
         await asyncio.wait_for(server, 15)

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.integration
 
 
 def _chat(max_tokens: int, stream: bool = False, model: str = "standin-chat") -> tuple[Call, bytes]:
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "count"}],
-                       "max_tokens": max_tokens, "stream": stream}).encode()
+    body = json.dumps(
+        {"model": model, "messages": [{"role": "user", "content": "count"}], "max_tokens": max_tokens, "stream": stream}
+    ).encode()
     return Call("chat", model, len(body)), body
 
 
@@ -49,6 +50,7 @@ def test_reject_more_streams_than_the_gate_allows_on_one_session(cluster: Cluste
         transport = LocalPipeTransport(cluster.gate_argv(), sessions=1)
         await transport.start()
         try:
+
             async def one() -> int:
                 call, body = _chat(40)
                 reply = await transport.request(call, body)
@@ -106,8 +108,8 @@ def test_reject_timeout_before_head_is_cancelled_at_the_gate(tmp_path: Path) -> 
         server = await asyncio.start_server(silent, "127.0.0.1", port)
         config = write_static_config(tmp_path, [("silent-chat", "127.0.0.1", port, None, ["chat"])])
         transport = LocalPipeTransport(
-            [sys.executable, "-m", "cluster.cli",
-             "gate", "--config", str(config), "--local-pipe"], sessions=1)
+            [sys.executable, "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"], sessions=1
+        )
         await transport.start()
         try:
             call, body = _chat(5, model="silent-chat")
@@ -169,5 +171,3 @@ def test_reject_wedged_session_is_replaced(cluster: Cluster) -> None:
             await transport.aclose()
 
     asyncio.run(scenario())
-
-

@@ -43,15 +43,23 @@ def _config(directory: Path, dsn: str) -> Path:
     (directory / "db.dsn").write_text(dsn)
     (directory / "db.dsn").chmod(0o600)
     config = directory / "appliance.toml"
-    config.write_text('[[clusters]]\nname = "local"\ntransport = "local"\ngate_command = ["true", "--local-pipe"]\n\n'
-                      '[auth]\ndatabase_dsn_file = "db.dsn"\n\n'
-                      '[accounting]\nbackend = "postgresql"\ndsn_file = "db.dsn"\njournal = "usage.journal"\n')
+    config.write_text(
+        '[[clusters]]\nname = "local"\ntransport = "local"\ngate_command = ["true", "--local-pipe"]\n\n'
+        '[auth]\ndatabase_dsn_file = "db.dsn"\n\n'
+        '[accounting]\nbackend = "postgresql"\ndsn_file = "db.dsn"\njournal = "usage.journal"\n'
+    )
     return config
 
 
 def _db(config: Path, action: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "appliance.cli", "db", action, "--config", str(config)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "db", action, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
 
 
 def _row(request_id: str) -> UsageRow:
@@ -74,8 +82,14 @@ def test_reject_start_until_db_upgrade_then_on_a_newer_schema(server: PostgresSe
     with pytest.raises(SchemaError, match="run `sluice db upgrade --config"):
         asyncio.run(start_both())
     # `sluice serve` on that database stops at once and says what to run.
-    served = subprocess.run([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    served = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
     assert served.returncode == 2 and "run `sluice db upgrade --config" in served.stderr, served.stderr
     assert "needs" in _db(config, "status").stdout
     upgraded = _db(config, "upgrade")

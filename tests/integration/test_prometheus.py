@@ -65,7 +65,8 @@ def _traffic(demo: Demo) -> None:
     client = demo.client()
     for _ in range(3):
         stream = client.chat.completions.create(
-            model="standin-chat", messages=[{"role": "user", "content": "Hello there"}], max_tokens=8, stream=True)
+            model="standin-chat", messages=[{"role": "user", "content": "Hello there"}], max_tokens=8, stream=True
+        )
         assert len([c for c in stream if c.choices and c.choices[0].delta.content]) == 8
     client.chat.completions.create(model="standin-chat", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
     client.embeddings.create(model="standin-embed", input="hello")
@@ -94,7 +95,9 @@ def test_every_dashboard_query_runs_on_prometheus(running: Running, prometheus: 
     names = set(prometheus.api("/api/v1/label/__name__/values"))
     page = subprocess.run(
         ["curl", "-sf", "-H", f"Authorization: Bearer {running.token}", f"{running.demo.url}/metrics"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     exposed = exposed_names(page)
     for expr in dashboard_queries():
@@ -105,8 +108,9 @@ def test_every_dashboard_query_runs_on_prometheus(running: Running, prometheus: 
 
 def _sluice(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "appliance.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "appliance.cli", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60, check=False
+    )
 
 
 def test_status_against_the_demo(running: Running) -> None:
@@ -116,8 +120,7 @@ def test_status_against_the_demo(running: Running) -> None:
     lines = table.stdout.splitlines()
     assert lines[0] == "CLUSTERS" and any(line.startswith("local") and " up " in line for line in lines)
     assert any("standin-chat" in line and " ready " in line for line in lines)
-    document = json.loads(_sluice("status", "--url", running.demo.url, "--token-file", str(running.token_file),
-                                  "--json").stdout)
+    document = json.loads(_sluice("status", "--url", running.demo.url, "--token-file", str(running.token_file), "--json").stdout)
     chat = next(m for m in document["models"] if m["model"] == "standin-chat")
     assert chat["ready"] and chat["instances_ready"] >= 1 and chat["held"] == 0
     assert document["clusters"][0]["up"] and document["clusters"][0]["sessions"] >= 1

@@ -35,15 +35,17 @@ def _config(cluster: Cluster, directory: Path, admin: int | None = None) -> str:
     (directory / "metrics.token").write_text(TOKEN)
     (directory / "metrics.token").chmod(0o600)
     (directory / "quotas.toml").write_text(POLICY)
-    return "\n".join([
-        local_cluster_toml(cluster.gate_argv()),
-        api_keys_toml({KEY: ("ada", "ada-laptop"), OTHER: ("limited", "limited-key")}),
-        '[quotas]\npolicy = "quotas.toml"',
-        '[accounting]\npath = "usage.db"',
-        '[metrics]\ntoken_file = "metrics.token"',
-        f'admin_bind = "127.0.0.1:{admin}"' if admin is not None else "",
-        "",
-    ])
+    return "\n".join(
+        [
+            local_cluster_toml(cluster.gate_argv()),
+            api_keys_toml({KEY: ("ada", "ada-laptop"), OTHER: ("limited", "limited-key")}),
+            '[quotas]\npolicy = "quotas.toml"',
+            '[accounting]\npath = "usage.db"',
+            '[metrics]\ntoken_file = "metrics.token"',
+            f'admin_bind = "127.0.0.1:{admin}"' if admin is not None else "",
+            "",
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +61,12 @@ def served(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def _chat(url: str, key: str, max_tokens: int = 3, stream: bool = False) -> httpx2.Response:
-    body = {"model": "standin-chat", "messages": [{"role": "user", "content": "hello"}], "max_tokens": max_tokens,
-            "stream": stream}
+    body = {
+        "model": "standin-chat",
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
     return httpx2.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
@@ -75,26 +81,42 @@ def test_a_row_survives_kill_9_right_after_the_answer(cluster: Cluster, tmp_path
     finally:
         doomed.stop()
     with sqlite3.connect(tmp_path / "usage.db") as db:
-        rows = db.execute("SELECT request_id, user_id, key_id, model, route, status, completion_tokens, sealed,"
-                          " first_token_ms IS NOT NULL FROM usage").fetchall()
+        rows = db.execute(
+            "SELECT request_id, user_id, key_id, model, route, status, completion_tokens, sealed,"
+            " first_token_ms IS NOT NULL FROM usage"
+        ).fetchall()
     assert rows == [(request_id, "ada", "ada-laptop", "standin-chat", "chat", 200, 4, 0, 1 if stream else 0)]
 
 
 def test_every_answered_request_has_a_row_and_sluice_usage_reports_them(served: Served) -> None:
     answers = [_chat(served.url, KEY, n) for n in (1, 2, 3)]
     answers.append(_chat(served.url, KEY, 2, stream=True))
-    embed = httpx2.post(f"{served.url}/v1/embeddings", json={"model": "standin-embed", "input": ["a", "b c"]},
-                       headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    embed = httpx2.post(
+        f"{served.url}/v1/embeddings",
+        json={"model": "standin-embed", "input": ["a", "b c"]},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
     assert [a.status_code for a in answers] == [200] * 4 and embed.status_code == 200
     config = served.directory / "appliance.toml"
-    report = subprocess.run([sys.executable, "-m", "appliance.cli", "usage", "--config", str(config), "--format", "json"],
-                            capture_output=True, text=True, cwd=ROOT, check=True)
+    report = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "usage", "--config", str(config), "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     rows = {(r["user"], r["model"]): r for r in json.loads(report.stdout)}
     chat, embeddings = rows[("ada", "standin-chat")], rows[("ada", "standin-embed")]
     assert chat["requests"] >= 4 and chat["completion_tokens"] >= 1 + 2 + 3 + 2 and chat["errors"] == 0
     assert embeddings["requests"] >= 1 and embeddings["prompt_tokens"] >= 3 and embeddings["completion_tokens"] == 0
-    table = subprocess.run([sys.executable, "-m", "appliance.cli", "usage", "--config", str(config)],
-                           capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    table = subprocess.run(
+        [sys.executable, "-m", "appliance.cli", "usage", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    ).stdout
     assert re.search(r"^\d{4}-\d\d-\d\d\s+ada\s+standin-chat\s+\d+", table, re.MULTILINE)
 
 
@@ -151,11 +173,11 @@ def test_reject_cut_stream_accounted_with_zero_tokens(served: Served) -> None:
     """Finding 11: a stream the client cuts is settled and accounted with the tokens it
     delivered (the gate's answer to the CANCEL carries the usage so far), not with 0."""
     prompt = "tell me a long story 3"  # the stand-in's natural answer: 2363 words, 5 ms each
-    body = {"model": "standin-chat", "messages": [{"role": "user", "content": prompt}], "max_tokens": 2000,
-            "stream": True}
+    body = {"model": "standin-chat", "messages": [{"role": "user", "content": prompt}], "max_tokens": 2000, "stream": True}
     seen = 0
-    with httpx2.stream("POST", f"{served.url}/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as response:
+    with httpx2.stream(
+        "POST", f"{served.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30
+    ) as response:
         assert response.status_code == 200
         request_id = response.headers["x-request-id"]
         for line in response.iter_lines():
@@ -167,11 +189,14 @@ def test_reject_cut_stream_accounted_with_zero_tokens(served: Served) -> None:
     while row is None and time.monotonic() < deadline:
         time.sleep(0.2)
         with sqlite3.connect(served.directory / "usage.db") as db:
-            row = db.execute("SELECT status, prompt_tokens, completion_tokens FROM usage WHERE request_id = ?",
-                             (request_id,)).fetchone()
+            row = db.execute(
+                "SELECT status, prompt_tokens, completion_tokens FROM usage WHERE request_id = ?", (request_id,)
+            ).fetchone()
     assert row is not None
     status, prompt_tokens, completion_tokens = row
     assert status == 499 and prompt_tokens == 6 and 30 <= completion_tokens < 2000, row
+
+
 def test_usage_row_names_what_produced_the_answer(served: Served) -> None:
     answer = _chat(served.url, KEY, 2)
     assert answer.status_code == 200 and answer.headers["sluice-backend-version"] == "sluice-standin-1"
@@ -180,7 +205,8 @@ def test_usage_row_names_what_produced_the_answer(served: Served) -> None:
     row = None
     while row is None and time.monotonic() < deadline:
         with sqlite3.connect(served.directory / "usage.db") as db:
-            row = db.execute("SELECT model_revision, backend_version, audio_ms FROM usage WHERE request_id = ?",
-                             (request_id,)).fetchone()
+            row = db.execute(
+                "SELECT model_revision, backend_version, audio_ms FROM usage WHERE request_id = ?", (request_id,)
+            ).fetchone()
         time.sleep(0.1)
     assert row == (None, "sluice-standin-1", 0)

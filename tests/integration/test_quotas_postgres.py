@@ -71,7 +71,9 @@ def test_rows_and_report(dsn: str) -> None:
             today = day_of(now)
             rows = await store.report(today, today)
             assert [(r.user, r.requests, r.errors, r.sealed, r.prompt_tokens) for r in rows] == [
-                ("alice", 3, 1, 1, 20), ("bob", 1, 0, 0, 10)]
+                ("alice", 3, 1, 1, 20),
+                ("bob", 1, 0, 0, 10),
+            ]
             assert [r.user for r in await store.report(today, today, user="bob")] == ["bob"]
         finally:
             await store.aclose()
@@ -82,16 +84,42 @@ def test_rows_and_report(dsn: str) -> None:
 def test_sluice_serve_accounts_in_postgres(dsn: str, cluster: Cluster, tmp_path: Path) -> None:
     (tmp_path / "usage.dsn").write_text(dsn)
     (tmp_path / "usage.dsn").chmod(0o600)
-    body = "\n".join([local_cluster_toml(cluster.gate_argv()), api_keys_toml({KEY: ("pg-user", "pg-key")}),
-                      '[accounting]\nbackend = "postgresql"\ndsn_file = "usage.dsn"\njournal = "usage.journal"', ""])
+    body = "\n".join(
+        [
+            local_cluster_toml(cluster.gate_argv()),
+            api_keys_toml({KEY: ("pg-user", "pg-key")}),
+            '[accounting]\nbackend = "postgresql"\ndsn_file = "usage.dsn"\njournal = "usage.journal"',
+            "",
+        ]
+    )
     served = start_serve(tmp_path, "appliance", free_port(), body)
     try:
-        answer = httpx2.post(f"{served.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
-                            json={"model": "standin-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3})
+        answer = httpx2.post(
+            f"{served.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=30,
+            json={"model": "standin-chat", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3},
+        )
         assert answer.status_code == 200
     finally:
         served.stop()
-    report = subprocess.run([sys.executable, "-m", "appliance.cli", "usage", "--config", str(tmp_path / "appliance.toml"),
-                             "--format", "json", "--user", "pg-user"], capture_output=True, text=True, cwd=ROOT, check=True)
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli",
+            "usage",
+            "--config",
+            str(tmp_path / "appliance.toml"),
+            "--format",
+            "json",
+            "--user",
+            "pg-user",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     rows = json.loads(report.stdout)
     assert len(rows) == 1 and rows[0]["requests"] == 1 and rows[0]["completion_tokens"] == 3

@@ -41,8 +41,7 @@ def clean(redis: RedisServer) -> None:
     redis.flush()
 
 
-def quotas(redis: RedisServer, text: str, fail_open: bool = False, lease_ttl: float = 30.0,
-           timeout: float = 0.5) -> Quotas:
+def quotas(redis: RedisServer, text: str, fail_open: bool = False, lease_ttl: float = 30.0, timeout: float = 0.5) -> Quotas:
     backend = RedisBackend(redis.url, timeout=timeout, lease_ttl=lease_ttl)
     return Quotas(parse_policy(tomllib.loads(text)), backend, fail_open, timeout)
 

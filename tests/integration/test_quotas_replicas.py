@@ -78,19 +78,21 @@ class Replicas:
         return start_serve(self.directory, name, free_port(), self.config(name, extra), server="max_output_tokens = 50\n")
 
     def config(self, name: str, extra: str = "") -> str:
-        return "\n".join([
-            local_cluster_toml(self.cluster.gate_argv()),
-            api_keys_toml(KEYS),
-            "[quotas]",
-            'policy = "quotas.toml"',
-            f'storage = "{self.redis.url}"',
-            f"lease_ttl = {LEASE_TTL}",
-            "storage_timeout = 2",
-            extra,
-            "[accounting]",
-            f'path = "{name}-usage.db"',
-            "",
-        ])
+        return "\n".join(
+            [
+                local_cluster_toml(self.cluster.gate_argv()),
+                api_keys_toml(KEYS),
+                "[quotas]",
+                'policy = "quotas.toml"',
+                f'storage = "{self.redis.url}"',
+                f"lease_ttl = {LEASE_TTL}",
+                "storage_timeout = 2",
+                extra,
+                "[accounting]",
+                f'path = "{name}-usage.db"',
+                "",
+            ]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -119,18 +121,24 @@ def redis_up(replicas: Replicas) -> None:
 
 
 def _chat(max_tokens: int, stream: bool = False) -> dict[str, object]:
-    return {"model": "standin-chat", "messages": [{"role": "user", "content": "count the sheep"}],
-            "max_tokens": max_tokens, "stream": stream}
+    return {
+        "model": "standin-chat",
+        "messages": [{"role": "user", "content": "count the sheep"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
 
 
 async def _burst(replicas: Replicas, key: str, count: int, body: dict[str, object]) -> list[httpx2.Response]:
     """``count`` requests at once, alternating between the two replicas."""
     targets = [replicas.a.url, replicas.b.url]
     async with httpx2.AsyncClient(timeout=60, limits=httpx2.Limits(max_connections=count)) as client:
-        return await asyncio.gather(*(
-            client.post(f"{targets[i % 2]}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
-            for i in range(count)
-        ))
+        return await asyncio.gather(
+            *(
+                client.post(f"{targets[i % 2]}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+                for i in range(count)
+            )
+        )
 
 
 def _explain(responses: list[httpx2.Response]) -> list[tuple[int, str]]:
@@ -150,8 +158,14 @@ def test_requests_per_minute_hold_across_replicas_and_refusals_cost_the_cluster_
     responses = asyncio.run(_burst(replicas, RPM, 40, _chat(2)))
     assert _statuses(responses) == {200: 10, 429: 30}, _explain(responses)  # not 20: the limit is not multiplied by the replicas
     refused = next(r for r in responses if r.status_code == 429)
-    assert refused.json() == {"error": {"message": "Rate limit reached for requests per minute.", "type": "rate_limit_error",
-                                        "param": None, "code": "requests_per_minute_exceeded"}}
+    assert refused.json() == {
+        "error": {
+            "message": "Rate limit reached for requests per minute.",
+            "type": "rate_limit_error",
+            "param": None,
+            "code": "requests_per_minute_exceeded",
+        }
+    }
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     admitted = next(r for r in responses if r.status_code == 200)
     assert admitted.headers["x-ratelimit-limit-requests"] == "10"
@@ -199,8 +213,10 @@ def _redis_tokens_used(replicas: Replicas, user: str) -> dict[str, int]:
     async def read() -> dict[str, int]:
         quotas = Quotas(parse_policy(tomllib.loads(POLICY)), RedisBackend(replicas.redis.url))
         try:
-            return {str(r["limit"]): int(r["amount"]) - int(r["remaining"])  # type: ignore[call-overload]
-                    for r in await quotas.snapshot(Principal(user, "rec-key"))}
+            return {
+                str(r["limit"]): int(r["amount"]) - int(r["remaining"])  # type: ignore[call-overload]
+                for r in await quotas.snapshot(Principal(user, "rec-key"))
+            }
         finally:
             await quotas.aclose()
 
@@ -218,15 +234,18 @@ def test_reservations_are_reconciled_with_the_gates_usage(replicas: Replicas) ->
         spent = usage["prompt_tokens"] + usage["completion_tokens"]
         assert _redis_tokens_used(replicas, "rec-user") == {"tokens_per_minute": spent, "tokens_per_day": spent}
         # Streamed, on the other replica: the usage travels as the gate's metadata.
-        with client.stream("POST", f"{replicas.b.url}/v1/chat/completions", json=_chat(40, stream=True),
-                           headers=headers) as stream:
+        with client.stream(
+            "POST", f"{replicas.b.url}/v1/chat/completions", json=_chat(40, stream=True), headers=headers
+        ) as stream:
             assert stream.status_code == 200
             assert stream.headers["x-ratelimit-remaining-tokens"] == str(100000 - spent - 40)
             text = "".join(stream.iter_text())
         assert "[DONE]" in text
         streamed = 40 + usage["prompt_tokens"]  # same prompt; the stand-in writes exactly max_tokens
         assert _redis_tokens_used(replicas, "rec-user") == {
-            "tokens_per_minute": spent + streamed, "tokens_per_day": spent + streamed}
+            "tokens_per_minute": spent + streamed,
+            "tokens_per_day": spent + streamed,
+        }
         # Without max_tokens: the output ceiling (50, set on the forwarded body) is reserved, then the real
         # usage charged.
         body = _chat(0)
@@ -243,8 +262,10 @@ def test_reservations_are_reconciled_with_the_gates_usage(replicas: Replicas) ->
     rows = []
     for name in ("a", "b"):
         with sqlite3.connect(replicas.directory / f"{name}-usage.db") as db:
-            rows += db.execute("SELECT route, status, prompt_tokens + completion_tokens, first_token_ms IS NOT NULL "
-                               "FROM usage WHERE user_id = 'rec-user' ORDER BY time").fetchall()
+            rows += db.execute(
+                "SELECT route, status, prompt_tokens + completion_tokens, first_token_ms IS NOT NULL "
+                "FROM usage WHERE user_id = 'rec-user' ORDER BY time"
+            ).fetchall()
     assert sorted(rows) == sorted([("chat", 200, spent, 0), ("chat", 200, streamed, 1), ("chat", 200, more, 0)])
 
 
@@ -254,8 +275,10 @@ def test_a_crashed_replica_does_not_hold_its_slots(replicas: Replicas) -> None:
         with httpx2.Client(timeout=60) as client:
             headers = {"Authorization": f"Bearer {CRASH}"}
             # Two long streams hold both slots, through the replica about to die.
-            streams = [client.stream("POST", f"{doomed.url}/v1/chat/completions", json=_chat(3000, stream=True),
-                                     headers=headers) for _ in range(2)]
+            streams = [
+                client.stream("POST", f"{doomed.url}/v1/chat/completions", json=_chat(3000, stream=True), headers=headers)
+                for _ in range(2)
+            ]
             opened = [s.__enter__() for s in streams]
             assert [r.status_code for r in opened] == [200, 200]
             full = client.post(f"{replicas.a.url}/v1/chat/completions", json=_chat(2), headers=headers)

@@ -68,34 +68,36 @@ class Site:
         return f"http://127.0.0.1:{self.proxy_port}"
 
     def body(self, name: str) -> str:
-        return "\n".join([
-            local_cluster_toml(self.cluster.gate_argv()),
-            "[auth]",
-            'database_dsn_file = "db.dsn"',
-            f'public_url = "{self.url}"',
-            'session_secret_file = "session.key"',
-            "cookie_secure = false",
-            "",
-            "[oidc]",
-            f'issuer = "{self.provider.issuer}"',
-            f'client_id = "{WEB_CLIENT}"',
-            'client_secret_file = "oidc-secret"',
-            "leeway = 0",
-            "",
-            "[access]",
-            'policy = "access.toml"',
-            "",
-            "[quotas]",
-            'policy = "quotas.toml"',
-            f'storage = "{self.redis.url}"',
-            "storage_timeout = 2",
-            "",
-            "[accounting]",
-            'backend = "postgresql"',
-            'dsn_file = "db.dsn"',
-            f'journal = "{name}-usage.journal"',
-            "",
-        ])
+        return "\n".join(
+            [
+                local_cluster_toml(self.cluster.gate_argv()),
+                "[auth]",
+                'database_dsn_file = "db.dsn"',
+                f'public_url = "{self.url}"',
+                'session_secret_file = "session.key"',
+                "cookie_secure = false",
+                "",
+                "[oidc]",
+                f'issuer = "{self.provider.issuer}"',
+                f'client_id = "{WEB_CLIENT}"',
+                'client_secret_file = "oidc-secret"',
+                "leeway = 0",
+                "",
+                "[access]",
+                'policy = "access.toml"',
+                "",
+                "[quotas]",
+                'policy = "quotas.toml"',
+                f'storage = "{self.redis.url}"',
+                "storage_timeout = 2",
+                "",
+                "[accounting]",
+                'backend = "postgresql"',
+                'dsn_file = "db.dsn"',
+                f'journal = "{name}-usage.journal"',
+                "",
+            ]
+        )
 
     def start(self, name: str, port: int | None = None) -> Served:
         served = start_serve(self.directory, name, port or free_port(), self.body(name))
@@ -106,8 +108,14 @@ class Site:
         config = self.directory / "setup.toml"
         if not config.exists():
             config.write_text(self.body("setup"))
-        return subprocess.run([sys.executable, "-m", "appliance.cli", *argv, "--config", str(config)],
-                              capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "appliance.cli", *argv, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+            check=False,
+        )
 
     def service_key(self, user: str) -> str:
         made = self.cli("keys", "create", "--user", user, "--name", "load", "--groups", "staff")
@@ -137,9 +145,13 @@ def site(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     provider = start_oidc_provider(ALICE)
     setup = Site(directory, cluster, postgres, redis, provider, free_port())
     try:
-        for name, text in (("db.dsn", postgres.dsn()), ("session.key", base64.b64encode(bytes(range(48))).decode()),
-                           ("oidc-secret", "client-secret-for-the-test-provider"), ("access.toml", ACCESS),
-                           ("quotas.toml", QUOTAS)):
+        for name, text in (
+            ("db.dsn", postgres.dsn()),
+            ("session.key", base64.b64encode(bytes(range(48))).decode()),
+            ("oidc-secret", "client-secret-for-the-test-provider"),
+            ("access.toml", ACCESS),
+            ("quotas.toml", QUOTAS),
+        ):
             (directory / name).write_text(text)
             (directory / name).chmod(0o600)
         upgraded = setup.cli("db", "upgrade")
@@ -159,8 +171,12 @@ def site(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def _chat(max_tokens: int, stream: bool = False) -> dict[str, object]:
-    return {"model": "standin-chat", "messages": [{"role": "user", "content": "count the sheep"}],
-            "max_tokens": max_tokens, "stream": stream}
+    return {
+        "model": "standin-chat",
+        "messages": [{"role": "user", "content": "count the sheep"}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
 
 
 def _csrf(page: str) -> str:
@@ -182,8 +198,7 @@ def _sign_in(site: Site, browser: httpx2.Client, start: Served, finish: Served) 
 
 
 def _call(url: str, key: str) -> httpx2.Response:
-    return httpx2.post(f"{url}/v1/chat/completions", json=_chat(2), headers={"Authorization": f"Bearer {key}"},
-                       timeout=30)
+    return httpx2.post(f"{url}/v1/chat/completions", json=_chat(2), headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
 
 def _refused_within(url: str, key: str, status: int) -> float:
@@ -207,8 +222,7 @@ def test_key_login_and_session_hold_on_every_replica(site: Site) -> None:
             assert browser.get(f"{served.url}/account/").status_code == 200
         assert browser.get(f"{site.url}/account/").status_code == 200
         page = browser.get(f"{a.url}/account/")
-        made = browser.post(f"{a.url}/account/keys", data={"csrf": _csrf(page.text), "name": "laptop",
-                                                          "expires_days": "30"})
+        made = browser.post(f"{a.url}/account/keys", data={"csrf": _csrf(page.text), "name": "laptop", "expires_days": "30"})
         assert made.status_code == 200, made.text
         key = re.search(r'<code id="new-key">(sk-sluice-[a-z2-7]{12}-[A-Za-z0-9_-]{43})</code>', made.text)
         assert key is not None
@@ -224,8 +238,7 @@ def test_key_login_and_session_hold_on_every_replica(site: Site) -> None:
         assert _call(site.url, key_text).status_code == 401
         # A group taken away at the provider: the next sign-in (on B) ends the user's keys' access on A.
         page = browser.get(f"{a.url}/account/")
-        made = browser.post(f"{a.url}/account/keys", data={"csrf": _csrf(page.text), "name": "second",
-                                                          "expires_days": "30"})
+        made = browser.post(f"{a.url}/account/keys", data={"csrf": _csrf(page.text), "name": "second", "expires_days": "30"})
         second = re.search(r'<code id="new-key">(sk-sluice-[^<]+)</code>', made.text)
         assert second is not None and _call(a.url, second.group(1)).status_code == 200
         site.provider.set_user("alice", {**ALICE, "groups": []})
@@ -245,9 +258,12 @@ def test_quotas_exact_through_haproxy_under_a_burst(site: Site) -> None:
 
     async def burst() -> list[int]:
         async with httpx2.AsyncClient(timeout=60, limits=httpx2.Limits(max_connections=40)) as client:
-            answers = await asyncio.gather(*(
-                client.post(f"{site.url}/v1/chat/completions", json=_chat(2), headers={"Authorization": f"Bearer {key}"})
-                for _ in range(40)))
+            answers = await asyncio.gather(
+                *(
+                    client.post(f"{site.url}/v1/chat/completions", json=_chat(2), headers={"Authorization": f"Bearer {key}"})
+                    for _ in range(40)
+                )
+            )
         return [a.status_code for a in answers]
 
     statuses = asyncio.run(burst())
@@ -273,8 +289,12 @@ async def _load(url: str, key: str, seconds: float, workers: int, max_tokens: in
             outcome = Outcome(time.monotonic(), None)
             outcomes.append(outcome)
             try:
-                async with client.stream("POST", f"{url}/v1/chat/completions", json=_chat(max_tokens, stream=True),
-                                         headers={"Authorization": f"Bearer {key}"}) as response:
+                async with client.stream(
+                    "POST",
+                    f"{url}/v1/chat/completions",
+                    json=_chat(max_tokens, stream=True),
+                    headers={"Authorization": f"Bearer {key}"},
+                ) as response:
                     outcome.status = response.status_code
                     outcome.request_id = response.headers.get("x-request-id")
                     text = "".join([chunk async for chunk in response.aiter_text()])
@@ -322,8 +342,9 @@ def test_postgres_away_for_10_seconds_under_load(site: Site) -> None:
         async with httpx2.AsyncClient(timeout=30) as client:
             while time.monotonic() - stopped < 10:
                 for replica in site.replicas.values():
-                    answer = await client.post(f"{replica.url}/v1/chat/completions", json=_chat(2),
-                                               headers={"Authorization": f"Bearer {key}"})
+                    answer = await client.post(
+                        f"{replica.url}/v1/chat/completions", json=_chat(2), headers={"Authorization": f"Bearer {key}"}
+                    )
                     probes.append(answer.status_code)
                     if answer.status_code == 503:
                         assert answer.json()["error"]["code"] == "identity_unavailable"
@@ -335,8 +356,7 @@ def test_postgres_away_for_10_seconds_under_load(site: Site) -> None:
     # Authentication fails closed while the identity store is away: 503, never 200 or 401.
     assert probes and set(probes) == {503}, probes
     # Streams in flight when the database went away were answered, and their rows went to the journals.
-    journaled = [line for replica in site.replicas.values() for line in replica.log_lines()
-                 if "accounting_journaling" in line]
+    journaled = [line for replica in site.replicas.values() for line in replica.log_lines() if "accounting_journaling" in line]
     assert journaled, "no row was journaled: the outage did not overlap an answer"
     assert any(o.answered for o in outcomes if o.started > time.monotonic() - 3)  # served again afterwards
     _one_row_each(site, outcomes)

@@ -50,8 +50,12 @@ class Served:
 
     def post(self, route: str, body: bytes, model: str = "standin-chat", chunked: bool = False) -> httpx2.Response:
         kind = "message/ohttp-chunked-req" if chunked else "message/ohttp-req"
-        return httpx2.post(f"{self.base}/sealed/{route}", content=body, timeout=30,
-                          headers={"Authorization": f"Bearer {KEY}", "Sluice-Model": model, "Content-Type": kind})
+        return httpx2.post(
+            f"{self.base}/sealed/{route}",
+            content=body,
+            timeout=30,
+            headers={"Authorization": f"Bearer {KEY}", "Sluice-Model": model, "Content-Type": kind},
+        )
 
 
 def _cluster_cli(*args: str) -> str:
@@ -63,25 +67,37 @@ def _cluster_cli(*args: str) -> str:
 @pytest.fixture(scope="module")
 def served(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     directory = tmp_path_factory.mktemp("sealed")
-    config = write_static_config(directory, [
-        ("standin-chat", "127.0.0.1", cluster.chat.port, cluster.chat.token,
-         ["chat", "completions", "responses", "transcriptions", "translations"]),
-        ("standin-embed", "127.0.0.1", cluster.embed.port, cluster.embed.token, ["embeddings", "rerank", "score"]),
-    ])
+    config = write_static_config(
+        directory,
+        [
+            (
+                "standin-chat",
+                "127.0.0.1",
+                cluster.chat.port,
+                cluster.chat.token,
+                ["chat", "completions", "responses", "transcriptions", "translations"],
+            ),
+            ("standin-embed", "127.0.0.1", cluster.embed.port, cluster.embed.token, ["embeddings", "rerank", "score"]),
+        ],
+    )
     _cluster_cli("keys", "create", "--config", str(config))
     port = free_port()
     gate = [sys.executable, "-I", "-m", "cluster.cli", "gate", "--config", str(config), "--local-pipe"]
     appliance = directory / "appliance.toml"
     appliance.write_text(
-        f"[server]\nport = {port}\nsealed_keys_ttl = 0.5\n[[clusters]]\nname = \"local\"\ntransport = \"local\"\nmode = \"mux\"\n"
+        f'[server]\nport = {port}\nsealed_keys_ttl = 0.5\n[[clusters]]\nname = "local"\ntransport = "local"\nmode = "mux"\n'
         f"gate_command = {json.dumps(gate)}\n"
-        f"[[api_keys]]\nuser = \"sealer\"\nkey_id = \"sealed-test\"\nsha256 = \"{hashlib.sha256(KEY.encode()).hexdigest()}\"\n"
+        f'[[api_keys]]\nuser = "sealer"\nkey_id = "sealed-test"\nsha256 = "{hashlib.sha256(KEY.encode()).hexdigest()}"\n'
         "[access]\nunsafe_allow_all = true\n"
     )
     log = directory / "appliance.log"
     with log.open("wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(appliance)],
-                                   cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--config", str(appliance)],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     served = Served(f"http://127.0.0.1:{port}/v1", config, directory, process, log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -99,8 +115,7 @@ def served(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def _inner(document: dict[str, object], path: bytes = b"/v1/chat/completions") -> Request:
-    return Request(b"POST", b"https", b"sluice", path, ((b"content-type", b"application/json"),),
-                   json.dumps(document).encode())
+    return Request(b"POST", b"https", b"sluice", path, ((b"content-type", b"application/json"),), json.dumps(document).encode())
 
 
 CHAT = {"model": "standin-chat", "messages": [{"role": "user", "content": "a sealed hello"}], "max_tokens": 6}
@@ -135,9 +150,17 @@ def _open_stream(response: httpx2.Response, opener: object) -> bytes:
 
 def test_round_trip_streaming(served: Served) -> None:
     body, opener = seal_streaming_request(served.keys(), _inner({**CHAT, "stream": True, "max_tokens": 9}))
-    with httpx2.stream("POST", f"{served.base}/sealed/chat/completions", content=body, timeout=30, headers={
-        "Authorization": f"Bearer {KEY}", "Sluice-Model": "standin-chat", "Content-Type": "message/ohttp-chunked-req",
-    }) as response:
+    with httpx2.stream(
+        "POST",
+        f"{served.base}/sealed/chat/completions",
+        content=body,
+        timeout=30,
+        headers={
+            "Authorization": f"Bearer {KEY}",
+            "Sluice-Model": "standin-chat",
+            "Content-Type": "message/ohttp-chunked-req",
+        },
+    ) as response:
         assert response.headers["content-type"] == "message/ohttp-chunked-res"
         text = _open_stream(response, opener).decode()
     words = [json.loads(e[6:])["choices"][0]["delta"].get("content") for e in text.split("\n\n") if e.startswith("data: {")]
@@ -226,9 +249,17 @@ def test_canary_nowhere_in_what_the_appliance_wrote_nor_in_its_memory(served: Se
         document = {**CHAT, "messages": [{"role": "user", "content": f"{canary} please"}], "user": canary, "stream": stream}
         if stream:
             body, opener = seal_streaming_request(config, _inner(document))
-            with httpx2.stream("POST", f"{served.base}/sealed/chat/completions", content=body, timeout=30, headers={
-                "Authorization": f"Bearer {KEY}", "Sluice-Model": "standin-chat",
-                "Content-Type": "message/ohttp-chunked-req"}) as response:
+            with httpx2.stream(
+                "POST",
+                f"{served.base}/sealed/chat/completions",
+                content=body,
+                timeout=30,
+                headers={
+                    "Authorization": f"Bearer {KEY}",
+                    "Sluice-Model": "standin-chat",
+                    "Content-Type": "message/ohttp-chunked-req",
+                },
+            ) as response:
                 _open_stream(response, opener)
         else:
             body, opener = seal_request(config, _inner(document))
@@ -277,8 +308,7 @@ def test_round_trip_audio_form(served: Served) -> None:
     content, media = form.read(), form.headers["content-type"].encode()
 
     def sealed(content_type: bytes, data: bytes) -> tuple[int, bytes]:
-        request = Request(b"POST", b"https", b"sluice", b"/v1/audio/transcriptions",
-                          ((b"content-type", content_type),), data)
+        request = Request(b"POST", b"https", b"sluice", b"/v1/audio/transcriptions", ((b"content-type", content_type),), data)
         body, opener = seal_request(served.keys(), request)
         response = served.post("audio/transcriptions", body)
         assert response.status_code == 200  # whatever the content, the appliance sees a sealed 200

@@ -38,6 +38,7 @@ CHAT = {"model": "slurm-chat", "messages": [{"role": "user", "content": "hello f
 
 # -- configuration -----------------------------------------------------------------
 
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -163,6 +164,7 @@ def slurm(slurm_cluster: Slurm) -> Iterator[Slurm]:  # noqa: F811
 
 # -- a gate in mux mode --------------------------------------------------------------
 
+
 @dataclass
 class Reply:
     head: bytes = b""
@@ -280,7 +282,9 @@ async def async_wait_until_async(check: Any, timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-async def run_clients(gate: Gate, workers: int, stop: asyncio.Event, document: dict[str, Any]) -> list[tuple[float, float, Reply]]:
+async def run_clients(
+    gate: Gate, workers: int, stop: asyncio.Event, document: dict[str, Any]
+) -> list[tuple[float, float, Reply]]:
     """``workers`` clients sending ``document`` back to back until ``stop``: (start, end, reply) each."""
     results: list[tuple[float, float, Reply]] = []
 
@@ -309,6 +313,7 @@ def _cmdlines() -> bytes:
 
 
 # -- the tests -----------------------------------------------------------------------
+
 
 def test_pings_submit_a_job_that_serves_through_the_gate(slurm: Slurm, tmp_path: Path) -> None:
     """No scheduler loop: the gate's keepalive pings alone run the passes."""
@@ -339,8 +344,13 @@ def test_pings_submit_a_job_that_serves_through_the_gate(slurm: Slurm, tmp_path:
     assert token not in _cmdlines()
     for log in (config.parent / "state" / "logs").iterdir():
         assert token not in log.read_bytes()
-    status = subprocess.run([sys.executable, "-m", "cluster.cli", "status", "--config", str(config)],
-                            capture_output=True, cwd=ROOT, timeout=30, check=True).stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "status", "--config", str(config)],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=30,
+        check=True,
+    ).stdout
     assert b"slurm-chat" in status and jobs[0]["id"].encode() in status and b"ROUTING TABLE" in status
     assert token not in status
     document = json.loads(subprocess.run(

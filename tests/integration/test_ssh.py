@@ -82,8 +82,9 @@ class Appliance:
         return httpx2.get(f"{self.url}/readyz", timeout=10)
 
 
-def start_appliance(sshd: Sshd, mode: str, known_hosts: Path | None = None, connections: int = 2,
-                    extra_toml: str = "", ping_timeout: float = 15) -> Appliance:
+def start_appliance(
+    sshd: Sshd, mode: str, known_hosts: Path | None = None, connections: int = 2, extra_toml: str = "", ping_timeout: float = 15
+) -> Appliance:
     """`sluice serve` reaching ``sshd``'s gate; ``extra_toml`` is appended to its configuration
     (written to ``sshd.dir / "appliance-<port>.toml"``)."""
     port = free_port()
@@ -119,8 +120,12 @@ def start_appliance(sshd: Sshd, mode: str, known_hosts: Path | None = None, conn
         )
         + extra_toml
     )
-    process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     appliance = Appliance(f"http://127.0.0.1:{port}", process)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -162,14 +167,21 @@ def appliance(request: pytest.FixtureRequest, sshd: Sshd) -> Iterator[Appliance]
 
 # -- the full path over real SSH ------------------------------------------------------
 
+
 def test_full_path_plain_and_streaming(appliance: Appliance) -> None:
     client = appliance.client()
     assert {m.id for m in client.models.list()} == {"standin-chat", "standin-embed"}
-    answer = client.chat.completions.create(model="standin-chat", messages=[{"role": "user", "content": "over ssh"}],
-                                            max_tokens=6)
+    answer = client.chat.completions.create(
+        model="standin-chat", messages=[{"role": "user", "content": "over ssh"}], max_tokens=6
+    )
     assert answer.usage is not None and answer.usage.completion_tokens == 6
-    pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
-        model="standin-chat", messages=[{"role": "user", "content": "over ssh"}], max_tokens=6, stream=True) if c.choices]
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model="standin-chat", messages=[{"role": "user", "content": "over ssh"}], max_tokens=6, stream=True
+        )
+        if c.choices
+    ]
     assert "".join(pieces).split() == (answer.choices[0].message.content or "").split()
     assert len(client.embeddings.create(model="standin-embed", input=["a", "b"]).data) == 2
     assert client.completions.create(model="standin-chat", prompt="x", max_tokens=3).usage.completion_tokens == 3  # type: ignore[union-attr]
@@ -181,8 +193,9 @@ def test_concurrent_over_ssh(appliance: Appliance) -> None:
     client = appliance.client()
 
     def one(i: int) -> int:
-        answer = client.chat.completions.create(model="standin-chat", messages=[{"role": "user", "content": f"n {i}"}],
-                                                max_tokens=3)
+        answer = client.chat.completions.create(
+            model="standin-chat", messages=[{"role": "user", "content": f"n {i}"}], max_tokens=3
+        )
         return answer.usage.completion_tokens if answer.usage else -1
 
     with ThreadPoolExecutor(8) as pool:
@@ -197,9 +210,18 @@ def test_health_and_readiness_differ(appliance: Appliance) -> None:
 
 # -- what the key cannot do -----------------------------------------------------------
 
+
 async def _connect(sshd: Sshd, **extra: object) -> asyncssh.SSHClientConnection:
-    return await asyncssh.connect("127.0.0.1", port=sshd.port, username="sluicegate", client_keys=[str(sshd.client_key)],
-                                  known_hosts=str(sshd.known_hosts), agent_path=None, config=[], **extra)  # type: ignore[arg-type]
+    return await asyncssh.connect(
+        "127.0.0.1",
+        port=sshd.port,
+        username="sluicegate",
+        client_keys=[str(sshd.client_key)],
+        known_hosts=str(sshd.known_hosts),
+        agent_path=None,
+        config=[],
+        **extra,
+    )  # type: ignore[arg-type]
 
 
 def _goaway(stdout: bytes) -> bytes:
@@ -298,8 +320,12 @@ def test_wrong_host_key_is_refused(sshd: Sshd, tmp_path: Path) -> None:
         ready = appliance.ready()
         assert ready.status_code == 503 and ready.json()["cluster"] == "unreachable"
         started = time.monotonic()
-        response = httpx2.post(f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                              json={"model": "standin-chat", "messages": [{"role": "user", "content": "x"}]}, timeout=10)
+        response = httpx2.post(
+            f"{appliance.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={"model": "standin-chat", "messages": [{"role": "user", "content": "x"}]},
+            timeout=10,
+        )
         assert response.status_code == 503 and response.headers.get("retry-after")
         assert time.monotonic() - started < 2, "an unreachable cluster must fail fast"
     finally:
@@ -309,9 +335,12 @@ def test_wrong_host_key_is_refused(sshd: Sshd, tmp_path: Path) -> None:
 
 # -- failures mid-request, and recovery -------------------------------------------------
 
+
 def _long_stream(appliance: Appliance) -> httpx2.Response:
     return httpx2.post(
-        f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
+        f"{appliance.url}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
         json={"model": "standin-chat", "messages": [{"role": "user", "content": "long"}], "max_tokens": 3000, "stream": True},
     )
 
@@ -319,9 +348,10 @@ def _long_stream(appliance: Appliance) -> httpx2.Response:
 def _stream_until_broken(appliance: Appliance, breaker) -> str:  # type: ignore[no-untyped-def]
     with httpx2.Client(timeout=30) as client:
         with client.stream(
-            "POST", f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-            json={"model": "standin-chat", "messages": [{"role": "user", "content": "long"}], "max_tokens": 3000,
-                  "stream": True},
+            "POST",
+            f"{appliance.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={"model": "standin-chat", "messages": [{"role": "user", "content": "long"}], "max_tokens": 3000, "stream": True},
         ) as response:
             assert response.status_code == 200
             received = []
@@ -369,9 +399,16 @@ def test_nothing_from_a_request_in_the_cluster_process_table(sshd: Sshd, applian
     seen: list[str] = []
     with httpx2.Client(timeout=30) as client:
         with client.stream(
-            "POST", f"{appliance.url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-            json={"model": "standin-chat", "messages": [{"role": "user", "content": canary}], "max_tokens": 200,
-                  "stream": True, "user": canary},
+            "POST",
+            f"{appliance.url}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={
+                "model": "standin-chat",
+                "messages": [{"role": "user", "content": canary}],
+                "max_tokens": 200,
+                "stream": True,
+                "user": canary,
+            },
         ) as response:
             for _ in response.iter_text():
                 for pid in sshd.gate_pids():
@@ -401,19 +438,34 @@ def test_sealed_round_trips_over_ssh(appliance: Appliance) -> None:
     document = {"model": "standin-chat", "messages": [{"role": "user", "content": "sealed over ssh"}], "max_tokens": 5}
 
     def inner(doc: dict[str, object]) -> Request:
-        return Request(b"POST", b"https", b"sluice", b"/v1/chat/completions", ((b"content-type", b"application/json"),),
-                       json.dumps(doc).encode())
+        return Request(
+            b"POST",
+            b"https",
+            b"sluice",
+            b"/v1/chat/completions",
+            ((b"content-type", b"application/json"),),
+            json.dumps(doc).encode(),
+        )
 
     body, opener = seal_request(config, inner(document))
-    response = httpx2.post(f"{appliance.url}/v1/sealed/chat/completions", content=body, timeout=30,
-                          headers={**headers, "Content-Type": "message/ohttp-req"})
+    response = httpx2.post(
+        f"{appliance.url}/v1/sealed/chat/completions",
+        content=body,
+        timeout=30,
+        headers={**headers, "Content-Type": "message/ohttp-req"},
+    )
     assert json.loads(decode_response(opener.open(response.content)).content)["usage"]["completion_tokens"] == 5
 
     body, stream_opener = seal_streaming_request(config, inner({**document, "stream": True}))
     decoder = ResponseStreamDecoder()
     text = b""
-    with httpx2.stream("POST", f"{appliance.url}/v1/sealed/chat/completions", content=body, timeout=30,
-                      headers={**headers, "Content-Type": "message/ohttp-chunked-req"}) as streamed:
+    with httpx2.stream(
+        "POST",
+        f"{appliance.url}/v1/sealed/chat/completions",
+        content=body,
+        timeout=30,
+        headers={**headers, "Content-Type": "message/ohttp-chunked-req"},
+    ) as streamed:
         for chunk in streamed.iter_bytes():
             for plain in stream_opener.feed(chunk):
                 text += b"".join(getattr(e, "data", b"") or b"" for e in decoder.feed(plain))
@@ -422,6 +474,7 @@ def test_sealed_round_trips_over_ssh(appliance: Appliance) -> None:
 
 
 # -- a chatty gate: its stderr must not stall the session -----------------------------------------
+
 
 def test_reject_stall_by_gate_stderr(sshd: Sshd) -> None:
     """The gate's session writes 8 MiB to stderr (more than the channel's window): requests still flow.
@@ -444,11 +497,15 @@ def test_reject_stall_by_gate_stderr(sshd: Sshd) -> None:
             time.sleep(2)  # the writer has filled any window a reader of stdout alone would leave
             client = appliance.client()
             for index in range(5):
-                answer = client.chat.completions.create(model="standin-chat", max_tokens=3,
-                                                        messages=[{"role": "user", "content": f"after stderr {index}"}])
+                answer = client.chat.completions.create(
+                    model="standin-chat", max_tokens=3, messages=[{"role": "user", "content": f"after stderr {index}"}]
+                )
                 assert answer.choices[0].message.content
-            chunks = list(client.chat.completions.create(model="standin-chat", max_tokens=5, stream=True,
-                                                         messages=[{"role": "user", "content": "stream"}]))
+            chunks = list(
+                client.chat.completions.create(
+                    model="standin-chat", max_tokens=5, stream=True, messages=[{"role": "user", "content": "stream"}]
+                )
+            )
             assert chunks
         finally:
             logs = stop_appliance(appliance)
@@ -475,9 +532,9 @@ def test_reject_wedged_session_is_replaced(sshd: Sshd) -> None:
         deadline = time.monotonic() + 20
         while True:
             try:
-                answer = client.chat.completions.create(model="standin-chat", max_tokens=2,
-                                                        messages=[{"role": "user", "content": "still there?"}],
-                                                        timeout=3)
+                answer = client.chat.completions.create(
+                    model="standin-chat", max_tokens=2, messages=[{"role": "user", "content": "still there?"}], timeout=3
+                )
                 break
             except (openai.APITimeoutError, openai.APIStatusError, openai.APIConnectionError):
                 assert time.monotonic() < deadline, "the wedged session was never replaced"
@@ -490,6 +547,8 @@ def test_reject_wedged_session_is_replaced(sshd: Sshd) -> None:
                 os.kill(pid, signal.SIGCONT)
         stop_appliance(appliance)
         sshd.kill_sessions()
+
+
 def test_new_routes_over_ssh(appliance: Appliance) -> None:
     """Responses, audio and rerank through real sshd, clear and sealed (the SDK)."""
     import warnings
@@ -500,8 +559,11 @@ def test_new_routes_over_ssh(appliance: Appliance) -> None:
     client = appliance.client()
     answer = client.responses.create(model="standin-chat", input="over ssh", max_output_tokens=6)
     assert answer.usage is not None and answer.usage.output_tokens == 6
-    deltas = [e.delta for e in client.responses.create(model="standin-chat", input="over ssh", max_output_tokens=6,
-                                                       stream=True) if e.type == "response.output_text.delta"]
+    deltas = [
+        e.delta
+        for e in client.responses.create(model="standin-chat", input="over ssh", max_output_tokens=6, stream=True)
+        if e.type == "response.output_text.delta"
+    ]
     assert "".join(deltas) == answer.output_text
     spoken = client.audio.transcriptions.create(model="standin-chat", file=("a.wav", wav(2.0)))
     assert len(spoken.text.split()) == 5
@@ -509,8 +571,12 @@ def test_new_routes_over_ssh(appliance: Appliance) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the openai client marks translations deprecated
         assert client.audio.translations.create(model="standin-chat", file=("a.wav", wav(1.0))).text
-    reranked = httpx2.post(f"{appliance.url}/v1/rerank", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
-                           json={"model": "standin-embed", "query": "q", "documents": ["a", "b c"]})
+    reranked = httpx2.post(
+        f"{appliance.url}/v1/rerank",
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+        json={"model": "standin-embed", "query": "q", "documents": ["a", "b c"]},
+    )
     assert reranked.status_code == 200 and len(reranked.json()["results"]) == 2
     with sealed_openai_client(f"{appliance.url}/v1", KEY, fetch_fingerprint(f"{appliance.url}/v1")) as sealed:
         assert sealed.responses.create(model="standin-chat", input="over ssh", max_output_tokens=6).output_text == (

@@ -43,9 +43,7 @@ def chat(**extra: Any) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
 
 
-def rejected(
-    check: Callable[[bytes], object], data: bytes, code: str, status: int | None = None
-) -> BodyRejected:
+def rejected(check: Callable[[bytes], object], data: bytes, code: str, status: int | None = None) -> BodyRejected:
     """Assert that ``check(data)`` raises BodyRejected(code) and echoes none of the input."""
     with pytest.raises(BodyRejected) as info:
         check(data)
@@ -116,9 +114,7 @@ def _captured(call: Callable[[openai.OpenAI], object]) -> tuple[str, bytes]:
         return httpx2.Response(200, json=_ASSISTANT_REPLY)
 
     with httpx2.Client(transport=httpx2.MockTransport(handler)) as http:
-        client = openai.OpenAI(
-            api_key="k", base_url="http://sluice.invalid/v1", max_retries=0, http_client=http
-        )
+        client = openai.OpenAI(api_key="k", base_url="http://sluice.invalid/v1", max_retries=0, http_client=http)
         # The canned reply may not suit the endpoint; the request it captured is what counts.
         with contextlib.suppress(Exception):
             call(client)
@@ -167,9 +163,7 @@ CLIENT_CALLS: dict[str, Callable[[openai.OpenAI], object]] = {
     "chat_stream": lambda c: c.chat.completions.create(
         model="m", messages=_MSGS, stream=True, stream_options={"include_usage": True}
     ),
-    "chat_stream_plain": lambda c: c.chat.completions.create(
-        model="m", messages=_MSGS, stream=True
-    ),
+    "chat_stream_plain": lambda c: c.chat.completions.create(model="m", messages=_MSGS, stream=True),
     "chat_nulls": lambda c: c.chat.completions.create(
         model="m", messages=_MSGS, temperature=None, max_tokens=None, stop=None, seed=None
     ),
@@ -198,12 +192,8 @@ CLIENT_CALLS: dict[str, Callable[[openai.OpenAI], object]] = {
         tools=[openai.pydantic_function_tool(_Answer, name="answer", description="Reply.")],
         tool_choice={"type": "function", "function": {"name": "answer"}},
     ),
-    "chat_parse": lambda c: c.chat.completions.parse(
-        model="m", messages=_MSGS, response_format=_Answer
-    ),
-    "chat_json_object": lambda c: c.chat.completions.create(
-        model="m", messages=_MSGS, response_format={"type": "json_object"}
-    ),
+    "chat_parse": lambda c: c.chat.completions.parse(model="m", messages=_MSGS, response_format=_Answer),
+    "chat_json_object": lambda c: c.chat.completions.create(model="m", messages=_MSGS, response_format={"type": "json_object"}),
     "chat_echoed_tool_call": _echo_conversation,
     "completions_str": lambda c: c.completions.create(model="m", prompt="Once upon", max_tokens=8),
     "completions_list": lambda c: c.completions.create(
@@ -285,9 +275,7 @@ def test_force_usage_for_streams() -> None:
     assert forced.continuous_usage is False
     assert "stream_options" not in json.loads(CHAT.check(plain).body)
 
-    declined = CHAT.check(
-        enc(chat(stream=True, stream_options={"include_usage": False})), force_usage=True
-    )
+    declined = CHAT.check(enc(chat(stream=True, stream_options={"include_usage": False})), force_usage=True)
     assert declined.include_usage is False
     assert json.loads(declined.body)["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
 
@@ -322,9 +310,7 @@ def test_serialize_checks_and_encodes() -> None:
 
 
 def test_route_table() -> None:
-    assert ROUTES.ids == (
-        "chat", "completions", "embeddings", "responses", "rerank", "score", "transcriptions", "translations"
-    )
+    assert ROUTES.ids == ("chat", "completions", "embeddings", "responses", "rerank", "score", "transcriptions", "translations")
     assert CHAT.path == "/v1/chat/completions" and CHAT.method == "POST"
     assert CHAT.stream_allowed and COMPLETIONS.stream_allowed and not EMBEDDINGS.stream_allowed
     for route_id in ("nope", "", "CHAT", "chat ", "../chat"):
@@ -339,9 +325,7 @@ def test_route_table() -> None:
 
 
 def test_parse_json_accepts_strict_json() -> None:
-    assert parse(b' \t\r\n{"a": [1, -2.5e3, true, false, null, "x"]} \n') == {
-        "a": [1, -2500.0, True, False, None, "x"]
-    }
+    assert parse(b' \t\r\n{"a": [1, -2.5e3, true, false, null, "x"]} \n') == {"a": [1, -2500.0, True, False, None, "x"]}
     assert parse(b'{"k":"\\ud83d\\ude00"}') == {"k": "\U0001f600"}  # a proper pair
     assert parse(b'{"n":' + b"9" * MAX_INT_DIGITS + b"}") == {"n": int("9" * MAX_INT_DIGITS)}
     assert parse(b'{"n":-' + b"9" * MAX_INT_DIGITS + b"}") == {"n": -int("9" * MAX_INT_DIGITS)}
@@ -409,9 +393,7 @@ def test_reject_invalid_utf8(raw: bytes) -> None:
     rejected(CHAT.check, body, "bad_encoding", 400)
 
 
-@pytest.mark.parametrize(
-    "escape", [b"\\ud800", b"\\uDFFF", b"\\ude00\\ud83d", b"\\ud83dx", b"\\ud83d\\u0041"]
-)
+@pytest.mark.parametrize("escape", [b"\\ud800", b"\\uDFFF", b"\\ude00\\ud83d", b"\\ud83dx", b"\\ud83d\\u0041"])
 def test_reject_lone_surrogate(escape: bytes) -> None:
     rejected(parse, b'{"a":"' + escape + b'"}', "bad_string", 400)
     rejected(parse, b'{"' + escape + b'":1}', "bad_string", 400)
@@ -425,9 +407,7 @@ def test_reject_bom() -> None:
     rejected(parse, b"\xfe\xff\x00{\x00}", "bad_encoding", 400)  # UTF-16 is not UTF-8
 
 
-@pytest.mark.parametrize(
-    "tail", [b"x", b"{}", b"\x00", b",", b"]", b" 1", b"\xc2\xa0", b"\x0b", b"\x0c", b"// c"]
-)
+@pytest.mark.parametrize("tail", [b"x", b"{}", b"\x00", b",", b"]", b" 1", b"\xc2\xa0", b"\x0b", b"\x0c", b"// c"])
 def test_reject_trailing_bytes(tail: bytes) -> None:
     code = "trailing_data"
     rejected(parse, b"{}" + tail, code, 400)
@@ -625,9 +605,7 @@ def test_reject_stream_on_embeddings() -> None:
         "stream_not_allowed",
         422,
     )
-    rejected(
-        EMBEDDINGS.check, enc({"model": "m", "input": "x", "stream": False}), "unknown_field", 422
-    )
+    rejected(EMBEDDINGS.check, enc({"model": "m", "input": "x", "stream": False}), "unknown_field", 422)
 
 
 def test_reject_stream_options_without_stream() -> None:
@@ -727,8 +705,7 @@ _JSON = st.recursive(
     lambda inner: (
         st.lists(inner, max_size=4)
         | st.dictionaries(
-            st.sampled_from(["role", "content", "type", "text", "model", "x", "include_usage"])
-            | st.text(max_size=6),
+            st.sampled_from(["role", "content", "type", "text", "model", "x", "include_usage"]) | st.text(max_size=6),
             inner,
             max_size=4,
         )
@@ -793,9 +770,7 @@ def test_fuzz_json_objects(route_id: str, obj: dict[str, Any], ascii_only: bool)
 
 _TEXT = st.text(max_size=40)  # hypothesis never makes lone surrogates here
 _MESSAGE = st.one_of(
-    st.fixed_dictionaries(
-        {"role": st.sampled_from(["system", "user", "developer"]), "content": _TEXT}
-    ),
+    st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "developer"]), "content": _TEXT}),
     st.fixed_dictionaries(
         {
             "role": st.just("user"),
@@ -807,9 +782,7 @@ _MESSAGE = st.one_of(
         }
     ),
     st.fixed_dictionaries({"role": st.just("assistant")}, optional={"content": _TEXT | st.none()}),
-    st.fixed_dictionaries(
-        {"role": st.just("tool"), "content": _TEXT, "tool_call_id": st.text(min_size=1, max_size=8)}
-    ),
+    st.fixed_dictionaries({"role": st.just("tool"), "content": _TEXT, "tool_call_id": st.text(min_size=1, max_size=8)}),
 )
 _CHAT_BODIES = st.fixed_dictionaries(
     {
@@ -823,9 +796,7 @@ _CHAT_BODIES = st.fixed_dictionaries(
         "seed": st.integers(-(2**63), 2**63 - 1),
         "stop": _TEXT.filter(bool) | st.lists(st.text(min_size=1, max_size=5), max_size=4),
         "stream": st.booleans(),
-        "logit_bias": st.dictionaries(
-            st.from_regex(r"[0-9]{1,10}", fullmatch=True), st.floats(-100, 100), max_size=3
-        ),
+        "logit_bias": st.dictionaries(st.from_regex(r"[0-9]{1,10}", fullmatch=True), st.floats(-100, 100), max_size=3),
     },
 )
 

@@ -19,30 +19,36 @@ def table(text: str, known: tuple[str, ...] = ("a",), where: str = "t") -> Table
     return Table(tomllib.loads(text), where, known)
 
 
-@pytest.mark.parametrize(("text", "kind", "value"), [
-    ("a = true", bool, True),
-    ("a = 3", int, 3),
-    ("a = 3", float, 3.0),
-    ("a = 2.5", float, 2.5),
-    ('a = "x"', str, "x"),
-    ("a = [1]", list, [1]),
-    ("a = {b = 1}", dict, {"b": 1}),
-])
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("a = true", bool, True),
+        ("a = 3", int, 3),
+        ("a = 3", float, 3.0),
+        ("a = 2.5", float, 2.5),
+        ('a = "x"', str, "x"),
+        ("a = [1]", list, [1]),
+        ("a = {b = 1}", dict, {"b": 1}),
+    ],
+)
 def test_type_rules_accept(text: str, kind: type, value: object) -> None:
     got = table(text).get("a", kind)
     assert got == value and type(got) is type(value)
 
 
-@pytest.mark.parametrize(("text", "kind", "message"), [
-    ("a = 1", bool, "t.a must be a bool (true or false)"),
-    ("a = true", int, "t.a must be an integer"),
-    ("a = 1.0", int, "t.a must be an integer"),
-    ("a = true", float, "t.a must be a number"),
-    ('a = "3"', float, "t.a must be a number"),
-    ("a = 3", str, "t.a must be a string"),
-    ('a = "x"', list, "t.a must be a list"),
-    ("a = 1", dict, "t.a must be a table"),
-])
+@pytest.mark.parametrize(
+    ("text", "kind", "message"),
+    [
+        ("a = 1", bool, "t.a must be a bool (true or false)"),
+        ("a = true", int, "t.a must be an integer"),
+        ("a = 1.0", int, "t.a must be an integer"),
+        ("a = true", float, "t.a must be a number"),
+        ('a = "3"', float, "t.a must be a number"),
+        ("a = 3", str, "t.a must be a string"),
+        ('a = "x"', list, "t.a must be a list"),
+        ("a = 1", dict, "t.a must be a table"),
+    ],
+)
 def test_reject_wrong_types(text: str, kind: type, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         table(text).get("a", kind)
@@ -129,17 +135,20 @@ def test_build_reads_every_kind(tmp_path: Path) -> None:
     assert got == Example("n", 1, 2.0, False, "debug", tmp_path / "k", ("g",), 7)
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    ({}, "e.name is required"),
-    ({"name": "n", "port": 0}, "e.port must be between 1 and 65535"),
-    ({"name": "n", "port": 80.0}, "e.port must be an integer"),
-    ({"name": "n", "timeout": True}, "e.timeout must be a number"),
-    ({"name": "n", "secure": 1}, "e.secure must be a bool"),
-    ({"name": "n", "level": "loud"}, "e.level must be one of: debug, info"),
-    ({"name": "n", "key_file": "nope"}, "e.key_file: "),
-    ({"name": "n", "groups": "g"}, "e.groups must be a list"),
-    ({"name": "n", "derived": 1}, "e.derived is not a known setting"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "e.name is required"),
+        ({"name": "n", "port": 0}, "e.port must be between 1 and 65535"),
+        ({"name": "n", "port": 80.0}, "e.port must be an integer"),
+        ({"name": "n", "timeout": True}, "e.timeout must be a number"),
+        ({"name": "n", "secure": 1}, "e.secure must be a bool"),
+        ({"name": "n", "level": "loud"}, "e.level must be one of: debug, info"),
+        ({"name": "n", "key_file": "nope"}, "e.key_file: "),
+        ({"name": "n", "groups": "g"}, "e.groups must be a list"),
+        ({"name": "n", "derived": 1}, "e.derived is not a known setting"),
+    ],
+)
 def test_reject_through_build(tmp_path: Path, data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         build(Example, Table(data, "e", config_keys(Example)), tmp_path)
@@ -161,8 +170,6 @@ def test_there_is_one_config_error_class_in_the_tree() -> None:
     for package in ("policy", "cluster", "appliance"):
         for path in sorted((ROOT / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ClassDef) and (
-                    node.name.endswith("ConfigError") or node.name in ("SettingsError",)
-                ):
+                if isinstance(node, ast.ClassDef) and (node.name.endswith("ConfigError") or node.name in ("SettingsError",)):
                     found.append(f"{path.relative_to(ROOT)}:{node.name}")
     assert found == ["policy/config.py:ConfigError"]

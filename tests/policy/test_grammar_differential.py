@@ -73,6 +73,7 @@ SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=
 
 # -- the ABNF rule tree, walked ----------------------------------------------------
 
+
 def _children(parser: Any) -> list[Any]:
     if isinstance(parser, Rule):
         return [parser.definition]
@@ -144,6 +145,7 @@ def _find(node: Any, name: str) -> Any | None:
 
 
 # -- the oracle --------------------------------------------------------------------
+
 
 def _verbs() -> frozenset[str]:
     """The names of the commands: the rules that session-command and stream-command choose between."""
@@ -227,8 +229,19 @@ def _lookalike(char: str) -> list[str]:
         out.append(chr(ord(char) + 0xFEE0))  # fullwidth form
     if char.isdigit():
         out += [chr(0x0660 + int(char)), chr(0x06F0 + int(char)), chr(0xFF10 + int(char))]  # Arabic-Indic
-    cyrillic = {"a": "\u0430", "c": "\u0441", "e": "\u0435", "o": "\u043e", "p": "\u0440", "x": "\u0445",
-                "s": "\u0455", "i": "\u0456", "l": "\u04cf", "C": "\u0421", "M": "\u041c"}
+    cyrillic = {
+        "a": "\u0430",
+        "c": "\u0441",
+        "e": "\u0435",
+        "o": "\u043e",
+        "p": "\u0440",
+        "x": "\u0445",
+        "s": "\u0455",
+        "i": "\u0456",
+        "l": "\u04cf",
+        "C": "\u0421",
+        "M": "\u041c",
+    }
     if char in cyrillic:
         out.append(cyrillic[char])
     if char == " ":
@@ -251,16 +264,17 @@ def _mutated(draw: st.DrawFn, base: st.SearchStrategy[str]) -> str:
     line = draw(base)
     for _ in range(draw(st.integers(1, 3))):
         at = draw(st.integers(0, len(line)))
-        kind = draw(st.sampled_from(
-            ["flip", "insert", "delete", "truncate", "duplicate", "case", "lookalike", "control", "digits"]))
+        kind = draw(
+            st.sampled_from(["flip", "insert", "delete", "truncate", "duplicate", "case", "lookalike", "control", "digits"])
+        )
         if kind == "flip" and line:
             at = min(at, len(line) - 1)
-            line = line[:at] + chr(ord(line[at]) ^ (1 << draw(st.integers(0, 7)))) + line[at + 1:]
+            line = line[:at] + chr(ord(line[at]) ^ (1 << draw(st.integers(0, 7)))) + line[at + 1 :]
         elif kind == "insert":
             char = draw(st.one_of(st.characters(max_codepoint=0x7F), st.characters(max_codepoint=0x2FFF)))
             line = line[:at] + char + line[at:]
         elif kind == "delete":
-            line = line[:at] + line[at + 1:]
+            line = line[:at] + line[at + 1 :]
         elif kind == "truncate":
             line = line[:at]
         elif kind == "duplicate":
@@ -271,7 +285,7 @@ def _mutated(draw: st.DrawFn, base: st.SearchStrategy[str]) -> str:
             line = line[:start] + line[start:at].swapcase() + line[at:]
         elif kind == "lookalike" and line:
             at = min(at, len(line) - 1)
-            line = line[:at] + draw(st.sampled_from(_lookalike(line[at]))) + line[at + 1:]
+            line = line[:at] + draw(st.sampled_from(_lookalike(line[at]))) + line[at + 1 :]
         elif kind == "control":
             line = line[:at] + draw(st.sampled_from(CONTROLS)) + line[at:]
         elif kind == "digits":
@@ -291,6 +305,7 @@ GENERATED_VERBS = st.tuples(
 
 
 # -- properties --------------------------------------------------------------------
+
 
 @SETTINGS
 @given(GENERATED_LINES)
@@ -355,8 +370,8 @@ def _single_edits(line: str) -> set[str]:
     for at in range(len(line) + 1):
         out.update(line[:at] + char + line[at:] for char in EDIT_ALPHABET)
         if at < len(line):
-            out.update(line[:at] + char + line[at + 1:] for char in EDIT_ALPHABET)
-            out.add(line[:at] + line[at + 1:])
+            out.update(line[:at] + char + line[at + 1 :] for char in EDIT_ALPHABET)
+            out.add(line[:at] + line[at + 1 :])
     return out
 
 
@@ -413,6 +428,7 @@ def test_over_long_lines_agree(size: int) -> None:
 
 # -- the grammar file and the code that names its parts ------------------------------
 
+
 def _literals(parser: Any) -> list[Literal]:
     if isinstance(parser, Literal):
         return [parser]
@@ -422,7 +438,7 @@ def _literals(parser: Any) -> list[Literal]:
 def test_route_ids_are_one_list() -> None:
     """request.abnf, policy.grammar.ROUTE_IDS and routes.toml name the same routes."""
     literals = _literals(RequestAbnf("route-id").definition)
-    assert all(lit.case_sensitive and isinstance(lit.value, str) for lit in literals), "route ids must be %s\"...\""
+    assert all(lit.case_sensitive and isinstance(lit.value, str) for lit in literals), 'route ids must be %s"..."'
     in_abnf = sorted(lit.value for lit in literals)
     assert in_abnf == sorted(ROUTE_IDS) == sorted(load_routes().ids)
 

@@ -46,8 +46,10 @@ def test_no_other_module_picks_a_loop() -> None:
         for path in sorted((ROOT / top).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
                 )
                 if any(name.split(".")[0] == "uvloop" for name in names) and rel != "policy/loop.py":
                     found.append(f"{rel}:{node.lineno}")

@@ -89,8 +89,12 @@ def test_repeated_array_fields() -> None:
 
 
 def test_what_the_openai_client_stack_sends() -> None:
-    request = httpx2.Request("POST", "http://x/", files={"file": ("speech.wav", WAV, "audio/wav")},
-                             data={"model": "m", "timestamp_granularities[]": ["word", "segment"]})
+    request = httpx2.Request(
+        "POST",
+        "http://x/",
+        files={"file": ("speech.wav", WAV, "audio/wav")},
+        data={"model": "m", "timestamp_granularities[]": ["word", "segment"]},
+    )
     form = parse(request.read(), boundary_of(request.headers["content-type"]))
     assert form.fields[0] == ("model", "m") and form.file.data == WAV
 
@@ -176,8 +180,10 @@ def test_reject_missing_file() -> None:
 
 def test_reject_nested_multipart() -> None:
     inner = body(part("model", b"x"), boundary="inner")
-    rejected(body(part("model", b"a"), part("file", inner, "Content-Type: multipart/mixed; boundary=inner",
-                                             filename="a.wav")), "nested_multipart")
+    rejected(
+        body(part("model", b"a"), part("file", inner, "Content-Type: multipart/mixed; boundary=inner", filename="a.wav")),
+        "nested_multipart",
+    )
     rejected(body(part("model", b"a"), part("file", inner, filename="a.wav")), "nested_multipart")
     rejected(body(part("prompt", inner), FILE), "nested_multipart")
     rejected(body(part("prompt", b"x", "Content-Type: message/rfc822"), FILE), "nested_multipart")
@@ -187,21 +193,20 @@ def test_reject_nested_multipart() -> None:
     "raw_part",
     [
         # A file name that closes its quote and starts a header of its own.
-        b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: text/html\r\nX: "\r\n\r\n'
-        + WAV,
+        b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\nContent-Type: text/html\r\nX: "\r\n\r\n' + WAV,
         b'Content-Disposition: form-data; name="file"; filename="a\r\nContent-Type: x/y.wav"\r\n\r\n' + WAV,
         b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\nX-Injected: 1\r\n\r\n' + WAV,
         b'Content-Disposition: form-data; name="file"; filename="a.wav"\r\n Content-Type: folded\r\n\r\n' + WAV,
         b'Content-Disposition: form-data; name="file"; filename="a.wav"\nContent-Type: audio/wav\r\n\r\n' + WAV,
         b'Content-Disposition: form-data; name="file"; filename="a.wav"\rContent-Type: audio/wav\r\n\r\n' + WAV,
         b'Content-Disposition: form-data; name="file"; filename="a.wav"\x00\r\n\r\n' + WAV,
-        b'Content-Disposition: form-data; name="file"; filename*=UTF-8\'\'a.wav\r\n\r\n' + WAV,
+        b"Content-Disposition: form-data; name=\"file\"; filename*=UTF-8''a.wav\r\n\r\n" + WAV,
         b'Content-Disposition: form-data; name="file"; filename*="a.wav"\r\n\r\n' + WAV,
-        b'Content-Disposition: form-data; name=file\r\n\r\n' + WAV,
+        b"Content-Disposition: form-data; name=file\r\n\r\n" + WAV,
         b'Content-Disposition: attachment; name="file"\r\n\r\n' + WAV,
         b'Content-Disposition: form-data; name="file"; name="model"\r\n\r\n' + WAV,
         b'Content-Disposition: form-data; name="file"\r\nContent-Disposition: form-data; name="model"\r\n\r\n' + WAV,
-        b'Content-Transfer-Encoding: base64\r\n\r\n' + WAV,
+        b"Content-Transfer-Encoding: base64\r\n\r\n" + WAV,
         b"\r\n" + WAV,
         b'Content-Disposition: form-data; name="file"' + b"x" * 2000 + b"\r\n\r\n" + WAV,
     ],
@@ -223,8 +228,17 @@ def test_reject_oversized_file() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"hello, this is text", b"%PDF-1.7", b"\x89PNG\r\n\x1a\n", b"MZ\x90\x00", b"RIFF\0\0\0\0AVI ",
-     b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"not a frame", b"\xff\xfe\xff\xfe", b"<?xml version='1.0'?>"],
+    [
+        b"",
+        b"hello, this is text",
+        b"%PDF-1.7",
+        b"\x89PNG\r\n\x1a\n",
+        b"MZ\x90\x00",
+        b"RIFF\0\0\0\0AVI ",
+        b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"not a frame",
+        b"\xff\xfe\xff\xfe",
+        b"<?xml version='1.0'?>",
+    ],
 )
 def test_reject_non_audio_bytes(data: bytes) -> None:
     rejected(body(part("model", b"a"), part("file", data, filename="a.wav")), "not_audio")
@@ -232,8 +246,21 @@ def test_reject_non_audio_bytes(data: bytes) -> None:
 
 @pytest.mark.parametrize(
     "filename",
-    ["../../etc/passwd", "a/b.wav", "C:\\x.wav", "..", ".hidden.wav", "/abs.wav", "a..wav", "x" * 129, "tab\there",
-     "naïve.wav", "voice\u202e.wav", "a%2fb.wav", "~root.wav"],
+    [
+        "../../etc/passwd",
+        "a/b.wav",
+        "C:\\x.wav",
+        "..",
+        ".hidden.wav",
+        "/abs.wav",
+        "a..wav",
+        "x" * 129,
+        "tab\there",
+        "naïve.wav",
+        "voice\u202e.wav",
+        "a%2fb.wav",
+        "~root.wav",
+    ],
 )
 def test_reject_non_ascii_and_path_like_filenames(filename: str) -> None:
     with pytest.raises(BodyRejected) as info:
@@ -266,10 +293,17 @@ def test_reject_preamble_epilogue_and_padding() -> None:
 
 @pytest.mark.parametrize(
     "header",
-    ["text/plain", "multipart/form-data", "multipart/form-data; boundary=", "multipart/form-data; boundary=a b",
-     "multipart/form-data; boundary=abc; charset=utf-8", "multipart/mixed; boundary=abc",
-     "multipart/form-data; boundary=" + "a" * 71, 'multipart/form-data; boundary="abc "',
-     "multipart/form-data; boundary=ab\r\nX: y"],
+    [
+        "text/plain",
+        "multipart/form-data",
+        "multipart/form-data; boundary=",
+        "multipart/form-data; boundary=a b",
+        "multipart/form-data; boundary=abc; charset=utf-8",
+        "multipart/mixed; boundary=abc",
+        "multipart/form-data; boundary=" + "a" * 71,
+        'multipart/form-data; boundary="abc "',
+        "multipart/form-data; boundary=ab\r\nX: y",
+    ],
 )
 def test_reject_bad_content_type(header: str) -> None:
     with pytest.raises(BodyRejected) as info:
@@ -310,20 +344,16 @@ _names = st.sampled_from(sorted(SPEC.fields))
     audio=st.sampled_from([WAV, mp3(3), flac(), ogg_opus(), m4a()]),
     extra=st.binary(max_size=64),
 )
-def test_differential_against_the_email_parser(
-    boundary: str, fields: dict[str, str], audio: bytes, extra: bytes
-) -> None:
+def test_differential_against_the_email_parser(boundary: str, fields: dict[str, str], audio: bytes, extra: bytes) -> None:
     file_bytes = audio + extra
-    data = body(*(part(n, v.encode()) for n, v in fields.items()), part("file", file_bytes, filename="a.wav"),
-                boundary=boundary)
+    data = body(*(part(n, v.encode()) for n, v in fields.items()), part("file", file_bytes, filename="a.wav"), boundary=boundary)
     if any(b"--" + boundary.encode() in x for x in [file_bytes, *(v.encode() for v in fields.values())]):
         return  # a boundary inside content is not a valid form
     ours = parse(data, boundary)
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         f'Content-Type: multipart/form-data; boundary="{boundary}"\r\n\r\n'.encode() + data
     )
-    theirs = {p.get_param("name", header="content-disposition"): p.get_payload(decode=True)
-              for p in message.iter_parts()}
+    theirs = {p.get_param("name", header="content-disposition"): p.get_payload(decode=True) for p in message.iter_parts()}
     assert theirs.pop("file") == ours.file.data
     assert {n: v.encode() for n, v in ours.fields} == theirs
     # And the gate's own rebuild says the same.

@@ -38,11 +38,22 @@ def _forwarded(body: dict[str, Any]) -> dict[str, Any]:
             "model": "m",
             "input": [
                 {"role": "user", "content": "Look it up"},
-                {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": "{}", "id": "fc_1",
-                 "status": "completed"},
+                {
+                    "type": "function_call",
+                    "call_id": "call_1",
+                    "name": "lookup",
+                    "arguments": "{}",
+                    "id": "fc_1",
+                    "status": "completed",
+                },
                 {"type": "function_call_output", "call_id": "call_1", "output": "42"},
-                {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
-                 "content": [{"type": "output_text", "text": "It is 42.", "annotations": []}]},
+                {
+                    "type": "message",
+                    "role": "assistant",
+                    "id": "msg_1",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": "It is 42.", "annotations": []}],
+                },
                 {"type": "reasoning", "summary": [{"type": "summary_text", "text": "thought"}]},
             ],
         },
@@ -104,10 +115,11 @@ def test_reject_server_state_fields(field: str, value: object) -> None:
     [
         ({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}, "bad_value"),
         ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "bad_value"),
-        ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]}]},
-         "bad_value"),
-        ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
-         "missing_field"),
+        (
+            {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "https://x/y.png"}]}]},
+            "bad_value",
+        ),
+        ({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}, "missing_field"),
         ({"model": "m", "input": [{"role": "tool", "content": "x"}]}, "bad_value"),
         ({"model": "m", "input": "x", "tools": [{"type": "web_search", "name": "w"}]}, "bad_value"),
         ({"model": "m", "input": "x", "metadata": {"a": "b"}}, "unknown_field"),
@@ -116,11 +128,16 @@ def test_reject_server_state_fields(field: str, value: object) -> None:
         ({"model": "m", "input": "x", "max_output_tokens": 0}, "out_of_range"),
         ({"model": "m", "input": []}, "too_short"),
         ({"model": "m"}, "missing_field"),
-        ({"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": "x", "x": 1}]},
-         "unknown_field"),
-        ({"model": "m", "input": [{"role": "assistant", "content": [{"type": "output_text", "text": "x",
-                                                                     "annotations": [{"type": "url"}]}]}]},
-         "too_long"),
+        ({"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": "x", "x": 1}]}, "unknown_field"),
+        (
+            {
+                "model": "m",
+                "input": [
+                    {"role": "assistant", "content": [{"type": "output_text", "text": "x", "annotations": [{"type": "url"}]}]}
+                ],
+            },
+            "too_long",
+        ),
     ],
 )
 def test_reject_outside_the_responses_policy(body: dict[str, Any], code: str) -> None:

@@ -123,16 +123,12 @@ def test_minimal_policy_loads(tmp_path: Path) -> None:
             "routes.r.fields.a.max_items",
         ),
         (
-            _with_fields(
-                'a = { type = "array", max_items = 1, min_items = 2, items = { type = "null" } }'
-            ),
+            _with_fields('a = { type = "array", max_items = 1, min_items = 2, items = { type = "null" } }'),
             "routes.r.fields.a.min_items",
         ),
         (_with_fields('o = { type = "object", fields = {} }'), "routes.r.fields.o.fields"),
         (
-            _with_fields(
-                'o = { type = "object", fields = { b = { type = "boolean" } }, required = ["c"] }'
-            ),
+            _with_fields('o = { type = "object", fields = { b = { type = "boolean" } }, required = ["c"] }'),
             "routes.r.fields.o.required",
         ),
         (
@@ -148,9 +144,7 @@ def test_minimal_policy_loads(tmp_path: Path) -> None:
             "routes.r.fields.m.keys",
         ),
         (
-            _with_fields(
-                'j = { type = "json", max_length = 1, max_items = 1, max_key_length = 1, max_depth = 0 }'
-            ),
+            _with_fields('j = { type = "json", max_length = 1, max_items = 1, max_key_length = 1, max_depth = 0 }'),
             "routes.r.fields.j.max_depth",
         ),
         (_with_fields('n = { type = "null", nullable = true }'), "routes.r.fields.n.nullable"),
@@ -178,15 +172,11 @@ def test_minimal_policy_loads(tmp_path: Path) -> None:
         ),
         (_with_fields('u = { one_of = [{ type = "boolean" }] }'), "routes.r.fields.u.one_of"),
         (
-            _with_fields(
-                'u = { one_of = [{ type = "string", max_length = 1 }, { type = "string", max_length = 2 }] }'
-            ),
+            _with_fields('u = { one_of = [{ type = "string", max_length = 1 }, { type = "string", max_length = 2 }] }'),
             "routes.r.fields.u.one_of",
         ),
         (
-            _with_fields(
-                'u = { one_of = [{ type = "integer", min = 0, max = 1 }, { type = "number", min = 0, max = 1 }] }'
-            ),
+            _with_fields('u = { one_of = [{ type = "integer", min = 0, max = 1 }, { type = "number", min = 0, max = 1 }] }'),
             "routes.r.fields.u.one_of",
         ),
         (
@@ -208,9 +198,7 @@ def test_minimal_policy_loads(tmp_path: Path) -> None:
             "routes.r.fields.u.discriminator",
         ),
         (
-            _with_fields(
-                'u = { discriminator = "t", one_of = [{ type = "boolean" }, { type = "null" }] }'
-            ),
+            _with_fields('u = { discriminator = "t", one_of = [{ type = "boolean" }, { type = "null" }] }'),
             "routes.r.fields.u.discriminator",
         ),
         (
@@ -240,9 +228,7 @@ def test_minimal_policy_loads(tmp_path: Path) -> None:
             "routes.r.colour",
         ),
         (
-            MINIMAL.replace(
-                _MODEL, 'model = { type = "string", max_length = 128, nullable = true }\n'
-            ),
+            MINIMAL.replace(_MODEL, 'model = { type = "string", max_length = 128, nullable = true }\n'),
             "routes.r.fields.model",
         ),
         (
@@ -254,9 +240,7 @@ def test_minimal_policy_loads(tmp_path: Path) -> None:
             "routes.r.fields.model",
         ),
         (
-            MINIMAL.replace(
-                _MODEL, 'model = { type = "string", max_length = 200, pattern = "m+" }\n'
-            ),
+            MINIMAL.replace(_MODEL, 'model = { type = "string", max_length = 200, pattern = "m+" }\n'),
             "routes.r.fields.model",
         ),
         (MINIMAL.replace("stream = false", "stream = true"), "routes.r.fields.stream"),
@@ -283,12 +267,8 @@ def test_streaming_route_needs_stream_options(tmp_path: Path) -> None:
     text = _with_fields('stream = { type = "boolean" }', head=head)
     with pytest.raises(ValueError, match=r"routes\.r\.fields\.stream_options"):
         load_routes(_write(tmp_path, text))
-    options = (
-        'stream_options = { type = "object", fields = { include_usage = { type = "boolean" } } }'
-    )
-    route = load_routes(
-        _write(tmp_path, _with_fields('stream = { type = "boolean" }', options, head=head))
-    ).get("r")
+    options = 'stream_options = { type = "object", fields = { include_usage = { type = "boolean" } } }'
+    route = load_routes(_write(tmp_path, _with_fields('stream = { type = "boolean" }', options, head=head))).get("r")
     assert route.stream_allowed
     assert route.check(b'{"model":"x","stream":true}', force_usage=True).body == (
         b'{"model":"x","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}'

@@ -39,20 +39,24 @@ TYPES: dict[str, Any] = DOC.get("types", {})
 ROUTES = load_routes()
 # The JSON routes: a form route's fields come typed from its parts (tests/policy/test_multipart.py).
 JSON_ROUTES = [r for r in ROUTES.ids if ROUTES.get(r).form is None]
-OUTSIDE_THE_SCHEMA = {"stream_not_allowed", "stream_options_without_stream",
-                      # the Responses dialect's own rules (policy/_responses.py), before the schema
-                      "store_not_supported", "server_state_not_supported"}
+OUTSIDE_THE_SCHEMA = {
+    "stream_not_allowed",
+    "stream_options_without_stream",
+    # the Responses dialect's own rules (policy/_responses.py), before the schema
+    "store_not_supported",
+    "server_state_not_supported",
+}
 # Bounds above this are not probed at the boundary (a 4 MiB string per example is slow, not smarter).
 PROBE_LIMIT = 300
 
 Validator = jsonschema.validators.extend(
     jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda _checker, value: type(value) is int),
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", lambda _checker, value: type(value) is int),
 )
 
 
 # -- the translator: TOML spec -> JSON Schema -------------------------------------------------
+
 
 def _nullable(schema: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [schema, {"type": "null"}]} if spec.get("nullable") else schema
@@ -89,12 +93,19 @@ def to_json_schema(spec: dict[str, Any]) -> dict[str, Any]:
         if "min_items" in spec:
             schema["minItems"] = spec["min_items"]
     elif kind == "object":
-        schema = {"type": "object", "additionalProperties": False,
-                  "properties": {name: to_json_schema(field) for name, field in spec["fields"].items()},
-                  "required": list(spec.get("required", []))}
+        schema = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {name: to_json_schema(field) for name, field in spec["fields"].items()},
+            "required": list(spec.get("required", [])),
+        }
     elif kind == "map":
-        schema = {"type": "object", "propertyNames": to_json_schema(spec["keys"]),
-                  "additionalProperties": to_json_schema(spec["values"]), "maxProperties": spec["max_fields"]}
+        schema = {
+            "type": "object",
+            "propertyNames": to_json_schema(spec["keys"]),
+            "additionalProperties": to_json_schema(spec["values"]),
+            "maxProperties": spec["max_fields"],
+        }
     elif kind == "json":
         schema = {}
     else:
@@ -217,6 +228,7 @@ def bodies(draw: st.DrawFn, fields: dict[str, Any], required: list[str]) -> dict
 
 # -- the differential -------------------------------------------------------------------------
 
+
 def _ours(route_id: str, body: dict[str, Any]) -> str | None:
     """None if our policy accepts the body, else the rejection code."""
     try:
@@ -234,8 +246,7 @@ def _as_checked(route_id: str, body: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("route_id", JSON_ROUTES)
 def test_schema_compiler_agrees_with_jsonschema(route_id: str) -> None:
     spec = DOC["routes"][route_id]
-    reference = Validator(to_json_schema({"type": "object", "fields": spec["fields"],
-                                          "required": spec["required"]}))
+    reference = Validator(to_json_schema({"type": "object", "fields": spec["fields"], "required": spec["required"]}))
 
     @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(body=bodies(spec["fields"], spec["required"]))

@@ -44,7 +44,8 @@ RELAYED = {
 def _modules() -> dict[str, ast.Module]:
     return {
         str(path.relative_to(ROOT)): ast.parse(path.read_text(), str(path))
-        for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
     }
 
 
@@ -75,11 +76,13 @@ def _branch(classes: dict[str, ast.ClassDef], root: str) -> set[str]:
 
 def _scopes(tree: ast.Module) -> Iterator[tuple[ast.AST, list[ast.AST]]]:
     """(node, the functions it is in, innermost first, then the module)."""
+
     def walk(node: ast.AST, scopes: list[ast.AST]) -> Iterator[tuple[ast.AST, list[ast.AST]]]:
         for child in ast.iter_child_nodes(node):
             yield child, scopes
             inner = [child, *scopes] if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else scopes
             yield from walk(child, inner)
+
     return walk(tree, [tree])
 
 
@@ -88,14 +91,22 @@ def _bindings(name: str, scopes: list[ast.AST]) -> list[ast.expr]:
     for scope in scopes:
         statements = ast.walk(scope) if not isinstance(scope, ast.Module) else iter(scope.body)
         found = [
-            sub.value for sub in statements
-            if isinstance(sub, (ast.Assign, ast.AnnAssign)) and sub.value is not None
-            and any(isinstance(t, ast.Name) and t.id == name for t in (sub.targets if isinstance(sub, ast.Assign) else [sub.target]))
+            sub.value
+            for sub in statements
+            if isinstance(sub, (ast.Assign, ast.AnnAssign))
+            and sub.value is not None
+            and any(
+                isinstance(t, ast.Name) and t.id == name for t in (sub.targets if isinstance(sub, ast.Assign) else [sub.target])
+            )
         ]
         found += [  # `status, code = helper(...)`: the helper's literal returns, at that place
-            ret for sub in ast.walk(scope) if isinstance(sub, ast.Assign) and isinstance(sub.value, ast.Call)
-            for target in sub.targets if isinstance(target, ast.Tuple)
-            for index, element in enumerate(target.elts) if isinstance(element, ast.Name) and element.id == name
+            ret
+            for sub in ast.walk(scope)
+            if isinstance(sub, ast.Assign) and isinstance(sub.value, ast.Call)
+            for target in sub.targets
+            if isinstance(target, ast.Tuple)
+            for index, element in enumerate(target.elts)
+            if isinstance(element, ast.Name) and element.id == name
             for ret in _returns(_name(sub.value.func), index, scopes[-1])
         ]
         if found:
@@ -105,9 +116,11 @@ def _bindings(name: str, scopes: list[ast.AST]) -> list[ast.expr]:
 
 def _returns(function: str | None, index: int, module: ast.AST) -> list[ast.expr]:
     return [
-        node.value.elts[index] for f in ast.walk(module)
+        node.value.elts[index]
+        for f in ast.walk(module)
         if isinstance(f, ast.FunctionDef) and f.name == function
-        for node in ast.walk(f) if isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple)
+        for node in ast.walk(f)
+        if isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple)
     ]
 
 
@@ -159,8 +172,11 @@ def collect() -> tuple[dict[str, set[str]], list[str], list[tuple[str, int, str]
     codes: dict[str, set[str]] = collections.defaultdict(set)
     for name, node in classes.items():
         for statement in node.body:
-            if (isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant)
-                    and any(isinstance(t, ast.Name) and t.id == "code" for t in statement.targets)):
+            if (
+                isinstance(statement, ast.Assign)
+                and isinstance(statement.value, ast.Constant)
+                and any(isinstance(t, ast.Name) and t.id == "code" for t in statement.targets)
+            ):
                 codes[statement.value.value].add(f"class {name}")
     unknown: dict[tuple[str, str], str] = {}
     answers: list[tuple[str, int, str]] = []
@@ -231,8 +247,11 @@ def _class_constant(classes: dict[str, ast.ClassDef], name: str, attribute: str)
     if node is None:
         return None
     for statement in node.body:
-        if (isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant)
-                and any(isinstance(t, ast.Name) and t.id == attribute for t in statement.targets)):
+        if (
+            isinstance(statement, ast.Assign)
+            and isinstance(statement.value, ast.Constant)
+            and any(isinstance(t, ast.Name) and t.id == attribute for t in statement.targets)
+        ):
             return statement.value.value
     for base in node.bases:
         found = _class_constant(classes, _name(base) or "", attribute)
@@ -246,8 +265,9 @@ def test_each_error_class_has_its_codes_status() -> None:
     classes = _error_classes(_modules())
     wrong = []
     for name, node in classes.items():
-        if any(isinstance(s, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "code" for t in s.targets)
-               for s in node.body):
+        if any(
+            isinstance(s, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "code" for t in s.targets) for s in node.body
+        ):
             code, status = _class_constant(classes, name, "code"), _class_constant(classes, name, "status")
             if CODES[code].status != status:  # type: ignore[index]
                 wrong.append((name, code, status, CODES[code].status))  # type: ignore[index]
@@ -267,7 +287,9 @@ def test_every_code_has_its_own_message() -> None:
 def test_reject_raising_the_base_error_itself() -> None:
     """Each failure has its own class (``SluiceError`` is only ever a base)."""
     bare = [
-        f"{path}:{node.lineno}" for path, tree in _modules().items() for node in ast.walk(tree)
+        f"{path}:{node.lineno}"
+        for path, tree in _modules().items()
+        for node in ast.walk(tree)
         if isinstance(node, ast.Call) and _name(node.func) == "SluiceError"
     ]
     assert not bare, f"SluiceError raised directly (use or add a subclass in policy/errors.py): {bare}"

@@ -56,11 +56,18 @@ def short_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int,
     processes = {}
     for name, runs in RUNS.items():
         artifacts = tmp_path_factory.mktemp(name)
-        argv = [sys.executable, str(FUZZ_DIR / f"{name}.py"), f"-atheris_runs={runs}", f"-seed={SEED}",
-                f"-max_total_time={MAX_SECONDS}", f"-artifact_prefix={artifacts}/"]
+        argv = [
+            sys.executable,
+            str(FUZZ_DIR / f"{name}.py"),
+            f"-atheris_runs={runs}",
+            f"-seed={SEED}",
+            f"-max_total_time={MAX_SECONDS}",
+            f"-artifact_prefix={artifacts}/",
+        ]
         processes[name] = (subprocess.Popen(argv, cwd=artifacts, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), artifacts)
-    importer = subprocess.Popen([sys.executable, "-c", IMPORT_CHECK, *RUNS], cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    importer = subprocess.Popen(
+        [sys.executable, "-c", IMPORT_CHECK, *RUNS], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     results = {}
     for name, (process, artifacts) in processes.items():
         out, _ = process.communicate(timeout=MAX_SECONDS + 60)

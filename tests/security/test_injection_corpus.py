@@ -60,8 +60,15 @@ TOPICS = {
     "oversized frames": ["oversized frame"],
     "too many streams": ["too many streams"],
     "frame floods": ["frame flood"],
-    "JSON bombs": ["JSON bomb", "huge number", "duplicate keys", "invalid UTF-8", "lone high surrogate",
-                   "byte order mark", "NaN"],
+    "JSON bombs": [
+        "JSON bomb",
+        "huge number",
+        "duplicate keys",
+        "invalid UTF-8",
+        "lone high surrogate",
+        "byte order mark",
+        "NaN",
+    ],
     "unknown fields": ["unknown top-level field"],
     "SSRF": ["SSRF"],
     "prototype pollution": ["__proto__"],
@@ -119,18 +126,32 @@ def test_reject_bodies_per_stream_in_one_mux_session(target: LocalGate, tripwire
 # -- the same bytes over real SSH, as run_corpus.py sends them to a deployed gate -------------
 
 # One case of each kind of carrier and answer, and the ones ssh(1) itself changes.
-OVER_SSH = ["cl-shell-semicolon", "cl-newline-model-redirect", "cl-invalid-utf8", "cl-over-long-100k",
-            "cl-empty-command", "cl-shell-request", "cl-internal-sftp", "cl-body-short", "cl-nul-open",
-            "fr-too-many-streams", "fr-cancel-flood", "fr-truncated-payload", "bd-ssrf-http-image",
-            "bd-smuggle-content"]
+OVER_SSH = [
+    "cl-shell-semicolon",
+    "cl-newline-model-redirect",
+    "cl-invalid-utf8",
+    "cl-over-long-100k",
+    "cl-empty-command",
+    "cl-shell-request",
+    "cl-internal-sftp",
+    "cl-body-short",
+    "cl-nul-open",
+    "fr-too-many-streams",
+    "fr-cancel-flood",
+    "fr-truncated-payload",
+    "bd-ssrf-http-image",
+    "bd-smuggle-content",
+]
 
 
 @pytest.fixture(scope="module")
 def sshd_gate(cluster: Cluster, tripwire: Tripwire) -> Iterator[tuple[SshGate, Sshd]]:  # noqa: F811
     """Real sshd, the gate as the forced command of a restricted key (tests/services/sshd.py)."""
-    backends = [("standin-chat", cluster.chat.port, '["chat", "completions"]', "chat.token"),
-                ("standin-embed", cluster.embed.port, '["embeddings"]', "embed.token"),
-                ("tripwire", tripwire.port, '["chat", "completions", "embeddings"]', None)]
+    backends = [
+        ("standin-chat", cluster.chat.port, '["chat", "completions"]', "chat.token"),
+        ("standin-embed", cluster.embed.port, '["embeddings"]', "embed.token"),
+        ("tripwire", tripwire.port, '["chat", "completions", "embeddings"]', None),
+    ]
     lines = ["[gate]", 'routing_table = "routing.json"', "request_timeout = 30"]
     for model, port, routes, token in backends:
         lines += ["[[backends]]", f'model = "{model}"', f'url = "http://127.0.0.1:{port}"', f"routes = {routes}"]

@@ -221,8 +221,7 @@ def _processes_banned(path: Path) -> bool:
 
 @pytest.mark.parametrize("path", list(_modules(SCANNED)), ids=_rel)
 def test_no_dangerous_calls(path: Path) -> None:
-    found = problems_in(path.read_text(encoding="utf-8"), _rel(path), _package(path),
-                        processes_banned=_processes_banned(path))
+    found = problems_in(path.read_text(encoding="utf-8"), _rel(path), _package(path), processes_banned=_processes_banned(path))
     assert found == []
 
 

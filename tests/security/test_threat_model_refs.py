@@ -60,5 +60,7 @@ def test_threat_model_cites_only_tests_that_exist() -> None:
 
 def test_checker_catches_a_missing_test() -> None:
     assert _citations("`tests/sluice_sdk/test_ohttp.py::test_nope`, `::test_other`") == [
-        ("tests/sluice_sdk/test_ohttp.py", "test_nope"), ("tests/sluice_sdk/test_ohttp.py", "test_other")]
+        ("tests/sluice_sdk/test_ohttp.py", "test_nope"),
+        ("tests/sluice_sdk/test_ohttp.py", "test_other"),
+    ]
     assert "test_nope" not in _test_names(ROOT / "tests/sluice_sdk/test_ohttp.py")

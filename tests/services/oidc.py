@@ -57,17 +57,28 @@ class OidcProvider:
         base = self.issuer
         headers = {"Host": f"{host}:{self.port}"}
         redirect_uri = "http://127.0.0.1:1/callback"
-        params = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri,
-                  "scope": "openid email profile", "state": "s" * 16}
+        params = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": "openid email profile",
+            "state": "s" * 16,
+        }
         if nonce is not None:
             params["nonce"] = nonce
         with httpx2.Client(timeout=10, headers=headers) as client:
             location = self.authorize(client, f"{base}/oauth2/authorize?{urlencode(params)}", sub)
             code = parse_qs(urlsplit(location).query)["code"][0]
-            response = client.post(f"{base}/oauth2/token", data={
-                "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-                "client_id": client_id, "client_secret": "unused",
-            })
+            response = client.post(
+                f"{base}/oauth2/token",
+                data={
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": redirect_uri,
+                    "client_id": client_id,
+                    "client_secret": "unused",
+                },
+            )
         if response.status_code != 200:
             raise RuntimeError(f"token: {response.status_code}")
         return response.json()
@@ -82,8 +93,17 @@ class OidcProvider:
 def start_oidc_provider(*users: dict[str, Any], token_max_age: int = 3600) -> OidcProvider:
     """Start the provider with predefined ``users`` (claims with "sub"); wait until discovery answers."""
     port = free_port()
-    argv = [sys.executable, "-m", "oidc_provider_mock", "--host", "127.0.0.1", "--port", str(port),
-            "--token-max-age", str(token_max_age)]
+    argv = [
+        sys.executable,
+        "-m",
+        "oidc_provider_mock",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--token-max-age",
+        str(token_max_age),
+    ]
     for user in users:
         argv += ["--user-claims", json.dumps(user)]
     process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -45,30 +45,70 @@ class PostgresServer:
             shutil.chown(self.dir, "postgres")
         self.port = _free_port()
         self.data = self.dir / "data"
-        subprocess.run(_as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "sluice",
-                                    "--no-sync", "-E", "UTF8"), check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            _as_postgres(
+                str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "sluice", "--no-sync", "-E", "UTF8"
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         self.start()
 
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://sluice@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        subprocess.run(_as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.dir / "log"), "-w",
-                                    "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off "
-                                    "-c max_connections=200", "start"),
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            _as_postgres(
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.dir / "log"),
+                "-w",
+                "-o",
+                f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir} -c fsync=off -c max_connections=200",
+                "start",
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
 
     def stop(self) -> None:
         """Stop the server (fast: open connections are ended); it can be started again."""
-        subprocess.run(_as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"),
-                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            _as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"),
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run ``sql`` with psql; its unaligned, tuples-only output."""
         result = subprocess.run(
-            [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "sluice", "-d", database,
-             "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql],
-            capture_output=True, text=True, timeout=30, check=True)
+            [
+                str(self.bin / "psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "sluice",
+                "-d",
+                database,
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         return result.stdout.strip()
 
     def create_database(self, name: str) -> str:

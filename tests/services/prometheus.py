@@ -34,21 +34,28 @@ class PrometheusServer:
         self.port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{
-                "job_name": "sluice",
-                "metrics_path": metrics_path,
-                "scrape_timeout": "1s",
-                "authorization": {"credentials": token},
-                "static_configs": [{"targets": [target]}],
-            }],
+            "scrape_configs": [
+                {
+                    "job_name": "sluice",
+                    "metrics_path": metrics_path,
+                    "scrape_timeout": "1s",
+                    "authorization": {"credentials": token},
+                    "static_configs": [{"targets": [target]}],
+                }
+            ],
         }
         (self.dir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         (self.dir / "prometheus.yml").chmod(0o600)
         self.log = (self.dir / "prometheus.log").open("wb")
         self.process = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={self.dir / 'prometheus.yml'}", f"--storage.tsdb.path={self.dir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                PROMETHEUS,
+                f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     @property

@@ -42,10 +42,27 @@ class RedisServer:
 
     def start(self) -> None:
         subprocess.run(
-            [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--daemonize", "yes", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--pidfile", str(self.pidfile),
-             "--logfile", str(self.dir / "redis.log")],
-            check=True, stdout=subprocess.DEVNULL,
+            [
+                REDIS_SERVER,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--daemonize",
+                "yes",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+                "--pidfile",
+                str(self.pidfile),
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -55,8 +72,9 @@ class RedisServer:
         raise RuntimeError("redis-server did not start")
 
     def cli(self, *args: str) -> str:
-        result = subprocess.run([REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port), *args],
-                                capture_output=True, text=True, timeout=10, check=False)
+        result = subprocess.run(
+            [REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port), *args], capture_output=True, text=True, timeout=10, check=False
+        )
         return result.stdout.strip()
 
     def flush(self) -> None:

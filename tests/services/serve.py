@@ -30,8 +30,13 @@ def api_keys_toml(keys: dict[str, tuple[str, str]]) -> str:
     """``[[api_keys]]`` tables for ``{key: (user, key_id)}``."""
     lines = []
     for key, (user, key_id) in keys.items():
-        lines += ["[[api_keys]]", f"user = {toml_string(user)}", f"key_id = {toml_string(key_id)}",
-                  f'sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"', ""]
+        lines += [
+            "[[api_keys]]",
+            f"user = {toml_string(user)}",
+            f"key_id = {toml_string(key_id)}",
+            f'sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"',
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -73,8 +78,9 @@ class Served:
         self.stop(signal.SIGKILL)
 
 
-def start_serve(directory: Path, name: str, port: int, body: str, ready_path: str = "/healthz",
-                timeout: float = 60, server: str = "") -> Served:
+def start_serve(
+    directory: Path, name: str, port: int, body: str, ready_path: str = "/healthz", timeout: float = 60, server: str = ""
+) -> Served:
     """Write ``body`` (plus a [server] table, with ``server``'s extra lines) as the config and start
     `sluice serve` in ``directory``.  A body without an ``[access]`` table gets ``unsafe_allow_all``
     (these tests are not about access; the default is to deny every model)."""
@@ -88,8 +94,14 @@ def start_serve(directory: Path, name: str, port: int, body: str, ready_path: st
     stdout, stderr = directory / f"{name}.stdout", directory / f"{name}.stderr"
     env = {**os.environ, "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
     with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)],
-                                   cwd=directory, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--config", str(config)],
+            cwd=directory,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
     served = Served(name, port, directory, process, stdout, stderr, env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

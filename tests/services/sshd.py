@@ -79,8 +79,18 @@ class Sshd:
         shutil.copytree(ROOT / "sluice_sdk", install / "src" / "sluice_sdk", ignore=shutil.ignore_patterns("__pycache__"))
         _run(SYSTEM_PYTHON, "-m", "venv", str(install / "venv"))
         # The cluster side's locked dependencies, hash-checked, as an operator would install them.
-        _run(str(install / "venv" / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-             "--require-hashes", "--no-deps", "-r", str(ROOT / "requirements" / "cluster.lock"))
+        _run(
+            str(install / "venv" / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--require-hashes",
+            "--no-deps",
+            "-r",
+            str(ROOT / "requirements" / "cluster.lock"),
+        )
         site = next((install / "venv" / "lib").glob("python3*/site-packages"))
         (site / "sluice-src.pth").write_text(str(install / "src") + "\n")
         # As pip would: byte-compile now, since the account cannot write __pycache__ here.
@@ -137,8 +147,13 @@ class Sshd:
 
     def run_as_gate(self, *args: str) -> str:
         """Run ``sluice-cluster ARGS`` as the functional account (e.g. ``keys create``)."""
-        done = subprocess.run(["runuser", "-u", self.user, "--", str(self.gate_python), "-I", "-m", "cluster.cli", *args],
-                              capture_output=True, text=True, timeout=60, cwd="/")
+        done = subprocess.run(
+            ["runuser", "-u", self.user, "--", str(self.gate_python), "-I", "-m", "cluster.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+        )
         if done.returncode != 0:
             raise RuntimeError(f"sluice-cluster {' '.join(args)} failed: {done.stderr}")
         return done.stdout

@@ -42,7 +42,7 @@ def _split(body: bytes, nonce_len: int = 16) -> tuple[bytes, list[bytes], bytes]
 
 def test_many_chunks_round_trip(gateway: GatewayKey) -> None:
     sealer, opener = _exchange(gateway)
-    pieces = [f"data: {{\"token\": {i}}}\n\n".encode() for i in range(300)]
+    pieces = [f'data: {{"token": {i}}}\n\n'.encode() for i in range(300)]
     body = b"".join(sealer.write(p) for p in pieces) + sealer.close(b"data: [DONE]\n\n")
     received: list[bytes] = []
     for i in range(0, len(body), 37):  # arbitrary transport boundaries
@@ -82,9 +82,7 @@ def test_streamed_bhttp_response_end_to_end(gateway: GatewayKey) -> None:
     events += decoder.feed(opener.finish())
     events += decoder.finish()
     assert events[0] == bhttp.ResponseHead(200, ((b"content-type", b"text/event-stream"),))
-    assert [e for e in events if isinstance(e, bhttp.ResponseData)] == [
-        bhttp.ResponseData(b"data: %d\n\n" % i) for i in range(5)
-    ]
+    assert [e for e in events if isinstance(e, bhttp.ResponseData)] == [bhttp.ResponseData(b"data: %d\n\n" % i) for i in range(5)]
     assert events[-1] == bhttp.ResponseEnd()
 
 

@@ -174,22 +174,35 @@ def _model_server(route: str, document: dict[str, Any]) -> tuple[int, bytes, lis
         return 200, b"application/json", [json.dumps({"object": "list", "data": data, "model": model, "usage": usage}).encode()]
     if route == "completions":
         answer = {
-            "id": "cmpl-1", "object": "text_completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "text": f"prompt of {len(document['prompt'])} characters", "finish_reason": "stop", "logprobs": None}],
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 0,
+            "model": model,
+            "choices": [
+                {"index": 0, "text": f"prompt of {len(document['prompt'])} characters", "finish_reason": "stop", "logprobs": None}
+            ],
         }
         return 200, b"application/json", [json.dumps(answer).encode()]
     words = ["you", " sent", f" {len(document['messages'])}", " messages"]
     if not document.get("stream"):
         answer = {
-            "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model,
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)},
         }
         return 200, b"application/json", [json.dumps(answer).encode()]
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        event = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
-                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        event = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
         return b"data: " + json.dumps(event).encode() + b"\n\n"
 
     events = [chunk({"role": "assistant", "content": ""})]
@@ -625,9 +638,7 @@ def test_base_url_with_a_trailing_slash(fake: FakeAppliance) -> None:
 
 
 def _async_client(fake: FakeAppliance, pins: list[str] | None = None) -> openai.AsyncOpenAI:
-    sealed = AsyncSealedTransport(
-        BASE, pinned_fingerprints=pins or [fake.fingerprint], transport=async_mock_transport(fake)
-    )
+    sealed = AsyncSealedTransport(BASE, pinned_fingerprints=pins or [fake.fingerprint], transport=async_mock_transport(fake))
     http_client = httpx2.AsyncClient(transport=sealed)
     return openai.AsyncOpenAI(base_url=BASE, api_key=API_KEY, http_client=http_client, max_retries=0)  # type: ignore[arg-type]
 
@@ -758,7 +769,11 @@ def test_httpx_only_in_the_transport_module() -> None:
     for path in package.glob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-        names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+        names |= {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+        }
         if path.name != "transport.py":
             assert "httpx2" not in names, path.name
 

@@ -58,9 +58,7 @@ def test_ephemeral_public_key(vector: dict[str, object]) -> None:
 
 def test_rfc9458_client_seals_request() -> None:
     config = KeyConfig.decode(unhex(RFC9458["key_config"]))
-    enc_request, _ = ohttp._encapsulate_request(
-        config, unhex(RFC9458["request"]), unhex(RFC9458["ephemeral_private_key"])
-    )
+    enc_request, _ = ohttp._encapsulate_request(config, unhex(RFC9458["request"]), unhex(RFC9458["ephemeral_private_key"]))
     assert enc_request == unhex(RFC9458["encapsulated_request"])
 
 

@@ -33,22 +33,57 @@ IDS = tuple(i for i in ROUTES.ids if ROUTES.get(i).form is None)  # forms: fuzz_
 SEEDS = tuple(
     json.dumps(seed).encode()
     for seed in (
-        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True,
-         "stream_options": {"include_usage": True}, "temperature": 0.5, "stop": ["\n"], "seed": -1},
-        {"model": "m", "messages": [{"role": "system", "content": [{"type": "text", "text": "x"}]},
-                                    {"role": "user", "content": [{"type": "image_url",
-                                                                  "image_url": {"url": "data:image/png;base64,AAAA"}}]},
-                                    {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function",
-                                     "function": {"name": "f", "arguments": "{}"}}]},
-                                    {"role": "tool", "content": "r", "tool_call_id": "1"}],
-         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}],
-         "tool_choice": "auto", "response_format": {"type": "json_object"}, "logit_bias": {"42": -100}},
+        {
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 8,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": 0.5,
+            "stop": ["\n"],
+            "seed": -1,
+        },
+        {
+            "model": "m",
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "x"}]},
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+                },
+                {"role": "tool", "content": "r", "tool_call_id": "1"},
+            ],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}],
+            "tool_choice": "auto",
+            "response_format": {"type": "json_object"},
+            "logit_bias": {"42": -100},
+        },
         {"model": "m", "prompt": [[1, 2], [3]], "logprobs": 2, "n": 2},
         {"model": "m", "input": ["a", "b"], "encoding_format": "base64", "dimensions": 8},
     )
 )
-FRAGMENTS = (b"[", b"]", b"{", b"}", b'"', b"\\u", b"\\ud800", b"NaN", b"1e999", b"-0", b",", b":", b"null",
-             b'"model":', b'"stream":true', b"\xef\xbb\xbf", b"\xff", b"9" * 30)
+FRAGMENTS = (
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b'"',
+    b"\\u",
+    b"\\ud800",
+    b"NaN",
+    b"1e999",
+    b"-0",
+    b",",
+    b":",
+    b"null",
+    b'"model":',
+    b'"stream":true',
+    b"\xef\xbb\xbf",
+    b"\xff",
+    b"9" * 30,
+)
 
 
 def _body(fdp: atheris.FuzzedDataProvider) -> bytes:

@@ -32,9 +32,16 @@ FORM_ROUTES = tuple(route for route in ROUTES.routes.values() if route.form is n
 BOUNDARY = b"fuzzB0undary"
 
 # A one-sample WAV and an MPEG frame: the leading bytes the sniffer accepts.
-_WAV = b"RIFF" + (38).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little") + bytes.fromhex(
-    "010001004019000080320000020010"
-) + b"\x00data" + (2).to_bytes(4, "little") + b"\x00\x00"
+_WAV = (
+    b"RIFF"
+    + (38).to_bytes(4, "little")
+    + b"WAVEfmt "
+    + (16).to_bytes(4, "little")
+    + bytes.fromhex("010001004019000080320000020010")
+    + b"\x00data"
+    + (2).to_bytes(4, "little")
+    + b"\x00\x00"
+)
 _MP3 = b"\xff\xfb\x90\x64" + b"\x00" * 60
 
 
@@ -49,13 +56,37 @@ def _form(*parts: bytes) -> bytes:
 
 SEEDS = (
     _form(_part(b"model", b"m"), _part(b"file", _WAV, b'; filename="a.wav"')),
-    _form(_part(b"model", b"m"), _part(b"response_format", b"verbose_json"), _part(b"temperature", b"0.2"),
-          _part(b"timestamp_granularities[]", b"word"), _part(b"stream", b"true"),
-          _part(b"file", _MP3, b'; filename="a.mp3"\r\nContent-Type: audio/mpeg')),
+    _form(
+        _part(b"model", b"m"),
+        _part(b"response_format", b"verbose_json"),
+        _part(b"temperature", b"0.2"),
+        _part(b"timestamp_granularities[]", b"word"),
+        _part(b"stream", b"true"),
+        _part(b"file", _MP3, b'; filename="a.mp3"\r\nContent-Type: audio/mpeg'),
+    ),
 )
-FRAGMENTS = (b"\r\n", b"\r\n\r\n", b"--", b"--" + BOUNDARY, b"\r\n--" + BOUNDARY + b"--", b'"', b";", b"\n", b"\r",
-             b'; filename="../x"', b"Content-Type: multipart/mixed; boundary=x\r\n", b"\x00", b"\xff", b"name=",
-             b"RIFF", b"ID3", b"fLaC", b"OggS", b"ftyp", b"\x1a\x45\xdf\xa3")
+FRAGMENTS = (
+    b"\r\n",
+    b"\r\n\r\n",
+    b"--",
+    b"--" + BOUNDARY,
+    b"\r\n--" + BOUNDARY + b"--",
+    b'"',
+    b";",
+    b"\n",
+    b"\r",
+    b'; filename="../x"',
+    b"Content-Type: multipart/mixed; boundary=x\r\n",
+    b"\x00",
+    b"\xff",
+    b"name=",
+    b"RIFF",
+    b"ID3",
+    b"fLaC",
+    b"OggS",
+    b"ftyp",
+    b"\x1a\x45\xdf\xa3",
+)
 
 
 def _body(fdp: atheris.FuzzedDataProvider) -> bytes:
@@ -69,8 +100,9 @@ def TestOneInput(data: bytes) -> None:
     body = _body(fdp)
     try:
         if with_header:
-            checked = route.check_form(body, content_type="multipart/form-data; boundary=" + BOUNDARY.decode(),
-                                       force_usage=fdp.ConsumeBool())
+            checked = route.check_form(
+                body, content_type="multipart/form-data; boundary=" + BOUNDARY.decode(), force_usage=fdp.ConsumeBool()
+            )
         else:
             checked = route.check(body, force_usage=fdp.ConsumeBool())
     except SluiceError:

@@ -43,14 +43,29 @@ def test_daily_series_fill_empty_days() -> None:
 def test_plot_writes_a_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="the 'plot' extra is not installed")
     picture = tmp_path / "usage.png"
-    assert main(["usage", "--database", str(_database(tmp_path)), "--since", "2026-01-01", "--until", "2026-01-05",
-                 "--plot", str(picture)]) == 0
+    assert (
+        main(
+            [
+                "usage",
+                "--database",
+                str(_database(tmp_path)),
+                "--since",
+                "2026-01-01",
+                "--until",
+                "2026-01-05",
+                "--plot",
+                str(picture),
+            ]
+        )
+        == 0
+    )
     data = picture.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
-def test_reject_plot_without_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_reject_plot_without_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     real_import = builtins.__import__
 
     def no_matplotlib(name: str, *args: object, **kwargs: object) -> object:

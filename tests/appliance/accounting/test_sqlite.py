@@ -23,10 +23,19 @@ from appliance.cli import main
 DAY = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
-def row(user: str = "alice", model: str = "m1", status: int = 200, when: float = DAY + 3600, prompt: int = 10,
-        completion: int = 20, sealed: bool = False, key: str | None = "k1") -> UsageRow:
-    return UsageRow(when, "req_1", user, key, model, "chat", status, prompt, completion, 12.5,
-                    3.0 if completion else None, sealed)
+def row(
+    user: str = "alice",
+    model: str = "m1",
+    status: int = 200,
+    when: float = DAY + 3600,
+    prompt: int = 10,
+    completion: int = 20,
+    sealed: bool = False,
+    key: str | None = "k1",
+) -> UsageRow:
+    return UsageRow(
+        when, "req_1", user, key, model, "chat", status, prompt, completion, 12.5, 3.0 if completion else None, sealed
+    )
 
 
 def test_day_of_is_utc() -> None:
@@ -54,9 +63,25 @@ def test_rows_are_committed_when_record_returns(tmp_path: Path) -> None:
     connection = sqlite3.connect(path)
     assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     columns = [c[1] for c in connection.execute("PRAGMA table_info(usage)")]
-    assert columns == ["id", "time", "day", "request_id", "user_id", "key_id", "model", "route", "status",
-                       "prompt_tokens", "completion_tokens", "latency_ms", "first_token_ms", "sealed", "audio_ms",
-                       "model_revision", "backend_version"]
+    assert columns == [
+        "id",
+        "time",
+        "day",
+        "request_id",
+        "user_id",
+        "key_id",
+        "model",
+        "route",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "first_token_ms",
+        "sealed",
+        "audio_ms",
+        "model_revision",
+        "backend_version",
+    ]
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -167,8 +192,12 @@ def _filled(tmp_path: Path) -> Path:
         store = SqliteAccounting(path)
         await store.start()
         for item in [
-            row(), row(prompt=5, completion=5), row(status=429, prompt=0, completion=0),
-            row(user="bob", model="m2", sealed=True), row(when=DAY + 86_400 + 5), row(when=DAY - 10),
+            row(),
+            row(prompt=5, completion=5),
+            row(status=429, prompt=0, completion=0),
+            row(user="bob", model="m2", sealed=True),
+            row(when=DAY + 86_400 + 5),
+            row(when=DAY - 10),
         ]:
             await store.record(item)
         await store.aclose()
@@ -195,8 +224,17 @@ def test_report_formats(tmp_path: Path) -> None:
     out = io.StringIO()
     render(rows, "json", out)
     data = json.loads(out.getvalue())
-    assert data[0] == {"day": "2026-01-01", "user": "alice", "model": "m1", "requests": 3, "errors": 1, "sealed": 0,
-                       "prompt_tokens": 15, "completion_tokens": 25, "mean_latency_ms": 12.5}
+    assert data[0] == {
+        "day": "2026-01-01",
+        "user": "alice",
+        "model": "m1",
+        "requests": 3,
+        "errors": 1,
+        "sealed": 0,
+        "prompt_tokens": 15,
+        "completion_tokens": 25,
+        "mean_latency_ms": 12.5,
+    }
     out = io.StringIO()
     render(rows, "csv", out)
     parsed = list(csv.reader(io.StringIO(out.getvalue())))

@@ -17,11 +17,21 @@ def _document(body: bytes) -> dict[str, object]:
     return document["error"]  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(("status", "kind"), [
-    (400, "invalid_request_error"), (401, "authentication_error"), (403, "permission_error"),
-    (404, "not_found_error"), (413, "invalid_request_error"), (429, "rate_limit_error"),
-    (409, "invalid_request_error"), (500, "server_error"), (502, "server_error"), (503, "server_error"),
-])
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+        (403, "permission_error"),
+        (404, "not_found_error"),
+        (413, "invalid_request_error"),
+        (429, "rate_limit_error"),
+        (409, "invalid_request_error"),
+        (500, "server_error"),
+        (502, "server_error"),
+        (503, "server_error"),
+    ],
+)
 def test_type_follows_the_status(status: int, kind: str) -> None:
     error = _document(error_body(status, "internal"))
     assert error["type"] == kind and error["code"] == "internal" and error["param"] is None
@@ -32,9 +42,13 @@ def test_a_known_code_has_its_own_fixed_message() -> None:
     assert error["message"] == "The model does not exist or you do not have access to it."
 
 
-@pytest.mark.parametrize(("status", "message"), [
-    (422, "The request was rejected."), (502, "The request could not be served."),
-])
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (422, "The request was rejected."),
+        (502, "The request could not be served."),
+    ],
+)
 def test_reject_echoing_an_unknown_code_as_its_message(status: int, message: str) -> None:
     """A code with no message of its own gets a generic one, never text made from the code."""
     error = _document(error_body(status, "some_new_code"))

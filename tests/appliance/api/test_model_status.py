@@ -19,12 +19,17 @@ from tests.appliance.auth.test_aliases import _Transport as _AliasTransport
 
 LISTING = [
     {"id": "warm", "ready": True, "routes": ["chat"], "status": "ready", "instances": {"ready": 2, "starting": 0}},
-    {"id": "cold", "ready": False, "routes": ["chat"], "status": "starting", "instances": {"ready": 0, "starting": 1},
-     "estimated_wait": 42},
+    {
+        "id": "cold",
+        "ready": False,
+        "routes": ["chat"],
+        "status": "starting",
+        "instances": {"ready": 0, "starting": 1},
+        "estimated_wait": 42,
+    },
     {"id": "zero", "ready": False, "routes": ["chat"], "status": "scaled_to_zero", "estimated_wait": 300},
     {"id": "old-gate", "ready": False, "routes": ["chat"]},
-    {"id": "liar", "ready": True, "routes": ["chat"], "status": "ready", "instances": {"ready": -3},
-     "estimated_wait": "soon"},
+    {"id": "liar", "ready": True, "routes": ["chat"], "status": "ready", "instances": {"ready": -3}, "estimated_wait": "soon"},
 ]
 
 
@@ -37,8 +42,14 @@ class _Transport(_AliasTransport):
 
 def _client() -> TestClient:
     policy = parse_access_policy({"groups": {"staff": {"models": ["*"]}}})
-    api = OpenAIApi(ClusterSet.single(_Transport()), _Auth({"staff"}), policy, _Metering(),  # type: ignore[arg-type]
-                    load_routes(), 30.0)
+    api = OpenAIApi(
+        ClusterSet.single(_Transport()),
+        _Auth({"staff"}),
+        policy,
+        _Metering(),  # type: ignore[arg-type]
+        load_routes(),
+        30.0,
+    )
     return TestClient(Starlette(routes=api.routes()))
 
 
@@ -69,7 +80,6 @@ def test_reject_garbled_status_from_a_gate() -> None:
 
 
 def test_503_says_retry_after_from_the_estimate() -> None:
-    answer = _client().post("/v1/chat/completions",
-                            json={"model": "cold", "messages": [{"role": "user", "content": "x"}]})
+    answer = _client().post("/v1/chat/completions", json={"model": "cold", "messages": [{"role": "user", "content": "x"}]})
     assert answer.status_code == 503 and answer.headers["retry-after"] == "42"
     assert answer.json()["error"]["code"] == "no_backend"

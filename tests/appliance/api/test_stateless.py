@@ -29,6 +29,8 @@ def test_every_answer_of_a_stateless_route_says_nothing_was_stored() -> None:
 
 def test_produced_by_names_what_the_gate_said_and_nothing_else() -> None:
     assert produced_by_headers({"revision": "r-1", "backend_version": "0.9.1"}) == {
-        REVISION_HEADER: "r-1", BACKEND_VERSION_HEADER: "0.9.1"}
+        REVISION_HEADER: "r-1",
+        BACKEND_VERSION_HEADER: "0.9.1",
+    }
     assert produced_by_headers({"backend_version": "0.9.1"}) == {BACKEND_VERSION_HEADER: "0.9.1"}
     assert produced_by_headers({"host": "10.0.0.1"}) == {}

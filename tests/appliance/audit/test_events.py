@@ -94,11 +94,11 @@ transport = "local"
 gate_command = ["true", "--local-pipe"]
 
 [auth]
-database = "{tmp_path / 'auth.sqlite3'}"
+database = "{tmp_path / "auth.sqlite3"}"
 
 [accounting]
 backend = "sqlite"
-path = "{tmp_path / 'usage.db'}"
+path = "{tmp_path / "usage.db"}"
 """)
     config = str(tmp_path / "appliance.toml")
     assert main(["keys", "create", "--config", config, "--user", "svc", "--name", "n", "--groups", "batch"]) == 0

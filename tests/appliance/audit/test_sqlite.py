@@ -80,7 +80,8 @@ def test_reject_an_edited_record_rehashed(trail: Path) -> None:
 
     db = sqlite3.connect(trail)
     seq, when, kind, actor, subject, details, prev = db.execute(
-        "SELECT seq, time, kind, actor, subject, details, prev FROM audit WHERE seq = 3").fetchone()
+        "SELECT seq, time, kind, actor, subject, details, prev FROM audit WHERE seq = 3"
+    ).fetchone()
     db.close()
     digest = _record_hash(seq, when, kind, "mallory", subject, json.loads(details), prev)
     _tamper(trail, f"UPDATE audit SET actor = 'mallory', hash = '{digest}' WHERE seq = 3")
@@ -96,9 +97,12 @@ def test_reject_a_deleted_record(trail: Path) -> None:
 
 def test_reject_reordered_records(trail: Path) -> None:
     """Two records' contents swapped (the rows keep their places)."""
-    _tamper(trail,
-            "UPDATE audit SET seq = -2 WHERE seq = 2", "UPDATE audit SET seq = 2 WHERE seq = 3",
-            "UPDATE audit SET seq = 3 WHERE seq = -2")
+    _tamper(
+        trail,
+        "UPDATE audit SET seq = -2 WHERE seq = 2",
+        "UPDATE audit SET seq = 2 WHERE seq = 3",
+        "UPDATE audit SET seq = 3 WHERE seq = -2",
+    )
     code, text = _verify(trail)
     assert code == 1 and "record 2" in text and "record 3" in text and ("out_of_order" in text or "altered" in text)
 
@@ -130,8 +134,9 @@ def test_reject_a_head_that_is_not_the_recorded_one(trail: Path) -> None:
     seq, digest = db.execute("SELECT seq, hash FROM audit WHERE seq = 4").fetchone()
     db.close()
     assert _verify(trail, "--expect-head", f"{seq}:{digest}")[0] == 0  # the trail grew past it: fine
-    _tamper(trail, "DELETE FROM audit WHERE seq >= 4", "UPDATE audit_head SET seq = 3, "
-            "hash = (SELECT hash FROM audit WHERE seq = 3)")
+    _tamper(
+        trail, "DELETE FROM audit WHERE seq >= 4", "UPDATE audit_head SET seq = 3, hash = (SELECT hash FROM audit WHERE seq = 3)"
+    )
     code, text = _verify(trail, "--expect-head", f"{seq}:{digest}")
     assert code == 1 and "expected head" in text
 
@@ -153,8 +158,7 @@ def test_reject_unknown_kind_on_the_command_line(trail: Path, capsys: pytest.Cap
     assert "unknown kind" in capsys.readouterr().err
 
 
-def test_the_trail_writes_from_any_thread_and_logs_each_head(tmp_path: Path,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_the_trail_writes_from_any_thread_and_logs_each_head(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "usage.db"
     trail = AuditTrail(open_store("sqlite", path=path))
     previous = install(trail)

@@ -14,11 +14,13 @@ from appliance.auth.access import (
 from appliance.auth.base import Principal
 from appliance.auth.config import DEFAULT_ACCESS_POLICY
 
-POLICY = {"groups": {
-    "staff": {"models": ["llama-3-70b", "qwen-*"]},
-    "/research/nlp": {"models": ["*"]},
-    "empty": {"models": []},
-}}
+POLICY = {
+    "groups": {
+        "staff": {"models": ["llama-3-70b", "qwen-*"]},
+        "/research/nlp": {"models": ["*"]},
+        "empty": {"models": []},
+    }
+}
 MODELS = ["llama-3-70b", "llama-3-8b", "qwen-2-7b", "mistral"]
 
 
@@ -49,15 +51,18 @@ def test_scope_narrows_never_widens() -> None:
     assert policy.visible(who(scope={"mistral"}), MODELS) == []
 
 
-@pytest.mark.parametrize("bad", [
-    {"groups": {"g": {"models": ["*foo"]}}},
-    {"groups": {"g": {"models": ["a*b"]}}},
-    {"groups": {"g": {"models": ["has space"]}}},
-    {"groups": {"g": {"models": "llama"}}},
-    {"groups": {"g": {"models": [], "extra": 1}}},
-    {"groups": {"g": ["llama"]}},
-    {"users": {}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"groups": {"g": {"models": ["*foo"]}}},
+        {"groups": {"g": {"models": ["a*b"]}}},
+        {"groups": {"g": {"models": ["has space"]}}},
+        {"groups": {"g": {"models": "llama"}}},
+        {"groups": {"g": {"models": [], "extra": 1}}},
+        {"groups": {"g": ["llama"]}},
+        {"users": {}},
+    ],
+)
 def test_reject_malformed_policy(bad: dict[str, object]) -> None:
     with pytest.raises(AccessPolicyError):
         parse_access_policy(bad)

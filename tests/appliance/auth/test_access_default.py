@@ -34,8 +34,9 @@ def test_reject_allow_all_by_default(tmp_path: Path) -> None:
 
 def test_operator_keys_carry_groups_for_the_policy(tmp_path: Path) -> None:
     (tmp_path / "access.toml").write_text('[groups.staff]\nmodels = ["chat-*"]\n')
-    identity = build_identity(parse_identity({"access": {"policy": "access.toml"}}, tmp_path),
-                              _operator_keys(frozenset({"staff"})))
+    identity = build_identity(
+        parse_identity({"access": {"policy": "access.toml"}}, tmp_path), _operator_keys(frozenset({"staff"}))
+    )
     principal = _operator_keys(frozenset({"staff"})).verify(KEY)
     assert principal is not None and principal.groups == frozenset({"staff"})
     assert identity.access.allows(principal, "chat-small") and not identity.access.allows(principal, "embed")
@@ -55,7 +56,9 @@ def test_reject_policy_and_unsafe_allow_all_together(tmp_path: Path) -> None:
 
 
 def test_reject_bad_key_groups(tmp_path: Path) -> None:
-    data = {"clusters": [{"name": "c", "transport": "local", "gate_command": ["gate", "--local-pipe"]}],
-            "api_keys": [{"user": "u", "key_id": "k", "sha256": "00" * 32, "groups": ["", 3]}]}
+    data = {
+        "clusters": [{"name": "c", "transport": "local", "gate_command": ["gate", "--local-pipe"]}],
+        "api_keys": [{"user": "u", "key_id": "k", "sha256": "00" * 32, "groups": ["", 3]}],
+    }
     with pytest.raises(ConfigError):
         parse_settings(data, tmp_path)

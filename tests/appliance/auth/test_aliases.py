@@ -49,8 +49,10 @@ class _Transport:
 
     async def request(self, command: object, body: bytes) -> _Reply:
         if isinstance(command, Models):
-            listing = [{"id": m, "ready": True, "routes": r, "revision": "abc123"} for m, r in
-                       (("llama", ["chat", "responses"]), ("whisper", ["transcriptions"]), ("hidden", ["chat"]))]
+            listing = [
+                {"id": m, "ready": True, "routes": r, "revision": "abc123"}
+                for m, r in (("llama", ["chat", "responses"]), ("whisper", ["transcriptions"]), ("hidden", ["chat"]))
+            ]
             return _Reply(json.dumps({"data": listing}).encode())
         assert isinstance(command, Call)
         self.calls.append((command, body))
@@ -82,8 +84,14 @@ class _Metering:
 
 def _client(groups: set[str]) -> tuple[TestClient, _Transport, _Metering]:
     transport, metering = _Transport(), _Metering()
-    api = OpenAIApi(ClusterSet.single(transport), _Auth(groups), parse_access_policy(POLICY), metering,  # type: ignore[arg-type]
-                    load_routes(), 30.0)
+    api = OpenAIApi(
+        ClusterSet.single(transport),
+        _Auth(groups),
+        parse_access_policy(POLICY),
+        metering,  # type: ignore[arg-type]
+        load_routes(),
+        30.0,
+    )
     return TestClient(Starlette(routes=api.routes())), transport, metering
 
 

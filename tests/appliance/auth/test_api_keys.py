@@ -167,8 +167,27 @@ def test_in_memory_store_still_works() -> None:
 
 def test_admin_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = str(tmp_path / "cli.sqlite3")
-    assert main(["keys", "create", "--database", db, "--user", "svc", "--name", "batch", "--models",
-                 "a,b", "--expires-days", "7", "--groups", "g1,g2"]) == 0
+    assert (
+        main(
+            [
+                "keys",
+                "create",
+                "--database",
+                db,
+                "--user",
+                "svc",
+                "--name",
+                "batch",
+                "--models",
+                "a,b",
+                "--expires-days",
+                "7",
+                "--groups",
+                "g1,g2",
+            ]
+        )
+        == 0
+    )
     key = capsys.readouterr().out.strip()
     assert key.startswith(KEY_PREFIX)
     assert main(["keys", "list", "--database", db, "--json"]) == 0

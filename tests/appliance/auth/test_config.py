@@ -25,13 +25,28 @@ def base(tmp_path: Path) -> Path:
 def full(**changes: Any) -> dict[str, Any]:
     data: dict[str, Any] = {
         **CLUSTER,
-        "auth": {"database": "auth.sqlite3", "public_url": "https://llm.example.org", "session_secret_file": "session.key",
-                 "trusted_header": {"proxies": ["10.0.0.5"], "groups_header": "X-Remote-Groups"}},
-        "oidc": {"issuer": "https://sso.example.org/realms/r", "client_id": "sluice", "api_audience": "sluice-api",
-                 "claims": {"groups": "memberOf"}},
+        "auth": {
+            "database": "auth.sqlite3",
+            "public_url": "https://llm.example.org",
+            "session_secret_file": "session.key",
+            "trusted_header": {"proxies": ["10.0.0.5"], "groups_header": "X-Remote-Groups"},
+        },
+        "oidc": {
+            "issuer": "https://sso.example.org/realms/r",
+            "client_id": "sluice",
+            "api_audience": "sluice-api",
+            "claims": {"groups": "memberOf"},
+        },
         "access": {"policy": "policy.toml"},
-        "external": [{"name": "openai", "base_url": "https://api.openai.com/v1", "api_key_file": "ext.key",
-                      "models": ["gpt-4o-mini"], "groups": ["staff"]}],
+        "external": [
+            {
+                "name": "openai",
+                "base_url": "https://api.openai.com/v1",
+                "api_key_file": "ext.key",
+                "models": ["gpt-4o-mini"],
+                "groups": ["staff"],
+            }
+        ],
     }
     for dotted, value in changes.items():
         *path, last = dotted.split("__")
@@ -60,27 +75,30 @@ def test_no_identity_sections_is_the_old_appliance(base: Path) -> None:
     assert not settings.identity.users_sign_in and settings.external == ()
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"oidc__algorithms": ["HS256"]}, "oidc.algorithms: 'HS256' is not allowed"),
-    ({"oidc__algorithms": ["none"]}, "oidc.algorithms: 'none' is not allowed"),
-    ({"oidc__issuer": "http://sso.example.org"}, "oidc.issuer must be https"),
-    ({"oidc__scopes": ["email"]}, "oidc.scopes must include 'openid'"),
-    ({"oidc__client_secret": "inline"}, "oidc.client_secret is not a known setting"),
-    ({"auth__cookie_secure": False}, "auth.cookie_secure = false is only for a loopback http public_url"),
-    ({"auth__cookie_samesite": "none"}, "auth.cookie_samesite"),
-    ({"auth__public_url": "https://llm.example.org/prefix"}, "auth.public_url must be an origin only"),
-    ({"auth__public_url": None}, "auth.public_url is required"),
-    ({"auth__session_secret_file": "missing.key"}, "auth.session_secret_file"),
-    ({"auth__database": "no/such/dir/db"}, "auth.database"),
-    ({"auth__trusted_header__proxies": ["0.0.0.0/0"]}, "trusts every address"),
-    ({"auth__trusted_header__proxies": ["proxy.example.org"]}, "is not an address"),
-    ({"auth__trusted_header__user_header": "X Remote"}, "user_header must be a header name"),
-    ({"access__policy": "missing.toml"}, "access.policy"),
-    ({"external__0__base_url": "http://api.example.org/v1"}, "external[0].base_url must be https"),
-    ({"external__0__groups": []}, "external[0].groups"),
-    ({"external__0__routes": ["images"]}, "external[0].routes"),
-    ({"external__0__api_key_file": "missing.key"}, "external[0].api_key_file"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"oidc__algorithms": ["HS256"]}, "oidc.algorithms: 'HS256' is not allowed"),
+        ({"oidc__algorithms": ["none"]}, "oidc.algorithms: 'none' is not allowed"),
+        ({"oidc__issuer": "http://sso.example.org"}, "oidc.issuer must be https"),
+        ({"oidc__scopes": ["email"]}, "oidc.scopes must include 'openid'"),
+        ({"oidc__client_secret": "inline"}, "oidc.client_secret is not a known setting"),
+        ({"auth__cookie_secure": False}, "auth.cookie_secure = false is only for a loopback http public_url"),
+        ({"auth__cookie_samesite": "none"}, "auth.cookie_samesite"),
+        ({"auth__public_url": "https://llm.example.org/prefix"}, "auth.public_url must be an origin only"),
+        ({"auth__public_url": None}, "auth.public_url is required"),
+        ({"auth__session_secret_file": "missing.key"}, "auth.session_secret_file"),
+        ({"auth__database": "no/such/dir/db"}, "auth.database"),
+        ({"auth__trusted_header__proxies": ["0.0.0.0/0"]}, "trusts every address"),
+        ({"auth__trusted_header__proxies": ["proxy.example.org"]}, "is not an address"),
+        ({"auth__trusted_header__user_header": "X Remote"}, "user_header must be a header name"),
+        ({"access__policy": "missing.toml"}, "access.policy"),
+        ({"external__0__base_url": "http://api.example.org/v1"}, "external[0].base_url must be https"),
+        ({"external__0__groups": []}, "external[0].groups"),
+        ({"external__0__routes": ["images"]}, "external[0].routes"),
+        ({"external__0__api_key_file": "missing.key"}, "external[0].api_key_file"),
+    ],
+)
 def test_reject_bad_settings(base: Path, changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_settings(full(**changes), base)

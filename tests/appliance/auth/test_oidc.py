@@ -56,11 +56,17 @@ class FakeProvider:
     def handler(self, request: httpx2.Request) -> httpx2.Response:
         path = request.url.path
         if path == "/.well-known/openid-configuration":
-            return httpx2.Response(200, json={
-                "issuer": self.discovery_issuer, "authorization_endpoint": f"{ISSUER}/authorize",
-                "token_endpoint": f"{ISSUER}/token", "jwks_uri": f"{ISSUER}/jwks",
-                "userinfo_endpoint": f"{ISSUER}/userinfo", "end_session_endpoint": f"{ISSUER}/logout",
-            })
+            return httpx2.Response(
+                200,
+                json={
+                    "issuer": self.discovery_issuer,
+                    "authorization_endpoint": f"{ISSUER}/authorize",
+                    "token_endpoint": f"{ISSUER}/token",
+                    "jwks_uri": f"{ISSUER}/jwks",
+                    "userinfo_endpoint": f"{ISSUER}/userinfo",
+                    "end_session_endpoint": f"{ISSUER}/logout",
+                },
+            )
         if path == "/jwks":
             key = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(KEY.public_key()))
             return httpx2.Response(200, json={"keys": [{**key, "kid": "k1", "use": "sig"}]})
@@ -79,12 +85,20 @@ class FakeProvider:
             if form.get("redirect_uri") != authorization["redirect_uri"]:
                 return httpx2.Response(400, json={"error": "invalid_grant"})
             now = int(time.time())
-            claims = {"iss": ISSUER, "aud": CLIENT, "iat": now, "exp": now + 300, "nonce": authorization.get("nonce"),
-                      **self.claims, **self.id_token_overrides}
+            claims = {
+                "iss": ISSUER,
+                "aud": CLIENT,
+                "iat": now,
+                "exp": now + 300,
+                "nonce": authorization.get("nonce"),
+                **self.claims,
+                **self.id_token_overrides,
+            }
             body: dict[str, Any] = {"access_token": "opaque", "token_type": "Bearer", "expires_in": 300}
             if not self.omit_id_token:
-                body["id_token"] = jwt.encode({k: v for k, v in claims.items() if v is not None}, KEY, "RS256",
-                                              headers={"kid": "k1"})
+                body["id_token"] = jwt.encode(
+                    {k: v for k, v in claims.items() if v is not None}, KEY, "RS256", headers={"kid": "k1"}
+                )
             return httpx2.Response(200, json=body)
         return httpx2.Response(404)
 

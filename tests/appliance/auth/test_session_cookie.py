@@ -70,7 +70,7 @@ def test_reject_tampered_foreign_and_old_cookies() -> None:
         # Flip a character inside the signature, not the last one: the last base64 character
         # of a 32-byte MAC also carries padding bits, so some changes to it decode the same.
         at = len(value) - 5
-        assert read_with(value[:at] + ("A" if value[at] != "A" else "B") + value[at + 1:]) == {}
+        assert read_with(value[:at] + ("A" if value[at] != "A" else "B") + value[at + 1 :]) == {}
         assert read_with(itsdangerous.TimestampSigner("another secret" * 3).sign(b"eyJzaWQiOiJ4In0=").decode()) == {}
         assert read_with("x" * 5000) == {}
     with TestClient(app(secure=False, max_age=1)) as client:

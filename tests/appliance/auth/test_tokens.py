@@ -32,9 +32,13 @@ ED_KEY = ed25519.Ed25519PrivateKey.generate()
 
 
 def jwk(key: Any, kid: str, **extra: str) -> dict[str, Any]:
-    data = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()) if isinstance(key, rsa.RSAPrivateKey)
-                      else jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()) if isinstance(key, ec.EllipticCurvePrivateKey)
-                      else jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key()))
+    data = json.loads(
+        jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())
+        if isinstance(key, rsa.RSAPrivateKey)
+        else jwt.algorithms.ECAlgorithm.to_jwk(key.public_key())
+        if isinstance(key, ec.EllipticCurvePrivateKey)
+        else jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key())
+    )
     return {**data, "kid": kid, **extra}
 
 
@@ -81,8 +85,12 @@ def forge(header: dict[str, Any], payload: dict[str, Any], signature: bytes = b"
     return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}.{b64(signature)}"
 
 
-def verifier(source: KeySource, algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA"), clock: Clock | None = None,
-             monotonic: Clock | None = None) -> TokenVerifier:
+def verifier(
+    source: KeySource,
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA"),
+    clock: Clock | None = None,
+    monotonic: Clock | None = None,
+) -> TokenVerifier:
     cache = JwksCache(source, clock=monotonic or Clock(0.0))
     return TokenVerifier(ISSUER, cache, algorithms, leeway=10, clock=clock or Clock())
 
@@ -221,8 +229,7 @@ def test_key_set_hygiene() -> None:
     """Symmetric, encryption and private keys in a key set are never used."""
     secret = {"kty": "oct", "kid": "k1", "k": b64(b"s" * 32)}
     private = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(RSA_KEY))
-    v = verifier(KeySource(secret, {**jwk(RSA_KEY, "k1"), "use": "enc"}, {**private, "kid": "k1"}),
-                 algorithms=("RS256",))
+    v = verifier(KeySource(secret, {**jwk(RSA_KEY, "k1"), "use": "enc"}, {**private, "kid": "k1"}), algorithms=("RS256",))
     assert reason(v, sign(claims())) == "unknown_key"
     # Without a kid, only a key set with exactly one fitting key is usable.
     assert verify(verifier(KeySource(jwk(RSA_KEY, "k1"))), sign(claims(), kid=None))

@@ -17,14 +17,26 @@ from appliance.auth.trusted_header import HeaderSpoofed, TrustedHeaderAuthentica
 
 SETTINGS = TrustedHeaderSettings(
     (ipaddress.ip_network("10.0.0.5/32"), ipaddress.ip_network("fd00::/64")),
-    "x-remote-user", "x-remote-groups", ",", "x-remote-email", None, "https://sso.example.org",
+    "x-remote-user",
+    "x-remote-groups",
+    ",",
+    "x-remote-email",
+    None,
+    "https://sso.example.org",
 )
 
 
 def connection(peer: str | None, **headers: str) -> HTTPConnection:
     raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
-    scope = {"type": "http", "headers": raw, "client": None if peer is None else (peer, 40000), "path": "/v1/models",
-             "scheme": "http", "server": ("127.0.0.1", 8080), "query_string": b""}
+    scope = {
+        "type": "http",
+        "headers": raw,
+        "client": None if peer is None else (peer, 40000),
+        "path": "/v1/models",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8080),
+        "query_string": b"",
+    }
     return HTTPConnection(scope)
 
 
@@ -55,12 +67,18 @@ def test_spoofed_header_wins_over_a_valid_key() -> None:
     keys.add("k" * 32, "svc", "svc")
     chain = ChainAuthenticator(keys, header=TrustedHeaderAuthenticator(SETTINGS))
     assert asyncio.run(chain.authenticate(connection("10.0.0.9", authorization="Bearer " + "k" * 32))) is not None
-    assert asyncio.run(chain.authenticate(connection("10.0.0.9", authorization="Bearer " + "k" * 32,
-                                                      x_remote_user="alice"))) is None
+    assert (
+        asyncio.run(chain.authenticate(connection("10.0.0.9", authorization="Bearer " + "k" * 32, x_remote_user="alice"))) is None
+    )
 
 
 def test_reject_unusable_values() -> None:
     auth = TrustedHeaderAuthenticator(SETTINGS)
     assert asyncio.run(auth.principal(connection("10.0.0.5", x_remote_user="   "))) is None
     assert asyncio.run(auth.principal(connection("10.0.0.5", x_remote_user="a" * 300))) is None
-    assert asyncio.run(auth.principal(connection("10.0.0.5", x_remote_user="a", x_remote_groups=",".join(f"g{i}" for i in range(300))))) is None
+    assert (
+        asyncio.run(
+            auth.principal(connection("10.0.0.5", x_remote_user="a", x_remote_groups=",".join(f"g{i}" for i in range(300))))
+        )
+        is None
+    )

@@ -23,8 +23,10 @@ async def _ok(request: Request) -> Response:
 
 
 def _client() -> TestClient:
-    app = Starlette(routes=[Route(path, _ok, methods=["POST"]) for path in [*FORM_PATHS, "/v1/chat/completions"]],
-                    middleware=[Middleware(ApiGuardMiddleware, form_paths=FORM_PATHS)])
+    app = Starlette(
+        routes=[Route(path, _ok, methods=["POST"]) for path in [*FORM_PATHS, "/v1/chat/completions"]],
+        middleware=[Middleware(ApiGuardMiddleware, form_paths=FORM_PATHS)],
+    )
     return TestClient(app)
 
 

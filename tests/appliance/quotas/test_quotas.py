@@ -184,8 +184,7 @@ def test_reconciliation_frees_room_for_more_requests() -> None:
 
 def test_headers_show_the_binding_limits_in_openai_format() -> None:
     away_from_minute_boundary()
-    q = quotas("[user]\nrequests_per_minute = 10\ntokens_per_minute = 1000\ntokens_per_day = 500\n"
-               "[key]\nrequests_per_minute = 3")
+    q = quotas("[user]\nrequests_per_minute = 10\ntokens_per_minute = 1000\ntokens_per_day = 500\n[key]\nrequests_per_minute = 3")
 
     async def scenario() -> None:
         grant = await q.admit(ALICE, 100, False)

@@ -62,6 +62,7 @@ def test_embeddings_reserve_no_output() -> None:
 def test_ceiling_bounds(ceiling: int) -> None:
     assert _reserve("chat", CHAT, OutputCeilings(ceiling))[0] == ceiling
 
+
 def test_reject_responses_without_limit_unbounded() -> None:
     """A responses request naming no max_output_tokens gets the model's ceiling, reserved and set."""
     request = {"model": "big", "input": "hi"}

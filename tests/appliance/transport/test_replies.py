@@ -60,6 +60,7 @@ def test_usage_before_an_error_is_kept() -> None:
 
 def test_reject_cancelled_stream_settled_without_its_usage() -> None:
     """Finding 11: after a CANCEL the reply waits (bounded) for the gate's END and its usage."""
+
     async def scenario() -> None:
         client, reader, pipe = await _client()
         reader.feed_data(encode(Kind.HEAD, 1, b"200 sse"))
@@ -173,11 +174,16 @@ def _whole() -> dict[int, Outcome]:
 
 def test_recorded_reply_whole() -> None:
     whole = _whole()
-    assert whole[1] == (200, "sse", [b"data: a\n\n", b"data: b\n\n"], {"prompt_tokens": 4, "completion_tokens": 2},
-                        {"revision": "r-1", "backend_version": "0.9.1"}, None)
+    assert whole[1] == (
+        200,
+        "sse",
+        [b"data: a\n\n", b"data: b\n\n"],
+        {"prompt_tokens": 4, "completion_tokens": 2},
+        {"revision": "r-1", "backend_version": "0.9.1"},
+        None,
+    )
     assert whole[2] == (200, "json", [b'{"object":"list","data":[]}'], None, {}, None)
-    assert whole[3] == (200, "sse", [b"data: c\n\n"], {"prompt_tokens": 4, "completion_tokens": 9}, {},
-                        ("backend_timeout", 504))
+    assert whole[3] == (200, "sse", [b"data: c\n\n"], {"prompt_tokens": 4, "completion_tokens": 9}, {}, ("backend_timeout", 504))
     assert whole[4] == (0, "json", [], None, {}, ("no_backend", 503))
 
 

@@ -50,13 +50,16 @@ CHAT = {"model": "standin-chat", "messages": [{"role": "user", "content": "a sea
 # The page's fetchImpl: the demo's API key on every call, as the chat page adds its sign-in.
 FETCH = "const api = (url, init = {}) => fetch(url, {...init, headers: {...(init.headers || {}), Authorization: 'Bearer ' + arg.key}});"
 # A sealed call of the page: `sealed(path, document, fetchImpl)` -> the opened Response.
-SEALED = FETCH + """
+SEALED = (
+    FETCH
+    + """
 const keys = await seal.loadKeyConfig(api);
 const sealed = (path, document, fetchImpl = api, signal = undefined) => seal.sealedFetch(
     path, {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(document), signal},
     keys, fetchImpl);
 const failure = (error) => error.name + ":" + error.message;
 """
+)
 
 
 def get(url: str, token: str) -> bytes:
@@ -75,8 +78,9 @@ class Demo:
     stdout: Path
 
     def metrics(self) -> str:
-        token = next(line.split("Bearer ")[1].split("'")[0] for line in self.stdout.read_text().splitlines()
-                     if "metrics:" in line)
+        token = next(
+            line.split("Bearer ")[1].split("'")[0] for line in self.stdout.read_text().splitlines() if "metrics:" in line
+        )
         return get(f"{self.origin}/metrics", token).decode()
 
     def served_by_models(self) -> int:
@@ -94,9 +98,28 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     root = Path(__file__).resolve().parents[3]
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "appliance.cli", "demo", "--port", str(port), "--api-key", KEY, "--mode", "mux",
-             "--token-delay", "0.03", "--log-level", "debug"],
-            cwd=work, env={**env, "PYTHONPATH": str(root)}, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "appliance.cli",
+                "demo",
+                "--port",
+                str(port),
+                "--api-key",
+                KEY,
+                "--mode",
+                "mux",
+                "--token-delay",
+                "0.03",
+                "--log-level",
+                "debug",
+            ],
+            cwd=work,
+            env={**env, "PYTHONPATH": str(root)},
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         deadline = time.monotonic() + 90
         while "Sluice demo ready" not in stdout.read_text():
@@ -125,20 +148,25 @@ def sealed_call(page: Page, body: str, **arg: Any) -> Any:
 
 
 def test_key_config_and_fingerprint_as_the_sdk_sees_them(page: Page, demo: Demo) -> None:
-    got = run(page, FETCH + "const keys = await seal.loadKeyConfig(api); return [keys.fingerprint, hex(keys.config)];",
-              {"key": KEY})
+    got = run(
+        page, FETCH + "const keys = await seal.loadKeyConfig(api); return [keys.fingerprint, hex(keys.config)];", {"key": KEY}
+    )
     served = next(c for c in fetch_key_configs(f"{demo.origin}/v1") if c.usable)
     assert got == [fetch_fingerprint(f"{demo.origin}/v1"), served.encode().hex()]
 
 
 def test_round_trip_plain(page: Page) -> None:
-    got = sealed_call(page, """
+    got = sealed_call(
+        page,
+        """
         const sent = [];
         const recording = (url, init) => { sent.push([url, init.headers, new TextDecoder("latin1").decode(init.body)]); return api(url, init); };
         const response = await sealed("/v1/chat/completions", arg.chat, recording);
         return {status: response.status, type: response.headers.get("content-type"), answer: await response.json(),
                 url: sent[0][0], headers: sent[0][1], clear: sent[0][2].includes("sealed hello")};
-    """, chat=CHAT)
+    """,
+        chat=CHAT,
+    )
     assert (got["status"], got["type"]) == (200, "application/json")
     assert got["answer"]["usage"]["completion_tokens"] == 6 and got["answer"]["choices"][0]["message"]["content"]
     assert got["url"] == "/v1/sealed/chat/completions" and got["clear"] is False
@@ -146,7 +174,9 @@ def test_round_trip_plain(page: Page) -> None:
 
 
 def test_round_trip_streamed_arrives_piece_by_piece(page: Page) -> None:
-    got = sealed_call(page, """
+    got = sealed_call(
+        page,
+        """
         const response = await sealed("/v1/chat/completions", {...arg.chat, stream: true, max_tokens: 12});
         const reader = response.body.getReader();
         const decoder = new TextDecoder();
@@ -159,7 +189,9 @@ def test_round_trip_streamed_arrives_piece_by_piece(page: Page) -> None:
             text += decoder.decode(value, {stream: true});
         }
         return {status: response.status, type: response.headers.get("content-type"), text, reads};
-    """, chat=CHAT)
+    """,
+        chat=CHAT,
+    )
     assert (got["status"], got["type"]) == (200, "text/event-stream")
     events = [json.loads(e[6:]) for e in got["text"].split("\n\n") if e.startswith("data: {")]
     assert len([e for e in events if e["choices"][0]["delta"].get("content")]) == 12
@@ -170,21 +202,27 @@ def test_round_trip_streamed_arrives_piece_by_piece(page: Page) -> None:
 
 
 def test_gate_sealed_answers_open_in_the_browser(page: Page) -> None:
-    got = sealed_call(page, """
+    got = sealed_call(
+        page,
+        """
         const embeddings = await sealed("/v1/embeddings", {model: "standin-embed", input: ["x", "y"]});
         const refused = await sealed("/v1/chat/completions", {...arg.chat, not_a_field: 1});
         const refusedStream = await sealed("/v1/chat/completions", {...arg.chat, stream: true, not_a_field: 1});
         return [embeddings.status, (await embeddings.json()).data.length,
                 refused.status, (await refused.json()).error.code,
                 refusedStream.status, (await refusedStream.json()).error.code];
-    """, chat=CHAT)
+    """,
+        chat=CHAT,
+    )
     # Errors about the sealed content come back sealed: only the browser sees the 422.
     assert got == [200, 2, 422, "unknown_field", 422, "unknown_field"]
 
 
 def test_reject_tampered_request_bytes_before_any_model(page: Page, demo: Demo) -> None:
     before = demo.served_by_models()
-    got = sealed_call(page, """
+    got = sealed_call(
+        page,
+        """
         const outcomes = new Set();
         for (const stream of [false, true]) {
             for (let i = 0; i < 12; i += 1) {
@@ -198,14 +236,18 @@ def test_reject_tampered_request_bytes_before_any_model(page: Page, demo: Demo) 
             }
         }
         return [...outcomes];
-    """, chat=CHAT)
+    """,
+        chat=CHAT,
+    )
     assert got == ["400:sealed_invalid"]
     assert demo.served_by_models() == before, "a tampered request reached a model"
 
 
 def test_reject_tampered_or_truncated_answers(page: Page) -> None:
     """Flip a byte anywhere in a sealed answer, or cut it short: one message-less SealError, whole or streamed."""
-    got = sealed_call(page, """
+    got = sealed_call(
+        page,
+        """
         const outcomes = new Set();
         const altered = (change) => async (url, init) => {
             const real = await api(url, init);
@@ -230,13 +272,17 @@ def test_reject_tampered_or_truncated_answers(page: Page) -> None:
             }
         }
         return [...outcomes];
-    """, chat=CHAT)
+    """,
+        chat=CHAT,
+    )
     assert got == ["SealError:"]
 
 
 def test_reject_replayed_request(page: Page, demo: Demo) -> None:
     before = demo.served_by_models()
-    got = sealed_call(page, """
+    got = sealed_call(
+        page,
+        """
         const statuses = [];
         const twice = async (url, init) => {
             const first = await api(url, init);
@@ -246,13 +292,17 @@ def test_reject_replayed_request(page: Page, demo: Demo) -> None:
         };
         const response = await sealed("/v1/chat/completions", arg.chat, twice);
         return [statuses[0], response.status, (await response.json()).error.code];
-    """, chat=CHAT)
+    """,
+        chat=CHAT,
+    )
     assert got == [200, 400, "sealed_invalid"]
     assert demo.served_by_models() == before + 1
 
 
 def test_stop_aborts_the_stream(page: Page) -> None:
-    got = sealed_call(page, """
+    got = sealed_call(
+        page,
+        """
         const stop = new AbortController();
         const response = await sealed("/v1/chat/completions", {...arg.chat, stream: true, max_tokens: 400}, api, stop.signal);
         const reader = response.body.getReader();
@@ -260,12 +310,16 @@ def test_stop_aborts_the_stream(page: Page) -> None:
         stop.abort();
         try { for (;;) { if ((await reader.read()).done) return "ended"; } }
         catch (error) { return error.name; }
-    """, chat=CHAT)
+    """,
+        chat=CHAT,
+    )
     assert got == "AbortError"
 
 
 def test_reject_unsealable_requests(page: Page) -> None:
-    got = sealed_call(page, """
+    got = sealed_call(
+        page,
+        """
         const outcomes = [];
         for (const [path, body] of [["/v1/models", "{}"], ["/v1/chat/completions", "not json"],
                                     ["/v1/chat/completions", JSON.stringify({model: "two words"})]]) {
@@ -276,18 +330,24 @@ def test_reject_unsealable_requests(page: Page) -> None:
         try { await seal.sealedFetch("/v1/chat/completions", {method: "POST", body: JSON.stringify(arg.chat)}, forged, api); }
         catch (error) { outcomes.push(error.name); }
         return outcomes;
-    """, chat=CHAT)
+    """,
+        chat=CHAT,
+    )
     assert got == ["UnsealableRequestError"] * 3 + ["KeyConfigError"]
 
 
 def test_canary_sealed_in_the_browser_is_nowhere_the_appliance_or_gate_wrote(page: Page, demo: Demo) -> None:
     canary = new_canary()
     document = {**CHAT, "user": canary, "messages": [{"role": "user", "content": f"sealed {canary} please"}]}
-    got = sealed_call(page, """
+    got = sealed_call(
+        page,
+        """
         const plain = await sealed("/v1/chat/completions", arg.document);
         const streamed = await sealed("/v1/chat/completions", {...arg.document, stream: true});
         return [plain.status, (await plain.json()).usage.completion_tokens, streamed.status, (await streamed.text()).length > 0];
-    """, document=document)
+    """,
+        document=document,
+    )
     assert got == [200, 6, 200, True]
     assert canary not in demo.metrics()
     # Every file the demo (appliance, gate, scheduler, models) wrote: logs, the accounting

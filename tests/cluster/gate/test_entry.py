@@ -74,13 +74,20 @@ def gate_argv(config: Path, local_pipe: bool = True) -> list[str]:
     return argv + ["--local-pipe"] if local_pipe else argv
 
 
-def run_exec(config: Path, line: str | None, stdin: bytes = b"", extra_env: dict[str, str] | None = None,
-             local_pipe: bool = True) -> tuple[int, list[Frame], bytes]:
+def run_exec(
+    config: Path, line: str | None, stdin: bytes = b"", extra_env: dict[str, str] | None = None, local_pipe: bool = True
+) -> tuple[int, list[Frame], bytes]:
     env = {"PATH": os.environ["PATH"], **(extra_env or {})}
     if line is not None:
         env["SSH_ORIGINAL_COMMAND"] = line
-    done = subprocess.run(gate_argv(config, local_pipe), input=stdin, env=env, capture_output=True, timeout=30,
-                          cwd=Path(__file__).resolve().parents[3])
+    done = subprocess.run(
+        gate_argv(config, local_pipe),
+        input=stdin,
+        env=env,
+        capture_output=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parents[3],
+    )
     return done.returncode, FrameDecoder(GATE_KINDS).feed(done.stdout), done.stderr
 
 
@@ -95,6 +102,7 @@ def exec_call(config: Path, document: object, route: str = "chat", model: str | 
 
 
 # -- exec mode -----------------------------------------------------------------
+
 
 def test_exec_ping_and_models(gate_config: Path) -> None:
     status, frames, _ = run_exec(gate_config, "sluice/1 ping")
@@ -113,8 +121,11 @@ def test_exec_chat_plain(gate_config: Path) -> None:
     answer = json.loads(body_of(frames))
     assert answer["object"] == "chat.completion" and answer["choices"][0]["message"]["content"]
     usage = json.loads(frames[-1].payload)
-    assert frames[-1].kind is Kind.END and usage == {"prompt_tokens": 3, "completion_tokens": answer["usage"]["completion_tokens"],
-                                                     "backend_version": "sluice-standin-1"}  # what produced it
+    assert frames[-1].kind is Kind.END and usage == {
+        "prompt_tokens": 3,
+        "completion_tokens": answer["usage"]["completion_tokens"],
+        "backend_version": "sluice-standin-1",
+    }  # what produced it
 
 
 def test_exec_chat_stream_usage_without_asking(gate_config: Path) -> None:
@@ -156,6 +167,7 @@ def test_route_not_served(gate_config: Path) -> None:
 
 
 # -- rejections never reach a backend ---------------------------------------------
+
 
 def _assert_untouched(tripwire: Tripwire, before: int) -> None:
     assert tripwire.hits == before, "a rejected request reached a backend"
@@ -230,17 +242,21 @@ def test_reject_environment_tricks(gate_config: Path, tripwire: Tripwire) -> Non
         "ROUTING_TABLE": "/tmp/evil.json",
         "LD_PRELOAD": "",
     }
-    status, frames, _ = run_exec(gate_config, f"sluice/1 call chat standin-chat {len(json.dumps(CHAT))}",
-                                 json.dumps(CHAT).encode(), extra_env=hostile)
+    status, frames, _ = run_exec(
+        gate_config, f"sluice/1 call chat standin-chat {len(json.dumps(CHAT))}", json.dumps(CHAT).encode(), extra_env=hostile
+    )
     assert status == 0 and frames[0].payload == b"200 json"
     _assert_untouched(tripwire, before)
 
 
 # -- mux mode ---------------------------------------------------------------------
 
+
 async def _mux(config: Path, requests: list[tuple[int, bytes, bytes]], extra: bytes = b"") -> tuple[int, dict[int, list[Frame]]]:
     process = await asyncio.create_subprocess_exec(
-        *gate_argv(config), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        *gate_argv(config),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
         env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 mux"},
         cwd=Path(__file__).resolve().parents[3],
     )
@@ -286,16 +302,16 @@ def _contents(frames: list[Frame]) -> list[str]:
 
 def test_mux_100_concurrent_streams_complete_and_in_order(gate_config: Path) -> None:
     requests = [
-        _call(i + 1, {**CHAT, "stream": True, "max_tokens": 20,
-                          "messages": [{"role": "user", "content": f"prompt number {i}"}]})
+        _call(i + 1, {**CHAT, "stream": True, "max_tokens": 20, "messages": [{"role": "user", "content": f"prompt number {i}"}]})
         for i in range(100)
     ]
     status, frames = asyncio.run(_mux(gate_config, requests))
     assert status == 0
     assert sorted(frames) == [r[0] for r in requests]
     # Each stream's words must equal what the same prompt gives alone, in the same order.
-    _, alone, _ = exec_call(gate_config, {**CHAT, "stream": True, "max_tokens": 20,
-                                          "messages": [{"role": "user", "content": "prompt number 7"}]})
+    _, alone, _ = exec_call(
+        gate_config, {**CHAT, "stream": True, "max_tokens": 20, "messages": [{"role": "user", "content": "prompt number 7"}]}
+    )
     for stream, stream_frames in frames.items():
         kinds = [f.kind for f in stream_frames]
         assert kinds[0] is Kind.HEAD and kinds[-1] is Kind.END and set(kinds[1:-1]) == {Kind.BODY}, stream
@@ -355,12 +371,16 @@ def test_cancel_is_answered_with_the_usage_so_far(gate_config: Path) -> None:
 
     async def scenario() -> tuple[list[Frame], list[Frame]]:
         process = await asyncio.create_subprocess_exec(
-            *gate_argv(gate_config), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 mux"}, cwd=Path(__file__).resolve().parents[3],
+            *gate_argv(gate_config),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 mux"},
+            cwd=Path(__file__).resolve().parents[3],
         )
         assert process.stdin and process.stdout
-        stream, line, body = _call(1, {**CHAT, "stream": True, "max_tokens": 2000,
-                                       "messages": [{"role": "user", "content": "tell me a long story 3"}]})
+        stream, line, body = _call(
+            1, {**CHAT, "stream": True, "max_tokens": 2000, "messages": [{"role": "user", "content": "tell me a long story 3"}]}
+        )
         process.stdin.write(encode(Kind.OPEN, stream, line) + encode(Kind.DATA, stream, body))
         decoder = FrameDecoder(GATE_KINDS)
         frames: list[Frame] = []
@@ -406,10 +426,19 @@ def test_gate_run_by_hand_with_files_for_stdio(gate_config: Path, tmp_path: Path
     body = json.dumps(CHAT).encode()
     (tmp_path / "body.json").write_bytes(body)
     env = {"PATH": os.environ["PATH"]}
-    for line, stdin in (("sluice/1 ping", "/dev/null"), (f"sluice/1 call chat standin-chat {len(body)}", str(tmp_path / "body.json"))):
+    for line, stdin in (
+        ("sluice/1 ping", "/dev/null"),
+        (f"sluice/1 call chat standin-chat {len(body)}", str(tmp_path / "body.json")),
+    ):
         with open(stdin, "rb") as source, out.open("wb") as sink:
-            status = subprocess.run(gate_argv(gate_config), stdin=source, stdout=sink, env={**env, "SSH_ORIGINAL_COMMAND": line},
-                                    timeout=30, cwd=Path(__file__).resolve().parents[3]).returncode
+            status = subprocess.run(
+                gate_argv(gate_config),
+                stdin=source,
+                stdout=sink,
+                env={**env, "SSH_ORIGINAL_COMMAND": line},
+                timeout=30,
+                cwd=Path(__file__).resolve().parents[3],
+            ).returncode
         frames = FrameDecoder(GATE_KINDS).feed(out.read_bytes())
         assert status == 0 and frames[0].kind is Kind.HEAD and frames[-1].kind is Kind.END
 
@@ -422,10 +451,20 @@ def test_reject_stalled_sender_slowloris(gate_config: Path, tripwire: Tripwire) 
     before = tripwire.hits
     env = {"PATH": os.environ["PATH"]}
     cwd = Path(__file__).resolve().parents[3]
-    exec_gate = subprocess.Popen(gate_argv(gate_config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd,
-                                 env={**env, "SSH_ORIGINAL_COMMAND": "sluice/1 call chat tripwire 100"})
-    mux_gate = subprocess.Popen(gate_argv(gate_config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=cwd,
-                                env={**env, "SSH_ORIGINAL_COMMAND": "sluice/1 mux"})
+    exec_gate = subprocess.Popen(
+        gate_argv(gate_config),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=cwd,
+        env={**env, "SSH_ORIGINAL_COMMAND": "sluice/1 call chat tripwire 100"},
+    )
+    mux_gate = subprocess.Popen(
+        gate_argv(gate_config),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=cwd,
+        env={**env, "SSH_ORIGINAL_COMMAND": "sluice/1 mux"},
+    )
     assert exec_gate.stdin and mux_gate.stdin
     exec_gate.stdin.write(b'{"model":"')
     exec_gate.stdin.flush()

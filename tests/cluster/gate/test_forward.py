@@ -30,8 +30,10 @@ from policy.grammar import Call
 PROMPT = "the prompt, never logged"
 CHAT = json.dumps({"model": "static-chat", "messages": [{"role": "user", "content": PROMPT}]}, separators=(",", ":")).encode()
 STREAM = json.dumps({"model": "static-chat", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
-ANSWER = b'{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}],' \
-         b'"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}'
+ANSWER = (
+    b'{"id":"c","choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}],'
+    b'"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}'
+)
 CHUNK = b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"t"}}],"usage":{"prompt_tokens":5,"completion_tokens":%d}}\n\n'
 FINAL = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}\n\ndata: [DONE]\n\n'
 VERSION = "0.9.1"
@@ -106,8 +108,18 @@ class FakePool:
         self.requests: list[tuple[str, str, str, bytes]] = []
         self.responses: list[FakeResponse] = []
 
-    async def request(self, host: str, port: int, token: str | None, method: str, path: str, body: bytes,
-                      timeout: float, content_type: str = "application/json", pin: str | None = None) -> FakeResponse:
+    async def request(
+        self,
+        host: str,
+        port: int,
+        token: str | None,
+        method: str,
+        path: str,
+        body: bytes,
+        timeout: float,
+        content_type: str = "application/json",
+        pin: str | None = None,
+    ) -> FakeResponse:
         self.requests.append((host, method, path, body))
         if path == "/version":
             return FakeResponse(200, "application/json", [json.dumps({"version": VERSION}).encode()])
@@ -245,6 +257,7 @@ def test_reject_refusals_past_max_refused(tmp_path: Path) -> None:
 
 def test_reject_sending_a_delivered_request_twice(tmp_path: Path) -> None:
     """A failure after the connection was made (the backend may have started on it) is never retried."""
+
     def broken() -> FakeResponse:
         raise BackendFailed()
 

@@ -46,13 +46,27 @@ RSS_BOUND_STREAMED = 64 * 1024 * 1024  # cases where nothing is held whole
 RSS_BOUND_HELD = 64 * 1024 * 1024 + 3 * MAX_RESPONSE_BYTES  # cases that reach the whole-answer bound
 
 HOSTILE_MODELS = (
-    "oversized-head", "endless-sse", "unframed-sse", "crlf-unframed-sse", "lying-length-short", "lying-length-long",
-    "bad-chunked", "chunk-overrun", "slow-drip", "garbage-after-body", "early-close", "huge-json", "endless-json",
+    "oversized-head",
+    "endless-sse",
+    "unframed-sse",
+    "crlf-unframed-sse",
+    "lying-length-short",
+    "lying-length-long",
+    "bad-chunked",
+    "chunk-overrun",
+    "slow-drip",
+    "garbage-after-body",
+    "early-close",
+    "huge-json",
+    "endless-json",
     "endless-sse-sealed",
 )
 
-_CHUNK_EVENT = (b'data: {"id":"h","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"'
-                + b"w" * 900 + b'"}}],"usage":{"prompt_tokens":2,"completion_tokens":%d}}\n\n')
+_CHUNK_EVENT = (
+    b'data: {"id":"h","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"'
+    + b"w" * 900
+    + b'"}}],"usage":{"prompt_tokens":2,"completion_tokens":%d}}\n\n'
+)
 
 _BIG_EVENT = _CHUNK_EVENT.replace(b"w" * 900, b"w" * (MAX_EVENT_BYTES // 4))
 
@@ -150,7 +164,7 @@ class HostileBackend:
         await self._unframed_sse(writer, b"\r\n")
 
     async def _lying_length_short(self, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{\"a\":1}")
+        writer.write(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{"a":1}')
 
     async def _lying_length_long(self, writer: asyncio.StreamWriter) -> None:
         body = b'{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}'
@@ -178,8 +192,10 @@ class HostileBackend:
 
     async def _garbage_after_body(self, writer: asyncio.StreamWriter) -> None:
         body = b'{"id":"x","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}'
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
-                     + b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSMUGGLED")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            + b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSMUGGLED"
+        )
 
     async def _early_close(self, writer: asyncio.StreamWriter) -> None:
         await self._sse_head(writer)
@@ -188,7 +204,9 @@ class HostileBackend:
         writer.transport.abort()
 
     async def _huge_json(self, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % (8 * MAX_RESPONSE_BYTES))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % (8 * MAX_RESPONSE_BYTES)
+        )
         while True:
             writer.write(b" " * 65536)
             await writer.drain()
@@ -233,8 +251,12 @@ def _open(stream: int, line: bytes, body: bytes) -> bytes:
 
 
 def _call(stream: int, model: str, max_tokens: int = 12) -> bytes:
-    document = {"model": model, "messages": [{"role": "user", "content": "a fair question"}], "stream": True,
-                "max_tokens": max_tokens}
+    document = {
+        "model": model,
+        "messages": [{"role": "user", "content": "a fair question"}],
+        "stream": True,
+        "max_tokens": max_tokens,
+    }
     body = json.dumps(document).encode()
     return _open(stream, f"call chat {model} {len(body)}".encode(), body)
 
@@ -247,16 +269,25 @@ def _sealed_call(stream: int, config: Path, model: str) -> bytes:
     ring = sealed_keys.load_ring(config)
     assert ring is not None
     inner = json.dumps({"model": model, "messages": [{"role": "user", "content": "q"}], "stream": True}).encode()
-    request = Request(b"POST", b"https", b"gate", b"/v1/chat/completions",
-                      ((b"content-type", b"application/json"), (b"date", http_date())), inner)
+    request = Request(
+        b"POST",
+        b"https",
+        b"gate",
+        b"/v1/chat/completions",
+        ((b"content-type", b"application/json"), (b"date", http_date())),
+        inner,
+    )
     body, _ = encapsulate_request(ring.current.config, encode_request(request))
     return _open(stream, f"sealed ohttp chat {model} {len(body)}".encode(), body)
 
 
 async def _session(config: Path, wire: bytes, streams: int) -> tuple[int, dict[int, list[Frame]], int]:
     process = await asyncio.create_subprocess_exec(
-        *gate_argv(config), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 mux"}, cwd=ROOT,
+        *gate_argv(config),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env={"PATH": os.environ["PATH"], "SSH_ORIGINAL_COMMAND": "sluice/1 mux"},
+        cwd=ROOT,
     )
     assert process.stdin and process.stdout
     process.stdin.write(wire)

@@ -12,8 +12,10 @@ from cluster.gate.usage import usage_from_json
 from cluster.standin._responses import response_events, response_object
 
 _IDS = count(1)
-TOOLS = [{"type": "function", "name": "a", "parameters": {"properties": {"usage": {"type": "string"}}}},
-         {"type": "function", "name": "b"}]
+TOOLS = [
+    {"type": "function", "name": "a", "parameters": {"properties": {"usage": {"type": "string"}}}},
+    {"type": "function", "name": "b"},
+]
 
 
 def _new_id(prefix: str) -> str:

@@ -6,8 +6,9 @@ from cluster.config import Service
 from cluster.scheduler.availability import MIN_WAIT, ModelStatus, status_of
 from cluster.scheduler.state import JobRecord
 
-SERVICE = Service(model="m", routes=("chat",), backend="slurm", command=(), min_instances=0, max_instances=2,
-                  warmup_timeout=300.0)
+SERVICE = Service(
+    model="m", routes=("chat",), backend="slurm", command=(), min_instances=0, max_instances=2, warmup_timeout=300.0
+)
 NOW = 10_000.0
 
 
@@ -42,13 +43,21 @@ def test_ended_and_cancelled_jobs_do_not_count() -> None:
     assert status_of(SERVICE, [ended, cancelled], [], 0, NOW).status == "scaled_to_zero"
 
 
-
 def test_kept_model_starts_and_one_without_a_hold_queue_is_unavailable() -> None:
-    kept = Service(model="m", routes=("chat",), backend="slurm", command=(), min_instances=1, max_instances=2,
-                   warmup_timeout=300.0)
+    kept = Service(
+        model="m", routes=("chat",), backend="slurm", command=(), min_instances=1, max_instances=2, warmup_timeout=300.0
+    )
     assert status_of(kept, [], [], 0, NOW) == ModelStatus("starting", 0, 300)  # the next pass submits one
-    no_hold = Service(model="m", routes=("chat",), backend="slurm", command=(), min_instances=0, max_instances=2,
-                      warmup_timeout=300.0, hold_queue=0)
+    no_hold = Service(
+        model="m",
+        routes=("chat",),
+        backend="slurm",
+        command=(),
+        min_instances=0,
+        max_instances=2,
+        warmup_timeout=300.0,
+        hold_queue=0,
+    )
     assert status_of(no_hold, [], [], 0, NOW) == ModelStatus("unavailable", 0, None)
 
 

@@ -32,8 +32,7 @@ def test_held_and_in_flight_from_the_gates_load_files(tmp_path: Path) -> None:
         meter.close()
     assert census["chat-model"].held == 2 and census["chat-model"].in_flight == 1
     assert census["other"] == ModelCensus()
-    assert census["chat-model"].to_json() == {
-        "instances": {"ready": 0, "starting": 0}, "held": 2, "in_flight": 1}
+    assert census["chat-model"].to_json() == {"instances": {"ready": 0, "starting": 0}, "held": 2, "in_flight": 1}
 
 
 def test_a_garbled_state_file_counts_as_nothing_and_stays_where_it_is(tmp_path: Path) -> None:

@@ -82,17 +82,25 @@ class SimJob:
         ready_since = ready if now >= ready and not self.stuck else None
         if self.fails_at is not None and now >= self.fails_at:
             ready_since = ready if self.fails_at >= ready and not self.stuck else None
-            return JobView(self.id, Phase.ENDED, self.submitted, started, ready_since, self.drain_since,
-                           end_state=self.fail_state)
+            return JobView(
+                self.id, Phase.ENDED, self.submitted, started, ready_since, self.drain_since, end_state=self.fail_state
+            )
         if end is not None and now >= end:
-            return JobView(self.id, Phase.ENDED, self.submitted, started, ready_since, self.drain_since,
-                           end_state="TIMEOUT")
+            return JobView(self.id, Phase.ENDED, self.submitted, started, ready_since, self.drain_since, end_state="TIMEOUT")
         time_left = None if end is None else end - now
         if self.stuck or now < started:
             return JobView(self.id, Phase.PENDING, self.submitted, time_left=self.limit)
         if self.drain_since is not None:
-            return JobView(self.id, Phase.DRAINING, self.submitted, started, ready_since, self.drain_since,
-                           time_left, in_flight=self.in_flight)
+            return JobView(
+                self.id,
+                Phase.DRAINING,
+                self.submitted,
+                started,
+                ready_since,
+                self.drain_since,
+                time_left,
+                in_flight=self.in_flight,
+            )
         if now < ready:
             return JobView(self.id, Phase.STARTING, self.submitted, started, time_left=time_left)
         return JobView(self.id, Phase.READY, self.submitted, started, ready, None, time_left, self.probe_failures)
@@ -148,6 +156,7 @@ class Sim:
 
 # -- bounds and the first pass ----------------------------------------------------
 
+
 def test_first_pass_submits_the_minimum() -> None:
     sim = Sim(service(min_instances=2))
     decision = sim.step()
@@ -162,6 +171,7 @@ def test_max_submit_per_pass_bounds_a_pass() -> None:
 
 
 # -- scaling on load --------------------------------------------------------------
+
 
 def test_scale_up_when_average_passes_the_threshold() -> None:
     sim = Sim(service())
@@ -234,6 +244,7 @@ def test_scale_down_needs_the_smaller_count_to_stay_under_scale_up() -> None:
 
 # -- scale to zero and back -------------------------------------------------------
 
+
 def test_scale_to_zero_when_idle_and_back_on_a_held_request() -> None:
     sim = Sim(service(min_instances=0, scale_down_delay=60))
     sim.step(Load(1.0, 1.0))
@@ -295,6 +306,7 @@ def test_night_schedule_drains_everything_and_morning_brings_it_back() -> None:
 
 # -- time limits ------------------------------------------------------------------
 
+
 def test_renewal_before_the_time_limit_leaves_no_gap() -> None:
     sim = Sim(service(renew_before=120, time_limit=1800), queue=10, warmup=60, limit=1800)
     sim.run(100)
@@ -337,6 +349,7 @@ def test_expiring_instance_keeps_serving_until_its_replacement_is_ready() -> Non
 
 
 # -- failures, stuck jobs, backoff --------------------------------------------------
+
 
 def test_stuck_pending_jobs_are_cancelled_and_retried_with_backoff() -> None:
     sim = Sim(service(pending_timeout=300, backoff_base=10, backoff_max=80), stuck=True)
@@ -397,6 +410,7 @@ def test_unhealthy_instance_is_replaced() -> None:
 
 
 # -- draining ---------------------------------------------------------------------
+
 
 def test_draining_waits_for_requests_in_flight_then_cancels() -> None:
     svc = service(drain_timeout=60)

@@ -584,8 +584,7 @@ def test_http10_and_connection_close_end_the_connection(chat: StandinProcess) ->
         (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip\r\n\r\n", 501),
         (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\n", 400),
         (
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n"
-            b"transfer-encoding: chunked\r\n\r\n",
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
             400,
         ),
         (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1), 413),
@@ -631,8 +630,7 @@ def test_expect_100_continue(chat: StandinProcess) -> None:
     body = json.dumps(chat_request("large body", max_tokens=2)).encode()
     with connect(chat) as sock:
         sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
-            b"content-length: %d\r\n\r\n" % len(body)
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: %d\r\n\r\n" % len(body)
         )
         interim = b""
         while not interim.endswith(b"\r\n\r\n"):
@@ -665,8 +663,9 @@ def test_chat_echo_is_verbatim_and_streams_word_by_word(chat: StandinProcess, cl
     plain = client.post(url(chat, "/v1/chat/completions"), json=chat_request("/echo " + text)).json()
     assert plain["choices"][0]["message"]["content"] == text
     assert plain["choices"][0]["finish_reason"] == "stop"
-    with client.stream("POST", url(chat, "/v1/chat/completions"),
-                       json=chat_request("/echo " + text, stream=True, max_tokens=3)) as response:
+    with client.stream(
+        "POST", url(chat, "/v1/chat/completions"), json=chat_request("/echo " + text, stream=True, max_tokens=3)
+    ) as response:
         events = sse_events(response.read().decode())
     pieces = [json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1] if json.loads(e)["choices"]]
     assert "".join(pieces) == "<b>bold</b>\n\n```js\nalert(1)"
