@@ -35,6 +35,7 @@ from policy.errors import InternalError, NoBackend
 from .config import ClusterConfig, Service
 from .inflight import SharedInFlight
 from .scheduler.load import LoadMeter
+from .scheduler.paths import load_dir
 from .scheduler.plan import effective_limits
 from .tls import valid_pin
 
@@ -198,7 +199,7 @@ class Router:
         if shared and self._services:
             self._shared = SharedInFlight(config.gate.state)
         if self._services:
-            self._meter = LoadMeter(config.gate.shared / "load", shared=config.split_accounts)
+            self._meter = LoadMeter(load_dir(config), shared=config.split_accounts)
         self.reload()
 
     def reload(self) -> None:

@@ -16,7 +16,7 @@ from typing import Final
 
 from ..config import ClusterConfig
 from .load import read_gate_loads
-from .paths import state_path
+from .paths import load_dir, state_path
 from .phases import phase_of, routable
 from .plan import Phase
 from .state import read_state
@@ -70,7 +70,7 @@ def model_census(config: ClusterConfig, models: list[str], now: float | None = N
                 starting[record.service] += 1
     held = dict.fromkeys(models, 0.0)
     in_flight = dict.fromkeys(models, 0.0)
-    for gate in read_gate_loads(config.gate.state / "load", now):
+    for gate in read_gate_loads(load_dir(config), now):
         if not gate.alive:
             continue
         for model, count in gate.models.items():

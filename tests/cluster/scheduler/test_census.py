@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from cluster.scheduler.census import ModelCensus, model_census
 from cluster.scheduler.load import LoadMeter
-from cluster.scheduler.paths import state_path
+from cluster.scheduler.paths import load_dir, state_path
 
 from .test_engine import Harness
 
@@ -33,6 +34,22 @@ def test_held_and_in_flight_from_the_gates_load_files(tmp_path: Path) -> None:
     assert census["chat-model"].held == 2 and census["chat-model"].in_flight == 1
     assert census["other"] == ModelCensus()
     assert census["chat-model"].to_json() == {"instances": {"ready": 0, "starting": 0}, "held": 2, "in_flight": 1}
+
+
+def test_held_and_in_flight_counted_with_two_accounts(tmp_path: Path) -> None:
+    """With a spool directory the gates write their load files there, and the census reads them there."""
+    harness = Harness(tmp_path)
+    (tmp_path / "spool").mkdir()
+    config = dataclasses.replace(harness.config, gate=dataclasses.replace(harness.config.gate, spool_dir=tmp_path / "spool"))
+    meter = LoadMeter(load_dir(config), shared=True)
+    meter.change("chat-model", held=3)
+    meter.flush()
+    try:
+        census = model_census(config, ["chat-model"])
+    finally:
+        meter.close()
+    assert load_dir(config) == tmp_path / "spool" / "load"
+    assert census["chat-model"].held == 3
 
 
 def test_a_garbled_state_file_counts_as_nothing_and_stays_where_it_is(tmp_path: Path) -> None:
