@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 
-from policy.errors import SluiceError
+from policy.errors import InternalError, SluiceError
 from policy.events import event_line
 
 from ..backend_client import BackendPool
@@ -67,7 +67,7 @@ CANCEL_RETRY: Final = 30.0
 _HOST: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 
 
-class ObserveError(Exception):
+class ObserveError(InternalError):
     """The backend could not say which instances exist; nothing may change."""
 
 
