@@ -32,6 +32,7 @@ from limits.storage import storage_from_string
 
 from policy.events import event_line
 
+from ..auth.secret import Secret
 from ._memory import counter_key, rate_item
 from .errors import QuotaStorageError
 from .policy import Limit
@@ -113,12 +114,12 @@ return -delta - give
 class RedisBackend:
     """Counters and leases in Redis at ``uri`` (``async+redis://host:port/db``)."""
 
-    def __init__(self, uri: str, password: str | None = None, timeout: float = 0.5, lease_ttl: float = 30.0) -> None:
+    def __init__(self, uri: str, password: Secret | None = None, timeout: float = 0.5, lease_ttl: float = 30.0) -> None:
         # No retries inside the client: a script whose answer was lost may have run, and running
         # it again would count twice.  A failure is reported, and the configured choice applies.
         options: dict[str, Any] = {"connect_timeout": timeout, "stream_timeout": timeout, "retry_policy": NoRetryPolicy()}
         if password is not None:
-            options["password"] = password
+            options["password"] = password.reveal()  # the one place it is used: the client's options
         storage: Any  # a Redis storage: `bridge` (its client) is not on the base class limits types it as
         try:
             storage = storage_from_string(uri, wrap_exceptions=True, key_prefix=KEY_PREFIX, **options)

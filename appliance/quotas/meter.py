@@ -220,7 +220,7 @@ def build_meter(settings: MeteringSettings, metrics: Metrics | None = None) -> M
             from ._redis import RedisBackend
 
             password = (
-                _read_secret(q.storage_password_file, "quotas.storage_password_file").reveal()
+                _read_secret(q.storage_password_file, "quotas.storage_password_file")
                 if q.storage_password_file is not None
                 else None
             )
