@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_demo(mode: str, key: str) -> tuple[subprocess.Popen[str], str]:
-    process, url = start_demo_on_port(key, "--mode", mode, "--token-delay", "0")
-    return process, f"{url}/v1/chat/completions"
+    """The demo in ``mode`` and its base URL."""
+    return start_demo_on_port(key, "--mode", mode, "--token-delay", "0")
 
 
 def stop(process: subprocess.Popen[str]) -> None:
