@@ -36,7 +36,7 @@ from policy.events import event_line
 
 from .state import atomic_write
 
-__all__ = ["LoadMeter", "GateLoad", "read_gate_loads", "account_load", "process_start"]
+__all__ = ["LoadMeter", "GateLoad", "read_gate_loads", "account_load", "process_alive", "process_start"]
 
 log = logging.getLogger("sluice.scheduler")
 
@@ -71,7 +71,8 @@ def process_start(pid: int) -> int | None:
         return None
 
 
-def _alive(pid: int, start: int | None) -> bool:
+def process_alive(pid: int, start: int | None) -> bool:
+    """Whether ``pid`` runs and is the process that started at ``start`` (when known)."""
     if start is not None and Path("/proc/self/stat").exists():
         return process_start(pid) == start
     try:
@@ -260,7 +261,7 @@ def _parse(path: Path, now: float, host: str) -> GateLoad | None:
         return None
     if start is not None and not isinstance(start, int):
         return None
-    alive = _alive(pid, start) if gate_host == host else now - stamp < FOREIGN_FRESH
+    alive = process_alive(pid, start) if gate_host == host else now - stamp < FOREIGN_FRESH
     return GateLoad(f"{gate_host}:{pid}:{start}", path, alive, stamp, born, models, instances)
 
 

@@ -10,13 +10,16 @@ four.  Counted together, they split exactly 4/4.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from cluster.inflight import SharedInFlight
+import pytest
+
+from cluster.inflight import ALIVE_CHECK_INTERVAL, FILE_NAME, MAGIC, RECORD, SharedInFlight, read_holds
 from cluster.routing import Instance, write_table
 from policy.frames import GATE_KINDS, FrameDecoder, Kind
 from tests.conftest import ROOT, start_standin, stop
@@ -36,9 +39,9 @@ unsafe_plain_http = true  # the stand-ins here serve plain http
 
 
 def test_two_gates_in_one_file_balance_and_a_dead_gates_counts_go(tmp_path: Path) -> None:
-    alive = {"1:1": True, "2:2": True}
-    first, second = SharedInFlight(tmp_path, alive=alive.__getitem__), SharedInFlight(tmp_path, alive=alive.__getitem__)
-    first._key, second._key = "1:1", "2:2"
+    alive = {(1, 1): True, (2, 2): True}
+    first = SharedInFlight(tmp_path, alive=alive.__getitem__, owner=(1, 1))
+    second = SharedInFlight(tmp_path, alive=alive.__getitem__, owner=(2, 2))
     picks = [
         first.acquire(["a", "b"], {}),
         second.acquire(["a", "b"], {}),
@@ -49,21 +52,20 @@ def test_two_gates_in_one_file_balance_and_a_dead_gates_counts_go(tmp_path: Path
     second.release(picks[1])
     assert first.acquire(["a", "b"], {}) == picks[1]
     # The second gate dies with a request in flight: its count is dropped once that is noticed.
-    alive["2:2"] = False
+    alive[(2, 2)] = False
     first._checked.clear()
-    document = json.loads((tmp_path / "inflight.json").read_text())
-    assert "2:2" in document
+    assert (2, 2) in read_holds(tmp_path)
     first.acquire(["a", "b"], {})
-    assert "2:2" not in json.loads((tmp_path / "inflight.json").read_text())
-    assert (tmp_path / "inflight.json").stat().st_mode & 0o077 == 0
+    assert (2, 2) not in read_holds(tmp_path)
+    assert (tmp_path / FILE_NAME).stat().st_mode & 0o077 == 0
 
 
 def test_reject_a_garbled_file_as_no_counts(tmp_path: Path) -> None:
-    (tmp_path / "inflight.json").write_text("{garbled")
+    (tmp_path / FILE_NAME).write_text("{garbled")
     shared = SharedInFlight(tmp_path)
     assert shared.acquire(["a", "b"], {"a": 3}) == "b"
     shared.release("b")
-    assert json.loads((tmp_path / "inflight.json").read_text()) == {}
+    assert read_holds(tmp_path) == {}
 
 
 def test_several_gate_processes_balance_by_outstanding_requests(tmp_path: Path) -> None:
@@ -105,7 +107,100 @@ def test_several_gate_processes_balance_by_outstanding_requests(tmp_path: Path) 
             assert gate.returncode == 0 and frames[0].payload.startswith(b"200"), err
             assert frames[-1].kind is Kind.END
         assert (a.stats()["served"], b.stats()["served"]) == (4, 4)
-        assert json.loads((tmp_path / "state" / "inflight.json").read_text()) == {}  # every count released
+        assert read_holds(tmp_path / "state") == {}  # every count released
     finally:
         stop(a.process)
         stop(b.process)
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from cluster.inflight import SharedInFlight
+shared = SharedInFlight(Path(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    shared.acquire(["a", "b"], {})
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_gates_holds_are_freed(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path), "3"], stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        assert sum(read_holds(tmp_path).values()) == 3
+        holder.kill()
+        holder.wait(10)
+        shared = SharedInFlight(tmp_path)
+        assert shared.acquire(["a", "b"], {}) == "a"  # the killed gate's a and b are no longer counted
+        assert read_holds(tmp_path) == {shared._owner: 1}
+    finally:
+        holder.kill()
+        holder.wait(10)
+        assert holder.stdout is not None
+        holder.stdout.close()
+
+
+_COUNTER = """
+import sys
+from pathlib import Path
+from cluster.inflight import SharedInFlight
+shared = SharedInFlight(Path(sys.argv[1]))
+picks = [shared.acquire(["a", "b", "c"], {}) for _ in range(int(sys.argv[2]))]
+print(",".join(picks), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_choice_and_count_are_one_step_across_processes(tmp_path: Path) -> None:
+    # Four processes acquire at once and release nothing: no count is lost, and since every
+    # choice sees every earlier one, the three instances end up within one of each other.
+    argv = [sys.executable, "-c", _COUNTER, str(tmp_path), "60"]
+    workers = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT) for _ in range(4)]
+    try:
+        picks: list[str] = []
+        for worker in workers:
+            assert worker.stdout is not None
+            picks += worker.stdout.readline().decode().strip().split(",")
+        assert len(picks) == 240
+        assert sum(read_holds(tmp_path).values()) == 240
+        assert sorted(picks.count(i) for i in "abc") == [80, 80, 80]
+    finally:
+        for worker in workers:
+            assert worker.stdin is not None and worker.stdout is not None
+            worker.stdin.close()
+            worker.wait(10)
+            worker.stdout.close()
+    holds = read_holds(tmp_path)
+    assert len(holds) == 4  # the exited workers' records stay until a gate looks ...
+    SharedInFlight(tmp_path).acquire(["a"], {})
+    assert len(read_holds(tmp_path)) == 1  # ... and are freed then
+
+
+def test_releases_free_records_and_a_replaced_file_is_used(tmp_path: Path) -> None:
+    now = [0.0]
+    shared = SharedInFlight(tmp_path, clock=lambda: now[0])
+    for instance in ("a", "b", "c"):
+        assert shared.acquire([instance], {}) == instance
+    assert (tmp_path / FILE_NAME).stat().st_size == len(MAGIC) + 3 * RECORD.size
+    for instance in ("a", "b", "c"):
+        shared.release(instance)
+    assert read_holds(tmp_path) == {}
+    shared.acquire(["d"], {})
+    assert (tmp_path / FILE_NAME).stat().st_size == len(MAGIC) + 3 * RECORD.size  # a free record was used again
+    # Another gate replaced the file (or an operator removed it): this one follows within a second.
+    (tmp_path / FILE_NAME).unlink()
+    now[0] += ALIVE_CHECK_INTERVAL
+    shared.acquire(["e"], {})
+    assert read_holds(tmp_path) == {shared._owner: 1}
+
+
+def test_an_unusable_file_balances_on_local_counts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "state").write_text("not a directory")
+    shared = SharedInFlight(tmp_path / "state")
+    with caplog.at_level(logging.ERROR, logger="sluice.gate"):
+        assert shared.acquire(["a", "b"], {"a": 2, "b": 1}) == "b"
+        shared.release("b")
+        assert shared.acquire(["a", "b"], {"a": 0, "b": 1}) == "a"
+    assert [r.getMessage() for r in caplog.records] == ['{"event":"inflight_file_unusable","error":"Not a directory"}']
