@@ -29,6 +29,7 @@ from ..backend_client import BackendPool
 from ..config import ClusterConfig, ConfigError, load_config
 from ..routing import Router
 from ..tls import GateContext
+from .coalesce import CoalescingWriter
 from .forward import Forwarder
 from .session import BODY_IDLE_TIMEOUT, MuxSession
 from .sinks import FrameSink
@@ -96,7 +97,8 @@ async def _stdio() -> tuple[asyncio.StreamReader, FrameWriter]:
     transport, protocol = await loop.connect_write_pipe(
         asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", buffering=0, closefd=False)
     )
-    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
+    # Frames written in one turn of the loop go out in one write (see .coalesce).
+    return reader, CoalescingWriter(asyncio.StreamWriter(transport, protocol, None, loop), loop)
 
 
 async def _read_exec_body(reader: asyncio.StreamReader, length: int) -> bytes:
@@ -128,6 +130,8 @@ async def _serve(config: ClusterConfig, command: SessionCommand) -> int:
             body = await _read_exec_body(reader, command.length)
         sink = FrameSink(writer.write, writer.drain, EXEC_STREAM)
         await forwarder.serve(command, body, sink)
+        if isinstance(writer, CoalescingWriter):
+            writer.flush()  # the whole answer to the transport before the end, not only up to its bound
         await writer.drain()
         return 0
     except Disallowed as exc:
