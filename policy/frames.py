@@ -120,7 +120,7 @@ class FrameDecoder:
     __slots__ = ("_accept", "_buffer")
 
     def __init__(self, accept: frozenset[Kind]) -> None:
-        self._accept = frozenset(int(k) for k in accept)
+        self._accept = {int(k): k for k in accept}  # the kind's number -> the kind
         self._buffer = bytearray()
 
     @property
@@ -136,11 +136,13 @@ class FrameDecoder:
         offset = 0
         size = len(buffer)
         header_size = HEADER.size
+        accept = self._accept
         while size - offset >= header_size:
-            kind, stream, length = HEADER.unpack_from(buffer, offset)
-            if kind not in self._accept:
+            number, stream, length = HEADER.unpack_from(buffer, offset)
+            kind = accept.get(number)
+            if kind is None:
                 raise Disallowed("frame_kind")
-            low, high = _PAYLOAD_BOUNDS[Kind(kind)]
+            low, high = _PAYLOAD_BOUNDS[kind]
             if not low <= length <= high:
                 raise Disallowed("frame_length")
             if kind == Kind.GOAWAY:
@@ -151,7 +153,7 @@ class FrameDecoder:
             end = offset + header_size + length
             if end > size:
                 break
-            frames.append(Frame(Kind(kind), stream, bytes(buffer[offset + header_size : end])))
+            frames.append(Frame(kind, stream, bytes(buffer[offset + header_size : end])))
             offset = end
         if offset:
             del buffer[:offset]

@@ -223,6 +223,8 @@ class MuxSession:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._cancelling: set[int] = set()
         self._table = StreamTable(forwarder.max_body, self._cancel, clock, refuse=self._refuse)
+        self._clock = clock
+        self._last_read = clock()
 
     def _refuse(self, stream: int, error: SluiceError) -> None:
         log.info(event_line("stream_refused", code=error.code))
@@ -258,13 +260,10 @@ class MuxSession:
             await asyncio.gather(watchdog, reading, *self._tasks.values(), return_exceptions=True)
 
     async def _read_loop(self, decoder: FrameDecoder) -> None:
-        reader, table = self._reader, self._table
+        reader, table, clock = self._reader, self._table, self._clock
         while True:
-            try:
-                async with asyncio.timeout(SESSION_IDLE_TIMEOUT):
-                    data = await reader.read(READ_SIZE)
-            except TimeoutError:
-                raise Disallowed("session_idle") from None
+            data = await reader.read(READ_SIZE)
+            self._last_read = clock()  # the watchdog ends a session idle for too long
             if not data:
                 if decoder.buffered:
                     raise Disallowed("truncated_frame")
@@ -278,6 +277,8 @@ class MuxSession:
         while True:
             await asyncio.sleep(1.0)
             self._table.check_deadlines()
+            if self._clock() - self._last_read > SESSION_IDLE_TIMEOUT:
+                raise Disallowed("session_idle")
 
     def _start(self, stream: int, command: StreamCommand, body: bytes) -> None:
         sink = FrameSink(self._writer.write, self._writer.drain, stream)

@@ -105,5 +105,9 @@ class FrameSink:
             self.end(self.usage_so_far)
 
 
+# One encoder for every END and USAGE payload (json.dumps with options builds one per call).
+_USAGE_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def _usage_payload(usage: Usage | None) -> bytes:
-    return json.dumps(usage, separators=(",", ":")).encode() if usage else b""
+    return _USAGE_JSON.encode(usage).encode() if usage else b""
