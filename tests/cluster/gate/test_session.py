@@ -7,11 +7,13 @@ alone and the session goes on.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from cluster.gate.session import BODY_IDLE_TIMEOUT, MAX_STREAMS, StreamTable
+from cluster.gate.session import BODY_IDLE_TIMEOUT, MAX_STREAMS, SESSION_IDLE_TIMEOUT, MuxSession, StreamTable
 from policy.errors import Disallowed, SluiceError
-from policy.frames import Kind
+from policy.frames import GATE_KINDS, FrameDecoder, Kind
 from policy.grammar import Call, Ping
 
 
@@ -219,3 +221,64 @@ def test_reject_flood_of_refused_streams() -> None:
         table2.on_frame(Kind.OPEN, stream, b"mux")
         clock2.now += BODY_IDLE_TIMEOUT / MAX_STREAMS * 2.5  # slow enough: each is forgotten in time
         table2.check_deadlines()
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def drain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _NoForwarder:
+    def max_body(self, call: Call) -> int:
+        return 1000
+
+    async def serve(self, command: object, body: bytes, sink: object) -> None:
+        raise AssertionError("nothing is served")
+
+
+def test_reject_a_session_idle_too_long() -> None:
+    # The watchdog (once a second) ends a session that received nothing for SESSION_IDLE_TIMEOUT.
+    clock = Clock()
+    writer = _Writer()
+
+    async def scenario() -> int:
+        reader = asyncio.StreamReader()
+        session = MuxSession(_NoForwarder(), reader, writer, clock)
+        clock.now = SESSION_IDLE_TIMEOUT + 0.5
+        return await session.run()
+
+    assert asyncio.run(scenario()) == 2
+    assert FrameDecoder(GATE_KINDS).feed(bytes(writer.data)) == [(Kind.GOAWAY, 0, b"session_idle")]
+
+
+def test_a_session_that_receives_is_not_idle() -> None:
+    clock = Clock()
+    writer = _Writer()
+
+    async def scenario() -> int:
+        reader = asyncio.StreamReader()
+        session = MuxSession(_NoForwarder(), reader, writer, clock)
+        running = asyncio.create_task(session.run())
+        clock.now = SESSION_IDLE_TIMEOUT - 0.5
+        await asyncio.sleep(0)
+        clock.now = SESSION_IDLE_TIMEOUT + 0.5
+        reader.feed_data(b"\x01")  # part of a frame: the session heard from the appliance just now
+        await asyncio.sleep(1.5)
+        assert not running.done()
+        reader.feed_eof()
+        return await running
+
+    assert asyncio.run(scenario()) == 2  # the half frame at the end is a violation, not idleness
+    assert FrameDecoder(GATE_KINDS).feed(bytes(writer.data)) == [(Kind.GOAWAY, 0, b"truncated_frame")]
