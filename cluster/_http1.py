@@ -26,6 +26,7 @@ the input.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -119,9 +120,11 @@ class LocalProtocolError(LocalError):
 _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _TOKEN_RE = re.compile(_TOKEN)
 
+# field-line = field-name ":" OWS field-value OWS
 # field-value = *field-content ; field-content = field-vchar [ 1*( SP / HTAB / field-vchar ) field-vchar ]
-# field-vchar = VCHAR / obs-text   (checked after OWS is stripped, so a linear class suffices)
-_FIELD_VALUE_RE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+# field-vchar = VCHAR / obs-text   (the leading OWS is matched first, so a linear class suffices;
+# the trailing OWS is cut from the value after the match)
+_FIELD_LINE_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([\t\x20-\x7e\x80-\xff]*)")
 
 # status-line = HTTP-version SP status-code SP [ reason-phrase ]
 # reason-phrase = 1*( HTAB / SP / VCHAR / obs-text )
@@ -263,16 +266,13 @@ def _split_head(head: bytes | bytearray) -> tuple[bytes, list[bytes]]:
 
 def _parse_fields(lines: list[bytes]) -> Headers:
     fields = []
+    match_line = _FIELD_LINE_RE.fullmatch
     for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon or _TOKEN_RE.fullmatch(name) is None:
-            # also catches obs-fold (leading SP/HTAB), "Name :", bare CR/LF in a name
+        match = match_line(line)
+        if match is None:
+            # obs-fold (leading SP/HTAB), "Name :", no colon, CTLs (a bare CR or LF) in a name or value
             raise RemoteProtocolError("bad_header")
-        value = value.strip(b" \t")
-        if _FIELD_VALUE_RE.fullmatch(value) is None:
-            # CTLs, including a bare CR or LF inside the value
-            raise RemoteProtocolError("bad_header")
-        fields.append((name.lower(), value))
+        fields.append((match[1].lower(), match[2].rstrip(b" \t")))
     return tuple(fields)
 
 
@@ -383,6 +383,18 @@ def build_request_head(
     (``multipart/form-data; boundary=...``).
     Raises :class:`LocalProtocolError` for anything that could split the head.
     """
+    start = _request_head_start(method, path, host, port, token, content_type, content_length is not None)
+    if content_length is None:
+        return start + _CRLF
+    if content_length < 0:
+        raise LocalProtocolError("bad_content_length")
+    return start + b"content-length: %d\r\n\r\n" % content_length
+
+
+@functools.lru_cache(maxsize=256)
+def _request_head_start(method: str, path: str, host: str, port: int, token: str | None, content_type: str, body: bool) -> bytes:
+    """Every line of a request head but Content-Length, checked; the same for every request to
+    one route of one instance, so it is checked and built once (a raise is not remembered)."""
     if _CONTENT_TYPE_RE.fullmatch(content_type) is None:
         raise LocalProtocolError("bad_content_type")
     if _METHOD_RE.fullmatch(method) is None:
@@ -400,11 +412,8 @@ def build_request_head(
         if _BEARER_TOKEN_RE.fullmatch(token) is None or not token.isascii():
             raise LocalProtocolError("bad_token")
         parts.append(f"authorization: Bearer {token}\r\n")
-    if content_length is not None:
-        if content_length < 0:
-            raise LocalProtocolError("bad_content_length")
-        parts.append(f"content-type: {content_type}\r\ncontent-length: {content_length}\r\n")
-    parts.append("\r\n")
+    if body:
+        parts.append(f"content-type: {content_type}\r\n")
     return "".join(parts).encode("ascii")
 
 
@@ -567,6 +576,10 @@ class ChunkedDecoder(BodyDecoder):
                 if self._remaining == 0:
                     self._state = _DATA_END
             elif state == _DATA_END:
+                if not self._line and data.startswith(_CRLF, pos):  # the usual case: the whole CRLF is here
+                    pos += 2
+                    self._state = _SIZE
+                    continue
                 while pos < end and len(self._line) < 2:
                     if data[pos] != _CRLF[len(self._line)]:
                         raise RemoteProtocolError("bad_chunk_end")
@@ -610,6 +623,11 @@ class ChunkedDecoder(BodyDecoder):
     def _take_line(self, data: bytes, pos: int, limit: int) -> tuple[bytes | None, int]:
         """A CRLF-terminated line (without CRLF) once complete, else (None, end)."""
         newline = data.find(b"\n", pos)
+        if newline >= 0 and not self._line and newline + 1 - pos <= limit:
+            line = data[pos : newline - 1]  # the usual case: the whole line is here
+            if newline == pos or data[newline - 1] != 0x0D or b"\r" in line:
+                raise RemoteProtocolError("bare_lf")
+            return line, newline + 1
         if newline < 0:
             self._line += data[pos:]
             if len(self._line) >= limit:

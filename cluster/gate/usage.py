@@ -121,15 +121,22 @@ class SseUsageFilter:
         start = 0
         pos = self._scan
         size = len(buffer)
-        while True:
-            match = _BLANK_LINE.search(buffer, pos)
-            if match is None:
-                break
-            end = match.end()
-            if end == size and buffer[-1] == 0x0D:
-                break  # a CR at the very end may be the first half of a CRLF: wait
-            out.append(self._inspect(bytes(buffer[start:end])))
-            start = pos = end
+        if 0x0D not in buffer:
+            # LF line ends only (what servers send): a blank line is two LFs, found without the regex
+            while (at := buffer.find(b"\n\n", pos)) >= 0:
+                end = at + 2
+                out.append(self._inspect(bytes(buffer[start:end])))
+                start = pos = end
+        else:
+            while True:
+                match = _BLANK_LINE.search(buffer, pos)
+                if match is None:
+                    break
+                end = match.end()
+                if end == size and buffer[-1] == 0x0D:
+                    break  # a CR at the very end may be the first half of a CRLF: wait
+                out.append(self._inspect(bytes(buffer[start:end])))
+                start = pos = end
         if start:
             del buffer[:start]
         if len(buffer) > MAX_EVENT_BYTES:
