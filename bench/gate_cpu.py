@@ -114,7 +114,7 @@ def main() -> int:
     try:
         gates = {demo.name: demo.gate() for demo in demos}
         for demo in demos:
-            wrk(demo.url, key, 4, 2, workdir)  # warm-up: connections pooled, instance up
+            wrk(demo.url, key, args.connections, 3, workdir)  # warm-up: as many backend connections pooled as the runs use
         for _ in range(args.rounds):
             for demo in demos:
                 for body_name, body in bodies.items():
