@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.backend_client import BackendPool
+from cluster.backend_client import RECEIVE_BUFFER, BackendPool
 from cluster.standin import StandinProcess
+from cluster.standin._model import natural_length, reply_words
 from cluster.tls import (
     GateIdentity,
     JobIdentity,
@@ -33,6 +34,7 @@ from cluster.tls import (
     remove_job_identity,
 )
 from policy.errors import BackendFailed
+from policy.loop import run_event_loop
 
 MODEL = "tls-chat"
 # Paths of a vLLM server beside /v1 (and the stand-in's own): each must be closed to strangers.
@@ -172,3 +174,38 @@ def test_job_identity_files_are_private_and_removed(tmp_path: Path) -> None:
     with pytest.raises(TlsError, match="tls init"):
         make_job_identity(tmp_path / "job2", tmp_path / "nope.crt", "sluice-job")
     assert not (tmp_path / "job2").exists()
+
+
+async def _pool_chat(context: ssl.SSLContext, port: int, pin: str, token: str, body: bytes) -> bytes:
+    pool = BackendPool(tls=context)
+    try:
+        response = await pool.request("127.0.0.1", port, token, "POST", "/v1/chat/completions", body, 30, pin=pin)
+        try:
+            assert response.status == 200
+            return await response.read(16 << 20)
+        finally:
+            response.close()
+    finally:
+        await pool.aclose()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_answers_larger_than_the_receive_buffer_arrive_whole(
+    tls_job: tuple[GateIdentity, JobIdentity, StandinProcess, str], loop: str, stream: bool
+) -> None:
+    # The connection reads into a buffer of its own (RECEIVE_BUFFER): an answer of several
+    # buffers and TLS records, whole or chunked, must come through byte for byte.
+    gate, job, server, token = tls_job
+    prompt = next(f"a long story {i}" for i in range(10_000) if natural_length(f"a long story {i}") >= 3000)
+    words, _ = reply_words(prompt, 3000)
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": 3000, "stream": stream})
+    run = asyncio.run if loop == "asyncio" else run_event_loop
+    data = run(_pool_chat(client_context(gate), server.port, job.pin, token, body.encode()))
+    assert len(data) > RECEIVE_BUFFER
+    if stream:
+        events = [e.removeprefix(b"data: ") for e in data.split(b"\n\n") if e.startswith(b"data: {")]
+        text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events if json.loads(e)["choices"])
+    else:
+        text = json.loads(data)["choices"][0]["message"]["content"]
+    assert text.split() == words
