@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import secrets
 import shutil
@@ -48,14 +49,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import free_port, wrk, wrk_script  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.services.sshd import Sshd
 
 MODEL = "standin-chat"
 PLAIN = '{"model":"standin-chat","messages":[{"role":"user","content":"Say hello to the benchmark"}],"max_tokens":8}'
@@ -235,7 +240,7 @@ def _pipe_cluster(gate_config: Path) -> str:
     return f'[[clusters]]\nname = "local"\ntransport = "local"\nmode = "mux"\ngate_command = [{command}]'
 
 
-def _ssh_cluster(sshd: object, mode: str) -> str:
+def _ssh_cluster(sshd: Sshd, mode: str) -> str:
     return "\n".join(
         [
             "[[clusters]]",
@@ -245,9 +250,9 @@ def _ssh_cluster(sshd: object, mode: str) -> str:
             'host = "127.0.0.1"',
             f"port = {sshd.port}",
             'user = "sluicegate"',
-            f'client_key = "{sshd.client_key}"',  # type: ignore[attr-defined]
+            f'client_key = "{sshd.client_key}"',
             f'known_hosts = "{sshd.known_hosts}"',
-            "connections = 2",  # type: ignore[attr-defined]
+            "connections = 2",
         ]
     )
 
@@ -579,6 +584,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--no-features", dest="features", action="store_false", help="leave out the feature-cost rows")
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--readme", type=Path, help="also write the printout into this file's performance block")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -600,8 +606,47 @@ def main() -> int:
                         sample = measure(gateway, body, connections, args.seconds, workdir)
                     results.setdefault((gateway.name, body_name, connections), []).append(sample)
     shutil.rmtree(workdir, ignore_errors=True)
-    report(results, args.rounds, args.seconds, args.plot)
+    printout = io.StringIO()
+    with redirect_stdout(printout):
+        report(results, args.rounds, args.seconds, args.plot)
+    print(printout.getvalue(), end="")
+    if args.readme is not None:
+        _write_readme(args.readme, printout.getvalue(), args)
     return 0
+
+
+README_BEGIN = "<!-- bench/compare.py output: begin -->"
+README_END = "<!-- bench/compare.py output: end -->"
+
+
+def _machine() -> str:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) // (1024 * 1024)
+    return f"{os.cpu_count()} cores ({model}), {memory} GiB, load generator on the same cores"
+
+
+def _write_readme(path: Path, printout: str, args: argparse.Namespace) -> None:
+    """Replace the block between the README's markers with this run: when, where, how, and what it printed."""
+    text = path.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{path} has no {README_BEGIN} ... {README_END} block to replace")
+    options = f"--rounds {args.rounds} --seconds {args.seconds} --connections {args.connections}"
+    block = (
+        f"{README_BEGIN}\n"
+        f"Run {time.strftime('%Y-%m-%d', time.gmtime())} on {_machine()}:\n\n"
+        f"```\nsudo .venv/bin/python bench/compare.py --litellm LITELLM {options}\n{printout.strip()}\n```\n"
+        f"{README_END}"
+    )
+    head, rest = text.split(README_BEGIN, 1)
+    path.write_text(head + block + rest.split(README_END, 1)[1])
+    print(f"{path}: performance block rewritten")
 
 
 if __name__ == "__main__":
