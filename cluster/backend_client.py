@@ -89,11 +89,6 @@ _Key = tuple[str, int, str | None]
 _TIMED_OUT = object()
 
 
-def _expire(waiter: asyncio.Future[object]) -> None:
-    if not waiter.done():
-        waiter.set_result(_TIMED_OUT)
-
-
 class _Connection(asyncio.BufferedProtocol):
     """One TCP connection to one backend, carrying one exchange at a time.
 
@@ -117,6 +112,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._buffered = 0
         self._error: type[BackendFailed] | None = None
         self._waiter: asyncio.Future[object] | None = None
+        self._deadline = 0.0  # of the wait running now
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when the timer fires
         self.received_any = False
         self._reading_paused = False
         self._recv = memoryview(bytearray(RECEIVE_BUFFER))
@@ -213,6 +211,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._wake()
 
     def _mark_closed(self) -> None:
+        self._stop_timer()
         if self.state != _CLOSED:
             self.state = _CLOSED
             self._pool._forget(self)
@@ -221,6 +220,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """Close at once (RST), whatever is in flight; never reused after."""
+        self._stop_timer()
         if self.transport is not None:
             self.transport.abort()
         if self.state != _CLOSED:
@@ -229,6 +229,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def close_gracefully(self) -> None:
         """Close after flushing; used for complete but not reusable exchanges."""
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
         if self.state != _CLOSED:
@@ -246,16 +247,46 @@ class _Connection(asyncio.BufferedProtocol):
     # ---------------------------------------------------------------- exchange
 
     async def _wait(self, deadline: float) -> None:
+        """Until the next event on this connection, or :class:`BackendTimeout` at ``deadline``.
+
+        One timer serves the waits that follow each other (a streamed body is a
+        wait per chunk, and a kept-alive connection carries request after
+        request): it is armed when none is, or for this deadline when it is
+        earlier than the timer's.  When it fires, a wait whose deadline is not
+        later than the timer's has timed out; a wait with a later deadline gets
+        the timer armed again for it.  (A timer per wait costs a timer handle
+        made and cancelled per chunk.)"""
         waiter: asyncio.Future[object] = self._loop.create_future()
         self._waiter = waiter
-        timer = self._loop.call_at(deadline, _expire, waiter)
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or self._timer_at > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
         try:
             result = await waiter
         finally:
-            timer.cancel()
             self._waiter = None
         if result is _TIMED_OUT:
             raise BackendTimeout()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms a timer of its own
+        if self._deadline <= self._timer_at:
+            waiter.set_result(_TIMED_OUT)
+        else:  # the wait now running has a later deadline than the one this timer was armed for
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            self._timer_at = self._deadline
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def exchange(self, method: str, payload: list[bytes], deadline: float) -> ResponseHead:
         """Send one request and wait for its head; abort on any failure."""

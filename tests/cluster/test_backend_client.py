@@ -488,6 +488,39 @@ def test_body_idle_timeout() -> None:
     asyncio.run(scenario())
 
 
+def test_each_wait_has_its_own_deadline_on_one_connection() -> None:
+    # One timer serves a connection's waits: a body that keeps coming is never cut by the
+    # first chunk's deadline, a stall times out one idle timeout after the last chunk, and the
+    # next request on the kept-alive connection gets its own, shorter, deadline.
+    async def drips(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(8):
+            writer.write(b"4\r\ndrip\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.15)
+        writer.write(b"0\r\n\r\n")
+        await read_request(reader)  # the second request: never answered
+        await until_eof(reader)
+
+    async def scenario() -> None:
+        async with RawServer(drips) as server:
+            pool = BackendPool()
+            resp = await pool.request(HOST, server.port, None, "GET", "/", b"", 30.0)
+            pieces = [piece async for piece in resp.iter_body(idle_timeout=0.4)]
+            assert b"".join(pieces) == b"drip" * 8  # 1.2 s in all, never 0.4 s without a chunk
+            resp.close()
+            assert pool.stats()["idle"] == 1
+            started = time.monotonic()
+            with pytest.raises(BackendTimeout):
+                await pool.request(HOST, server.port, None, "GET", "/", b"", 0.3)
+            assert 0.25 <= time.monotonic() - started < 2.0
+            assert pool.stats()["reused"] == 1 and pool.stats()["open"] == 0
+            await pool.aclose()
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(
     "response",
     [
