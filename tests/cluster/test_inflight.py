@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.inflight import ALIVE_CHECK_INTERVAL, FILE_NAME, MAGIC, RECORD, SharedInFlight, read_holds
+from cluster.inflight import ALIVE_CHECK_INTERVAL, FILE_NAME, FIRST_READ, MAGIC, RECORD, SharedInFlight, read_holds
 from cluster.routing import Instance, write_table
 from policy.frames import GATE_KINDS, FrameDecoder, Kind
 from tests.conftest import ROOT, start_standin, stop
@@ -204,3 +204,18 @@ def test_an_unusable_file_balances_on_local_counts(tmp_path: Path, caplog: pytes
         shared.release("b")
         assert shared.acquire(["a", "b"], {"a": 0, "b": 1}) == "a"
     assert [r.getMessage() for r in caplog.records] == ['{"event":"inflight_file_unusable","error":"Not a directory"}']
+
+
+def test_a_file_larger_than_the_first_read_is_read_whole(tmp_path: Path) -> None:
+    gates = [
+        SharedInFlight(tmp_path, alive=lambda owner: True, owner=(1000 + i, 1)) for i in range(FIRST_READ // RECORD.size + 10)
+    ]
+    for gate in gates:
+        assert gate.acquire(["a"], {}) == "a"
+    assert (tmp_path / FILE_NAME).stat().st_size > FIRST_READ
+    last = SharedInFlight(tmp_path, alive=lambda owner: True, owner=(1, 1))
+    assert last.acquire(["a", "b"], {}) == "b"  # every record counted, the ones past the first read too
+    gates[-1].release("a")
+    assert len(read_holds(tmp_path)) == len(gates)  # the last record, past the first read, was found and freed
+    for gate in gates:
+        gate.close()
