@@ -281,3 +281,22 @@ def test_memory_backend_sweeper_starts_and_stops() -> None:
         await backend.aclose()
 
     run(scenario())
+
+
+def test_the_in_memory_store_starts_no_expiry_threads() -> None:
+    """limits' own incr/decr start an expiry timer thread every 10 ms; the loop's steps do not."""
+    storage = _LoopMemoryStorage()
+    storage.timer.join()  # the one timer limits' constructor starts runs once and ends
+    first = storage.timer
+    for cost in range(1, 50):
+        storage.take("k", 10_000, 60, cost)
+        storage.adjust("k", 60, -1)
+        storage.adjust("k", 60, 2)
+    assert storage.timer is first and not storage.timer.is_alive()
+    assert not storage.locks  # nor a lock per key
+    assert (
+        SlidingWindowCounterRateLimiter(storage)
+        .get_window_stats(rate_item(Limit("tokens_per_minute", "user", "u.t", 10_000, 60)), "tokens_per_minute", "u.t")
+        .remaining
+        == 10_000
+    )  # another key: untouched
