@@ -30,7 +30,7 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 
 from .policy import Limit
 
-__all__ = ["Backend", "MemoryBackend", "rate_item"]
+__all__ = ["Backend", "MemoryBackend", "rate_item", "window_stats"]
 
 # Counter keys remembered per limit; past this many the cache starts over.
 MAX_KEYS_CACHED: Final = 100_000
@@ -84,6 +84,19 @@ def rate_item(limit: Limit) -> RateLimitItem:
             found = RateLimitItemPerSecond(limit.amount, limit.window, namespace=NAMESPACE)
         _ITEMS[(limit.amount, limit.window)] = found
     return found
+
+
+def window_stats(
+    limit: int, expiry: int, previous: int, previous_ttl: float, current: int, current_ttl: float, now: float
+) -> tuple[int, float]:
+    """What is left of a sliding window and when it is whole again (epoch seconds), from its two
+    counts and their time to live (seconds): ``SlidingWindowCounterRateLimiter.get_window_stats``."""
+    remaining = max(limit - floor(previous * previous_ttl / expiry + current), 0)
+    if not (previous or current):
+        return remaining, now
+    previous_reset_in = previous_ttl % (expiry / previous) if previous else inf
+    current_reset_in = current_ttl % expiry if current else inf
+    return remaining, now + min(previous_reset_in, current_reset_in)
 
 
 def counter_key(limit: Limit) -> str:
@@ -145,20 +158,13 @@ class _LoopMemoryStorage(MemoryStorage):
         previous = self._count(previous_key, now)
         current = self._count(current_key, now)
         previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry if previous else 0.0
-        weighted = previous * previous_ttl / expiry + current
-        taken = cost <= limit and floor(weighted) + cost <= limit
+        taken = cost <= limit and floor(previous * previous_ttl / expiry + current) + cost <= limit
         if taken:
             current = self.storage[current_key] = current + cost
             if current == cost:  # a new count: it lapses two windows from now (``incr``)
                 self.expirations[current_key] = now + 2 * expiry
-            weighted += cost
-        remaining = max(limit - floor(weighted), 0)
-        if not (previous or current):
-            return taken, remaining, now
         current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
-        previous_reset_in = previous_ttl % (expiry / previous) if previous else inf
-        current_reset_in = current_ttl % expiry if current else inf
-        return taken, remaining, now + min(previous_reset_in, current_reset_in)
+        return (taken, *window_stats(limit, expiry, previous, previous_ttl, current, current_ttl, now))
 
     def adjust(self, key: str, expiry: int, delta: int) -> None:
         """Charge the current window ``delta`` more, or give ``-delta`` back from the current
