@@ -299,12 +299,20 @@ class FrameReceiver:
 
 
 class MuxClient:
-    """The appliance side of one mux session over ``reader``/``writer``."""
+    """The appliance side of one mux session over ``reader``/``writer``.
+
+    Frames are written coalesced: the OPEN and DATA frames of every request made in one
+    turn of the event loop go to ``writer`` in one write at the end of that turn (one
+    syscall on a pipe, one SSH channel packet instead of one per frame), in the order
+    they were made.  A CANCEL goes out at once, after whatever was waiting.
+    """
 
     def __init__(self, reader: ByteReader, writer: FrameWriter, on_release: Callable[[], None] | None = None) -> None:
         self._writer = writer
         self._receiver = FrameReceiver(reader, on_release)
         self._next_id = 1
+        self._out: list[bytes] = []  # frames waiting for the end of this loop turn
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._receiver.run())
 
     @property
@@ -316,6 +324,22 @@ class MuxClient:
         # A cancelled stream holds its place at the gate until the gate's END for it arrives.
         return len(self._receiver.replies) + len(self._receiver.cancelled)
 
+    def _queue(self, frames: list[bytes]) -> None:
+        """Write ``frames`` at the end of this loop turn, with every other request's."""
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out += frames
+
+    def _flush(self) -> None:
+        """Write what is waiting, in one write; a session whose writer broke is closed."""
+        out, self._out = self._out, []
+        if not out or self._receiver.closed is not None:
+            return
+        try:
+            self._writer.write(out[0] if len(out) == 1 else b"".join(out))
+        except (OSError, RuntimeError):  # the pipe or the SSH channel is closing
+            self._receiver.close(TransportError("gate_closed"))
+
     async def request(self, command: StreamCommand, body: bytes) -> GateReply:
         if not self.alive:
             raise self._receiver.closed or TransportError("gate_closed")
@@ -325,11 +349,10 @@ class MuxClient:
         self._next_id += 1
         reply = GateReply(stream, self._send_cancel)
         self._receiver.replies[stream] = reply
-        write = self._writer.write
-        write(encode(Kind.OPEN, stream, stream_line(command).encode()))
+        frames = [encode(Kind.OPEN, stream, stream_line(command).encode())]
         if isinstance(command, Call):
-            for start in range(0, len(body), MAX_PAYLOAD):
-                write(encode(Kind.DATA, stream, body[start : start + MAX_PAYLOAD]))
+            frames += [encode(Kind.DATA, stream, body[start : start + MAX_PAYLOAD]) for start in range(0, len(body), MAX_PAYLOAD)]
+        self._queue(frames)
         try:
             try:
                 await self._writer.drain()
@@ -356,7 +379,8 @@ class MuxClient:
                 cancelled[stream] = reply
                 if len(cancelled) > MAX_STREAMS:  # a gate that never answers must not grow this
                     cancelled.pop(next(iter(cancelled))).concluded()
-            self._writer.write(encode(Kind.CANCEL, stream))
+            self._out.append(encode(Kind.CANCEL, stream))
+            self._flush()
         self._receiver.on_release()
 
     async def wait_closed(self) -> None:
