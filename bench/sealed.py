@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,13 +74,14 @@ def seal_bodies(base: str, count: int, path: Path) -> None:
     """``count`` sealed chat requests to the key the demo serves, into ``path``."""
     import httpx2
 
-    from sluice_sdk.bhttp import Request, encode_request
+    from sluice_sdk.bhttp import Request
     from sluice_sdk.client import seal_request
     from sluice_sdk.keyconfig import decode_key_configs
 
     configs = decode_key_configs(httpx2.get(f"{base}/v1/sealed/keys", timeout=10).content)
     config = next(c for c in configs if c.usable)
-    inner = Request(b"POST", b"https", b"sluice", b"/v1/chat/completions", ((b"content-type", b"application/json"),), BODY.encode())
+    headers = ((b"content-type", b"application/json"),)
+    inner = Request(b"POST", b"https", b"sluice", b"/v1/chat/completions", headers, BODY.encode())
     with path.open("wb") as out:
         for _ in range(count):
             body, _opener = seal_request(config, inner)
@@ -183,5 +183,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    time.sleep(0)
     sys.exit(main())

@@ -314,7 +314,7 @@ async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncItera
     first: float | None = None
     status = reply.status
     try:
-        async for piece in reply:
+        async for piece in reply.chunks():
             if first is None and (reply.media != "sse" or sse_has_content(piece)):
                 first = time.monotonic() - started
             yield piece

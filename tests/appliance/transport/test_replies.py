@@ -299,3 +299,41 @@ def test_a_write_that_fails_closes_the_session() -> None:
         await client.aclose()
 
     asyncio.run(scenario())
+
+
+def test_chunks_join_the_pieces_already_here_and_keep_bytes_order_and_errors() -> None:
+    async def scenario() -> None:
+        reply = GateReply(1, lambda _stream: None)
+        reply.on_head(b"200 sse")
+        for piece in (b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"):
+            reply.on_body(piece)
+        chunks = reply.chunks()
+        assert await anext(chunks) == b"data: 1\n\ndata: 2\n\ndata: 3\n\n"  # three pieces here: one chunk
+        later = asyncio.create_task(anext(chunks))
+        await asyncio.sleep(0)
+        reply.on_body(b"data: 4\n\n")  # arrives while the reader waits: handed on alone
+        assert await later == b"data: 4\n\n"
+        reply.on_body(b"data: 5\n\n")
+        reply.fail(SluiceError("backend_timeout", 504))  # an error after data: the data first, then the error
+        assert await anext(chunks) == b"data: 5\n\n"
+        with pytest.raises(SluiceError):
+            await anext(chunks)
+        assert reply._buffered == 0
+
+    asyncio.run(scenario())
+
+
+def test_chunks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.transport import replies
+
+    monkeypatch.setattr(replies, "MAX_JOINED", 10)
+
+    async def scenario() -> None:
+        reply = GateReply(1, lambda _stream: None)
+        reply.on_head(b"200 text")
+        for piece in (b"abcd", b"efgh", b"ijkl", b"mnop"):
+            reply.on_body(piece)
+        reply.on_end(b"")
+        assert [chunk async for chunk in reply.chunks()] == [b"abcdefghijkl", b"mnop"]
+
+    asyncio.run(scenario())
