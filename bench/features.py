@@ -1,8 +1,8 @@
 """The appliance's CPU per request, per metering feature, for one or more source trees side by side.
 
-Starts `sluice serve` over pipes (mux mode, one stand-in backend, no token
-delay) once per source tree and per variant of the deployment-like settings of
-bench/compare.py (quotas in memory, SQLite accounting, metrics and JSON
+Starts `sluice serve` over pipes or (--transport ssh) through a real sshd (mux
+mode, one stand-in backend, no token delay) once per source tree and per
+variant of the deployment-like settings of bench/compare.py (quotas in memory, SQLite accounting, metrics and JSON
 request logs on): everything on, then each of quotas, accounting and metrics
 off, then all three off.  Rounds are interleaved (each round runs every tree
 and variant once, plain and streamed), and the table prints, per tree and
@@ -17,7 +17,10 @@ A tree is a checkout of Sluice; it runs with this interpreter and its
 packages, with the tree first on PYTHONPATH (so the gate child runs that
 tree's code too).  Metrics are turned off by starting the appliance without a
 `Metrics` (no /metrics route, no HTTP metrics middleware): the serve command
-has no setting for that.  All traffic goes to 127.0.0.1, for a bounded time.
+has no setting for that.  Over SSH, the gate runs this checkout's code for
+every tree (sshd starts it), and its CPU is counted with sshd's; the SSH run
+needs root and shares the tests' system account: run it under
+`flock /tmp/sluice-integ.lock`.  All traffic goes to 127.0.0.1, for a bounded time.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -39,7 +42,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _load import free_port, wrk  # noqa: E402
-from compare import MODEL, PLAIN, QUOTAS, STREAMED, Gateway, _serve_roles, _stop, _wait_ok, backend  # noqa: E402
+from compare import (  # noqa: E402
+    MODEL,
+    PLAIN,
+    QUOTAS,
+    STREAMED,
+    Gateway,
+    _pipe_cluster,
+    _serve_roles,
+    _ssh_cluster,
+    _ssh_roles,
+    _stop,
+    _wait_ok,
+    backend,
+)
 
 FEATURES = ("quotas", "accounting", "metrics")
 VARIANTS = ("all", "-quotas", "-accounting", "-metrics", "none")
@@ -63,9 +79,7 @@ def _off(variant: str) -> set[str]:
     return {variant.removeprefix("-")}
 
 
-def _config(workdir: Path, name: str, port: int, gate_config: Path, key: str, off: set[str]) -> Path:
-    argv = [sys.executable, "-m", "cluster.cli", "gate", "--config", str(gate_config), "--local-pipe"]
-    command = ", ".join(f'"{a}"' for a in argv)
+def _config(workdir: Path, name: str, port: int, cluster: str, key: str, off: set[str]) -> Path:
     (workdir / "quotas.toml").write_text(QUOTAS)
     (workdir / "access.toml").write_text('[groups.bench]\nmodels = ["*"]\n')  # the default policy denies everything
     lines = [
@@ -73,8 +87,7 @@ def _config(workdir: Path, name: str, port: int, gate_config: Path, key: str, of
         'host = "127.0.0.1"',
         f"port = {port}",
         "",
-        '[[clusters]]\nname = "local"\ntransport = "local"\nmode = "mux"',
-        f"gate_command = [{command}]",
+        cluster,
         "",
         "[[api_keys]]",
         'user = "bench"',
@@ -97,10 +110,12 @@ def _config(workdir: Path, name: str, port: int, gate_config: Path, key: str, of
 
 
 @contextmanager
-def appliance(workdir: Path, tree: Path, name: str, gate_config: Path, off: set[str]) -> Iterator[Gateway]:
+def appliance(
+    workdir: Path, tree: Path, name: str, cluster: str, off: set[str], roles: Callable[[int], Callable[[], dict[str, list[int]]]]
+) -> Iterator[Gateway]:
     key = "sk-bench-" + secrets.token_urlsafe(24)
     port = free_port()
-    config = _config(workdir, name, port, gate_config, key, off)
+    config = _config(workdir, name, port, cluster, key, off)
     log = (workdir / f"{name}.log").open("wb")
     code = _LAUNCH.format(tree=str(tree), no_metrics="metrics" in off, config=str(config))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
@@ -109,7 +124,7 @@ def appliance(workdir: Path, tree: Path, name: str, gate_config: Path, off: set[
     )
     try:
         _wait_ok(f"http://127.0.0.1:{port}/readyz")
-        yield Gateway(name, f"http://127.0.0.1:{port}/v1/chat/completions", key, _serve_roles(process.pid))
+        yield Gateway(name, f"http://127.0.0.1:{port}/v1/chat/completions", key, roles(process.pid))
     finally:
         _stop(process)  # type: ignore[arg-type]
         log.close()
@@ -127,6 +142,12 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--bodies", default="plain,stream")
+    parser.add_argument(
+        "--transport",
+        choices=("pipe", "ssh"),
+        default="pipe",
+        help="ssh: a real sshd runs the gate (root; under the tests' flock)",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -142,15 +163,29 @@ def main() -> int:
         api_base, token = stack.enter_context(backend(workdir))
         gate_config = workdir / "cluster.toml"
         (workdir / "chat.token").write_text(token)
-        gate_config.write_text(
+        gate_toml = (
             f'[gate]\nrouting_table = "routing.json"\n[[backends]]\nmodel = "{MODEL}"\n'
             f'url = "{api_base}"\nroutes = ["chat", "completions"]\ntoken_file = "chat.token"\n'
         )
+        gate_config.write_text(gate_toml)
+        if args.transport == "ssh":
+            from tests.services import sshd as sshd_service
+
+            server = sshd_service.Sshd(gate_toml, {"chat.token": token})
+            stack.callback(server.stop)
+            listener = int((server.dir / "sshd.pid").read_text())
+            cluster = _ssh_cluster(server, "mux")
+
+            def roles(pid: int) -> Callable[[], dict[str, list[int]]]:
+                return _ssh_roles(pid, listener)
+
+        else:
+            cluster, roles = _pipe_cluster(gate_config), _serve_roles
         gateways: list[tuple[str, str, Gateway]] = []
         for tree_name, tree in trees:
             for variant in variants:
                 name = f"{tree_name}{variant}".replace("-", "_")
-                gateway = stack.enter_context(appliance(workdir, Path(tree), name, gate_config, _off(variant)))
+                gateway = stack.enter_context(appliance(workdir, Path(tree), name, cluster, _off(variant), roles))
                 gateways.append((tree_name, variant, gateway))
         for _, _, gateway in gateways:
             wrk(gateway.url, gateway.key, 8, 1, workdir, body=PLAIN)  # warm-up
@@ -163,12 +198,11 @@ def main() -> int:
                     after = gateway.cpu()
                     requests = max(result["rps"] * args.seconds, 1.0)
                     per = {role: (after[role] - before.get(role, 0.0)) * 1e6 / requests for role in after}
-                    results.setdefault((tree_name, variant, body), []).append(
-                        (per.get("appliance", 0.0), per.get("gate", 0.0), result["rps"])
-                    )
+                    gate = sum(v for k, v in per.items() if k != "appliance")  # the gate (and sshd)
+                    results.setdefault((tree_name, variant, body), []).append((per.get("appliance", 0.0), gate, result["rps"]))
                     print(
                         f"round {round_index + 1} {tree_name:>6} {variant:<12} {body:<6} "
-                        f"appliance {per.get('appliance', 0):6.0f} us  gate {per.get('gate', 0):6.0f} us  "
+                        f"appliance {per.get('appliance', 0):6.0f} us  gate {gate:6.0f} us  "
                         f"{result['rps']:6.0f} req/s",
                         flush=True,
                     )

@@ -170,7 +170,7 @@ class RedisBackend:
         self._lease_ms = int(lease_ttl * 1000)
         self._renew_every = lease_ttl / 3
         self._leases: dict[str, set[str]] = {}
-        self._windows: dict[Limit, list[str]] = {}
+        self._windows: dict[Limit, tuple[str, str]] = {}
         self._renewer: asyncio.Task[None] | None = None
         # Every exception the client can raise for a storage that is not there.
         exceptions = storage.bridge.base_exceptions
@@ -218,8 +218,8 @@ class RedisBackend:
             if len(self._windows) > MAX_KEYS_CACHED:
                 self._windows.clear()
             current = self._key("{" + counter_key(limit) + "}")
-            found = self._windows[limit] = [current + "/-1", current]
-        return found
+            found = self._windows[limit] = (current + "/-1", current)
+        return list(found)
 
     async def _call(self, coro: Any) -> Any:
         try:
