@@ -90,12 +90,16 @@ def window_stats(
     limit: int, expiry: int, previous: int, previous_ttl: float, current: int, current_ttl: float, now: float
 ) -> tuple[int, float]:
     """What is left of a sliding window and when it is whole again (epoch seconds), from its two
-    counts and their time to live (seconds): ``SlidingWindowCounterRateLimiter.get_window_stats``."""
+    counts and their time to live (seconds): ``SlidingWindowCounterRateLimiter.get_window_stats``,
+    except at a step's very end (a remainder of exactly 0), which counts as the whole next step:
+    a count read in the script that made it (Redis, :data:`~._redis.TAKE`) has exactly twice the
+    window to live, and is whole again a window later, not now."""
     remaining = max(limit - floor(previous * previous_ttl / expiry + current), 0)
     if not (previous or current):
         return remaining, now
-    previous_reset_in = previous_ttl % (expiry / previous) if previous else inf
-    current_reset_in = current_ttl % expiry if current else inf
+    step = expiry / previous if previous else inf
+    previous_reset_in = (previous_ttl % step or step) if previous else inf
+    current_reset_in = (current_ttl % expiry or expiry) if current else inf
     return remaining, now + min(previous_reset_in, current_reset_in)
 
 
