@@ -15,7 +15,8 @@ balancer), so:
 
 :func:`install` puts :class:`StrictH11Protocol` in place of Hypercorn's own
 (once per process; Hypercorn picks its HTTP/1.1 class from
-``hypercorn.protocol`` for every connection).
+``hypercorn.protocol`` for every connection).  It writes a response's head
+and body together (:mod:`.coalesce`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from __future__ import annotations
 import h11
 import hypercorn.protocol
 from hypercorn.events import Closed, Event, RawData
-from hypercorn.protocol.h11 import H11Protocol
 
 from ..api.errors import error_body
+from .coalesce import CoalescingH11Protocol
 
 __all__ = ["ConnectionCounter", "StrictH11Protocol", "install"]
 
@@ -58,7 +59,7 @@ def _h2c(event: h11.Request) -> bool:
     )
 
 
-class StrictH11Protocol(H11Protocol):
+class StrictH11Protocol(CoalescingH11Protocol):
     """HTTP/1.1 without HTTP/2 upgrades or case-folded methods, under a connection cap."""
 
     _counted = False
