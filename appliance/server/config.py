@@ -9,7 +9,7 @@ Deadlines, each against one way of holding a connection:
 * a head's size: ``h11_max_incomplete_size`` (a larger head gets 431/400);
 * the body: a total deadline from the first byte of the request
   (``[server].body_timeout``), enforced by
-  :class:`~appliance.middleware.body_deadline.BodyDeadlineMiddleware`;
+  :class:`~appliance.middleware.front.FrontMiddleware`;
 * connections: at most ``[server].max_connections`` open at once, enforced by
   :class:`~.strict_h11.StrictH11Protocol` (Hypercorn has no such setting).
 
