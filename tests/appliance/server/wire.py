@@ -16,7 +16,7 @@ from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.asyncio.task_group import TaskGroup
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.typing import ConnectionState
 
@@ -32,11 +32,15 @@ def quiet_config() -> Config:
 
 
 class Wire:
-    def __init__(self, protocol: type[H11Protocol], app: ASGIApp, config: Config | None = None) -> None:
+    def __init__(
+        self, protocol: type[H11Protocol], app: ASGIApp, config: Config | None = None, context: WorkerContext | None = None
+    ) -> None:
         self.protocol_class = protocol
         self.app = app
         self.config = config or quiet_config()
         self.writes: list[bytes | str] = []
+        self.updates: list[bool] = []
+        self.context = context or WorkerContext(None)  # one per server
         self._group = TaskGroup(asyncio.get_running_loop())
 
     async def __aenter__(self) -> Wire:
@@ -44,7 +48,7 @@ class Wire:
         self.protocol = self.protocol_class(
             ASGIWrapper(self.app),  # type: ignore[arg-type]
             self.config,
-            WorkerContext(None),
+            self.context,
             self._group,
             ConnectionState({}),
             False,
@@ -64,6 +68,8 @@ class Wire:
             self.writes.append(event.data)
         elif isinstance(event, Closed):
             self.writes.append(CLOSE)
+        elif isinstance(event, Updated):
+            self.updates.append(event.idle)
 
     async def feed(self, data: bytes) -> None:
         await self.protocol.handle(RawData(data=data))
