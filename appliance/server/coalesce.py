@@ -2,13 +2,13 @@
 
 Hypercorn writes every h11 event on its own: the response head, the body,
 the end of the message, each one ``write`` (a ``send`` system call on the
-socket) and one ``drain``.  A plain answer is all three at once, so
-:class:`CoalescingH11Protocol` holds the head back and sends it in the same
-write as the body (or the end of the message) when they come in the same
-turn of the event loop.  A head with nothing after it in that turn (a
-streamed answer waiting for its first event) goes out on its own on the
-next turn, so nothing a client waits for is held: a streamed chunk is
-written the moment it is produced, as before.
+socket) and one ``drain``.  A plain answer (one that says its length) is
+all three at once, so :class:`CoalescingH11Protocol` holds its head back and
+sends it in the same write as the body (or the end of the message) when
+they come in the same turn of the event loop; a head with nothing after it
+in that turn goes out on its own on the next turn.  A streamed answer (no
+length: chunked) is written as before, its head at once and each chunk the
+moment it is produced, so nothing a client waits for is held.
 
 Every event the protocol sends passes the held head first (the wrapped
 ``send``), so the bytes on the wire and their order are Hypercorn's own,
@@ -46,7 +46,7 @@ class CoalescingH11Protocol(H11Protocol):
             if self.connection.their_state != h11.ERROR:
                 raise
             return
-        if type(event) is h11.Response:
+        if type(event) is h11.Response and _sized(event):
             self._hold(data)
         else:
             await self._send_after_held(RawData(data=data))
@@ -76,3 +76,8 @@ class CoalescingH11Protocol(H11Protocol):
             # A connection already closing takes no new task; its close sends the head first.
             with contextlib.suppress(RuntimeError):
                 self.task_group.spawn(self._send_after_held, RawData(data=b""))
+
+
+def _sized(response: h11.Response) -> bool:
+    """Whether the answer says its length: a whole body to come at once, not a stream."""
+    return any(name.lower() == b"content-length" for name, _ in response.headers.raw_items())

@@ -88,7 +88,7 @@ def test_a_head_is_sent_before_a_failure_closes_the_connection() -> None:
 
 
 def test_streamed_events_are_never_held() -> None:
-    """The head goes out on the next turn with nothing after it; each chunk as the app sends it."""
+    """A streamed answer (no length) is written as the app sends it: the head, then each chunk."""
     seen: list[list[bytes | str]] = []
 
     async def run() -> list[bytes | str]:
@@ -98,16 +98,16 @@ def test_streamed_events_are_never_held() -> None:
             scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]
         ) -> None:
             await send(START)
+            seen.append(list(wire.writes))  # written by the time send returns
             await go.wait()
             for chunk in (b"data: 1\n\n", b"data: 2\n\n"):
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                seen.append(list(wire.writes))  # written by the time send returns
+                seen.append(list(wire.writes))
             await send({"type": "http.response.body", "body": b""})
 
         async with Wire(CoalescingH11Protocol, stream) as wire:
             await wire.feed(GET % b"")
             await wire.settle()
-            seen.append(list(wire.writes))
             go.set()
             await wire.settle()
         return wire.writes
@@ -117,3 +117,37 @@ def test_streamed_events_are_never_held() -> None:
     assert len(seen[0]) == 1 and isinstance(head, bytes) and head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")
     assert seen[1][-1] == b"9\r\ndata: 1\n\n\r\n" and seen[2][-1] == b"9\r\ndata: 2\n\n\r\n"
     assert writes[:4] == [head, seen[1][-1], seen[2][-1], b"0\r\n\r\n"]
+
+
+def test_a_sized_head_whose_body_is_late_goes_out_on_the_next_turn() -> None:
+    seen: list[list[bytes | str]] = []
+
+    async def run() -> list[bytes | str]:
+        go = asyncio.Event()
+
+        async def late(
+            scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Callable[[Any], Awaitable[None]]
+        ) -> None:
+            await send({**START, "headers": [(b"content-length", b"4")]})
+            seen.append(list(wire.writes))  # held
+            await go.wait()
+            await send({"type": "http.response.body", "body": b"late"})
+
+        async with Wire(CoalescingH11Protocol, late) as wire:
+            await wire.feed(GET % b"")
+            await wire.settle()
+            seen.append(list(wire.writes))  # alone, a turn later
+            go.set()
+            await wire.settle()
+        return wire.writes
+
+    writes = asyncio.run(run())
+    head = seen[1][0]
+    assert (
+        seen[0] == []
+        and len(seen[1]) == 1
+        and isinstance(head, bytes)
+        and b"content-length: 4\r\n" in head
+        and head.endswith(b"\r\n\r\n")
+    )
+    assert writes[:2] == [head, b"late"]
