@@ -4,7 +4,8 @@ Starts ``sluice demo`` (pipes, mux mode, JSON request logs at info) from each
 checkout given (its own ``.venv``), then runs wrk against each in turn,
 interleaved round by round, plain and streamed, and prints the appliance
 process's CPU time (utime + stime from /proc, its gate children excluded)
-per request: median and min-max of the rounds.
+per request: median and min-max of the rounds, and each checkout's ratio
+to the first one's, round by round (median).
 
     .venv/bin/python bench/appliance_cpu.py [--root /work/main] [--root .] [--rounds 3] [--seconds 10]
 
@@ -83,6 +84,11 @@ def main() -> int:
             f"{str(root)[-24:]:<24} {name:<7} {statistics.median(cpu):>10.0f} ({min(cpu):.0f}-{max(cpu):.0f})"
             f"{'':>6} {statistics.median(rps):>8.0f} ({min(rps):.0f}-{max(rps):.0f})"
         )
+    for root in roots[1:]:
+        for name in ("plain", "stream"):
+            pairs = zip(results[(root, name)], results[(roots[0], name)], strict=True)
+            ratio = statistics.median(mine[0] / base[0] for mine, base in pairs)
+            print(f"{str(root)[-24:]} / {str(roots[0])[-24:]} ({name}): CPU per request x{ratio:.2f}, median of rounds")
     return 0
 
 
