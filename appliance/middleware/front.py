@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from prometheus_client import Counter, Histogram
 from starlette.datastructures import MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,6 +59,7 @@ class FrontMiddleware:
         self.request_log = RequestLog(access_log)
         self.body_timeout = body_timeout
         self.guard = ApiGuard(public_url, form_paths)
+        self._series: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,12 +104,21 @@ class FrontMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             if self.metrics is not None:
-                path = route_path(scope)
-                self.metrics.http_requests.labels(path, str(status)).inc()
-                self.metrics.http_duration.labels(path).observe(elapsed)
+                self._count(self.metrics, route_path(scope), status, elapsed)
             if self.request_log.wanted():
                 self.request_log.write(scope, info, status, elapsed)
             CURRENT.reset(token)
+
+    def _count(self, metrics: Metrics, path: str, status: int, elapsed: float) -> None:
+        # The labelled series, looked up once per route and status (both few: templates, and statuses the app sends).
+        series = self._series.get((path, status))
+        if series is None:
+            series = self._series[path, status] = (
+                metrics.http_requests.labels(path, str(status)),
+                metrics.http_duration.labels(path),
+            )
+        series[0].inc()
+        series[1].observe(elapsed)
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, error: PeerError, close: bool = False) -> None:

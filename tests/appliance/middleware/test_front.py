@@ -167,3 +167,13 @@ def test_reject_an_empty_queue_past_the_deadline() -> None:
 
     with pytest.raises(BodyTimeout):
         asyncio.run(run())
+
+
+def test_each_request_is_counted_and_timed() -> None:
+    metrics = Metrics()
+    front = FrontMiddleware(_body_then_answer, metrics=metrics)
+    for _ in range(3):
+        _run(front, _scope(), _slow_receive({"type": "http.request", "body": b"{}", "more_body": False}))
+    sample = metrics.registry.get_sample_value
+    assert sample("sluice_http_requests_total", {"path": "other", "status": "200"}) == 3
+    assert sample("sluice_http_request_duration_seconds_count", {"path": "other"}) == 3
