@@ -219,9 +219,7 @@ def test_request_ids_and_the_request_line(log_stream: io.StringIO) -> None:
 
 
 def test_request_line_can_be_turned_off(log_stream: io.StringIO) -> None:
-    app = Starlette(
-        routes=[Route("/x", lambda _: Response("ok"))], middleware=[Middleware(FrontMiddleware, access_log=False)]
-    )
+    app = Starlette(routes=[Route("/x", lambda _: Response("ok"))], middleware=[Middleware(FrontMiddleware, access_log=False)])
     with TestClient(app) as client:
         assert client.get("/x").headers["x-request-id"]
     assert _lines(log_stream) == []
