@@ -48,8 +48,10 @@ class CoalescingH11Protocol(H11Protocol):
             return
         if type(event) is h11.Response and _sized(event):
             self._hold(data)
-        else:
+        elif self._held:
             await self._send_after_held(RawData(data=data))
+        elif data:
+            await self._write(RawData(data=data))  # a stream's chunk: nothing held, straight on
 
     async def _send_after_held(self, event: Event) -> None:
         """Send ``event``, after (or, raw bytes, together with) the head held back."""

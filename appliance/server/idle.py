@@ -20,7 +20,7 @@ import contextlib
 import weakref
 from typing import Any
 
-from hypercorn.events import Closed, Event, Updated
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.typing import Event as ShutdownEvent
 from hypercorn.typing import WorkerContext
@@ -39,6 +39,9 @@ class IdleTimerH11Protocol(H11Protocol):
         self._idle: asyncio.TimerHandle | None = None
 
     async def _send_timing_idle(self, event: Event) -> None:
+        if type(event) is RawData:  # most events: straight on
+            await self._server_send(event)
+            return
         if isinstance(event, Updated) and self._served:
             if event.idle:
                 self._start_idle()
