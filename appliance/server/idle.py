@@ -54,6 +54,11 @@ class IdleTimerH11Protocol(H11Protocol):
             self._stop_idle()
         await self._server_send(event)
 
+    async def handle(self, event: Event) -> None:
+        if isinstance(event, Closed):  # the client went: no deadline left to keep
+            self._stop_idle()
+        await super().handle(event)
+
     def _start_idle(self) -> None:
         self._stop_idle()
         loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.events import Closed
 
 from appliance.server.idle import IdleTimerH11Protocol
 
@@ -83,3 +84,15 @@ def test_shutdown_closes_idle_connections_at_once() -> None:
 
     closed, busy_writes = asyncio.run(run())
     assert closed is not None and closed < TIMEOUT / 2 and busy_writes == []
+
+
+def test_a_client_that_leaves_takes_its_timer_with_it() -> None:
+    async def run() -> tuple[bool, bool]:
+        async with _wire() as wire:
+            await wire.feed(GET)
+            await wire.settle()
+            armed = wire.protocol._idle is not None  # type: ignore[attr-defined]
+            await wire.protocol.handle(Closed())
+            return armed, wire.protocol._idle is None  # type: ignore[attr-defined]
+
+    assert asyncio.run(run()) == (True, True)
