@@ -21,7 +21,6 @@ from policy.errors import SluiceError
 from policy.events import event_line
 
 from .api.errors import error_response
-from .api.no_store import NoStoreMiddleware
 from .api.openai import OpenAIApi
 from .api.sealed_keys import KEYS_TTL
 from .auth.base import AccessPolicy, Authenticator, DenyAll, IdentityUnavailable
@@ -29,7 +28,7 @@ from .auth.secret import Secret
 from .catalog import ClusterSet
 from .metering import Metering, NoMetering
 from .metrics import Metrics, metrics_route
-from .middleware import ApiGuardMiddleware, BodyDeadlineMiddleware, HttpMetricsMiddleware, RequestLogMiddleware
+from .middleware import FrontMiddleware
 from .middleware.body_deadline import DEFAULT_BODY_TIMEOUT
 from .quotas.reservation import OutputCeilings
 
@@ -152,15 +151,14 @@ def create_app(appliance: Appliance) -> Starlette:
     app = Starlette(
         routes=routes,
         middleware=[
-            Middleware(RequestLogMiddleware, access_log=appliance.access_log),
-            *([Middleware(HttpMetricsMiddleware, metrics=appliance.metrics)] if appliance.metrics is not None else []),
-            Middleware(BodyDeadlineMiddleware, timeout=appliance.body_timeout),
             Middleware(
-                ApiGuardMiddleware,
+                FrontMiddleware,
+                metrics=appliance.metrics,
+                access_log=appliance.access_log,
+                body_timeout=appliance.body_timeout,
                 public_url=appliance.public_url,
                 form_paths=[r.path for r in appliance.routes.routes.values() if r.form is not None],
             ),
-            Middleware(NoStoreMiddleware),
         ],
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: not_allowed, 500: internal, IdentityUnavailable: identity_unavailable},

@@ -11,10 +11,15 @@ from typing import Final
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["NoStoreMiddleware"]
+__all__ = ["NoStoreMiddleware", "no_store"]
 
 _API_PREFIX: Final = "/v1/"
 _PUBLIC: Final = frozenset({"/v1/sealed/keys"})
+
+
+def no_store(path: str) -> bool:
+    """Whether an answer on ``path`` says ``Cache-Control: no-store``."""
+    return path.startswith(_API_PREFIX) and path not in _PUBLIC
 
 
 class NoStoreMiddleware:
@@ -22,8 +27,7 @@ class NoStoreMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith(_API_PREFIX) or path in _PUBLIC:
+        if scope["type"] != "http" or not no_store(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
 

@@ -1,8 +1,5 @@
-"""Pure ASGI middleware of the appliance, one per module."""
+"""The appliance's one ASGI middleware (:mod:`.front`) and the per-request concerns it runs."""
 
-from .api_guard import ApiGuardMiddleware
-from .body_deadline import BodyDeadlineMiddleware
-from .http_metrics import HttpMetricsMiddleware
-from .request_log import RequestLogMiddleware
+from .front import FrontMiddleware
 
-__all__ = ["ApiGuardMiddleware", "BodyDeadlineMiddleware", "HttpMetricsMiddleware", "RequestLogMiddleware"]
+__all__ = ["FrontMiddleware"]

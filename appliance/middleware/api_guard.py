@@ -25,12 +25,11 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
-from ..api.errors import error_body
+from policy.errors import PeerError
 
-__all__ = ["ApiGuardMiddleware", "FORM_TYPES", "JSON_TYPES", "SEALED_TYPES"]
+__all__ = ["ApiGuard", "FORM_TYPES", "JSON_TYPES", "Refused", "SEALED_TYPES"]
 
 JSON_TYPES: Final = frozenset({"application/json"})
 # The form routes' media type (audio files).
@@ -42,34 +41,52 @@ _API: Final = "/v1/"
 _SEALED: Final = "/v1/sealed/"
 
 
-def media_type(headers: Headers) -> str:
-    """The media type of ``Content-Type``, lower-case, without parameters."""
-    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+def media_type(content_type: str) -> str:
+    """The media type of a ``Content-Type`` value, lower-case, without parameters."""
+    return content_type.split(";", 1)[0].strip().lower()
 
 
-class ApiGuardMiddleware:
-    def __init__(self, app: ASGIApp, public_url: str | None = None, form_paths: Iterable[str] = ()) -> None:
+class Refused(PeerError):
+    """A ``POST /v1/...`` turned away before any route reads it."""
+
+    status = 403
+
+
+class ApiGuard:
+    """The two checks, run by :class:`~.front.FrontMiddleware` before a request reaches its route."""
+
+    __slots__ = ("public_origin", "form_paths")
+
+    def __init__(self, public_url: str | None = None, form_paths: Iterable[str] = ()) -> None:
         """``form_paths``: the clear paths of the form routes (``/v1/audio/transcriptions``)."""
-        self.app = app
         self.public_origin = _origin(public_url) if public_url else None
         self.form_paths = frozenset(form_paths)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith(_API):
-            headers = Headers(scope=scope)
-            origin = headers.get("origin")
-            if origin is not None and not self._same_origin(origin, headers.get("host", "")):
-                await _refuse(send, 403, "foreign_origin")
-                return
-            form = scope["path"] in self.form_paths
-            allowed = SEALED_TYPES if scope["path"].startswith(_SEALED) else FORM_TYPES if form else JSON_TYPES
-            if media_type(headers) not in allowed:
-                await _refuse(send, 415, "unsupported_media_type")
-                return
-            if form and "authorization" not in headers:
-                await _refuse(send, 403, "form_needs_api_key")
-                return
-        await self.app(scope, receive, send)
+    def check(self, scope: Scope) -> None:
+        """Raise :class:`Refused` unless this request may go on to its route."""
+        path: str = scope["path"]
+        if scope["method"] != "POST" or not path.startswith(_API):
+            return
+        # One pass over the head, the first of each name counting (as Starlette's Headers.get);
+        # names arrive lower-case (h11, and the ASGI spec).
+        content_type = origin = host = authorization = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = content_type if content_type is not None else value
+            elif name == b"origin":
+                origin = origin if origin is not None else value
+            elif name == b"host":
+                host = host if host is not None else value
+            elif name == b"authorization":
+                authorization = value
+        if origin is not None and not self._same_origin(origin.decode("latin-1"), (host or b"").decode("latin-1")):
+            raise Refused("foreign_origin")
+        form = path in self.form_paths
+        allowed = SEALED_TYPES if path.startswith(_SEALED) else FORM_TYPES if form else JSON_TYPES
+        if media_type((content_type or b"").decode("latin-1")) not in allowed:
+            raise Refused("unsupported_media_type", 415)
+        if form and authorization is None:
+            raise Refused("form_needs_api_key")
 
     def _same_origin(self, origin: str, host: str) -> bool:
         if self.public_origin is not None:
@@ -81,15 +98,3 @@ class ApiGuardMiddleware:
 def _origin(url: str) -> str:
     parts = urlsplit(url.strip())
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
-
-
-async def _refuse(send: Send, status: int, code: str) -> None:
-    body = error_body(status, code)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -2,9 +2,10 @@
 
 Hypercorn bounds the head (``keep_alive_timeout``) but not the body: a client
 could send one byte a minute and hold a connection and its buffers forever.
-This middleware gives each request ``timeout`` seconds from its start to
-deliver its whole body; past that the app's ``receive`` raises
-:class:`BodyTimeout` and the client gets 408 (the connection is closed).
+Each request gets ``timeout`` seconds from its start to deliver its whole
+body: :func:`receive_within` is the app's ``receive``, which raises
+:class:`BodyTimeout` past that, and the client gets 408 (the connection is
+closed; :class:`~.front.FrontMiddleware` answers).
 
 A body that ends early (the client disconnected, or its chunked encoding was
 malformed, which Hypercorn turns into a disconnect) surfaces in Starlette as
@@ -20,15 +21,12 @@ import logging
 import time
 from typing import Final
 
-from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope
 
 from policy.errors import PeerError
 from policy.events import event_line
 
-from ..api.errors import error_body
-
-__all__ = ["BodyDeadlineMiddleware", "BodyTimeout", "DEFAULT_BODY_TIMEOUT"]
+__all__ = ["BodyIncomplete", "BodyTimeout", "DEFAULT_BODY_TIMEOUT", "log_timeout", "receive_within"]
 
 log = logging.getLogger("sluice.http")
 
@@ -43,64 +41,41 @@ class BodyTimeout(PeerError):
     status = 408
 
 
-class BodyDeadlineMiddleware:
-    def __init__(self, app: ASGIApp, timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
-        self.app = app
-        self.timeout = timeout
+class BodyIncomplete(PeerError):
+    """The body ended before it was complete (Starlette's ``ClientDisconnect``)."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        deadline = time.monotonic() + self.timeout
-        body_done = False
-        started = False
+    code = "body_incomplete"
+    status = 400
 
-        async def timed_receive() -> Message:
-            nonlocal body_done
-            if body_done:
-                return await receive()
-            remaining = deadline - time.monotonic()
+
+def receive_within(receive: Receive, deadline: float) -> Receive:
+    """``receive``, raising :class:`BodyTimeout` while the body is not all in by ``deadline`` (``time.monotonic``).
+
+    Hypercorn's ``receive`` is an ``asyncio.Queue``'s ``get``: a message already
+    queued (a small body arrives with its head) is taken at once, with no timer
+    to arm and cancel; ``get`` itself would return that same message."""
+    is_get = getattr(receive, "__func__", None) is asyncio.Queue.get
+    queue: asyncio.Queue[Message] | None = getattr(receive, "__self__") if is_get else None  # noqa: B009
+    body_done = False
+
+    async def receive_in_time() -> Message:
+        nonlocal body_done
+        if body_done:
+            return await receive()
+        if queue is not None and not queue.empty():
+            message: Message = queue.get_nowait()
+        else:
             try:
-                async with asyncio.timeout(max(remaining, 0.0)):
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                     message = await receive()
             except TimeoutError:
                 raise BodyTimeout() from None
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done = True
-            return message
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_done = True
+        return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, timed_receive, tracked_send)
-        except BodyTimeout:
-            log.info(event_line("body_timeout", path=scope.get("path", "")[:64].replace('"', "")))
-            if not started:
-                await _answer(send, 408, "body_timeout")
-        except ClientDisconnect:
-            if not started:
-                await _answer(send, 400, "body_incomplete")
+    return receive_in_time
 
 
-async def _answer(send: Send, status: int, code: str) -> None:
-    body = error_body(status, code)
-    try:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-    except OSError:
-        pass  # the client is gone already
+def log_timeout(scope: Scope) -> None:
+    log.info(event_line("body_timeout", path=scope.get("path", "")[:64].replace('"', "")))

@@ -1,11 +1,12 @@
-"""Request ids and the request log line (pure ASGI).
+"""Request ids and the request log line.
 
-:class:`RequestLogMiddleware` gives each HTTP request an id, made here and
-never taken from the client, returns it as ``x-request-id``, makes it
-available to everything that runs for the request (:data:`CURRENT`, which
-``appliance/logs.py`` adds to every log line), and at the end writes one
-``request`` line: method, route, status, latency, and what metering filled
-in (user, key id, model, route id, tokens).  The path logged is the route's
+:class:`~.front.FrontMiddleware` gives each HTTP request an id
+(:func:`new_request_id`), made here and never taken from the client, returns
+it as ``x-request-id``, makes it available to everything that runs for the
+request (:data:`CURRENT`, which ``appliance/logs.py`` adds to every log
+line), and at the end writes one ``request`` line (:class:`RequestLog`):
+method, route, status, latency, and what metering filled in (user, key id,
+model, route id, tokens).  The path logged is the route's
 template, or ``other``: a path that matched nothing is the client's text and
 is not logged.
 """
@@ -16,16 +17,17 @@ import contextvars
 import itertools
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
-__all__ = ["CURRENT", "RequestInfo", "RequestLogMiddleware", "new_request_id", "route_path"]
+__all__ = ["CURRENT", "RequestInfo", "RequestLog", "new_request_id", "route_path"]
 
 # HTTP methods logged by name; anything else is logged as "other".
 _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# What metering may fill in, logged when it did.
+_OPTIONAL: Final = ("user", "key_id", "model", "route", "prompt_tokens", "completion_tokens", "refused_by")
 
 
 @dataclass(slots=True)
@@ -67,43 +69,20 @@ def route_path(scope: Scope) -> str:
     return getattr(scope.get("route"), "path", None) or "other"
 
 
-class RequestLogMiddleware:
-    """Request ids and the request log line, for every HTTP request."""
+class RequestLog:
+    """The ``request`` line, written once a request is done (``enabled`` False: never)."""
 
-    def __init__(self, app: ASGIApp, access_log: bool = True) -> None:
-        self.app = app
-        self.access_log = access_log
+    __slots__ = ("enabled", "log")
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.log = logging.getLogger("sluice.request")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        info = RequestInfo(new_request_id())
-        token = CURRENT.set(info)
-        started = time.perf_counter()
-        status = 0
-        header = (b"x-request-id", info.id.encode())
+    def wanted(self) -> bool:
+        return self.enabled and self.log.isEnabledFor(logging.INFO)
 
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), header]}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        except BaseException:
-            status = status or 500
-            raise
-        finally:
-            if self.access_log and self.log.isEnabledFor(logging.INFO):
-                self._log(scope, info, status, time.perf_counter() - started)
-            CURRENT.reset(token)
-
-    def _log(self, scope: Scope, info: RequestInfo, status: int, elapsed: float) -> None:
-        method = scope.get("method", "")
+    def write(self, scope: Scope, info: RequestInfo, status: int, elapsed: float) -> None:
+        method = scope["method"]
         fields: dict[str, Any] = {
             "event": "request",
             "method": method if method in _METHODS else "other",
@@ -111,7 +90,7 @@ class RequestLogMiddleware:
             "status": status,
             "latency_ms": round(elapsed * 1000, 3),
         }
-        for name in ("user", "key_id", "model", "route", "prompt_tokens", "completion_tokens", "refused_by"):
+        for name in _OPTIONAL:
             value = getattr(info, name)
             if value is not None:
                 fields[name] = value

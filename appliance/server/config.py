@@ -9,7 +9,7 @@ Deadlines, each against one way of holding a connection:
 * a head's size: ``h11_max_incomplete_size`` (a larger head gets 431/400);
 * the body: a total deadline from the first byte of the request
   (``[server].body_timeout``), enforced by
-  :class:`~appliance.middleware.body_deadline.BodyDeadlineMiddleware`;
+  :class:`~appliance.middleware.front.FrontMiddleware`;
 * connections: at most ``[server].max_connections`` open at once, enforced by
   :class:`~.strict_h11.StrictH11Protocol` (Hypercorn has no such setting).
 
@@ -22,6 +22,7 @@ reply's own buffer limit instead (``appliance.transport.replies.MAX_BUFFERED``).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Final
 
 from hypercorn.config import Config
@@ -42,10 +43,28 @@ LISTEN_BACKLOG: Final = 128
 GRACEFUL_TIMEOUT: Final = 5.0
 
 
+class _Config(Config):
+    """Hypercorn's configuration, with the headers of every answer (Date, Server) made once a second.
+
+    Hypercorn formats the Date header for each answer; its resolution is a second."""
+
+    _second = -1
+    _made: dict[str, list[tuple[bytes, bytes]]]
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._made = second, {}
+        made = self._made.get(protocol)
+        if made is None:
+            made = self._made[protocol] = super().response_headers(protocol)
+        return list(made)
+
+
 def hypercorn_config(server: ServerSettings, bind: str, graceful_timeout: float = GRACEFUL_TIMEOUT) -> Config:
     """Hypercorn's configuration for one listening address, with Sluice's deadlines and caps."""
     install()
-    config = Config()
+    config = _Config()
     config.bind = [bind]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")

@@ -15,7 +15,9 @@ balancer), so:
 
 :func:`install` puts :class:`StrictH11Protocol` in place of Hypercorn's own
 (once per process; Hypercorn picks its HTTP/1.1 class from
-``hypercorn.protocol`` for every connection).
+``hypercorn.protocol`` for every connection).  It writes a response's head
+and body together (:mod:`.coalesce`) and times kept-alive idle connections
+with a loop timer (:mod:`.idle`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from __future__ import annotations
 import h11
 import hypercorn.protocol
 from hypercorn.events import Closed, Event, RawData
-from hypercorn.protocol.h11 import H11Protocol
 
 from ..api.errors import error_body
+from .coalesce import CoalescingH11Protocol
+from .idle import IdleTimerH11Protocol
 
 __all__ = ["ConnectionCounter", "StrictH11Protocol", "install"]
 
@@ -52,13 +55,14 @@ def _counter(config: object) -> ConnectionCounter | None:
 
 
 def _h2c(event: h11.Request) -> bool:
-    return any(
-        name.lower() in (b"upgrade", b"http2-settings") and (name.lower() != b"upgrade" or b"h2c" in value.lower())
-        for name, value in event.headers
-    )
+    for raw_name, value in event.headers.raw_items():  # one pass, without h11's per-item Sequence lookups
+        name = raw_name.lower()
+        if name == b"http2-settings" or (name == b"upgrade" and b"h2c" in value.lower()):
+            return True
+    return False
 
 
-class StrictH11Protocol(H11Protocol):
+class StrictH11Protocol(CoalescingH11Protocol, IdleTimerH11Protocol):
     """HTTP/1.1 without HTTP/2 upgrades or case-folded methods, under a connection cap."""
 
     _counted = False

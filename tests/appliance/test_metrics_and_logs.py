@@ -19,8 +19,8 @@ from starlette.testclient import TestClient
 from appliance.catalog import ClusterSet
 from appliance.logs import JsonFormatter, configure_logging
 from appliance.metrics import Metrics, metrics_app, metrics_route
-from appliance.middleware.http_metrics import HttpMetricsMiddleware
-from appliance.middleware.request_log import CURRENT, RequestLogMiddleware
+from appliance.middleware.front import FrontMiddleware
+from appliance.middleware.request_log import CURRENT
 
 
 class FakeTransport:
@@ -182,7 +182,7 @@ def _app(metrics: Metrics) -> Starlette:
 
     return Starlette(
         routes=[Route("/v1/hello/{name}", hello), Route("/stream", stream), Route("/boom", boom)],
-        middleware=[Middleware(RequestLogMiddleware), Middleware(HttpMetricsMiddleware, metrics=metrics)],
+        middleware=[Middleware(FrontMiddleware, metrics=metrics)],
     )
 
 
@@ -219,9 +219,7 @@ def test_request_ids_and_the_request_line(log_stream: io.StringIO) -> None:
 
 
 def test_request_line_can_be_turned_off(log_stream: io.StringIO) -> None:
-    app = Starlette(
-        routes=[Route("/x", lambda _: Response("ok"))], middleware=[Middleware(RequestLogMiddleware, access_log=False)]
-    )
+    app = Starlette(routes=[Route("/x", lambda _: Response("ok"))], middleware=[Middleware(FrontMiddleware, access_log=False)])
     with TestClient(app) as client:
         assert client.get("/x").headers["x-request-id"]
     assert _lines(log_stream) == []

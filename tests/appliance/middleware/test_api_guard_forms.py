@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from appliance.middleware import ApiGuardMiddleware
+from appliance.middleware import FrontMiddleware
 from policy.bodies import load_routes
 
 FORM_PATHS = [r.path for r in load_routes().routes.values() if r.form is not None]
@@ -25,7 +25,7 @@ async def _ok(request: Request) -> Response:
 def _client() -> TestClient:
     app = Starlette(
         routes=[Route(path, _ok, methods=["POST"]) for path in [*FORM_PATHS, "/v1/chat/completions"]],
-        middleware=[Middleware(ApiGuardMiddleware, form_paths=FORM_PATHS)],
+        middleware=[Middleware(FrontMiddleware, form_paths=FORM_PATHS)],
     )
     return TestClient(app)
 
