@@ -1,16 +1,19 @@
 """Run ``sluice ARGS`` under tracemalloc; SIGUSR1 writes its top allocations to OUT (bench/streams.py --trace).
 
+With OUT ending in ``.malloc``: no tracemalloc; SIGUSR1 writes CPython's allocator statistics there.
+
 python bench/_traced.py OUT serve --config FILE
 """
 
 from __future__ import annotations
 
+import os
 import runpy
 import signal
 import sys
 import threading
-import tracemalloc
 import traceback
+import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -19,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def _write(out: str) -> None:
     try:
         snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        snapshot.dump(out + ".snapshot")  # for other groupings: tracemalloc.Snapshot.load
         lines = [f"traced: {sum(s.size for s in snapshot.statistics('filename')) / 2**20:.1f} MiB", "", "by line:"]
         lines += [str(stat) for stat in snapshot.statistics("lineno")[:40]]
         lines += ["", "by traceback:"]
@@ -29,11 +33,43 @@ def _write(out: str) -> None:
     Path(out).write_text("\n".join(lines) + "\n")
 
 
+def _malloc_stats(out: str) -> None:
+    """CPython's small-object allocator: blocks in use against the arenas it holds (fragmentation)."""
+    saved = os.dup(2)
+    with open(out, "w") as handle:
+        os.dup2(handle.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _object_counts(out: str) -> None:
+    """Objects the collector tracks, by type: count and shallow bytes (containers; their str and bytes not)."""
+    import collections
+    import gc
+
+    counts: collections.Counter[str] = collections.Counter()
+    sizes: collections.Counter[str] = collections.Counter()
+    for item in gc.get_objects():
+        name = f"{type(item).__module__}.{type(item).__qualname__}"
+        counts[name] += 1
+        sizes[name] += sys.getsizeof(item)
+    with open(out, "a") as handle:
+        handle.write("\nobjects by type (gc-tracked): bytes, count\n")
+        for name, size in sizes.most_common(60):
+            handle.write(f"{size:>12,} {counts[name]:>9,}  {name}\n")
+
+
 def main() -> None:
     out = sys.argv[1]
-    tracemalloc.start(12)
-    # The snapshot runs on a thread: the server's loop goes on while it is taken.
-    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=_write, args=(out,)).start())
+    if out.endswith(".malloc"):  # no tracemalloc: the allocator's own statistics
+        signal.signal(signal.SIGUSR1, lambda *_: (_malloc_stats(out), _object_counts(out)))
+    else:
+        tracemalloc.start(12)
+        # The snapshot runs on a thread: the server's loop goes on while it is taken.
+        signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=_write, args=(out,)).start())
     sys.argv = ["sluice", *sys.argv[2:]]
     runpy.run_module("appliance.cli", run_name="__main__")
 

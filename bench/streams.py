@@ -19,8 +19,11 @@ the printout:
 
 The client is this script: asyncio and raw sockets, one connection per
 stream, its own open-file limit raised.  It opens every stream (at most
-``--connect-burst`` connecting at once, so that the listen queue is not
-flooded), waits until every one has its response head (all held at once),
+``--connect-burst`` at once connecting or waiting for their response head:
+an appliance handed more new connections than it can read within
+``[server] header_timeout`` closes the late ones, a deadline against slow
+clients that then falls on fast ones), waits until every one has its
+response head (all held at once),
 samples the resident memory of the appliance and of the gates, then reads
 every stream to its end and checks it ended with ``data: [DONE]``.  It prints
 the failures (must be 0), the appliance's RSS while holding the streams and
@@ -41,6 +44,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -66,6 +70,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Connections in flight to the stand-in are the gates' (one per stream): one process serves them all.
 RSS_TARGET_MB = 400
+
+_STATUS = re.compile(r'"status":(\d+)')
 
 
 def _rss_kib(pid: int, field_name: str = "VmRSS") -> int:
@@ -157,12 +163,14 @@ class Tally:
 
 async def _one(port: int, request: bytes, tally: Tally, burst: asyncio.Semaphore, total: int, timeout: float) -> None:
     writer = None
+    phase = "connect"
     try:
-        async with burst:
+        async with burst:  # at most this many streams being opened (connecting, or waiting for their head)
             reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
             writer.write(request)
             await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            phase = "head"
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
         status = head.split(b" ", 2)[1]
         if status != b"200":
             tally.failures[f"status {status.decode(errors='replace')}"] += 1
@@ -170,15 +178,16 @@ async def _one(port: int, request: bytes, tally: Tally, burst: asyncio.Semaphore
         tally.opened += 1
         if tally.opened == total - sum(tally.failures.values()):
             tally.all_open.set()
+        phase = "body"
         body = await asyncio.wait_for(reader.read(), timeout * 10)
         if b"data: [DONE]" not in body[-64:]:
             tally.failures["stream cut"] += 1
             return
         tally.done += 1
     except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-        tally.failures[type(exc).__name__] += 1
+        tally.failures[f"{type(exc).__name__} ({phase})"] += 1
     except TimeoutError:
-        tally.failures["timeout"] += 1
+        tally.failures[f"timeout ({phase})"] += 1
     finally:
         if tally.opened + sum(tally.failures.values()) >= total:
             tally.all_open.set()
@@ -198,6 +207,15 @@ def _processes(serve: int) -> tuple[list[int], list[int]]:
     return appliance, gates
 
 
+def _netstat() -> dict[str, int]:
+    """The kernel's TCP counters (whole machine): listen queue overflows, connections reset with unread data."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    found: dict[str, int] = {}
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        found.update(zip(names.split()[1:], (int(v) for v in values.split()[1:]), strict=False))
+    return {k: found.get(k, 0) for k in ("ListenOverflows", "TCPAbortOnData", "TCPAbortOnClose")}
+
+
 def _mb(kib: int) -> str:
     return f"{kib / 1024:.0f} MB"
 
@@ -214,6 +232,7 @@ async def run(args: argparse.Namespace, port: int, key: str, serve: int, standin
     appliance, gates = _processes(serve)
     idle = {pid: _rss_kib(pid) for pid in appliance + gates}
     tally = Tally()
+    counters = _netstat()
     burst = asyncio.Semaphore(args.connect_burst)
     began = time.monotonic()
     tasks = [asyncio.create_task(_one(port, request, tally, burst, args.streams, args.timeout)) for _ in range(args.streams)]
@@ -227,6 +246,7 @@ async def run(args: argparse.Namespace, port: int, key: str, serve: int, standin
     print(f"{tally.opened} streams open at once after {opened_in:.1f} s (failures so far: {sum(tally.failures.values())})")
     await asyncio.gather(*tasks)
     total = time.monotonic() - began
+    kernel = {k: v - counters[k] for k, v in _netstat().items()}
     peak = {pid: _rss_kib(pid, "VmHWM") for pid in appliance}
     failures = sum(tally.failures.values())
     appliance_held = sum(held.get(p, 0) for p in appliance)
@@ -240,13 +260,14 @@ async def run(args: argparse.Namespace, port: int, key: str, serve: int, standin
         f"{_mb(appliance_idle)}; {(appliance_held - appliance_idle) / max(tally.opened, 1):.1f} KiB per held stream)"
     )
     print(
-        f"appliance peak RSS:      {_mb(sum(peak_while_held.values()))} when all were held, {_mb(sum(peak.values()))} over the run "
-        f"(VmHWM; target <= {RSS_TARGET_MB} MB)"
+        f"appliance peak RSS:      {_mb(sum(peak_while_held.values()))} when all were held, "
+        f"{_mb(sum(peak.values()))} over the run (VmHWM; target <= {RSS_TARGET_MB} MB)"
     )
     print(
         f"gate RSS:                {_mb(sum(gates_held))} in {len(gates)} gate processes holding them "
         f"(largest {_mb(max(gates_held, default=0))}; idle before {_mb(sum(idle.get(p, 0) for p in gates))})"
     )
+    print(f"kernel TCP counters:     {kernel} (whole machine, during the run)")
     print(f"stand-in RSS:            {_mb(_rss_kib(standin_pid, 'VmHWM'))} peak (one process serving every stream)")
     return 0 if failures == 0 else 1
 
@@ -263,7 +284,8 @@ def main() -> int:
         "--trace",
         type=Path,
         help="profile: run the appliance under tracemalloc and write its top allocations, taken while the "
-        "streams are held, to this file (slower; the RSS then includes tracemalloc's own)",
+        "streams are held, to this file (slower; the RSS then includes tracemalloc's own); a name ending in "
+        ".malloc: CPython's allocator statistics instead, without tracemalloc",
     )
     args = parser.parse_args()
     limit = raise_file_limit(args.streams + 256)
@@ -297,9 +319,11 @@ def main() -> int:
         _wait_ok(f"http://127.0.0.1:{port}/readyz", timeout=120)
         time.sleep(2)  # the gate sessions up
         status = asyncio.run(run(args, port, key, process.pid, standin_pid))
-        errors = [line for line in (workdir / "sluice.log").read_text(errors="replace").splitlines() if '"error"' in line]
-        if errors:
-            print(f"appliance error lines: {len(errors)}; first: {errors[0][:300]}")
+        lines = (workdir / "sluice.log").read_text(errors="replace").splitlines()
+        statuses = Counter(m.group(1) for m in map(_STATUS.search, lines) if m)
+        print(f"appliance log: {len(lines)} lines; request statuses {dict(statuses)}")
+        for line in [line for line in lines if '"level":"ERROR"' in line or '"level":"WARNING"' in line][:5]:
+            print(f"  {line[:300]}")
         print(f"soft open-file limit of this client: {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}")
     return status
 
