@@ -62,10 +62,39 @@ def _object_counts(out: str) -> None:
             handle.write(f"{size:>12,} {counts[name]:>9,}  {name}\n")
 
 
+_PAUSES: list[tuple[int, float, int]] = []  # (generation, seconds, objects tracked after), full collections
+
+
+def _time_collections() -> None:
+    """Record how long each collection of the oldest generation holds the loop."""
+    import gc
+    import time
+
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            _PAUSES.append((2, time.perf_counter() - started[0], len(gc.get_objects(2)) if len(_PAUSES) < 64 else -1))
+
+    gc.callbacks.append(callback)
+
+
+def _write_pauses(out: str) -> None:
+    with open(out, "a") as handle:
+        handle.write(f"\nfull collections: {len(_PAUSES)}; longest {max((p[1] for p in _PAUSES), default=0):.3f} s\n")
+        for generation, seconds, objects in _PAUSES:
+            handle.write(f"  gen{generation} {seconds:.3f} s, {objects} objects in gen2 after\n")
+
+
 def main() -> None:
     out = sys.argv[1]
     if out.endswith(".malloc"):  # no tracemalloc: the allocator's own statistics
-        signal.signal(signal.SIGUSR1, lambda *_: (_malloc_stats(out), _object_counts(out)))
+        _time_collections()
+        signal.signal(signal.SIGUSR1, lambda *_: (_malloc_stats(out), _object_counts(out), _write_pauses(out)))
     else:
         tracemalloc.start(12)
         # The snapshot runs on a thread: the server's loop goes on while it is taken.

@@ -108,6 +108,7 @@ def _config(workdir: Path, port: int, gate_config: Path, key: str, args: argpars
     sessions = math.ceil(args.streams / args.workers / MAX_SESSION_STREAMS) + 1
     (workdir / "quotas.toml").write_text(QUOTAS)
     (workdir / "metrics.token").write_text(secrets.token_urlsafe(24))
+    (workdir / "access.toml").write_text(f'[groups.bench]\nmodels = ["{MODEL}"]\n')  # as deployed: default deny
     quotas = '[quotas]\npolicy = "quotas.toml"' if args.workers == 1 else "[quotas]\nenabled = false"
     config = workdir / "sluice.toml"
     config.write_text(
@@ -116,6 +117,7 @@ host = "127.0.0.1"
 port = {port}
 max_connections = {math.ceil(args.streams / args.workers) + 512}
 workers = {args.workers}
+{f"header_timeout = {args.header_timeout}" if args.header_timeout else ""}
 
 [[clusters]]
 name = "local"
@@ -129,8 +131,10 @@ user = "bench"
 key_id = "streams"
 sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"
 
+groups = ["bench"]
+
 [access]
-unsafe_allow_all = true
+policy = "access.toml"
 
 {quotas}
 
@@ -280,6 +284,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="appliance workers (default 1)")
     parser.add_argument("--connect-burst", type=int, default=256, help="connections being opened at once at most")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to connect and get a response head")
+    parser.add_argument("--header-timeout", type=float, help="[server] header_timeout (default: the default, 10 s)")
     parser.add_argument(
         "--trace",
         type=Path,

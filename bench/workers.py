@@ -80,6 +80,7 @@ def _toml(workdir: Path, name: str, port: int, gate_config: Path, key: str, work
     command = ", ".join(f'"{a}"' for a in argv)
     (workdir / "quotas.toml").write_text(QUOTAS)
     (workdir / "metrics.token").write_text(secrets.token_urlsafe(24))
+    (workdir / "access.toml").write_text(f'[groups.bench]\nmodels = ["{MODEL}"]\n')  # as deployed: default deny
     digest = hashlib.sha256(key.encode()).hexdigest()
     config = workdir / f"{name}.toml"
     quotas = f'[quotas]\npolicy = "quotas.toml"\nstorage = "{storage}"' if storage else "[quotas]\nenabled = false"
@@ -100,8 +101,10 @@ user = "bench"
 key_id = "{name}"
 sha256 = "{digest}"
 
+groups = ["bench"]
+
 [access]
-unsafe_allow_all = true
+policy = "access.toml"
 
 {quotas}
 

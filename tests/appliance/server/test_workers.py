@@ -204,3 +204,15 @@ def test_metrics_of_several_workers_are_summed(monkeypatch: pytest.MonkeyPatch) 
     assert ENV not in os.environ and not directory.exists()
     assert 'sluice_http_requests_total{path="/v1/chat/completions",status="200"} 7.0' in text
     assert 'sluice_requests_in_flight{model="m"} 1.0' in text
+
+
+def test_a_workers_gate_connection_statistics_carry_its_index() -> None:
+    from appliance.catalog import ClusterSet
+    from tests.appliance.test_metrics_gate_counts import LISTING, ListingTransport
+
+    metrics = Metrics(worker=3)
+    clusters = ClusterSet.single(ListingTransport(LISTING), "hpc")  # type: ignore[arg-type]
+    text = metrics.render(asyncio.run(metrics.cluster_metrics(clusters))).decode()
+    assert 'sluice_gate_reconnects_total{cluster="hpc",worker="3"} 3' in text
+    assert 'sluice_gate_slots{cluster="hpc",worker="3"} 2' in text
+    assert 'sluice_gate_held_requests{cluster="hpc",model="chat"} 4' in text  # the gates' view: the same from any worker
