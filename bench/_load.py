@@ -49,6 +49,11 @@ def _ms(text: str) -> float:
 def wrk(url: str, key: str, connections: int, seconds: int, workdir: Path, body: str = BODY) -> dict[str, float]:
     script = workdir / f"post-{connections}-{abs(hash((key, body)))}.lua"
     script.write_text(LUA % (key, body))
+    return wrk_script(url, connections, seconds, script)
+
+
+def wrk_script(url: str, connections: int, seconds: int, script: Path) -> dict[str, float]:
+    """wrk against ``url`` with the Lua ``script``: requests/s and p50/p99 ms; any error ends the benchmark."""
     threads = 1 if connections == 1 else 2
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
