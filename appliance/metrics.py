@@ -32,7 +32,7 @@ from .auth.secret import Secret, carried
 from .catalog import ClusterSet
 from .metrics_shared import shared_registry
 
-__all__ = ["CONTENT_TYPE", "Metrics", "metrics_app", "metrics_route"]
+__all__ = ["CONTENT_TYPE", "Metrics", "ModelSeries", "metrics_app", "metrics_route"]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
 
@@ -48,6 +48,47 @@ SCRAPE_TIMEOUT: Final = 2.0
 
 # No ``*_created`` series: a scrape shows what the metrics above say, and nothing per process start.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus-client leaves this one function unannotated
+
+
+# (route, model) pairs whose labelled series are kept at hand; past this many the cache starts
+# over (the series themselves stay in the registry: only the shortcut to them is dropped).
+MAX_CACHED_SERIES: Final = 10_000
+
+
+class ModelSeries:
+    """The labelled series of one route and model, looked up once (``labels()`` hashes and
+    locks on every call): what settling a request updates."""
+
+    __slots__ = (
+        "_requests",
+        "_statuses",
+        "_labels",
+        "completion_tokens",
+        "first_token",
+        "in_flight",
+        "latency",
+        "prompt_tokens",
+        "token_rate",
+    )
+
+    def __init__(self, metrics: Metrics, route: str, model: str) -> None:
+        self._requests = metrics.requests
+        self._statuses: dict[int, Counter] = {}
+        self.latency = metrics.latency.labels(route, model)
+        self.first_token = metrics.first_token.labels(route, model)
+        self.token_rate = metrics.token_rate.labels(route, model)
+        self.prompt_tokens = metrics.tokens.labels(route, model, "prompt")
+        self.completion_tokens = metrics.tokens.labels(route, model, "completion")
+        self.in_flight = metrics.in_flight.labels(model)
+        self._labels = (route, model)
+
+    def requests(self, status: int) -> Counter:
+        """``sluice_requests_total`` of this route and model with ``status``."""
+        found = self._statuses.get(status)
+        if found is None:
+            route, model = self._labels
+            found = self._statuses[status] = self._requests.labels(route, model, str(status))
+        return found
 
 
 class _Families:
@@ -140,6 +181,18 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+
+        self._series: dict[tuple[str, str], ModelSeries] = {}
+
+    def series(self, route: str, model: str) -> ModelSeries:
+        """The series of ``route`` and ``model`` (a route id and a model the catalog lists)."""
+        key = (route, model)
+        found = self._series.get(key)
+        if found is None:
+            if len(self._series) >= MAX_CACHED_SERIES:
+                self._series.clear()
+            found = self._series[key] = ModelSeries(self, route, model)
+        return found
 
     def render(self, extra: Iterable[Metric] = ()) -> bytes:
         """The text exposition of these metrics and of ``extra`` (families read at scrape time)."""

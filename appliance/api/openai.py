@@ -15,11 +15,12 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Final
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from policy.bodies import RouteTable
@@ -35,6 +36,7 @@ from ..transport.replies import GateReply
 from .errors import error_body, error_response, from_error
 from .sealed_keys import KEYS_TTL, AddressLimiter, KeyConfigCache, fetch_configs
 from .stateless import produced_by_headers, stateless
+from .streamed import StreamedAnswer
 
 __all__ = ["OpenAIApi"]
 
@@ -219,11 +221,12 @@ class OpenAIApi:
             async with asyncio.timeout(self._timeout):
                 reply = await self._clusters.transport(cluster).request(call, body)
                 if reply.media in _STREAMED:
-                    response = StreamingResponse(
+                    response = StreamedAnswer(
                         _relay(reply, ticket, started),
-                        status_code=reply.status,
-                        media_type=_MEDIA[reply.media],
-                        headers={**_SSE_HEADERS, **ticket.headers, **produced_by_headers(dict(produced))},
+                        reply.status,
+                        _MEDIA[reply.media],
+                        {**_SSE_HEADERS, **ticket.headers, **produced_by_headers(dict(produced))},
+                        partial(_unread, reply, ticket, started),
                     )
                     reply = None  # _relay settles from here on
                     return response
@@ -314,7 +317,7 @@ async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncItera
     first: float | None = None
     status = reply.status
     try:
-        async for piece in reply:
+        async for piece in reply.chunks():
             if first is None and (reply.media != "sse" or sse_has_content(piece)):
                 first = time.monotonic() - started
             yield piece
@@ -329,6 +332,12 @@ async def _relay(reply: GateReply, ticket: Ticket, started: float) -> AsyncItera
     finally:
         reply.cancel()
         await asyncio.shield(_settle_cut(reply, ticket, started, first, status))
+
+
+async def _unread(reply: GateReply, ticket: Ticket, started: float) -> None:
+    """The client went away before the stream's first piece was asked for: stop the gate, settle as 499."""
+    reply.cancel()
+    await _settle_cut(reply, ticket, started, None, 499)
 
 
 async def _settle_cut(reply: GateReply, ticket: Ticket, started: float, first: float | None, status: int) -> None:

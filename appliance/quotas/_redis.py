@@ -3,8 +3,10 @@
 Every check is one atomic server-side step, so a limit holds across replicas
 (it is not multiplied by their number):
 
-- rate limits are ``limits``' Redis sliding window counters (its own Lua
-  scripts), reached through ``limits.aio``;
+- rate limits are ``limits``' Redis sliding window counters: a take is
+  :data:`TAKE`, ``limits``' own acquire script followed by its reading of the
+  window, in one round trip (``limits.aio`` needs two: a hit, then the window's
+  stats); the snapshot reads through ``limits.aio`` itself;
 - giving tokens back or charging more is :data:`ADJUST`, a script on the same
   keys (it relies on the key layout of ``limits``' ``RedisStorage``, 4.x-5.x:
   ``<prefix>:{<key>}`` for the current window and ``<prefix>:{<key>}/-1`` for
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import Any, Final
 
 from coredis.retry import NoRetryPolicy
@@ -33,7 +36,7 @@ from limits.storage import storage_from_string
 from policy.events import event_line
 
 from ..auth.secret import Secret
-from ._memory import counter_key, rate_item
+from ._memory import MAX_KEYS_CACHED, counter_key, rate_item, window_stats
 from .errors import QuotaStorageError
 from .policy import Limit
 
@@ -76,6 +79,36 @@ redis.call('PEXPIRE', KEYS[1], ttl * 2)
 return 0
 """
 )
+
+# KEYS: previous window, current window.  ARGV: limit, window (s), cost.
+# limits' acquire_sliding_window.lua (shift the windows, take `cost` if the weighted count
+# leaves room), then what its sliding_window.lua reads: {taken, previous count, previous ttl
+# (ms), current count, current ttl (ms)}, from which the caller computes what is left.
+TAKE: Final = """
+local limit = tonumber(ARGV[1])
+local expiry = tonumber(ARGV[2]) * 1000
+local amount = tonumber(ARGV[3])
+local current_ttl = tonumber(redis.call('pttl', KEYS[2]))
+if current_ttl > 0 and current_ttl < expiry then
+    redis.call('rename', KEYS[2], KEYS[1])
+    redis.call('set', KEYS[2], 0, 'PX', current_ttl + expiry)
+end
+local previous_count = tonumber(redis.call('get', KEYS[1])) or 0
+local previous_ttl = math.max(tonumber(redis.call('pttl', KEYS[1])) or 0, 0)
+local current_count = tonumber(redis.call('get', KEYS[2])) or 0
+local taken = 0
+if amount <= limit and math.floor(previous_count * previous_ttl / expiry) + current_count + amount <= limit then
+    if redis.call('exists', KEYS[2]) == 1 then
+        current_count = redis.call('incrby', KEYS[2], amount)
+    else
+        redis.call('set', KEYS[2], amount, 'PX', expiry * 2)
+        current_count = amount
+    end
+    taken = 1
+end
+current_ttl = math.max(tonumber(redis.call('pttl', KEYS[2])) or 0, 0)
+return {taken, previous_count, previous_ttl, current_count, current_ttl}
+"""
 
 # KEYS: previous window, current window.  ARGV: window (s), delta.
 # Shifts the windows first exactly as limits' own scripts do, then charges the
@@ -131,11 +164,13 @@ class RedisBackend:
         self._acquire = connection.register_script(ACQUIRE)
         self._renew = connection.register_script(RENEW)
         self._adjust = connection.register_script(ADJUST)
+        self._take = connection.register_script(TAKE)
         self._connection = connection
         self._timeout = timeout
         self._lease_ms = int(lease_ttl * 1000)
         self._renew_every = lease_ttl / 3
         self._leases: dict[str, set[str]] = {}
+        self._windows: dict[Limit, tuple[str, str]] = {}
         self._renewer: asyncio.Task[None] | None = None
         # Every exception the client can raise for a storage that is not there.
         exceptions = storage.bridge.base_exceptions
@@ -154,7 +189,7 @@ class RedisBackend:
         fatal: each request then meets the configured choice.
         """
         bridge = self._storage.bridge
-        scripts = (self._acquire, self._renew, self._adjust, bridge.lua_acquire_sliding_window, bridge.lua_sliding_window)
+        scripts = (self._acquire, self._renew, self._adjust, self._take, bridge.lua_sliding_window)
         try:
             async with asyncio.timeout(max(2.0, 4 * self._timeout)):
                 await self._connection.ping()
@@ -176,9 +211,15 @@ class RedisBackend:
     def _key(self, name: str) -> str:
         return f"{KEY_PREFIX}:{name}"
 
-    def _window_keys(self, limit: Limit) -> tuple[str, str]:
-        current = self._key("{" + counter_key(limit) + "}")
-        return current + "/-1", current
+    def _window_keys(self, limit: Limit) -> list[str]:
+        """The previous and the current window's keys, as ``limits``' Redis storage names them (remembered)."""
+        found = self._windows.get(limit)
+        if found is None:
+            if len(self._windows) > MAX_KEYS_CACHED:
+                self._windows.clear()
+            current = self._key("{" + counter_key(limit) + "}")
+            found = self._windows[limit] = (current + "/-1", current)
+        return list(found)
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -187,13 +228,17 @@ class RedisBackend:
             raise QuotaStorageError(type(exc).__name__) from None
 
     async def take(self, limit: Limit, cost: int) -> tuple[bool, int, float]:
-        item = rate_item(limit)
-        taken = bool(await self._call(self._limiter.hit(item, limit.name, limit.subject, cost=cost)))
-        stats = await self._call(self._limiter.get_window_stats(item, limit.name, limit.subject))
-        return taken, stats.remaining, stats.reset_time
+        window = limit.window
+        taken, previous, previous_ttl, current, current_ttl = await self._call(
+            self._take.execute(self._window_keys(limit), [limit.amount, window, cost])
+        )
+        stats = window_stats(
+            limit.amount, window, int(previous), int(previous_ttl) / 1000, int(current), int(current_ttl) / 1000, time.time()
+        )
+        return bool(taken), *stats
 
     async def adjust(self, limit: Limit, delta: int) -> None:
-        await self._call(self._adjust.execute(list(self._window_keys(limit)), [limit.window, delta]))
+        await self._call(self._adjust.execute(self._window_keys(limit), [limit.window, delta]))
 
     async def remaining(self, limit: Limit) -> tuple[int, float]:
         stats = await self._call(self._limiter.get_window_stats(rate_item(limit), limit.name, limit.subject))

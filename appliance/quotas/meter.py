@@ -82,20 +82,20 @@ class _Ticket:
             await meter.quotas.settle(self._grant, outcome)
         metrics = meter.metrics
         if metrics is not None:
-            labels = (self._route, self._model)
-            metrics.requests.labels(self._route, self._model, str(outcome.status)).inc()
-            metrics.latency.labels(*labels).observe(outcome.latency)
+            series = metrics.series(self._route, self._model)
+            series.requests(outcome.status).inc()
+            series.latency.observe(outcome.latency)
             if outcome.first_token is not None and not sealed:
                 # a sealed stream's first chunk may be a sealed keepalive: only clear streams are timed
-                metrics.first_token.labels(*labels).observe(outcome.first_token)
+                series.first_token.observe(outcome.first_token)
             rate = token_rate(outcome)
             if rate is not None:
-                metrics.token_rate.labels(*labels).observe(rate)
+                series.token_rate.observe(rate)
             if outcome.prompt_tokens:
-                metrics.tokens.labels(self._route, self._model, "prompt").inc(outcome.prompt_tokens)
+                series.prompt_tokens.inc(outcome.prompt_tokens)
             if outcome.completion_tokens:
-                metrics.tokens.labels(self._route, self._model, "completion").inc(outcome.completion_tokens)
-            metrics.in_flight.labels(self._model).dec()
+                series.completion_tokens.inc(outcome.completion_tokens)
+            series.in_flight.dec()
         info = self._info
         if info is not None:
             info.prompt_tokens = outcome.prompt_tokens
@@ -197,7 +197,7 @@ class Meter:
             if grant.unmetered and metrics is not None:
                 metrics.quota_storage_errors.labels("unmetered").inc()
         if metrics is not None:
-            metrics.in_flight.labels(model).inc()
+            metrics.series(route, model).in_flight.inc()
         self.in_flight += 1
         return _Ticket(self, principal, route, model, sealed, grant, info)
 

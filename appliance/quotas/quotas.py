@@ -90,15 +90,23 @@ def go_duration(seconds: float) -> str:
 _DURATIONS: dict[int, str] = {}
 
 
+# The three header names of each kind, made once.
+_HEADER_NAMES: Final = {
+    kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}")
+    for kind in ("requests", "tokens")
+}
+
+
 def ratelimit_headers(kind: str, state: tuple[int, int, float] | None, now: float) -> dict[str, str]:
     """``x-ratelimit-{limit,remaining,reset}-<kind>`` for the binding limit (amount, remaining, reset)."""
     if state is None:
         return {}
     amount, remaining, reset = state
+    limit_name, remaining_name, reset_name = _HEADER_NAMES[kind]
     return {
-        f"x-ratelimit-limit-{kind}": str(amount),
-        f"x-ratelimit-remaining-{kind}": str(max(0, remaining)),
-        f"x-ratelimit-reset-{kind}": go_duration(max(0.0, reset - now)),
+        limit_name: str(amount),
+        remaining_name: str(max(0, remaining)),
+        reset_name: go_duration(max(0.0, reset - now)),
     }
 
 

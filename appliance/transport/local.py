@@ -138,6 +138,9 @@ class LocalPipeTransport:
 
     async def _sessions(self) -> list[MuxClient]:
         """Every session, (re)started where needed."""
+        clients = [child.client for child in self._children if child is not None and child.alive]
+        if len(clients) == len(self._children):  # all alive: nothing to wait for
+            return clients
         return [(await self._child(index)).client for index in range(len(self._children))]
 
     async def ping(self, timeout: float) -> bool:

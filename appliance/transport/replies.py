@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-import json
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Final, Protocol
+
+import orjson
 
 from policy.errors import BackendFailed, Disallowed, Overloaded, RelayedError, SluiceError, TransportError
 from policy.frames import GATE_KINDS, MAX_PAYLOAD, MAX_STREAM_ID, MAX_STREAMS, FrameDecoder, FrameWriter, Kind, encode
@@ -28,6 +29,9 @@ __all__ = ["ByteReader", "GateReply", "FrameReceiver", "MuxClient", "MAX_BUFFERE
 MAX_BUFFERED: Final = 16 * 1024 * 1024
 
 READ_SIZE: Final = 256 * 1024
+
+# Body pieces already received are handed on joined, up to about this many bytes at once.
+MAX_JOINED: Final = 256 * 1024
 
 # How long a cancelled stream waits for the gate's END that answers the CANCEL
 # (it carries the usage so far, which is what the stream is charged).  The gate
@@ -104,8 +108,9 @@ class GateReply:
         self._wake: asyncio.Future[None] | None = None
         self._finished = False
         self._cancel = cancel
-        # Resolved by the gate's last frame on this stream (END or ERROR), or when the way breaks.
-        self._last: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Resolved by the gate's last frame on this stream (END or ERROR), or when the way breaks;
+        # made only for a cancelled stream that waits for it (most replies never need one).
+        self._last: asyncio.Future[None] | None = None
         self.awaiting_last = False  # a CANCEL went out and its END is still to come
 
     @property
@@ -144,8 +149,8 @@ class GateReply:
         """Usage (so far, in a USAGE frame or an END): what this stream is charged."""
         if payload:
             try:
-                usage = json.loads(payload)
-            except ValueError:
+                usage = orjson.loads(payload)
+            except orjson.JSONDecodeError:
                 usage = None
             if isinstance(usage, dict):
                 self.usage = {k: v for k, v in usage.items() if isinstance(k, str) and type(v) is int}
@@ -162,13 +167,15 @@ class GateReply:
     def concluded(self) -> None:
         """The gate said its last word on this stream (or the way to it broke)."""
         self.awaiting_last = False
-        if not self._last.done():
+        if self._last is not None and not self._last.done():
             self._last.set_result(None)
 
     async def wait_last(self, timeout: float = LAST_WORD_WAIT) -> None:
         """After a CANCEL: wait (bounded) for the gate's END and its usage so far."""
         if not self.awaiting_last:
             return
+        if self._last is None:
+            self._last = asyncio.get_running_loop().create_future()
         try:
             await asyncio.wait_for(asyncio.shield(self._last), timeout)
         except TimeoutError:
@@ -188,7 +195,16 @@ class GateReply:
     async def wait_head(self) -> None:
         await self._head
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        """Each body piece as the gate sent it."""
+        return self._body(join=False)
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, the pieces already here joined into one: a client that
+        reads slower than the gate writes gets fewer, larger writes (the same bytes)."""
+        return self._body(join=True)
+
+    async def _body(self, join: bool) -> AsyncIterator[bytes]:
         pieces = self._pieces
         while True:
             while pieces:
@@ -197,6 +213,16 @@ class GateReply:
                     return
                 if isinstance(item, SluiceError):
                     raise item
+                if join and pieces:
+                    parts, size = [item], len(item)
+                    while pieces and size < MAX_JOINED:
+                        following = pieces[0]
+                        if not isinstance(following, bytes):
+                            break
+                        pieces.popleft()
+                        parts.append(following)
+                        size += len(following)
+                    item = b"".join(parts) if len(parts) > 1 else item
                 self._buffered -= len(item)
                 yield item
             self._wake = asyncio.get_running_loop().create_future()
@@ -207,7 +233,7 @@ class GateReply:
 
     async def read(self) -> bytes:
         """The whole body (for non-streamed replies)."""
-        return b"".join([piece async for piece in self])
+        return b"".join([piece async for piece in self.chunks()])
 
     def cancel(self) -> None:
         """Give up on this reply; the gate is told to stop serving it."""
@@ -299,12 +325,20 @@ class FrameReceiver:
 
 
 class MuxClient:
-    """The appliance side of one mux session over ``reader``/``writer``."""
+    """The appliance side of one mux session over ``reader``/``writer``.
+
+    Frames are written coalesced: the OPEN and DATA frames of every request made in one
+    turn of the event loop go to ``writer`` in one write at the end of that turn (one
+    syscall on a pipe, one SSH channel packet instead of one per frame), in the order
+    they were made.  A CANCEL goes out at once, after whatever was waiting.
+    """
 
     def __init__(self, reader: ByteReader, writer: FrameWriter, on_release: Callable[[], None] | None = None) -> None:
         self._writer = writer
         self._receiver = FrameReceiver(reader, on_release)
         self._next_id = 1
+        self._out: list[bytes] = []  # frames waiting for the end of this loop turn
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._receiver.run())
 
     @property
@@ -316,6 +350,22 @@ class MuxClient:
         # A cancelled stream holds its place at the gate until the gate's END for it arrives.
         return len(self._receiver.replies) + len(self._receiver.cancelled)
 
+    def _queue(self, frames: list[bytes]) -> None:
+        """Write ``frames`` at the end of this loop turn, with every other request's."""
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out += frames
+
+    def _flush(self) -> None:
+        """Write what is waiting, in one write; a session whose writer broke is closed."""
+        out, self._out = self._out, []
+        if not out or self._receiver.closed is not None:
+            return
+        try:
+            self._writer.write(out[0] if len(out) == 1 else b"".join(out))
+        except (OSError, RuntimeError):  # the pipe or the SSH channel is closing
+            self._receiver.close(TransportError("gate_closed"))
+
     async def request(self, command: StreamCommand, body: bytes) -> GateReply:
         if not self.alive:
             raise self._receiver.closed or TransportError("gate_closed")
@@ -325,11 +375,10 @@ class MuxClient:
         self._next_id += 1
         reply = GateReply(stream, self._send_cancel)
         self._receiver.replies[stream] = reply
-        write = self._writer.write
-        write(encode(Kind.OPEN, stream, stream_line(command).encode()))
+        frames = [encode(Kind.OPEN, stream, stream_line(command).encode())]
         if isinstance(command, Call):
-            for start in range(0, len(body), MAX_PAYLOAD):
-                write(encode(Kind.DATA, stream, body[start : start + MAX_PAYLOAD]))
+            frames += [encode(Kind.DATA, stream, body[start : start + MAX_PAYLOAD]) for start in range(0, len(body), MAX_PAYLOAD)]
+        self._queue(frames)
         try:
             try:
                 await self._writer.drain()
@@ -356,7 +405,8 @@ class MuxClient:
                 cancelled[stream] = reply
                 if len(cancelled) > MAX_STREAMS:  # a gate that never answers must not grow this
                     cancelled.pop(next(iter(cancelled))).concluded()
-            self._writer.write(encode(Kind.CANCEL, stream))
+            self._out.append(encode(Kind.CANCEL, stream))
+            self._flush()
         self._receiver.on_release()
 
     async def wait_closed(self) -> None:

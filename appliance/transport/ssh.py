@@ -39,7 +39,7 @@ from ..settings import SshCluster
 from .replies import FrameReceiver, GateReply, MuxClient, ping_once
 from .spread import StreamSpreader, ping_sessions
 
-__all__ = ["SshTransport", "connect_options"]
+__all__ = ["SshTransport", "connect_options", "encryption_algs", "has_aes_instructions"]
 
 log = logging.getLogger("sluice.ssh")
 
@@ -54,6 +54,42 @@ KEEPALIVE_COUNT_MAX: Final = 3
 
 # Where the gate's stderr goes: discarded as it arrives (asyncssh keeps the window open).
 GATE_STDERR: Final = asyncssh.DEVNULL
+
+# The ciphers offered, best first.  asyncssh's chacha20-poly1305 makes three cipher objects
+# per packet (about 43 us to seal a 256-byte packet on the development machine), while its
+# AES-GCM is one OpenSSL call (about 7 us, with AES instructions): AES-GCM comes first where
+# the CPU has AES instructions, chacha20-poly1305 first where it has none.  Only AEAD
+# ciphers and CTR with an encrypt-then-MAC (asyncssh's defaults) are offered: no CBC.
+_AES_FIRST: Final = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
+_CHACHA_FIRST: Final = (_AES_FIRST[2], *_AES_FIRST[:2], *_AES_FIRST[3:])
+
+
+def has_aes_instructions(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has AES instructions (x86 ``aes`` flag, Arm ``aes`` feature), from
+    /proc/cpuinfo; False where that cannot be read."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+                cpuinfo = handle.read(1 << 20)
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            return "aes" in value.split()
+    return False
+
+
+def encryption_algs(aes: bool | None = None) -> list[str]:
+    """The ciphers to offer, best first for this CPU (``aes``: whether it has AES instructions)."""
+    return list(_AES_FIRST if (has_aes_instructions() if aes is None else aes) else _CHACHA_FIRST)
 
 
 def connect_options(cluster: SshCluster) -> dict[str, object]:
@@ -72,6 +108,7 @@ def connect_options(cluster: SshCluster) -> dict[str, object]:
         "keepalive_count_max": KEEPALIVE_COUNT_MAX,
         "connect_timeout": cluster.connect_timeout,
         "login_timeout": cluster.connect_timeout,
+        "encryption_algs": encryption_algs(),
     }
 
 

@@ -103,6 +103,37 @@ def test_adjust_works_on_the_keys_limits_uses(redis: RedisServer) -> None:
     run(scenario, backend)
 
 
+def test_a_take_is_one_round_trip_and_agrees_with_limits_own_strategy(redis: RedisServer) -> None:
+    """TAKE is limits' acquire and its window reading in one script: the same answers and counters."""
+    backend = RedisBackend(redis.url)
+    ours = Limit("tokens_per_minute", "user", "u.ours", 100, 60)
+    theirs = Limit("tokens_per_minute", "user", "u.theirs", 100, 60)
+    strategy = SlidingWindowCounterRateLimiter(backend._storage)
+    item = rate_item(theirs)
+
+    def scripts_run() -> int:
+        stats = redis.cli("INFO", "commandstats")
+        return sum(int(line.split("calls=")[1].split(",")[0]) for line in stats.splitlines() if line.startswith("cmdstat_eval"))
+
+    async def scenario() -> None:
+        for cost in (30, 30, 30, 30, 5, 50, 5, 1):
+            before = scripts_run()
+            taken, remaining, reset = await backend.take(ours, cost)
+            assert scripts_run() - before == 1  # one script, one round trip
+            assert taken == await strategy.hit(item, theirs.name, theirs.subject, cost=cost)
+            stats = await strategy.get_window_stats(item, theirs.name, theirs.subject)
+            assert remaining == stats.remaining
+            # The same reset, but where limits reads a window in the millisecond it began: its
+            # arithmetic then says "now", ours a window later (window_stats).
+            apart = abs(reset - stats.reset_time)
+            assert min(apart, abs(apart - 60)) < 0.5
+            assert reset > time.time() + 1
+        # limits' own strategy reads what TAKE wrote.
+        assert (await strategy.get_window_stats(rate_item(ours), ours.name, ours.subject)).remaining == 0
+
+    run(scenario, backend)
+
+
 def test_reconciliation_with_redis(redis: RedisServer) -> None:
     q = quotas(redis, "reserve_tokens = 500\n[user]\ntokens_per_minute = 5000\ntokens_per_day = 50000")
 

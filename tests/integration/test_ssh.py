@@ -230,6 +230,22 @@ def _goaway(stdout: bytes) -> bytes:
     return frames[0].payload
 
 
+def test_the_appliance_negotiates_its_preferred_cipher_with_a_pinned_host_key(sshd: Sshd) -> None:
+    """The appliance's own options against OpenSSH: the first cipher it offers is the one used
+    (AES-GCM on a CPU with AES instructions), and the host key is still checked."""
+    from appliance.settings import SshCluster
+    from appliance.transport.ssh import connect_options, encryption_algs
+
+    cluster = SshCluster("hpc", "mux", "127.0.0.1", sshd.port, USER, sshd.client_key, sshd.known_hosts)
+
+    async def scenario() -> None:
+        async with asyncssh.connect("127.0.0.1", **connect_options(cluster)) as conn:  # type: ignore[arg-type]
+            assert conn.get_extra_info("send_cipher") == encryption_algs()[0]
+            assert conn.get_extra_info("recv_cipher") == encryption_algs()[0]
+
+    asyncio.run(scenario())
+
+
 def test_reject_shell_and_commands(sshd: Sshd) -> None:
     async def scenario() -> None:
         async with await _connect(sshd) as conn:

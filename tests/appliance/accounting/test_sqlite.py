@@ -335,3 +335,95 @@ def test_the_log_is_checkpointed_off_the_loop(tmp_path: Path, monkeypatch: pytes
             await store.aclose()
 
     asyncio.run(scenario())
+
+
+def _counting_commits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from appliance.accounting import _sqlite
+
+    commits: list[int] = []
+    original = _sqlite._commit
+
+    def counting(connection: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+        commits.append(len(rows))
+        original(connection, rows)
+
+    monkeypatch.setattr(_sqlite, "_commit", counting)
+    return commits
+
+
+def test_busy_rows_of_several_loop_turns_share_a_commit_and_a_full_batch_goes_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from appliance.accounting import _sqlite
+
+    commits = _counting_commits(monkeypatch)
+    monkeypatch.setattr(_sqlite, "MAX_BATCH", 4)
+    monkeypatch.setattr(_sqlite, "GROUP_WAIT", 0.2)
+    path = tmp_path / "usage.db"
+
+    async def scenario() -> None:
+        store = SqliteAccounting(path)
+        await store.start()
+        try:
+
+            async def later(turns: int) -> None:
+                for _ in range(turns):
+                    await asyncio.sleep(0)
+                await store.record(row(prompt=turns), busy=True)
+
+            await asyncio.gather(*(later(turns) for turns in range(3)))  # three loop turns apart
+            assert commits == [3]
+            await asyncio.gather(*(store.record(row(), busy=True) for _ in range(10)))
+            assert commits == [3, 4, 4, 2]  # the full batches at once, the rest after the wait
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM usage").fetchone() == (13,)
+
+
+def test_rows_accepted_before_close_are_committed_by_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shutting down while rows wait for their group commit: close commits them (nothing accepted is lost)."""
+    from appliance.accounting import _sqlite
+
+    commits = _counting_commits(monkeypatch)
+    monkeypatch.setattr(_sqlite, "GROUP_WAIT", 60.0)  # only close can commit them in this test
+    path = tmp_path / "usage.db"
+
+    async def scenario() -> None:
+        store = SqliteAccounting(path)
+        await store.start()
+        waiting = [asyncio.create_task(store.record(row(prompt=i), busy=True)) for i in range(7)]
+        await asyncio.sleep(0.05)
+        assert not any(task.done() for task in waiting) and commits == []
+        await asyncio.wait_for(store.aclose(), 10)
+        await asyncio.wait_for(asyncio.gather(*waiting), 1)  # each waiter told: committed
+        assert commits == [7]
+
+    asyncio.run(scenario())
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*), SUM(prompt_tokens) FROM usage").fetchone() == (7, 21)
+
+
+def test_a_locked_batch_at_close_is_still_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch that met a lock is retried on a thread; close waits for it."""
+    from appliance.accounting import _sqlite
+
+    monkeypatch.setattr(_sqlite, "GROUP_WAIT", 60.0)
+    path = tmp_path / "usage.db"
+
+    async def scenario() -> None:
+        store = SqliteAccounting(path)
+        await store.start()
+        holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, held for a moment
+        waiting = [asyncio.create_task(store.record(row(prompt=i), busy=True)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        asyncio.get_running_loop().call_later(0.3, lambda: (holder.execute("COMMIT"), holder.close()))
+        await asyncio.wait_for(store.aclose(), 10)
+        await asyncio.wait_for(asyncio.gather(*waiting), 1)
+
+    asyncio.run(scenario())
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM usage").fetchone() == (3,)

@@ -281,3 +281,34 @@ def test_memory_backend_sweeper_starts_and_stops() -> None:
         await backend.aclose()
 
     run(scenario())
+
+
+def test_the_in_memory_store_starts_no_expiry_threads() -> None:
+    """limits' own incr/decr start an expiry timer thread every 10 ms; the loop's steps do not."""
+    storage = _LoopMemoryStorage()
+    storage.timer.join()  # the one timer limits' constructor starts runs once and ends
+    first = storage.timer
+    for cost in range(1, 50):
+        storage.take("k", 10_000, 60, cost)
+        storage.adjust("k", 60, -1)
+        storage.adjust("k", 60, 2)
+    assert storage.timer is first and not storage.timer.is_alive()
+    assert not storage.locks  # nor a lock per key
+    assert (
+        SlidingWindowCounterRateLimiter(storage)
+        .get_window_stats(rate_item(Limit("tokens_per_minute", "user", "u.t", 10_000, 60)), "tokens_per_minute", "u.t")
+        .remaining
+        == 10_000
+    )  # another key: untouched
+
+
+def test_window_stats_of_a_count_read_as_it_was_made_resets_a_window_later() -> None:
+    from appliance.quotas._memory import window_stats
+
+    # A count made in the same step that reads it (a Redis script) has twice the window to live.
+    assert window_stats(100, 60, 0, 0.0, 30, 120.0, 1000.0) == (70, 1060.0)
+    assert window_stats(100, 60, 0, 0.0, 30, 119.5, 1000.0) == (70, 1059.5)  # limits' own answer
+    assert window_stats(100, 60, 0, 0.0, 0, 0.0, 1000.0) == (100, 1000.0)  # nothing counted: whole now
+    # The previous window's count frees one unit every window / count seconds.
+    assert window_stats(100, 60, 30, 41.0, 0, 0.0, 1000.0) == (80, 1001.0)
+    assert window_stats(100, 60, 30, 40.0, 0, 0.0, 1000.0) == (80, 1002.0)  # a unit freed just now: the next

@@ -230,3 +230,110 @@ def test_reject_a_reply_cut_short_at_every_point_fails_only_what_was_unfinished(
                     assert cut_short[stream][5] == ("gate_closed", 503), (cut, stream)
 
     asyncio.run(every_cut())
+
+
+# -- coalesced writes: the frames of one loop turn in one write, bytes and order kept --------
+
+
+class _Writes(_Pipe):
+    """Records each write whole, besides the frames in it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.payloads: list[tuple[Kind, int, bytes]] = []
+        self._frames = FrameDecoder(CLIENT_KINDS)
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
+        self.payloads += [(f.kind, f.stream, f.payload) for f in self._frames.feed(data)]
+
+
+def test_the_frames_of_one_loop_turn_go_out_in_one_write_in_order() -> None:
+    from policy.frames import MAX_PAYLOAD
+    from policy.grammar import Call, stream_line
+
+    bodies = [b"a" * 10, b"b" * (2 * MAX_PAYLOAD + 5), b"c" * MAX_PAYLOAD]
+
+    async def scenario() -> None:
+        reader = asyncio.StreamReader()
+        pipe = _Writes()
+        client = MuxClient(reader, pipe)  # type: ignore[arg-type]
+        calls = [Call("chat", "m", len(body)) for body in bodies]
+        requests = [asyncio.create_task(client.request(call, body)) for call, body in zip(calls, bodies, strict=True)]
+        await asyncio.sleep(0)  # every request made its frames in this turn
+        await asyncio.sleep(0)
+        assert len(pipe.writes) == 1  # three requests, eight frames: one write
+        expected: list[tuple[Kind, int, bytes]] = []
+        for stream, (call, body) in enumerate(zip(calls, bodies, strict=True), start=1):
+            expected.append((Kind.OPEN, stream, stream_line(call).encode()))
+            expected += [(Kind.DATA, stream, body[i : i + MAX_PAYLOAD]) for i in range(0, len(body), MAX_PAYLOAD)]
+        assert pipe.payloads == expected
+        # A CANCEL goes out at once, after what was waiting (a fourth request's OPEN here).
+        fourth = asyncio.create_task(client.request(Ping(), b""))
+        await asyncio.sleep(0)
+        assert len(pipe.writes) == 1  # the OPEN waits for the end of the turn...
+        reader.feed_data(encode(Kind.HEAD, 1, b"200 sse"))
+        first = await requests[0]
+        first.cancel()  # ...or for a CANCEL, which takes it along
+        assert pipe.payloads[-2:] == [(Kind.OPEN, 4, b"ping"), (Kind.CANCEL, 1, b"")]
+        assert b"".join(pipe.writes) == b"".join(encode(*frame) for frame in pipe.payloads)
+        for task in (*requests[1:], fourth):
+            task.cancel()
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_write_that_fails_closes_the_session() -> None:
+    class Broken(_Pipe):
+        def write(self, data: bytes) -> None:
+            raise BrokenPipeError()
+
+    async def scenario() -> None:
+        client = MuxClient(asyncio.StreamReader(), Broken())  # type: ignore[arg-type]
+        with pytest.raises(SluiceError) as info:
+            await asyncio.wait_for(client.request(Ping(), b""), 2.0)
+        assert info.value.code == "gate_closed" and not client.alive
+        await client.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_chunks_join_the_pieces_already_here_and_keep_bytes_order_and_errors() -> None:
+    async def scenario() -> None:
+        reply = GateReply(1, lambda _stream: None)
+        reply.on_head(b"200 sse")
+        for piece in (b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"):
+            reply.on_body(piece)
+        chunks = reply.chunks()
+        assert await anext(chunks) == b"data: 1\n\ndata: 2\n\ndata: 3\n\n"  # three pieces here: one chunk
+        later = asyncio.create_task(anext(chunks))
+        await asyncio.sleep(0)
+        reply.on_body(b"data: 4\n\n")  # arrives while the reader waits: handed on alone
+        assert await later == b"data: 4\n\n"
+        reply.on_body(b"data: 5\n\n")
+        reply.fail(SluiceError("backend_timeout", 504))  # an error after data: the data first, then the error
+        assert await anext(chunks) == b"data: 5\n\n"
+        with pytest.raises(SluiceError):
+            await anext(chunks)
+        assert reply._buffered == 0
+
+    asyncio.run(scenario())
+
+
+def test_chunks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.transport import replies
+
+    monkeypatch.setattr(replies, "MAX_JOINED", 10)
+
+    async def scenario() -> None:
+        reply = GateReply(1, lambda _stream: None)
+        reply.on_head(b"200 text")
+        for piece in (b"abcd", b"efgh", b"ijkl", b"mnop"):
+            reply.on_body(piece)
+        reply.on_end(b"")
+        assert [chunk async for chunk in reply.chunks()] == [b"abcdefghijkl", b"mnop"]
+
+    asyncio.run(scenario())
