@@ -29,6 +29,7 @@ from .logs import configure_logging
 from .metrics import Metrics
 from .quotas.meter import demo_meter
 from .server import hypercorn_config
+from .server.files import files_needed, raise_file_limit
 from .settings import ServerSettings
 from .transport.local import LocalPipeTransport
 from .web_chat import ChatPage
@@ -112,6 +113,10 @@ async def run_demo(
     config_path = write_cluster_config(runtime, token_delay)
     # Quotas in memory, accounting in SQLite in the runtime directory, metrics, JSON logs.
     configure_logging(log_level)
+    server_settings = ServerSettings(host=host, port=port)
+    files = raise_file_limit(files_needed(server_settings.max_connections))
+    if not files.enough:
+        print(f"sluice demo: {files.shortfall()}", file=sys.stderr, flush=True)
     metrics = Metrics()
     meter = demo_meter(runtime, metrics)
     try:
@@ -154,7 +159,6 @@ async def run_demo(
             flush=True,
         )
     identity = demo_identity(runtime, url, host, keys)
-    server_settings = ServerSettings(host=host, port=port)
     appliance = Appliance(
         ClusterSet.single(transport),
         identity.authenticator,

@@ -30,6 +30,7 @@ from policy.errors import SluiceError
 from .api.errors import error_response
 from .auth.secret import Secret, carried
 from .catalog import ClusterSet
+from .metrics_shared import shared_registry
 
 __all__ = ["CONTENT_TYPE", "Metrics", "ModelSeries", "metrics_app", "metrics_route"]
 
@@ -101,9 +102,13 @@ class _Families:
 
 
 class Metrics:
-    """Everything the appliance counts, in a registry of its own."""
+    """Everything the appliance counts, in a registry of its own.
 
-    def __init__(self) -> None:
+    ``worker``: this process is that worker of several (see :mod:`appliance.metrics_shared`).
+    """
+
+    def __init__(self, worker: int | None = None) -> None:
+        self.worker = worker
         self.registry = registry = CollectorRegistry(auto_describe=True)
         self.http_requests = Counter(
             "sluice_http_requests_total", "HTTP requests answered, by route and status.", ("path", "status"), registry=registry
@@ -153,6 +158,7 @@ class Metrics:
             "Admitted requests not yet finished, by model (queued or answering).",
             ("model",),
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.quota_rejections = Counter(
             "sluice_quota_rejections_total",
@@ -170,7 +176,10 @@ class Metrics:
             "sluice_accounting_errors_total", "Usage rows that could not be written.", registry=registry
         )
         self.accounting_backlog = Gauge(
-            "sluice_accounting_backlog", "Usage rows handed to the store and not yet committed.", registry=registry
+            "sluice_accounting_backlog",
+            "Usage rows handed to the store and not yet committed.",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
 
         self._series: dict[tuple[str, str], ModelSeries] = {}
@@ -189,7 +198,7 @@ class Metrics:
         """The text exposition of these metrics and of ``extra`` (families read at scrape time)."""
         scraped = CollectorRegistry(auto_describe=False)
         scraped.register(_Families(extra))
-        return generate_latest(self.registry) + generate_latest(scraped)
+        return generate_latest(shared_registry() or self.registry) + generate_latest(scraped)
 
     async def cluster_metrics(self, clusters: ClusterSet) -> list[Metric]:
         """Read at scrape time: each cluster's gate pool, and each model's state as its gate lists it."""
@@ -215,13 +224,14 @@ class Metrics:
             labels=("cluster", "model"),
         )
         pool: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
+        worker = () if self.worker is None else (str(self.worker),)  # each worker's own gate connections
         for name, catalog in clusters.catalogs.items():
             for key, value in catalog.transport.stats().items():
                 if key.isidentifier() and key.isascii():
                     metric = pool.get(key)
                     if metric is None:
-                        metric = pool[key] = _pool_metric(key)
-                    metric.add_metric((name,), float(value))
+                        metric = pool[key] = _pool_metric(key, bool(worker))
+                    metric.add_metric((name, *worker), float(value))
             try:
                 async with asyncio.timeout(SCRAPE_TIMEOUT):
                     listing = await catalog.models()
@@ -238,16 +248,17 @@ class Metrics:
         return [up, ready, instances, held, gate_in_flight, *pool.values()]
 
 
-def _pool_metric(key: str) -> CounterMetricFamily | GaugeMetricFamily:
+def _pool_metric(key: str, per_worker: bool = False) -> CounterMetricFamily | GaugeMetricFamily:
     """A transport statistic as a metric: ``..._total`` keys are counters, the rest gauges."""
     name = f"sluice_gate_{key.lower()}"
+    labels = ("cluster", "worker") if per_worker else ("cluster",)
     if key.endswith("_total"):
-        return CounterMetricFamily(name, f"The transport to the gate: {key[:-6].replace('_', ' ')} so far.", labels=("cluster",))
+        return CounterMetricFamily(name, f"The transport to the gate: {key[:-6].replace('_', ' ')} so far.", labels=labels)
     if key == "slots":
         return GaugeMetricFamily(
-            name, "The transport to the gate: connections configured (sessions of them usable).", labels=("cluster",)
+            name, "The transport to the gate: connections configured (sessions of them usable).", labels=labels
         )
-    return GaugeMetricFamily(name, f"The transport to the gate: open {key}.", labels=("cluster",))
+    return GaugeMetricFamily(name, f"The transport to the gate: open {key}.", labels=labels)
 
 
 def _token_digest(token: str) -> bytes:

@@ -10,7 +10,8 @@ port = 8080
 request_timeout = 300        # seconds, per request, to the first byte of the answer
 header_timeout = 10          # seconds a connection may take to send a request head, or stay idle
 body_timeout = 60            # seconds a request may take to send its whole body
-max_connections = 1024       # open client connections at once; more get 503
+max_connections = 1024       # open client connections at once, per worker; more get 503
+workers = 1                  # appliance processes sharing the port (more than 1 needs quotas in Redis)
 max_output_tokens = 4096     # ceiling set as max_tokens on a request that names none (and reserved for it)
 model_max_output_tokens = { "llama-3.1-70b-instruct" = 8192 }   # per model, overriding the above
 sealed_keys_ttl = 60         # seconds the gates' sealed key configuration is cached (well below the rotation overlap)
@@ -66,7 +67,13 @@ if TYPE_CHECKING:
 
 __all__ = ["ConfigError", "ServerSettings", "LocalCluster", "SshCluster", "ApiKeyEntry", "Settings", "load_settings"]
 
-MAX_CONNECTIONS: Final = 32
+# SSH connections, or local gate processes (mux sessions), per cluster.  One mux session carries
+# up to transport.spread.MAX_SESSION_STREAMS (192) streams: 64 of them hold 12,288 at once.
+MAX_CONNECTIONS: Final = 64
+
+# Appliance worker processes at most: one per core is the point; past a few dozen, each worker's own
+# SSH connections and gate sessions cost the cluster more than another core gains.
+MAX_WORKERS: Final = 64
 
 # The largest output ceiling a setting may name: policy/routes.toml's bound on max_tokens.
 MAX_OUTPUT_CEILING: Final = 2**20
@@ -89,6 +96,8 @@ class ServerSettings:
     model_max_output_tokens: Mapping[str, int] = field(default_factory=dict)
     # Seconds GET /v1/sealed/keys answers from its cache (keep it well below the gates' key rotation overlap).
     sealed_keys_ttl: float = setting(60.0, low=0.5, high=3600)
+    # Worker processes sharing the listening socket, each with its own event loop and gate connections.
+    workers: int = setting(1, low=1, high=MAX_WORKERS)
 
     @property
     def output_ceilings(self) -> OutputCeilings:
@@ -213,7 +222,21 @@ def parse_settings(data: dict[str, Any], base: Path) -> Settings:
     identity = parse_identity(data, base)
     external = parse_external(data.get("external", []), base)
     metering = parse_metering(data, base)
-    return Settings(_server(data.get("server", {})), clusters, keys, identity, external, metering)
+    server = _server(data.get("server", {}))
+    _check_workers(server, metering)
+    return Settings(server, clusters, keys, identity, external, metering)
+
+
+def _check_workers(server: ServerSettings, metering: MeteringSettings) -> None:
+    """Several workers share only what lives outside them: refuse state that one process keeps alone."""
+    quotas = metering.quotas
+    if server.workers > 1 and quotas.enabled and quotas.storage.startswith("memory://"):
+        raise ConfigError(
+            f"server.workers = {server.workers} with quotas in memory would give each user {server.workers} times "
+            'every limit (each worker counts alone): set quotas.storage to Redis ("async+redis://host:6379/0"), '
+            "shared by the workers, or keep server.workers = 1",
+            key="server.workers",
+        )
 
 
 def load_settings(path: str | Path) -> Settings:
