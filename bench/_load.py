@@ -56,7 +56,7 @@ def wrk_script(url: str, connections: int, seconds: int, script: Path) -> dict[s
     """wrk against ``url`` with the Lua ``script``: requests/s and p50/p99 ms; any error ends the benchmark."""
     threads = 1 if connections == 1 else 2
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "--latency", "-s", str(script), url],
         capture_output=True,
         text=True,
         check=True,
