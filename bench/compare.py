@@ -20,7 +20,8 @@ once, since a replayed one is refused), printed as their CPU per request over
 a clear one's, round by round, so a cost that grows with traffic shows.
 
     sudo .venv/bin/python bench/compare.py [--litellm /path/to/venv/bin/litellm]
-        [--sshd /usr/sbin/sshd] [--rounds 3] [--seconds 5] [--no-features] [--plot compare.png]
+        [--sshd /usr/sbin/sshd] [--rounds 3] [--seconds 5] [--no-features] [--no-exec]
+        [--plot compare.png]
 
 Installs nothing.  Without --litellm the LiteLLM rows are left out; without
 sshd (or root, which the sshd set-up needs) the SSH rows are.  --plot needs
@@ -566,7 +567,8 @@ def _gateways(stack: ExitStack, args: argparse.Namespace, workdir: Path, api_bas
             return _ssh_roles(pid, listener)
 
         started("ssh-mux", SSH, _ssh_cluster(server, "mux"), ssh_roles, [*clear, ("sealed", n)])
-        started("ssh-exec", EXEC, _ssh_cluster(server, "exec"), ssh_roles, clear)
+        if args.exec:
+            started("ssh-exec", EXEC, _ssh_cluster(server, "exec"), ssh_roles, clear)
     else:
         print("no SSH rows: run as root with sshd installed", file=sys.stderr)
     if args.litellm:
@@ -584,6 +586,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--no-features", dest="features", action="store_false", help="leave out the feature-cost rows")
+    parser.add_argument("--no-exec", dest="exec", action="store_false", help="leave out the exec-per-request rows")
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--readme", type=Path, help="also write the printout into this file's performance block")
     args = parser.parse_args()
