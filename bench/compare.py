@@ -433,8 +433,8 @@ def _per_round(
 def _feature_costs(results: dict[tuple[str, str, int], list[Sample]]) -> None:
     """Each feature's CPU per request: the full configuration less the one with that feature off, round by round."""
     full = next(((n, b, c) for (n, b, c) in results if n == PIPE and b == "plain" and c > 1), None)
-    if full is None:
-        return
+    if full is None or not any(n == _feature_row(ALL_OFF) for (n, _, _) in results):
+        return  # no feature rows (--no-features)
     print(f"\nCPU per plain request each feature costs ({PIPE}, {full[2]} connections; full less feature off, per round):")
     for feature in (*FEATURES, ALL_OFF):
         pairs = _per_round(results, (_feature_row(feature), *full[1:]), full)
